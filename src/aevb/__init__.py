@@ -1,0 +1,1 @@
+"""aevb: latent variable models fitted with Auto-Encoding Variational Bayes, understood through EM."""

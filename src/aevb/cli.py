@@ -1,0 +1,147 @@
+"""The ``aevb`` command: a thin layer over the library.
+
+    aevb fit MODEL [flags]     fit one model into a run directory (``aevb fit MODEL --help``)
+    aevb eval RUN_DIR          test ELBO, importance-weighted log-likelihood (and bits/dim) of a run
+    aevb sample RUN_DIR        draw from a run's model into a PNG
+    aevb tour                  the main job: every model briefly, on data that ships with the project
+
+Errors in the user's input print one line, ``aevb: error: ...``, and exit with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from aevb import evaluation, experiments, plotting
+from aevb.runs import UsageError, load_run, run_directory
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with bad flags reported on one line (no usage dump) and no guessing of abbreviated flags."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="aevb", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+
+    fit = commands.add_parser("fit", help="fit a model", description="Fit a latent variable model with AEVB.")
+    models = fit.add_subparsers(dest="model", required=True, parser_class=ArgumentParser)
+    for module in experiments.MODULES:
+        for name in module.MODELS:
+            sub = models.add_parser(name, help=(module.__doc__ or "").splitlines()[0],
+                                    description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+            module.add_arguments(sub, name)
+            add_output_arguments(sub, default_out=None)
+            sub.set_defaults(handler=fit_command)
+
+    evaluate = commands.add_parser("eval", help="test ELBO, IWAE log-likelihood (and bits/dim) of a run",
+                                   description=evaluation.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run directory")
+    evaluate.add_argument("--iwae", type=experiments.positive_int, default=1000, metavar="K",
+                          help="importance samples per test example (default 1000)")
+    evaluate.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
+    evaluate.set_defaults(handler=eval_command)
+
+    sample = commands.add_parser("sample", help="draw images from a run's model into a PNG")
+    sample.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run directory")
+    sample.add_argument("--n", type=experiments.positive_int, default=30,
+                        help="samples (per class for a conditional model without --label) (default 30)")
+    sample.add_argument("--label", type=int, default=None, help="the class y to draw x ~ p(x|y) for (conditional models)")
+    sample.add_argument("--out", type=Path, default=None, help="PNG file (default RUN_DIR/samples.png)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sample.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
+    sample.set_defaults(handler=sample_command)
+
+    tour = commands.add_parser("tour", help="the main job: every model briefly, on embedded data")
+    add_output_arguments(tour, default_out=Path("runs/tour"))
+    tour.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    tour.set_defaults(handler=tour_command)
+    return parser
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, default_out: Path | None) -> None:
+    parser.add_argument("--out", type=Path, default=default_out,
+                        help=f"run directory (default: {default_out or 'runs/MODEL-DATE-TIME'})")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+
+
+def fit(args: argparse.Namespace, out: Path) -> dict:
+    """Run ``aevb fit`` for the parsed ``args`` into the run directory ``out``; returns the summary."""
+    with run_directory(out) as staging:
+        summary = experiments.module_for(args.model).run(args, staging, args.progress)
+    return {**summary, "run_dir": str(out)}
+
+
+def fit_command(args: argparse.Namespace) -> dict:
+    out = args.out or Path("runs") / f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return fit(args, out)
+
+
+def eval_command(args: argparse.Namespace) -> dict:
+    return {**evaluation.evaluate_run(args.run_dir, args.iwae), "run_dir": str(args.run_dir)}
+
+
+def sample_command(args: argparse.Namespace) -> dict:
+    model, config = load_run(args.run_dir)
+    torch.manual_seed(args.seed)
+    x, row_labels = evaluation.generate(model, config, args.n, args.label)
+    out = args.out or args.run_dir / "samples.png"
+    columns = args.n if row_labels else min(args.n, 10)
+    plotting.image_grid(plotting.as_grid(x, config["shape"], columns), out, row_labels)
+    return {"samples": len(x), "out": str(out)}
+
+
+TOUR = (("fa", ["--experiment", "1"]), ("fa", ["--experiment", "2"]))
+
+
+def tour_command(args: argparse.Namespace) -> dict:
+    """Fit every model of ``TOUR`` with its defaults into ``OUT/<model>-<n>``."""
+    parser = build_parser()
+    results = {}
+    for n, (model, flags) in enumerate(TOUR, start=1):
+        name = f"{model}-{n}"
+        sub_args = parser.parse_args(["fit", model, *flags, "--seed", str(args.seed)] + ([] if args.progress else ["--no-progress"]))
+        print(f"[{n}/{len(TOUR)}] aevb fit {model} {' '.join(flags)}", file=sys.stderr)
+        results[name] = fit(sub_args, args.out / name)
+    return {"run_dir": str(args.out), "runs": results}
+
+
+def print_summary(summary: dict, indent: str = "") -> None:
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            print(f"{indent}{key}:")
+            print_summary(value, indent + "  ")
+        else:
+            print(f"{indent}{key:<34} {value:.4f}" if isinstance(value, float) else f"{indent}{key:<34} {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = args.handler(args)
+    except UsageError as e:
+        print(f"aevb: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aevb: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    print_summary(summary)
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

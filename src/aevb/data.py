@@ -1,0 +1,326 @@
+"""Data: image data sets and user arrays, validated at the boundary so models can trust what they get.
+
+``load_dataset`` gives the raw data (``ImageData``): ``mnist`` (IDX files from a folder, else downloaded
+into a cache), ``digits`` (scikit-learn's 8x8 digits, offline), ``idx:DIR`` (any folder in the MNIST
+layout, e.g. Fashion-MNIST) or a user's ``.npy``/``.npz``/``.csv`` file. ``prepare`` applies the
+tutorial's transforms and returns float32 (N, D) tensors:
+
+* ``dequantize``: u = (x + U(0, 1)) / levels for integer pixels x in {0, ..., levels - 1}; any density
+  p of u bounds the discrete data's, log P(x) >= E_u[log p(u)] - D log(levels);
+* ``binarize``: u > 0.5, the dequantization drawn once from a seeded generator (tutorial §5.5; with
+  256 levels this is x >= 128 whatever the seed);
+* ``dynamic-binarize``: b ~ Bernoulli(x / (levels - 1)) afresh for every batch, by passing
+  ``dynamic_binarize`` as the trainer's ``transform``; the test set is binarized once, seeded;
+* ``none``: the values as they are.
+
+Continuous data (``levels`` None) need no dequantization: there u = x.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+from torch import Tensor
+
+from aevb.runs import UsageError
+
+ARRAY_SUFFIXES = (".npy", ".npz", ".csv")
+USER_KEYS = ("x", "y", "x_test", "y_test")
+TRANSFORMS = ("dequantize", "binarize", "dynamic-binarize", "none")
+TEST_FRACTION = 1 / 6  # held out from the digits, and from user data that bring no test set
+IDX_LAYOUT = {  # split -> (images, labels): IDX file names of the MNIST layout, each raw or .gz
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+class DataError(UsageError):
+    """Missing, unreadable, corrupt or ill-shaped data."""
+
+
+def load_array(path: str | Path, ndim: int | None = None) -> dict[str, np.ndarray]:
+    """Arrays of a .npy, .npz or .csv file: {'x': data} plus, for .npz, its other arrays.
+
+    An .npz holds its data under 'x' (or as its only array) and optional integer labels under 'y'
+    (``load_user_data`` also reads a test set under 'x_test' and 'y_test').
+    Raises DataError (one line, saying what to fix) for a missing or unreadable file, non-finite
+    values, or data that is not ``ndim``-dimensional.
+    """
+    path = Path(path)
+    if path.suffix not in ARRAY_SUFFIXES:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(ARRAY_SUFFIXES)}")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        if path.suffix == ".npy":
+            arrays = {"x": np.load(path, allow_pickle=False)}
+        elif path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+            if "x" not in arrays and len(arrays) == 1:
+                arrays = {"x": next(iter(arrays.values()))}
+        else:
+            arrays = {"x": np.loadtxt(path, delimiter=",", ndmin=2)}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: cannot read it as {path.suffix} ({e})") from None
+    if "x" not in arrays:
+        raise DataError(f"{path}: an .npz needs its data under the key 'x' (found {', '.join(arrays)})")
+    x = arrays["x"]
+    if ndim is not None and x.ndim != ndim:
+        raise DataError(f"{path}: expected {ndim}-dimensional data, got shape {x.shape}")
+    check_examples(x, path, "the data")
+    return arrays
+
+
+def check_examples(x: np.ndarray, path: str | Path, name: str) -> None:
+    """Raise DataError unless ``x`` holds at least one example of finite real numbers."""
+    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
+        raise DataError(f"{path}: {name} must be real numbers, got dtype {x.dtype}")
+    if x.ndim == 0 or len(x) == 0:
+        raise DataError(f"{path}: {name} holds no examples")
+    if not np.isfinite(x).all():
+        raise DataError(f"{path}: {name} contains NaN or infinite values; remove or impute them first")
+
+
+def split(x: Tensor, test_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Deterministic random train/test split of the rows of x."""
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    num_test = max(1, round(test_fraction * len(x)))
+    return x[order[num_test:]], x[order[:num_test]]
+
+
+@dataclass
+class ImageData:
+    """A data set before transforms: integer pixels in {0, ..., levels - 1}, or floats (levels None)."""
+
+    x_train: Tensor  # (N, *shape)
+    y_train: Tensor | None  # (N,) int64 labels in {0, ..., num_classes - 1}
+    x_test: Tensor  # (M, *shape)
+    y_test: Tensor | None  # (M,)
+    shape: tuple[int, ...]  # one example's: (H, W) images, (D,) vectors or (T, D) sequences
+    levels: int | None
+    num_classes: int | None
+
+
+def load_dataset(name: str, data_dir: str | None = None, seed: int = 0) -> ImageData:
+    """``mnist``, ``digits``, ``idx:DIR`` or a .npy/.npz/.csv path; ``seed`` fixes splits made here."""
+    if data_dir is not None and name != "mnist":
+        raise DataError(f"--data-dir is for --dataset mnist, not {name}; for another IDX folder use --dataset idx:DIR")
+    if name == "mnist":
+        return load_mnist(data_dir)
+    if name == "digits":
+        return load_sklearn_digits(seed)
+    if name.startswith("idx:"):
+        return load_idx(name[4:], fix="a folder in the MNIST layout holds these four IDX files, raw or .gz")
+    if Path(name).suffix in ARRAY_SUFFIXES:
+        return load_user_data(name, seed)
+    raise DataError(f"unknown dataset {name!r}: use mnist, digits, idx:DIR or a .npy, .npz or .csv file")
+
+
+def load_mnist(data_dir: str | None = None) -> ImageData:
+    """MNIST from ``data_dir``, else from $AEVB_DATA_DIR, else from the cache folder (downloaded if missing)."""
+    directory = data_dir or os.environ.get("AEVB_DATA_DIR")
+    if directory:
+        return load_idx(directory, fix="put the MNIST IDX files there, or point --data-dir or AEVB_DATA_DIR at them")
+    from aevb import download  # here, not at the top: the downloader raises this module's DataError
+
+    directory = download.cache_directory()
+    download.download_mnist(directory)
+    return load_idx(directory, fix="delete the cached file to download it again")
+
+
+def load_sklearn_digits(seed: int = 0) -> ImageData:
+    """scikit-learn's 1797 handwritten digits, 8x8 pixels with values 0..16, split at random (seeded)."""
+    digits = load_digits()
+    x = torch.from_numpy(digits.images).to(torch.uint8)  # (1797, 8, 8)
+    y = torch.from_numpy(digits.target).long()
+    # split draws one permutation from (length, seed), so images and labels stay paired
+    (x_train, x_test), (y_train, y_test) = split(x, TEST_FRACTION, seed), split(y, TEST_FRACTION, seed)
+    return ImageData(x_train, y_train, x_test, y_test, shape=(8, 8), levels=17, num_classes=10)
+
+
+def load_idx(directory: str | Path, fix: str) -> ImageData:
+    """A data set in the MNIST layout (``IDX_LAYOUT``): images (N, H, W) and labels (N,) per split.
+
+    ``fix`` ends every error message: what the user should do about a missing or corrupt file.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"{directory}: no such folder; {fix}")
+    names = [name for pair in IDX_LAYOUT.values() for name in pair]
+    paths = {n: next((p for p in (directory / n, directory / f"{n}.gz") if p.is_file()), None) for n in names}
+    missing = [name for name, path in paths.items() if path is None]
+    if missing:
+        raise DataError(f"{directory}: no {', '.join(missing)} (raw or .gz); {fix}")
+    splits = {}
+    for split_name, (images, labels) in IDX_LAYOUT.items():
+        x, y = read_idx(paths[images], 3, fix), read_idx(paths[labels], 1, fix)
+        if len(x) != len(y):
+            raise DataError(f"{directory}: {len(x)} {split_name} images but {len(y)} labels; {fix}")
+        splits[split_name] = torch.from_numpy(x), torch.from_numpy(y).long()
+    (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
+    if x_train.shape[1:] != x_test.shape[1:]:
+        shapes = f"train images are {tuple(x_train.shape[1:])}, test images {tuple(x_test.shape[1:])}"
+        raise DataError(f"{directory}: {shapes}; {fix}")
+    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    return ImageData(x_train, y_train, x_test, y_test, tuple(x_train.shape[1:]), levels=256, num_classes=num_classes)
+
+
+def read_idx(path: Path, ndim: int, fix: str) -> np.ndarray:
+    """The unsigned bytes of an IDX file (gzip-compressed or raw), checked against its header.
+
+    IDX: magic number 0x0000080N (unsigned bytes, N dimensions), N big-endian uint32 sizes, the data.
+    """
+    content = path.read_bytes()
+    if content[:2] == b"\x1f\x8b":  # gzip's magic number
+        try:
+            content = gzip.decompress(content)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{path}: corrupt or truncated gzip file ({e}); {fix}") from None
+    header = 4 + 4 * ndim
+    magic = int.from_bytes(content[:4], "big")
+    if len(content) < header or magic != 0x800 + ndim:
+        raise DataError(f"{path}: not an IDX file of {ndim}-dimensional unsigned bytes (magic number "
+                        f"{magic:#010x}, expected {0x800 + ndim:#010x}); {fix}")
+    dims = tuple(int(d) for d in np.frombuffer(content, ">u4", ndim, offset=4))
+    if 0 in dims or len(content) != header + int(np.prod(dims)):
+        raise DataError(f"{path}: {len(content)} bytes where its header {dims} promises "
+                        f"{header + int(np.prod(dims))}; the file is truncated or corrupt; {fix}")
+    return np.frombuffer(bytearray(content), np.uint8, offset=header).reshape(dims)  # a writable copy
+
+
+def load_user_data(path: str | Path, seed: int = 0) -> ImageData:
+    """x (N, D), (N, H, W) or (N, T, D), optional labels y (N,) and test arrays x_test, y_test.
+
+    Integer data are pixels: uint8 has 256 levels, other integer types ``max + 1``. Float data are
+    continuous (levels None). Without x_test, a seeded random ``TEST_FRACTION`` is held out.
+    """
+    arrays = load_array(path)
+    keys = set(arrays)
+    if keys - set(USER_KEYS):
+        raise DataError(f"{path}: unexpected arrays {', '.join(sorted(keys - set(USER_KEYS)))}; "
+                        f"an .npz holds x and optionally y, x_test, y_test")
+    if "y_test" in keys and "x_test" not in keys:
+        raise DataError(f"{path}: y_test without x_test; an .npz holds x and optionally y, x_test, y_test")
+    if "x_test" in keys and ("y" in keys) != ("y_test" in keys):
+        raise DataError(f"{path}: with x_test, give labels for both sets (y and y_test) or for neither")
+    x = arrays["x"]
+    if x.ndim not in (2, 3):
+        raise DataError(f"{path}: x must have shape (N, D), (N, H, W) or (N, T, D), got {x.shape}")
+    x_test = arrays.get("x_test")
+    if x_test is not None:
+        check_examples(x_test, path, "x_test")
+        if x_test.shape[1:] != x.shape[1:] or x_test.dtype != x.dtype:
+            raise DataError(f"{path}: x_test must be like x, {x.dtype} examples of shape {x.shape[1:]}; "
+                            f"got {x_test.dtype} of shape {x_test.shape[1:]}")
+    elif len(x) < 2:
+        raise DataError(f"{path}: need at least 2 examples to hold out a test set, got {len(x)}")
+    levels = pixel_levels(x if x_test is None else np.concatenate([x.ravel(), x_test.ravel()]), path)
+    dtype = {None: torch.float32, 256: torch.uint8}.get(levels, torch.int64)
+    x = torch.from_numpy(x).to(dtype)
+    y = check_labels(arrays["y"], len(x), path, "y") if "y" in keys else None
+    if x_test is None:  # split draws one permutation from (length, seed), so examples and labels stay paired
+        x, x_test = split(x, TEST_FRACTION, seed)
+        y, y_test = split(y, TEST_FRACTION, seed) if y is not None else (None, None)
+    else:
+        x_test = torch.from_numpy(x_test).to(dtype)
+        y_test = check_labels(arrays["y_test"], len(x_test), path, "y_test") if y is not None else None
+    num_classes = None if y is None else int(max(y.max(), y_test.max())) + 1
+    return ImageData(x, y, x_test, y_test, tuple(x.shape[1:]), levels, num_classes)
+
+
+def pixel_levels(x: np.ndarray, path: str | Path) -> int | None:
+    """Levels of integer pixels: 256 for uint8, else the largest value + 1; None for float data."""
+    if not np.issubdtype(x.dtype, np.integer):
+        return None
+    if x.min() < 0:
+        raise DataError(f"{path}: integer pixel values must be >= 0, found {x.min()}; save continuous data as floats")
+    return 256 if x.dtype == np.uint8 else max(2, int(x.max()) + 1)
+
+
+def check_labels(y: np.ndarray, n: int, path: str | Path, name: str) -> Tensor:
+    """Class labels 0, 1, 2, ... as an int64 (n,) tensor, one per example."""
+    if y.shape != (n,):
+        raise DataError(f"{path}: {name} must hold one label per example, shape ({n},), got {y.shape}")
+    if not np.issubdtype(y.dtype, np.number) or not np.isfinite(y).all() or (y < 0).any() or (y != np.round(y)).any():
+        raise DataError(f"{path}: {name} must hold integer class labels 0, 1, 2, ...")
+    return torch.from_numpy(y.astype(np.int64))
+
+
+def dequantize(x: Tensor, levels: int, generator: torch.Generator) -> Tensor:
+    """u = (x + U(0, 1)) / levels as float32 (N, D): integer pixels x spread uniformly over their bins."""
+    x = x.flatten(1).to(torch.float32, copy=True)  # (N, D), a copy: it is overwritten below
+    u = torch.rand(x.shape, generator=generator).add_(x).div_(levels)
+    # float32 rounding can carry x + U(0, 1) up to x + 1, the next bin's edge: keep each value in its own bin
+    upper = x.add_(1).div_(levels).nextafter_(torch.zeros(()))  # in place: no third copy of a large data set
+    return torch.minimum(u, upper, out=u)
+
+
+def binarize(x_dequantized: Tensor) -> Tensor:
+    """The tutorial's static binarization of dequantized pixels: u > 0.5, as 0.0 / 1.0."""
+    return (x_dequantized > 0.5).float()
+
+
+def dynamic_binarize(batch: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """A trainer ``transform``: a fresh draw x ~ Bernoulli(probs) for the batch's first tensor.
+
+    It uses the global random generator, which ``Trainer.fit`` seeds, so runs are reproducible.
+    """
+    return (torch.bernoulli(batch[0]), *batch[1:])
+
+
+def prepare(data: ImageData, transform: str, seed: int) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+    """(x_train, y_train, x_test, y_test): float32 (N, D) examples after ``transform`` (see the module doc).
+
+    All randomness (dequantization noise, the test set's binarization) is drawn once from ``seed``.
+    """
+    if transform not in TRANSFORMS:
+        raise ValueError(f"unknown transform {transform!r}; use one of {', '.join(TRANSFORMS)}")
+    generator = torch.Generator().manual_seed(seed)
+    x_train, x_test = data.x_train.flatten(1), data.x_test.flatten(1)  # (N, D), (M, D)
+    if transform == "dynamic-binarize":
+        scale = data.levels - 1 if data.levels else 1
+        x_train, x_test = x_train.float() / scale, x_test.float() / scale
+        if min(x_train.min(), x_test.min()) < 0 or max(x_train.max(), x_test.max()) > 1:
+            raise DataError("dynamic binarization draws Bernoulli(x): values must lie in [0, 1]; rescale the data")
+        x_test = torch.bernoulli(x_test, generator=generator)  # x_train stays probabilities, drawn per batch
+    elif transform in ("dequantize", "binarize") and data.levels:
+        x_train, x_test = dequantize(x_train, data.levels, generator), dequantize(x_test, data.levels, generator)
+    if transform == "binarize":
+        x_train, x_test = binarize(x_train), binarize(x_test)
+    return x_train.float(), data.y_train, x_test.float(), data.y_test
+
+
+def as_sequences(x: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """(N, D) flat examples -> (N, T, D'): an image's rows as time steps (T = height, D' = width)."""
+    if len(shape) != 2:
+        raise DataError(f"a sequence model needs examples of shape (T, D), e.g. images (H, W); got {tuple(shape)}")
+    return x.reshape(len(x), *shape)
+
+
+def validate_support(x: Tensor, likelihood: str, source: str) -> None:
+    """Raise DataError unless every value of ``x`` lies in the support of the likelihood.
+
+    ``cb`` (continuous Bernoulli): [0, 1]; ``bernoulli``: {0, 1}; ``gaussian``: any finite value.
+    """
+    if not torch.isfinite(x).all():
+        raise DataError(f"{source}: the data contains NaN or infinite values; remove or impute them first")
+    if likelihood == "cb":
+        low, high = x.min().item(), x.max().item()
+        if low < 0 or high > 1:
+            raise DataError(f"{source}: values must lie in [0, 1] for the continuous Bernoulli likelihood; found "
+                            f"values in [{low:g}, {high:g}] (rescale the data, or use --likelihood gaussian)")
+    elif likelihood == "bernoulli":
+        other = int(((x != 0) & (x != 1)).sum())
+        if other:
+            raise DataError(f"{source}: values must be exactly 0 or 1 for the Bernoulli likelihood; {other} of "
+                            f"{x.numel()} are not (binarize the data, or use --likelihood cb)")
+    elif likelihood != "gaussian":
+        raise ValueError(f"unknown likelihood {likelihood!r}; use cb, bernoulli or gaussian")

@@ -1,0 +1,82 @@
+"""ELBO estimators, model-agnostic.
+
+For data x and a latent z with prior p(z), likelihood p(x|z) and approximate posterior q(z|x):
+
+    log p(x) = ELBO(x) + KL(q(z|x) || p(z|x)),    ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z)).
+
+* ``aevb``: one reparameterized draw z = g(eps, x) for the expected log-likelihood and the analytic
+  KL(q || p) from ``torch.distributions``' registry (Kingma & Welling's second estimator).
+* ``sgvb``: the KL is sampled too, log q(z|x) - log p(z) at the same draw (their first estimator).
+* ``iwae_bound``: the K-sample importance-weighted bound
+  log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q, which rises with K towards log p(x).
+
+Models describe their factors; they do not re-implement these estimators.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, kl_divergence
+
+ESTIMATORS = ("aevb", "sgvb")
+
+
+class ELBO(NamedTuple):
+    """Per-example ELBO estimate and its two terms, each of shape (B,): elbo = log_likelihood - kl."""
+
+    elbo: Tensor
+    log_likelihood: Tensor
+    kl: Tensor
+
+
+def kl_term(q: Distribution, p: Distribution, z: Tensor, estimator: str) -> Tensor:
+    """KL(q || p): analytic for ``aevb``, the one-sample estimate log q(z) - log p(z) for ``sgvb``."""
+    if estimator == "aevb":
+        return kl_divergence(q, p)
+    if estimator == "sgvb":
+        return q.log_prob(z) - p.log_prob(z)
+    raise ValueError(f"unknown ELBO estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+
+
+def elbo(
+    x: Tensor,
+    q_z: Distribution,
+    p_z: Distribution,
+    p_x_given_z: Callable[[Tensor], Distribution],
+    estimator: str = "aevb",
+) -> ELBO:
+    """One-sample estimate of log p(x|z) - KL(q(z|x) || p(z)) with z = q_z.rsample(); shapes (B,)."""
+    z = q_z.rsample()  # (B, L)
+    log_likelihood = p_x_given_z(z).log_prob(x)
+    kl = kl_term(q_z, p_z, z, estimator)
+    return ELBO(log_likelihood - kl, log_likelihood, kl)
+
+
+def log_importance_weights(
+    x: Tensor,
+    q_z: Distribution,
+    p_z: Distribution,
+    p_x_given_z: Callable[[Tensor], Distribution],
+    num_samples: int,
+) -> Tensor:
+    """log w_k = log p(x | z_k) + log p(z_k) - log q(z_k | x), z_k ~ q(z|x); shape (K, B)."""
+    z = q_z.rsample((num_samples,))  # (K, B, L)
+    return p_x_given_z(z).log_prob(x) + p_z.log_prob(z) - q_z.log_prob(z)
+
+
+def iwae_bound(log_weights: Callable[[int], Tensor], num_samples: int, chunk_size: int = 100) -> Tensor:
+    """log (1/K) sum_k w_k, with the K weights drawn ``chunk_size`` at a time; shape (B,).
+
+    ``log_weights(k)`` returns k fresh log-weights per example, shape (k, B). Chunks are combined
+    with a running log-sum-exp, so memory stays bounded for any K.
+    """
+    if num_samples < 1:
+        raise ValueError(f"the number of importance samples must be at least 1, got {num_samples}")
+    total = None
+    for start in range(0, num_samples, chunk_size):
+        chunk = torch.logsumexp(log_weights(min(chunk_size, num_samples - start)), dim=0)
+        total = chunk if total is None else torch.logaddexp(total, chunk)
+    return total - math.log(num_samples)

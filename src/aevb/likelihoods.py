@@ -1,0 +1,57 @@
+"""Likelihood heads p(x | ·): a decoder network's D raw outputs turned into a distribution over x in R^D.
+
+* ``cb``: x in [0, 1]^D ~ prod_d ContinuousBernoulli(lambda_d), lambda = sigmoid(output) (tutorial §5.3,
+  for dequantized images; its log-density is often positive, so image ELBOs in nats are positive);
+* ``bernoulli``: x in {0, 1}^D ~ prod_d Bernoulli(p_d), p = sigmoid(output) (binarized images, §5.5);
+* ``gaussian``: x in R^D ~ N(output, diag(sigma^2)), sigma a learned per-pixel vector (independent of z)
+  or, with ``scale`` given, that fixed number.
+
+Each head returns ``Independent(base, 1)``, so ``log_prob`` sums over the D pixels: shape (..., D) -> (...).
+Distributions are built with validate_args=False: data are validated once, at the data boundary
+(``aevb.data.validate_support``), not on every step.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Bernoulli, ContinuousBernoulli, Distribution, Independent, Normal
+
+LIKELIHOODS = ("cb", "bernoulli", "gaussian")
+
+
+class LikelihoodHead(nn.Module):
+    """p(x | output) for a decoder output of shape (..., D); the Gaussian's per-pixel scale is a parameter."""
+
+    def __init__(self, likelihood: str, data_dim: int, scale: float | None = None) -> None:
+        super().__init__()
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
+        if scale is not None and not scale > 0:
+            raise ValueError(f"the Gaussian likelihood's fixed scale must be positive, got {scale}")
+        self.likelihood, self.fixed_scale = likelihood, scale
+        if likelihood == "gaussian" and scale is None:
+            self.raw_scale = nn.Parameter(torch.zeros(data_dim))  # sigma = softplus(raw_scale), (D,)
+
+    def scale(self) -> Tensor | float:
+        """The Gaussian's sigma: the fixed number, or softplus of the learned per-pixel vector (D,)."""
+        return self.fixed_scale if self.fixed_scale is not None else F.softplus(self.raw_scale)
+
+    def forward(self, output: Tensor) -> Independent:
+        if self.likelihood == "cb":
+            base = ContinuousBernoulli(logits=output, validate_args=False)
+        elif self.likelihood == "bernoulli":
+            base = Bernoulli(logits=output, validate_args=False)
+        else:
+            base = Normal(output, self.scale(), validate_args=False)
+        return Independent(base, 1, validate_args=False)
+
+
+def parameter_image(p_x: Distribution) -> Tensor:
+    """What a decoder 'draws' for one z: lambda (continuous Bernoulli), p (Bernoulli) or the mean (Gaussian).
+
+    The tutorial's figures show lambda rather than the continuous Bernoulli's mean, which is pulled
+    towards 1/2; these are the per-pixel parameters, shape (..., D).
+    """
+    base = p_x.base_dist if isinstance(p_x, Independent) else p_x
+    return base.loc if isinstance(base, Normal) else base.probs

@@ -1,0 +1,220 @@
+"""Factor analysis: the one model where every quantity of the EM view is exact (tutorial §5.2).
+
+Generative model (theta = W, noise_std):
+    z ~ N(0, I_L),    x | z ~ N(W z, Phi),    Phi = diag(noise_std^2),    W in R^{D x L}
+so the evidence is exact, x ~ N(0, W W^T + Phi), and so is the posterior,
+    p(z|x) = N(V* x, Sigma*),    Sigma* = (I + W^T Phi^-1 W)^-1,    V* = Sigma* W^T Phi^-1.
+Approximate posterior (phi = V, Sigma): q(z|x) = N(V x, Sigma), Sigma = C C^T through a learned
+Cholesky factor C (or diagonal), a family that contains the exact posterior.
+
+Beside the AEVB machinery the model has the closed-form E-step (q := p(z|x)) and M-step
+(theta := argmax ELBO), so ``fit_em`` is exact EM and the reference every AEVB fit is measured against.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
+
+from aevb.model import LatentVariableModel
+
+POSTERIORS = ("full", "diagonal")
+
+# The tutorial's synthetic data set: L = 2, D = 3.
+TUTORIAL_W = ((-0.5, -1.0), (-1.0, -1.0), (2.0, 0.5))
+TUTORIAL_NOISE_STD = (0.4, 0.2, 0.3)
+
+
+def inverse_softplus(y: Tensor) -> Tensor:
+    """The x with softplus(x) = y, for y > 0."""
+    return y + torch.log(-torch.expm1(-y))
+
+
+@dataclass
+class FAConfig:
+    data_dim: int = 3
+    latent_dim: int = 2
+    posterior: str = "full"
+
+
+class LinearGaussianDecoder(nn.Module):
+    """p_theta(x | z) = N(W z, diag(noise_std^2)), noise_std = softplus(raw_noise_std)."""
+
+    def __init__(self, data_dim: int, latent_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(data_dim, latent_dim))  # W, (D, L)
+        self.raw_noise_std = nn.Parameter(torch.full((data_dim,), float(inverse_softplus(torch.tensor(1.0)))))
+
+    @property
+    def noise_std(self) -> Tensor:
+        return F.softplus(self.raw_noise_std)
+
+    def forward(self, z: Tensor) -> Independent:
+        return Independent(Normal(z @ self.weight.T, self.noise_std, validate_args=False), 1, validate_args=False)
+
+
+class LinearGaussianEncoder(nn.Module):
+    """q_phi(z | x) = N(V x, C C^T), C lower-triangular with a softplus diagonal (or diagonal only)."""
+
+    def __init__(self, data_dim: int, latent_dim: int, posterior: str) -> None:
+        super().__init__()
+        self.full = posterior == "full"
+        # V starts small, so q starts near the prior's mean: fewer runs stall at a rank-deficient saddle.
+        self.weight = nn.Parameter(0.1 * torch.randn(latent_dim, data_dim) / data_dim**0.5)  # V, (L, D)
+        self.raw_scale = nn.Parameter(torch.zeros((latent_dim, latent_dim) if self.full else (latent_dim,)))
+
+    @property
+    def scale_tril(self) -> Tensor:
+        """C, (L, L): strictly-lower part free, diagonal through softplus."""
+        diagonal = F.softplus(self.raw_scale.diagonal() if self.full else self.raw_scale)
+        strictly_lower = self.raw_scale.tril(-1) if self.full else 0.0
+        return strictly_lower + torch.diag_embed(diagonal)
+
+    def forward(self, x: Tensor) -> MultivariateNormal:
+        return MultivariateNormal(x @ self.weight.T, scale_tril=self.scale_tril, validate_args=False)
+
+
+class FactorAnalysis(LatentVariableModel):
+    """Linear-Gaussian latent variable model with an amortized linear-Gaussian posterior."""
+
+    name = "fa"
+    Config = FAConfig
+
+    def __init__(self, config: FAConfig = FAConfig()) -> None:
+        if config.posterior not in POSTERIORS:
+            raise ValueError(f"unknown posterior {config.posterior!r}; choose one of {', '.join(POSTERIORS)}")
+        if not 1 <= config.latent_dim <= config.data_dim:
+            raise ValueError(
+                f"latent dimension {config.latent_dim} must be between 1 and the data dimension {config.data_dim}"
+            )
+        super().__init__(config)
+        self.generative = LinearGaussianDecoder(config.data_dim, config.latent_dim)
+        self.inference = LinearGaussianEncoder(config.data_dim, config.latent_dim, config.posterior)
+
+    # Factors --------------------------------------------------------------------------------
+    def p_z(self) -> MultivariateNormal:
+        """p(z) = N(0, I_L)."""
+        eye = torch.eye(self.config.latent_dim, dtype=self.generative.weight.dtype)
+        return MultivariateNormal(torch.zeros_like(eye[0]), scale_tril=eye, validate_args=False)
+
+    def factors(self, x: Tensor):
+        return self.inference(x), self.p_z(), self.generative
+
+    def sample(self, num_samples: int) -> Tensor:
+        z = self.p_z().sample((num_samples,))  # (N, L)
+        return self.generative(z).sample()  # (N, D)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return x @ self.inference.weight.T
+
+    # Exact quantities -----------------------------------------------------------------------
+    def p_x(self) -> MultivariateNormal:
+        """The marginal p(x) = N(0, W W^T + Phi)."""
+        w, noise_std = self.generative.weight, self.generative.noise_std
+        covariance = w @ w.T + torch.diag(noise_std**2)
+        return MultivariateNormal(torch.zeros_like(noise_std), covariance_matrix=covariance, validate_args=False)
+
+    def log_evidence(self, x: Tensor) -> Tensor:
+        """Exact log p(x), shape (B,)."""
+        return self.p_x().log_prob(x)
+
+    def posterior_parameters(self) -> tuple[Tensor, Tensor]:
+        """(V*, Sigma*) of the exact posterior p(z|x) = N(V* x, Sigma*)."""
+        w, noise_var = self.generative.weight, self.generative.noise_std**2
+        precision = torch.eye(w.shape[1], dtype=w.dtype) + w.T @ (w / noise_var[:, None])
+        covariance = torch.linalg.inv(precision)
+        return covariance @ (w.T / noise_var), covariance
+
+    def posterior_errors(self) -> tuple[Tensor, Tensor]:
+        """|V - V*| / |V*| and |Sigma - Sigma*| / |Sigma*| (Frobenius): q's distance from the exact posterior."""
+        v, covariance = self.posterior_parameters()
+        scale_tril = self.inference.scale_tril
+        return (
+            torch.linalg.matrix_norm(self.inference.weight - v) / torch.linalg.matrix_norm(v),
+            torch.linalg.matrix_norm(scale_tril @ scale_tril.T - covariance) / torch.linalg.matrix_norm(covariance),
+        )
+
+    def p_z_given_x(self, x: Tensor) -> MultivariateNormal:
+        """The exact posterior p(z|x), batch shape (B,)."""
+        v, covariance = self.posterior_parameters()
+        return MultivariateNormal(x @ v.T, covariance_matrix=covariance)
+
+    def expected_elbo(self, x: Tensor) -> Tensor:
+        """ELBO in closed form, E_q[log p(x|z)] - KL(q || p(z)), shape (B,).
+
+        With q = N(m, S): E_q[log N(x; W z, Phi)] = log N(x; W m, Phi) - tr(Phi^-1 W S W^T) / 2.
+        """
+        q = self.inference(x)
+        w, noise_std = self.generative.weight, self.generative.noise_std
+        trace = ((w @ self.inference.scale_tril / noise_std[:, None]) ** 2).sum()  # S = C C^T is shared by all x
+        expected_log_likelihood = self.generative(q.loc).log_prob(x) - trace / 2
+        return expected_log_likelihood - kl_divergence(q, self.p_z())
+
+    @torch.no_grad()
+    def e_step(self) -> None:
+        """Exact E-step: set q(z|x) to p(z|x). A diagonal family gets the KL-optimal diagonal."""
+        v, covariance = self.posterior_parameters()
+        self.inference.weight.copy_(v)
+        if self.inference.full:
+            scale_tril = torch.linalg.cholesky(covariance)
+            self.inference.raw_scale.copy_(scale_tril.tril(-1) + torch.diag(inverse_softplus(scale_tril.diagonal())))
+        else:  # argmin_diag KL(q || p) has precision diag(Sigma*^-1)
+            self.inference.raw_scale.copy_(inverse_softplus(torch.linalg.inv(covariance).diagonal().rsqrt()))
+
+    @torch.no_grad()
+    def m_step(self, x: Tensor) -> None:
+        """Exact M-step: W, Phi maximizing the mean ELBO over x (N, D) with q(z|x) = N(V x, Sigma) fixed.
+
+        With S = X^T X / N and A = Sigma + V S V^T (the mean E_q[z z^T]):
+        W = S V^T A^-1 and Phi = diag(S - 2 W V S + W A W^T).
+        """
+        v, scale_tril = self.inference.weight, self.inference.scale_tril
+        sigma = scale_tril @ scale_tril.T
+        s = x.T @ x / x.shape[0]
+        a = sigma + v @ s @ v.T
+        w = torch.linalg.solve(a, v @ s).T
+        noise_var = (s - 2 * w @ v @ s + w @ a @ w.T).diagonal()
+        self.generative.weight.copy_(w)
+        self.generative.raw_noise_std.copy_(inverse_softplus(noise_var.sqrt()))
+
+
+def fit_em(x: Tensor, latent_dim: int, max_iter: int = 10_000, tol: float = 1e-9, seed: int = 0) -> FactorAnalysis:
+    """Maximum-likelihood factor analysis of zero-mean data x (N, D) by exact EM, in float64.
+
+    Alternates ``e_step`` and ``m_step`` until the mean log-likelihood rises by less than ``tol``.
+    """
+    torch.manual_seed(seed)
+    x = x.double()
+    model = FactorAnalysis(FAConfig(x.shape[1], latent_dim)).double()
+    previous = -float("inf")
+    for _ in range(max_iter):
+        model.e_step()
+        model.m_step(x)
+        current = model.log_evidence(x).mean().item()
+        if current - previous < tol:
+            break
+        previous = current
+    model.e_step()
+    return model
+
+
+def tutorial_model(dtype: torch.dtype = torch.float32) -> FactorAnalysis:
+    """The tutorial's true FA model (L = 2, D = 3), with its exact posterior as q."""
+    model = FactorAnalysis(FAConfig(3, 2)).to(dtype)
+    with torch.no_grad():
+        model.generative.weight.copy_(torch.tensor(TUTORIAL_W))
+        model.generative.raw_noise_std.copy_(inverse_softplus(torch.tensor(TUTORIAL_NOISE_STD)))
+    model.e_step()
+    return model
+
+
+def synthetic_data(num_train: int = 1000, num_test: int = 1000, seed: int = 0) -> tuple[FactorAnalysis, Tensor, Tensor]:
+    """(true model, x_train (N, 3), x_test (M, 3)) drawn from the tutorial's FA model."""
+    torch.manual_seed(seed)
+    true_model = tutorial_model()
+    with torch.no_grad():
+        x = true_model.sample(num_train + num_test)
+    return true_model, x[:num_train], x[num_train:]

@@ -1,0 +1,224 @@
+"""Gaussian-mixture VAE: a discrete cluster y and a continuous code z (tutorial §5.5).
+
+Generative model (theta), ``variant='gmm'`` (the default):
+    y ~ OneHotCategorical(1/C),    z | y ~ N(loc(y), diag(scale(y)^2)),    x | z ~ prod_d Bernoulli(sigmoid(f(z))_d)
+with loc linear and scale softplus-linear in the one-hot y, f an MLP. ``variant='m2'`` is the alternative of
+§5.5.1 (Kingma et al.'s M2 model): y ~ OneHotCategorical(1/C), z ~ N(0, I), x | y, z ~ Bernoulli(sigmoid(f(z, y))).
+Variational family (phi): q(y, z | x) = q(y|x) q(z|x,y),
+    q(y|x) = OneHotCategorical(logits(x)),    q(z|x,y) = N(loc(x, y), diag(scale(x, y)^2)).
+
+ELBO estimators (``elbo(x, estimator=...)``):
+* ``marginal`` (Estimator 1): the exact sum over the C values of y,
+      ELBO(x) = sum_y q(y|x) [log p(x|z_y) - KL(q(z|x,y) || p(z|y))] - KL(q(y|x) || p(y)),   z_y ~ q(z|x,y),
+  all C components in one batched pass. KL(q(y|x) || p(y)) = log C - H(q(y|x)): this is the true bound on
+  log p(x); the tutorial's printed ELBOs leave out the constant -log C (2.30 nats for C = 10).
+* ``gumbel-relaxed`` (Estimator 2, first context): one relaxed sample y~ = softmax((logits + g) / tau),
+  g ~ Gumbel(0, 1), in z's path, and the sampled relaxed KL log q_tau(y~|x) - log p_tau(y~) with the Concrete
+  densities. That KL is the relaxed model's, not the categorical one: its expectation does not depend on tau
+  and is at least KL(q(y|x) || p(y)) (data processing through argmax), so this bound is looser.
+* ``gumbel-analytic`` (second context): the relaxed y~ in z's path only, the analytic KL(q(y|x) || p(y)).
+With ``straight_through``, the Gumbel estimators feed the one-hot argmax of y~ forward and y~'s gradient backward.
+Evaluation should use ``marginal``: it is the discrete model's bound, whatever estimator trained the model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Independent, OneHotCategorical, kl_divergence
+from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
+
+from aevb.elbo import ELBO
+from aevb.model import LatentVariableModel
+from aevb.models.cvae import LabelPrior
+from aevb.models.vae import Decoder, GaussianEncoder, mlp, standard_normal
+
+ESTIMATORS = ("marginal", "gumbel-relaxed", "gumbel-analytic")
+VARIANTS = ("gmm", "m2")
+
+
+@dataclass
+class GMVAEConfig:
+    data_dim: int = 784
+    num_components: int = 10
+    latent_dim: int = 64
+    hidden: Sequence[int] = (512, 512)
+    variant: str = "gmm"
+    temperature: float = 0.5  # tau of the Gumbel estimators (the initial one, under a schedule)
+    straight_through: bool = False
+
+    def __post_init__(self) -> None:
+        self.hidden = tuple(self.hidden)  # a JSON round trip gives a list
+        if self.num_components < 2:
+            raise ValueError(f"a mixture needs at least 2 components, got {self.num_components}")
+        if self.latent_dim < 1 or self.data_dim < 1 or not self.hidden or any(h < 1 for h in self.hidden):
+            raise ValueError(f"dimensions must be positive: data {self.data_dim}, latent {self.latent_dim}, "
+                             f"hidden {','.join(map(str, self.hidden)) or 'none'}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown GMVAE variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        if not self.temperature > 0:
+            raise ValueError(f"the Gumbel-softmax temperature must be positive, got {self.temperature}")
+
+
+def glorot_init(module: nn.Module) -> None:
+    """Glorot-normal weights and zero biases for every linear layer (the tutorial's initialization)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_normal_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
+class Generative(nn.Module):
+    """theta: p(z|y) and p(x|z) (``gmm``), or p(z) = N(0, I) and p(x|y,z) (``m2``); p(y) is uniform, fixed."""
+
+    def __init__(self, config: GMVAEConfig) -> None:
+        super().__init__()
+        c, m2 = config, config.variant == "m2"
+        self.m2, self.latent_dim = m2, c.latent_dim
+        self.prior = None if m2 else LabelPrior(c.num_components, c.latent_dim)
+        decoder_in = c.latent_dim + (c.num_components if m2 else 0)
+        self.decoder = Decoder(decoder_in, c.hidden, c.data_dim, "bernoulli", None, dropout=0.0)
+
+    def p_z_given_y(self, y: Tensor) -> Independent:
+        """p(z | y) for y (..., C): batch shape (...), event (L,)."""
+        if self.m2:
+            return standard_normal(self.latent_dim, y).expand(y.shape[:-1])
+        return self.prior(y)
+
+    def p_x_given_z(self, z: Tensor, y: Tensor) -> Independent:
+        """p(x | z) (or p(x | y, z) for m2) for z (..., B, L), y (..., B or 1, C): batch (..., B), event (D,)."""
+        if self.m2:
+            return self.decoder(torch.cat([z, y.expand(*z.shape[:-1], y.shape[-1])], -1))
+        return self.decoder(z)
+
+
+class Inference(nn.Module):
+    """phi: q(y|x) and q(z|x,y). q(z|x,y)'s first layer W [x; y] + b is split as (W_x x + b) + W_y y,
+    so the x part, the costly one, is computed once per example and shared by every value of y."""
+
+    def __init__(self, config: GMVAEConfig) -> None:
+        super().__init__()
+        d, c, h = config.data_dim, config.num_components, config.hidden
+        self.logits_y = nn.Sequential(mlp([d, *h], dropout=0.0), nn.Linear(h[-1], c))
+        self.z_from_x = nn.Linear(d, h[0])
+        self.z_from_y = nn.Linear(c, h[0], bias=False)
+        self.z_rest = GaussianEncoder(h[0], h[1:], config.latent_dim, dropout=0.0)
+
+    def q_y_given_x(self, x: Tensor) -> OneHotCategorical:  # x (B, D) -> batch (B,), event (C,)
+        return OneHotCategorical(logits=self.logits_y(x), validate_args=False)
+
+    def q_z_given_x_y(self, x_part: Tensor, y: Tensor) -> Independent:
+        """q(z|x,y) from x_part = z_from_x(x) (B, H) and y (..., B or 1, C): batch (..., B), event (L,)."""
+        return self.z_rest(F.relu(x_part + self.z_from_y(y)))
+
+
+class GMVAE(LatentVariableModel):
+    """Gaussian-mixture VAE on binary data, trained by exact marginalization of y or by Gumbel-softmax."""
+
+    name = "gmvae"
+    Config = GMVAEConfig
+
+    def __init__(self, config: GMVAEConfig = GMVAEConfig()) -> None:
+        super().__init__(config)
+        self.generative = Generative(config)
+        self.inference = Inference(config)
+        glorot_init(self)
+        self.temperature = config.temperature  # the tau in use; a schedule changes it between epochs
+
+    def components(self) -> Tensor:
+        """Every value of y, one-hot, as a (C, 1, C) batch that broadcasts against (C, B, ...)."""
+        weight = self.inference.z_from_y.weight
+        return torch.eye(self.config.num_components, dtype=weight.dtype, device=weight.device)[:, None, :]
+
+    def p_y(self) -> OneHotCategorical:
+        logits = self.inference.z_from_y.weight.new_zeros(self.config.num_components)
+        return OneHotCategorical(logits=logits, validate_args=False)
+
+    def given_y(self, x: Tensor, x_part: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """log p(x|z) at z ~ q(z|x,y), and KL(q(z|x,y) || p(z|y)), for y (..., B or 1, C); shapes (..., B)."""
+        q_z = self.inference.q_z_given_x_y(x_part, y)
+        z = q_z.rsample()  # (..., B, L)
+        return self.generative.p_x_given_z(z, y).log_prob(x), kl_divergence(q_z, self.generative.p_z_given_y(y))
+
+    def elbo(self, x: Tensor, estimator: str = "marginal") -> ELBO:
+        """Per-example ELBO estimate, shapes (B,), by one of ``ESTIMATORS`` (see the module docstring)."""
+        q_y = self.inference.q_y_given_x(x)
+        x_part = self.inference.z_from_x(x)  # (B, H), once per example
+        if estimator == "marginal":
+            log_likelihood, kl_z = self.given_y(x, x_part, self.components())  # (C, B) each
+            weights = q_y.probs.T  # (C, B)
+            log_likelihood = (weights * log_likelihood).sum(0)
+            kl = (weights * kl_z).sum(0) + kl_divergence(q_y, self.p_y())
+            return ELBO(log_likelihood - kl, log_likelihood, kl)
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"unknown GMVAE estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+        # Concrete samples and densities in log space (ExpRelaxedCategorical): stable for confident logits,
+        # and log q - log p is the same as for the Concrete itself (the Jacobian of exp cancels).
+        temperature = x.new_tensor(self.temperature)
+        relaxed_q_y = ExpRelaxedCategorical(temperature, logits=q_y.logits, validate_args=False)
+        log_y = relaxed_q_y.rsample()  # (B, C)
+        y = log_y.exp()
+        if self.config.straight_through:
+            y = y + (F.one_hot(y.argmax(-1), y.shape[-1]).to(y) - y).detach()
+        log_likelihood, kl_z = self.given_y(x, x_part, y)
+        if estimator == "gumbel-analytic":
+            kl_y = kl_divergence(q_y, self.p_y())
+        else:
+            relaxed_p_y = ExpRelaxedCategorical(temperature, logits=self.p_y().logits, validate_args=False)
+            kl_y = relaxed_q_y.log_prob(log_y) - relaxed_p_y.log_prob(log_y)
+        return ELBO(log_likelihood - kl_z - kl_y, log_likelihood, kl_z + kl_y)
+
+    def log_importance_weights(self, x: Tensor, num_samples: int) -> Tensor:
+        """log p(x|z) + log p(z|y) + log p(y) - log q(y|x) - log q(z|x,y) at (y, z) ~ q(y|x) q(z|x,y); (K, B)."""
+        q_y = self.inference.q_y_given_x(x)
+        y = q_y.sample((num_samples,))  # (K, B, C)
+        q_z = self.inference.q_z_given_x_y(self.inference.z_from_x(x), y)
+        z = q_z.rsample()  # (K, B, L)
+        log_joint = (self.generative.p_x_given_z(z, y).log_prob(x) + self.generative.p_z_given_y(y).log_prob(z)
+                     + self.p_y().log_prob(y))
+        return log_joint - q_y.log_prob(y) - q_z.log_prob(z)
+
+    def sample(self, num_samples: int) -> Tensor:
+        """x ~ p(x) through y ~ p(y), z ~ p(z|y); shape (N, D)."""
+        y = self.p_y().sample((num_samples,))  # (N, C)
+        z = self.generative.p_z_given_y(y).sample()  # (N, L)
+        return self.generative.p_x_given_z(z, y).sample()
+
+    def generate(self, num_per_component: int) -> Tensor:
+        """Bernoulli means p(x = 1 | z), z ~ p(z | y = c), for each component c; shape (C, N, D)."""
+        y = self.components().expand(-1, num_per_component, -1)  # (C, N, C)
+        z = self.generative.p_z_given_y(y).sample()  # (C, N, L)
+        return self.generative.p_x_given_z(z, y).mean
+
+    def cluster_probs(self, x: Tensor) -> Tensor:
+        """q(y|x), shape (B, C)."""
+        return self.inference.q_y_given_x(x).probs
+
+    def encode(self, x: Tensor) -> Tensor:
+        """E_q[z | x] = sum_y q(y|x) E[z | x, y], shape (B, L)."""
+        q_z = self.inference.q_z_given_x_y(self.inference.z_from_x(x), self.components())  # batch (C, B)
+        return (self.cluster_probs(x).T[..., None] * q_z.mean).sum(0)
+
+
+@dataclass(frozen=True)
+class TemperatureSchedule:
+    """tau for 0-based epoch e: initial * decay^e, floored at minimum (or at initial, if that is lower)."""
+
+    initial: float = 0.5
+    decay: float = 1.0
+    minimum: float = 0.1
+
+    def __call__(self, epoch: int) -> float:
+        return max(min(self.minimum, self.initial), self.initial * self.decay**epoch)
+
+    def callback(self, model: GMVAE):
+        """A trainer callback: after each finished epoch, set the temperature the next epoch trains with."""
+
+        def update(records: list[dict]) -> None:
+            model.temperature = self(records[-1]["epoch"])
+
+        return update

@@ -1,0 +1,113 @@
+"""Variational auto-encoder (tutorial §5.3; Kingma & Welling 2014).
+
+Generative model (theta = decoder MLP, and the Gaussian likelihood's scale if learned):
+    z ~ N(0, I_L),    x | z ~ p_theta(x | z) = prod_d ContinuousBernoulli(x_d; lambda_theta(z)_d)
+(or Bernoulli / Gaussian, ``aevb.likelihoods``), lambda_theta an MLP z -> 500 -> 500 -> D.
+Variational family (phi = encoder MLP):
+    q_phi(z | x) = N(mu_phi(x), diag(sigma_phi(x)^2)),  mu linear and sigma softplus-linear in an MLP
+    x -> 500 -> 500 of x.
+Both MLPs use ReLU and dropout 0.1. The ELBO and the importance-weighted bound come from ``aevb.elbo``
+through ``factors``. The blocks here (``mlp``, ``GaussianEncoder``, ``Decoder``) also build the
+conditional VAE and later models.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Independent, Normal
+
+from aevb.likelihoods import LikelihoodHead
+from aevb.model import LatentVariableModel
+
+
+@dataclass
+class VAEConfig:
+    data_dim: int = 784
+    latent_dim: int = 20
+    hidden: Sequence[int] = (500, 500)
+    likelihood: str = "cb"
+    likelihood_scale: float | None = None  # Gaussian only: a fixed sigma; None learns one per pixel
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.hidden = tuple(self.hidden)  # a JSON round trip gives a list
+        if self.latent_dim < 1 or self.data_dim < 1 or any(h < 1 for h in self.hidden):
+            raise ValueError(f"dimensions must be positive: data {self.data_dim}, latent {self.latent_dim}, "
+                             f"hidden {','.join(map(str, self.hidden))}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+def mlp(sizes: Sequence[int], dropout: float) -> nn.Sequential:
+    """Linear layers through ``sizes``, each followed by ReLU and dropout: (..., sizes[0]) -> (..., sizes[-1])."""
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(n_in, n_out), nn.ReLU(), nn.Dropout(dropout)]
+    return nn.Sequential(*layers)
+
+
+def standard_normal(latent_dim: int, like: Tensor) -> Independent:
+    """p(z) = N(0, I_L), batch shape (), on the device and dtype of ``like``."""
+    zeros = like.new_zeros(latent_dim)
+    return Independent(Normal(zeros, torch.ones_like(zeros), validate_args=False), 1, validate_args=False)
+
+
+class GaussianEncoder(nn.Module):
+    """q_phi(z | input) = N(loc, diag(scale^2)): loc = W h, scale = softplus(W' h), h = MLP(input)."""
+
+    def __init__(self, input_dim: int, hidden: Sequence[int], latent_dim: int, dropout: float) -> None:
+        super().__init__()
+        sizes = [input_dim, *hidden]
+        self.net = mlp(sizes, dropout)
+        self.loc = nn.Linear(sizes[-1], latent_dim)
+        self.raw_scale = nn.Linear(sizes[-1], latent_dim)
+
+    def forward(self, inputs: Tensor) -> Independent:
+        h = self.net(inputs)  # (B, H)
+        scale = F.softplus(self.raw_scale(h))  # (B, L)
+        return Independent(Normal(self.loc(h), scale, validate_args=False), 1, validate_args=False)
+
+
+class Decoder(nn.Module):
+    """p_theta(x | input): an MLP input -> hidden -> D whose outputs the likelihood head reads."""
+
+    def __init__(self, input_dim: int, hidden: Sequence[int], data_dim: int, likelihood: str,
+                 scale: float | None, dropout: float) -> None:
+        super().__init__()
+        sizes = [input_dim, *hidden]
+        self.net = nn.Sequential(mlp(sizes, dropout), nn.Linear(sizes[-1], data_dim))
+        self.likelihood = LikelihoodHead(likelihood, data_dim, scale)
+
+    def forward(self, inputs: Tensor) -> Independent:
+        return self.likelihood(self.net(inputs))  # batch shape inputs.shape[:-1], event (D,)
+
+
+class VAE(LatentVariableModel):
+    """z ~ N(0, I), x | z ~ p_theta(x | z); q_phi(z | x) diagonal Gaussian."""
+
+    name = "vae"
+    Config = VAEConfig
+
+    def __init__(self, config: VAEConfig = VAEConfig()) -> None:
+        super().__init__(config)
+        c = config
+        self.generative = Decoder(c.latent_dim, c.hidden, c.data_dim, c.likelihood, c.likelihood_scale, c.dropout)
+        self.inference = GaussianEncoder(c.data_dim, c.hidden, c.latent_dim, c.dropout)
+
+    def factors(self, x: Tensor):
+        return self.inference(x), standard_normal(self.config.latent_dim, x), self.generative
+
+    def decode(self, num_samples: int) -> Independent:
+        """p_theta(x | z) for ``num_samples`` prior draws z ~ N(0, I), batch shape (N,)."""
+        p_z = standard_normal(self.config.latent_dim, next(self.parameters()))
+        return self.generative(p_z.sample((num_samples,)))
+
+    def sample(self, num_samples: int) -> Tensor:
+        return self.decode(num_samples).sample()  # (N, D)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.inference(x).mean  # (B, L)

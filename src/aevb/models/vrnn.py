@@ -1,0 +1,184 @@
+"""Variational RNN: one latent per step of a sequence, carried forward by an LSTM (tutorial §5.6).
+
+Generative model (theta = the LSTM, the prior MLP and the decoder MLP), for x_{1:T}, x_t in R^D:
+    (h_t, c_t) = LSTM_theta([x_{t-1}, z_{t-1}], (h_{t-1}, c_{t-1})),    h_1 = c_1 = 0
+    z_t | h_t      ~ N(mu_theta(h_t), diag sigma_theta(h_t)^2)
+    x_t | h_t, z_t ~ prod_d Bernoulli(p_theta(h_t, z_t)_d)      (continuous Bernoulli for data in [0, 1])
+Variational family (phi = the posterior MLP; it reads the generative LSTM's h_t, a filtering posterior):
+    q(z_{1:T} | x_{1:T}) = prod_t q_phi(z_t | h_t, x_t),    q_phi(z_t | h_t, x_t) = N(mu_phi(h_t, x_t), diag sigma_phi(.)^2)
+ELBO, with one trajectory z_{1:T} drawn step by step with ``rsample`` (the tutorial's code used ``sample``,
+which cuts the gradient through z_t into q and into the recurrence):
+    ELBO(x_{1:T}) = sum_t log p(x_t | h_t, z_t) - KL(q(z_t | h_t, x_t) || p(z_t | h_t)).
+
+Only the LSTM and q depend on the previous step's draw, so only they run step by step. The prior and
+the decoder read (h_t, z_t) alone: they run once over all B x T positions after the recurrence. The
+x-part of q's first layer is computed for all t at once too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Independent, Normal
+
+from aevb.elbo import ELBO, kl_term
+from aevb.likelihoods import LikelihoodHead, parameter_image
+from aevb.model import LatentVariableModel
+
+LIKELIHOODS = ("bernoulli", "cb")
+
+
+@dataclass
+class VRNNConfig:
+    data_dim: int = 28  # D, the size of one step x_t (one image row)
+    seq_len: int = 28  # T, the length of generated sequences
+    latent_dim: int = 2  # L
+    hidden_dim: int = 256  # the LSTM's, per layer
+    mlp_dim: int = 500  # the widths of the prior, decoder and posterior MLPs
+    likelihood: str = "bernoulli"
+
+
+def mlp(in_dim: int, width: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, out_dim))
+
+
+def diagonal_normal(output: Tensor) -> Independent:
+    """N(loc, diag scale^2) from a network output (..., 2L): loc, then scale through softplus."""
+    loc, raw_scale = output.chunk(2, dim=-1)
+    return Independent(Normal(loc, F.softplus(raw_scale), validate_args=False), 1, validate_args=False)
+
+
+class Transition(nn.Module):
+    """(h_t, c_t) = LSTM_theta([x_{t-1}, z_{t-1}], (h_{t-1}, c_{t-1})), two layers, one step per call."""
+
+    def __init__(self, data_dim: int, latent_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(data_dim + latent_dim, hidden_dim, num_layers=2)
+
+    def initial_state(self, batch_size: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        """(h, c) = 0 for both layers, each (2, B, H)."""
+        zeros = like.new_zeros(self.lstm.num_layers, batch_size, self.lstm.hidden_size)
+        return zeros, zeros
+
+    def forward(self, x_prev: Tensor, z_prev: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple]:
+        """h_t (B, H) of the top layer, and the new state of both layers."""
+        output, state = self.lstm(torch.cat([x_prev, z_prev], dim=-1).unsqueeze(0), state)  # (1, B, H)
+        return output[0], state
+
+
+class Generative(nn.Module):
+    """theta: the recurrence, the prior p(z_t | h_t) and the decoder p(x_t | h_t, z_t)."""
+
+    def __init__(self, config: VRNNConfig) -> None:
+        super().__init__()
+        self.transition = Transition(config.data_dim, config.latent_dim, config.hidden_dim)
+        self.prior = mlp(config.hidden_dim, config.mlp_dim, 2 * config.latent_dim)
+        self.decoder = mlp(config.hidden_dim + config.latent_dim, config.mlp_dim, config.data_dim)
+        self.likelihood = LikelihoodHead(config.likelihood, config.data_dim)
+
+    def p_z(self, h: Tensor) -> Independent:
+        """p(z_t | h_t) for h of shape (..., H): batch shape (...), event (L,)."""
+        return diagonal_normal(self.prior(h))
+
+    def p_x_given_z(self, h: Tensor, z: Tensor) -> Independent:
+        """p(x_t | h_t, z_t) for h (..., H) and z (..., L): batch shape (...), event (D,)."""
+        return self.likelihood(self.decoder(torch.cat([h, z], dim=-1)))
+
+
+class Posterior(nn.Module):
+    """phi: q(z_t | h_t, x_t) = N(mu_phi, diag sigma_phi^2), an MLP on [h_t, x_t] with its first layer split."""
+
+    def __init__(self, config: VRNNConfig) -> None:
+        super().__init__()
+        # W [h; x] + b = W_h h + (W_x x + b): the x-part does not depend on the recurrence.
+        self.read_x = nn.Linear(config.data_dim, config.mlp_dim)
+        self.read_h = nn.Linear(config.hidden_dim, config.mlp_dim, bias=False)
+        self.rest = nn.Sequential(
+            nn.ReLU(), nn.Linear(config.mlp_dim, config.mlp_dim), nn.ReLU(), nn.Linear(config.mlp_dim, 2 * config.latent_dim)
+        )
+
+    def forward(self, h: Tensor, x_features: Tensor) -> Tensor:
+        """q's raw output (B, 2L) from h_t (B, H) and x_features = read_x(x_t) (B, M)."""
+        return self.rest(self.read_h(h) + x_features)
+
+
+class Trajectory(NamedTuple):
+    """One pass of the recurrence: h_{1:T} (B, T, H), z_{1:T} (B, T, L), q(z_t | h_t, x_t) with batch (B, T)."""
+
+    h: Tensor
+    z: Tensor
+    q_z: Independent
+
+
+class VRNN(LatentVariableModel):
+    """Variational RNN on sequences x (B, T, D); the ELBO and importance weights are per sequence."""
+
+    name = "vrnn"
+    Config = VRNNConfig
+
+    def __init__(self, config: VRNNConfig = VRNNConfig()) -> None:
+        if config.likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {config.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
+        super().__init__(config)
+        self.generative = Generative(config)
+        self.inference = Posterior(config)
+
+    def trajectory(self, x: Tensor, use_mean: bool = False) -> Trajectory:
+        """Run the recurrence over x (B, T, D), drawing z_t ~ q(z_t | h_t, x_t) by ``rsample`` (or its mean)."""
+        transition = self.generative.transition
+        x_features = self.inference.read_x(x)  # (B, T, M), every step at once
+        state = transition.initial_state(len(x), x)
+        h = state[0][-1]  # h_1 = 0, (B, H)
+        hs, zs, q_outputs = [], [], []
+        for t in range(x.shape[1]):
+            if t > 0:
+                h, state = transition(x[:, t - 1], z, state)
+            q_output = self.inference(h, x_features[:, t])  # (B, 2L)
+            q_z_t = diagonal_normal(q_output)
+            z = q_z_t.mean if use_mean else q_z_t.rsample()  # (B, L)
+            hs.append(h)
+            zs.append(z)
+            q_outputs.append(q_output)
+        return Trajectory(torch.stack(hs, 1), torch.stack(zs, 1), diagonal_normal(torch.stack(q_outputs, 1)))
+
+    def elbo(self, x: Tensor, estimator: str = "aevb") -> ELBO:
+        """sum_t log p(x_t | h_t, z_t) - KL(q(z_t | h_t, x_t) || p(z_t | h_t)) for x (B, T, D); shapes (B,)."""
+        h, z, q_z = self.trajectory(x)
+        log_likelihood = self.generative.p_x_given_z(h, z).log_prob(x).sum(-1)  # all B x T positions at once
+        kl = kl_term(q_z, self.generative.p_z(h), z, estimator).sum(-1)
+        return ELBO(log_likelihood - kl, log_likelihood, kl)
+
+    def log_importance_weights(self, x: Tensor, num_samples: int) -> Tensor:
+        """log p(x_{1:T}, z_{1:T}) - log q(z_{1:T} | x_{1:T}) for K whole trajectories per sequence; (K, B)."""
+        x_k = x.repeat(num_samples, 1, 1)  # (K * B, T, D), the K copies of the batch one after another
+        h, z, q_z = self.trajectory(x_k)
+        log_w = self.generative.p_x_given_z(h, z).log_prob(x_k) + self.generative.p_z(h).log_prob(z) - q_z.log_prob(z)
+        return log_w.sum(-1).view(num_samples, len(x))
+
+    @torch.no_grad()
+    def generate(self, num_samples: int) -> tuple[Tensor, Tensor]:
+        """Ancestral sampling step by step (row by row): x_{1:T} ~ p(x_{1:T}) and, for each step, the
+        decoder's parameters (Bernoulli p, or continuous-Bernoulli lambda) given the sampled past; both (N, T, D)."""
+        transition, config = self.generative.transition, self.config
+        state = transition.initial_state(num_samples, next(self.parameters()))
+        h = state[0][-1]  # (N, H)
+        xs, parameters = [], []
+        for t in range(config.seq_len):
+            if t > 0:
+                h, state = transition(x, z, state)
+            z = self.generative.p_z(h).sample()  # (N, L)
+            p_x = self.generative.p_x_given_z(h, z)
+            x = p_x.sample()  # (N, D)
+            xs.append(x)
+            parameters.append(parameter_image(p_x))
+        return torch.stack(xs, 1), torch.stack(parameters, 1)
+
+    def sample(self, num_samples: int) -> Tensor:
+        return self.generate(num_samples)[0]
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The posterior means E_q[z_t], each z_{<t} at its mean, concatenated over t: (B, T * L)."""
+        return self.trajectory(x, use_mean=True).z.flatten(1)

@@ -1,0 +1,183 @@
+"""Figures. Every function takes plain numbers/tensors and a path, and writes one PNG (an animation: one GIF)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+import numpy as np
+import torch
+from torch import Tensor
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.figure import Figure  # noqa: E402
+
+PHASE_COLOURS = {"e": "tab:orange", "m": "tab:blue"}
+
+
+def save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_history(ax, history: list[dict], keys: dict[str, str], x: str = "step") -> None:
+    """One line per metric key in ``keys`` (key -> legend label), against ``x``."""
+    for key, label in keys.items():
+        points = [(r[x], r[key]) for r in history if key in r]
+        ax.plot(*zip(*points), label=label, lw=1.2)
+    ax.set_xlabel(x)
+
+
+def add_reference_lines(ax, references: dict[str, float]) -> None:
+    for (label, value), style in zip(references.items(), ("--", ":", "-.")):
+        ax.axhline(value, color="k", ls=style, lw=1, label=label)
+
+
+def fa_learning_curve(
+    history: list[dict], references: dict[str, float], snapshots: dict[int, tuple], path: Path
+) -> Path:
+    """Tutorial Figure 2: test ELBO and exact evidence per step, and predictive checks at a few steps.
+
+    ``snapshots`` maps a step to (generated x, test x), each (N, 3); each row of small panels shows the
+    three 2-D projections of generated (orange) against test (blue) points.
+    """
+    rows = len(snapshots)
+    fig = plt.figure(figsize=(9, 3.2 + 2.2 * rows))
+    grid = fig.add_gridspec(1 + rows, 3, height_ratios=[3] + [2] * rows, hspace=0.45)
+    ax = fig.add_subplot(grid[0, :])
+    plot_history(ax, history, {"test_elbo": "test ELBO (estimate)", "test_log_evidence": "test log evidence (exact)"})
+    add_reference_lines(ax, references)
+    low = min(references.values())
+    ax.set_ylim(low - 1.5, max(references.values()) + 0.3)
+    ax.set_ylabel("nats per example")
+    ax.legend(loc="lower right", fontsize=8)
+    for row, (step, (generated, test)) in enumerate(sorted(snapshots.items()), start=1):
+        ax.axvline(step, color="grey", lw=0.6)
+        for col, (i, j) in enumerate(((0, 1), (0, 2), (1, 2))):
+            inset = fig.add_subplot(grid[row, col])
+            inset.scatter(test[:, i], test[:, j], s=2, alpha=0.4, label="test")
+            inset.scatter(generated[:, i], generated[:, j], s=2, alpha=0.4, label="generated")
+            inset.set_title(f"step {step}: x{i + 1} vs x{j + 1}", fontsize=8)
+            inset.tick_params(labelsize=6)
+            if row == 1 and col == 0:
+                inset.legend(fontsize=6, markerscale=3)
+    return save(fig, path)
+
+
+def em_phases(history: list[dict], spans: list[tuple[str, int, int]], references: dict[str, float], path: Path) -> Path:
+    """Tutorial Figure 3: ELBO and evidence per step, E-phases (phi only) shaded, M-phases (theta only) plain."""
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for phase, start, stop in spans:
+        if phase == "e":
+            ax.axvspan(start, stop, color=PHASE_COLOURS["e"], alpha=0.12, lw=0)
+    plot_history(
+        ax,
+        history,
+        {"test_elbo": "test ELBO (estimate)", "test_elbo_exact": "test ELBO (exact)", "test_log_evidence": "test log evidence"},
+    )
+    add_reference_lines(ax, references)
+    ax.set_ylim(min(references.values()) - 1.5, max(references.values()) + 0.3)
+    ax.set_ylabel("nats per example")
+    ax.set_title("shaded: E-phases (inference parameters only); unshaded: M-phases (generative only)", fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    return save(fig, path)
+
+
+def epoch_curves(history: list[dict], keys: dict[str, str], path: Path, title: str = "") -> Path:
+    """Tutorial Figure 5: metrics per epoch (key -> legend label), e.g. the test ELBO, in nats per example."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    plot_history(ax, history, keys, x="epoch")
+    ax.set_ylabel("nats per example")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save(fig, path)
+
+
+def epoch_panels(history: list[dict], panels: dict[str, str], path: Path, title: str = "") -> Path:
+    """Tutorial Figure 10: one panel per metric (key -> y-axis label) against the epoch, side by side."""
+    panels = {key: label for key, label in panels.items() if any(key in r for r in history)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels.items()):
+        plot_history(ax, history, {key: label}, x="epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def tile(images: np.ndarray) -> np.ndarray:
+    """Images (R, C, H, W) as one R x C canvas, one white pixel between neighbours."""
+    rows, cols, height, width = images.shape
+    canvas = np.ones((rows * (height + 1) - 1, cols * (width + 1) - 1))
+    for r in range(rows):
+        for c in range(cols):
+            canvas[r * (height + 1):r * (height + 1) + height, c * (width + 1):c * (width + 1) + width] = images[r, c]
+    return np.clip(canvas, 0, 1)
+
+
+def as_grid(x: Tensor, shape: Sequence[int], columns: int) -> np.ndarray:
+    """Flat examples (N, D) -> (rows, columns, H, W) for ``image_grid``; a short last row is left blank.
+
+    Examples of ``shape`` (D,) become 1-pixel-high strips.
+    """
+    height, width = shape if len(shape) == 2 else (1, int(np.prod(shape)))
+    rows = -(-len(x) // columns)
+    padded = torch.ones(rows * columns, height * width)
+    padded[:len(x)] = x.detach().cpu().reshape(len(x), -1)
+    return padded.reshape(rows, columns, height, width).numpy()
+
+
+def image_grid(images: np.ndarray, path: Path, row_labels: Sequence[str] | None = None, title: str = "") -> Path:
+    """Tutorial Figures 6, 8, 9: images (R, C, H, W) in [0, 1] as an R x C grid, rows optionally labelled."""
+    rows, cols, height, width = images.shape
+    fig, ax = plt.subplots(figsize=(0.45 * cols * max(1, width / height) + 0.5, 0.45 * rows + 0.4))
+    ax.imshow(tile(images), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([r * (height + 1) + height / 2 for r in range(rows)] if row_labels else [], row_labels or [])
+    ax.tick_params(length=0, labelsize=8)
+    ax.set_title(title, fontsize=9)
+    return save(fig, path)
+
+
+def rows_animation(images: np.ndarray, path: Path, title: str = "", fps: int = 4) -> Path:
+    """Sequences generated step by step, as an animated GIF: images (R, C, T, D) in [0, 1], frame t showing
+    rows 1..t of every image (rows still to come in grey), the finished grid held for a moment at the end."""
+    from matplotlib.animation import FuncAnimation, PillowWriter  # only this figure needs them
+
+    rows, cols, steps, width = images.shape
+    fig, ax = plt.subplots(figsize=(0.45 * cols * max(1, width / steps) + 0.5, 0.45 * rows + 0.4))
+    shown = ax.imshow(tile(images), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+    def frame(t: int):
+        partial = images.copy()
+        partial[:, :, t + 1:] = 0.5
+        shown.set_data(tile(partial))
+        ax.set_title(f"{title}: step {t + 1} of {steps}", fontsize=9)
+        return (shown,)
+
+    frames = list(range(steps)) + [steps - 1] * 2 * fps
+    FuncAnimation(fig, frame, frames=frames).save(path, writer=PillowWriter(fps=fps))
+    plt.close(fig)
+    return path
+
+
+def tsne(codes: np.ndarray, labels: np.ndarray | None, path: Path, seed: int = 0, title: str = "") -> Path:
+    """Tutorial Figure 7: scikit-learn's 2-D t-SNE of codes (N, L), e.g. posterior means, coloured by label."""
+    from sklearn.manifold import TSNE  # slow to import; only this figure needs it
+
+    perplexity = min(30.0, (len(codes) - 1) / 3)  # t-SNE needs perplexity < N
+    embedding = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(codes)
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    points = ax.scatter(embedding[:, 0], embedding[:, 1], c=labels, cmap="tab10", s=3)
+    if labels is not None:
+        ax.legend(*points.legend_elements(), fontsize=7, markerscale=0.8, loc="best", title="label")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+    return save(fig, path)

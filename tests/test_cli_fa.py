@@ -1,0 +1,86 @@
+"""``aevb fit fa`` as a user runs it: the tutorial's two experiments, and bad input."""
+import json
+
+import numpy as np
+import pytest
+
+from aevb.cli import main
+
+
+def fit(tmp_path, *flags) -> tuple[dict, list[dict]]:
+    out = tmp_path / "run"
+    assert main(["fit", "fa", *flags, "--out", str(out), "--no-progress", "--json"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return summary, history
+
+
+def test_experiment_1_joint_aevb_reaches_the_exact_em_evidence(tmp_path, capsys):
+    summary, history = fit(tmp_path, "--experiment", "1")
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["test_elbo"] == summary["test_elbo"]
+    assert len(history) == summary["steps"] == 35 * 32  # one record per gradient step
+    assert {"step", "epoch", "phase", "test_elbo", "test_log_evidence"} <= set(history[0])
+    assert abs(summary["test_log_evidence"] - summary["mle_log_evidence"]) < 0.04
+    assert summary["test_elbo"] <= summary["test_log_evidence"]
+    assert abs(summary["true_log_evidence"] - summary["mle_log_evidence"]) < 0.05
+    assert (tmp_path / "run" / "fa_learning_curve.png").stat().st_size > 10_000
+    assert (tmp_path / "run" / "model.pt").exists()
+
+
+def test_experiment_2_e_phases_tighten_the_bound_and_m_phases_raise_the_evidence(tmp_path):
+    summary, history = fit(tmp_path, "--experiment", "2")
+    assert summary["schedule"] == "alternate:1000,1000" and summary["steps"] == 4000
+    for start in (0, 2000):
+        e_phase, m_phase = history[start : start + 1000], history[start + 1000 : start + 2000]
+        assert {r["phase"] for r in e_phase} == {"e"} and {r["phase"] for r in m_phase} == {"m"}
+        assert len({r["test_log_evidence"] for r in e_phase}) == 1  # exactly constant, not "almost"
+        assert e_phase[-1]["test_log_evidence"] - e_phase[-1]["test_elbo_exact"] <= 0.01
+        # q's parameters match the exact posterior's (relative errors; they exceed 0.4 after each M-phase)
+        assert e_phase[-1]["posterior_mean_error"] < 0.1 and e_phase[-1]["posterior_covariance_error"] < 0.1
+        assert m_phase[-1]["posterior_mean_error"] > 0.4
+        assert m_phase[-1]["test_log_evidence"] > e_phase[-1]["test_log_evidence"] + 0.1
+    assert (tmp_path / "run" / "fa_em_phases.png").exists()
+
+
+def test_user_data_from_a_file(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 2)) @ rng.normal(size=(2, 5)) + 0.3 * rng.normal(size=(400, 5)) + 7.0
+    np.save(tmp_path / "x.npy", x)
+    summary, _ = fit(tmp_path, "--data", str(tmp_path / "x.npy"), "--latent-dim", "2", "--epochs", "100")
+    assert "true_log_evidence" not in summary
+    assert abs(summary["test_log_evidence"] - summary["mle_log_evidence"]) < 0.2
+
+
+BAD_INPUT_CASES = (
+    "missing file", "NaNs", "wrong dimensionality", "corrupt file", "latent dim above data dim",
+    "latent dim above synthetic dim", "malformed schedule", "unknown flag", "negative epochs",
+)
+
+
+def bad_inputs(tmp_path) -> dict[str, list[str]]:
+    np.save(tmp_path / "nan.npy", np.array([[1.0, np.nan, 2.0]] * 10))
+    np.save(tmp_path / "flat.npy", np.ones(10))
+    np.save(tmp_path / "ok.npy", np.random.default_rng(0).normal(size=(50, 3)))
+    (tmp_path / "broken.npz").write_bytes(b"not a zip file")
+    return {
+        "missing file": ["--data", str(tmp_path / "missing.npy")],
+        "NaNs": ["--data", str(tmp_path / "nan.npy")],
+        "wrong dimensionality": ["--data", str(tmp_path / "flat.npy")],
+        "corrupt file": ["--data", str(tmp_path / "broken.npz")],
+        "latent dim above data dim": ["--data", str(tmp_path / "ok.npy"), "--latent-dim", "4"],
+        "latent dim above synthetic dim": ["--latent-dim", "5"],
+        "malformed schedule": ["--schedule", "alternate:10"],
+        "unknown flag": ["--epoch", "3"],
+        "negative epochs": ["--epochs", "-1"],
+    }
+
+
+@pytest.mark.parametrize("case", BAD_INPUT_CASES)
+def test_bad_input_gives_one_line_and_exit_code_2_and_writes_nothing(tmp_path, capsys, case):
+    out = tmp_path / "runs" / "x"
+    with pytest.raises(SystemExit) as exit_info:
+        raise SystemExit(main(["fit", "fa", *bad_inputs(tmp_path)[case], "--out", str(out), "--no-progress"]))
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err.strip()
+    assert len(stderr.splitlines()) == 1 and "error" in stderr, stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -1,0 +1,367 @@
+"""Data layer: IDX reading, checksum-verified atomic download, digits, user arrays, transforms."""
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import http.server
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from aevb import download
+from aevb.data import (
+    DataError,
+    as_sequences,
+    binarize,
+    dequantize,
+    dynamic_binarize,
+    load_dataset,
+    prepare,
+    validate_support,
+)
+from aevb.models.fa import FactorAnalysis, FAConfig
+from aevb.runs import UsageError
+from aevb.trainer import Batches, Trainer
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file of unsigned bytes: magic 0x0000080N, N big-endian uint32 sizes, the data."""
+    header = (0x800 + array.ndim).to_bytes(4, "big") + np.array(array.shape, ">u4").tobytes()
+    return header + array.astype(np.uint8).tobytes()
+
+
+def fake_dataset(seed: int = 0) -> dict[str, np.ndarray]:
+    """Small random data in the MNIST layout: 5x4 images, labels 0..2."""
+    rng = np.random.default_rng(seed)
+    return {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (20, 5, 4)),
+        "train-labels-idx1-ubyte": rng.integers(0, 3, 20),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (6, 5, 4)),
+        "t10k-labels-idx1-ubyte": np.arange(6) % 3,
+    }
+
+
+def write_dataset(directory: Path, arrays: dict[str, np.ndarray], compress: bool) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, array in arrays.items():
+        content = idx_bytes(array)
+        (directory / f"{name}.gz" if compress else directory / name).write_bytes(
+            gzip.compress(content) if compress else content
+        )
+    return directory
+
+
+def assert_one_line_error(excinfo: pytest.ExceptionInfo, *phrases: str) -> None:
+    message = str(excinfo.value)
+    assert "\n" not in message
+    for phrase in phrases:
+        assert phrase in message
+
+
+# ---- IDX files ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_idx_round_trip(tmp_path, compress):
+    arrays = fake_dataset()
+    data = load_dataset(f"idx:{write_dataset(tmp_path, arrays, compress)}")
+    assert torch.equal(data.x_train, torch.from_numpy(arrays["train-images-idx3-ubyte"]).to(torch.uint8))
+    assert torch.equal(data.y_train, torch.from_numpy(arrays["train-labels-idx1-ubyte"]))
+    assert torch.equal(data.x_test, torch.from_numpy(arrays["t10k-images-idx3-ubyte"]).to(torch.uint8))
+    assert torch.equal(data.y_test, torch.from_numpy(arrays["t10k-labels-idx1-ubyte"]))
+    assert (data.shape, data.levels, data.num_classes) == ((5, 4), 256, 3)
+    assert data.y_train.dtype == torch.int64
+
+
+def test_mnist_reads_data_dir_then_environment(tmp_path, monkeypatch):
+    write_dataset(tmp_path / "a", fake_dataset(0), compress=True)
+    write_dataset(tmp_path / "b", fake_dataset(1), compress=False)
+    monkeypatch.setenv("AEVB_DATA_DIR", str(tmp_path / "b"))
+    from_flag, from_env = load_dataset("mnist", data_dir=str(tmp_path / "a")), load_dataset("mnist")
+    assert torch.equal(from_flag.x_train, torch.from_numpy(fake_dataset(0)["train-images-idx3-ubyte"]).to(torch.uint8))
+    assert torch.equal(from_env.x_train, torch.from_numpy(fake_dataset(1)["train-images-idx3-ubyte"]).to(torch.uint8))
+
+
+def corrupt(directory: Path, how: str) -> tuple[str, ...]:
+    """Damage one file of a raw dataset in ``directory``; return phrases the error must contain."""
+    images, labels = directory / "train-images-idx3-ubyte", directory / "train-labels-idx1-ubyte"
+    if how == "truncated":
+        images.write_bytes(images.read_bytes()[:-7])
+        return ("train-images-idx3-ubyte", "truncated")
+    if how == "truncated-gz":
+        compressed = gzip.compress(images.read_bytes())
+        images.unlink()
+        (directory / "train-images-idx3-ubyte.gz").write_bytes(compressed[: len(compressed) // 2])
+        return ("train-images-idx3-ubyte.gz", "gzip")
+    if how == "wrong-magic":  # a labels file (0x801) where images (0x803) belong
+        images.write_bytes(labels.read_bytes())
+        return ("magic number 0x00000801, expected 0x00000803",)
+    if how == "count-mismatch":
+        labels.write_bytes(idx_bytes(np.zeros(19)))
+        return ("20 train images but 19 labels",)
+    if how == "missing":
+        labels.unlink()
+        return ("no train-labels-idx1-ubyte",)
+    raise ValueError(how)
+
+
+@pytest.mark.parametrize("how", ["truncated", "truncated-gz", "wrong-magic", "count-mismatch", "missing"])
+def test_idx_rejects_damaged_files(tmp_path, how):
+    directory = write_dataset(tmp_path, fake_dataset(), compress=False)
+    phrases = corrupt(directory, how)
+    with pytest.raises(DataError) as excinfo:
+        load_dataset("mnist", data_dir=str(directory))
+    assert_one_line_error(excinfo, *phrases, "--data-dir")
+
+
+# ---- download --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mirror(tmp_path):
+    """A local HTTP server of gzip-compressed fake IDX files: (base URL, {name: SHA-256 of the content})."""
+    served = tmp_path / "served"
+    write_dataset(served, fake_dataset(), compress=True)
+    checksums = {name: hashlib.sha256(idx_bytes(a)).hexdigest() for name, a in fake_dataset().items()}
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=served))
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/", checksums
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def unreachable_url():
+    """The URL of a local port nobody listens on: connections are refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
+
+
+def test_download_is_verified_and_complete(tmp_path, mirror, unreachable_url):
+    url, checksums = mirror
+    cache = tmp_path / "cache"
+    download.download_mnist(cache, mirrors=(unreachable_url, url), sha256=checksums, timeout=5)
+    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{name}.gz" for name in checksums)
+    data = load_dataset(f"idx:{cache}")
+    assert torch.equal(data.x_test, torch.from_numpy(fake_dataset()["t10k-images-idx3-ubyte"]).to(torch.uint8))
+    # files already there are not fetched again: no mirror is needed now
+    download.download_mnist(cache, mirrors=(unreachable_url,), sha256=checksums, timeout=5)
+
+
+def test_download_checksum_mismatch_leaves_nothing(tmp_path, mirror):
+    url, checksums = mirror
+    cache = tmp_path / "cache"
+    wrong = dict(checksums, **{"train-labels-idx1-ubyte": "0" * 64})
+    with pytest.raises(DataError) as excinfo:
+        download.download_mnist(cache, mirrors=(url,), sha256={"train-labels-idx1-ubyte": wrong["train-labels-idx1-ubyte"]})
+    assert_one_line_error(excinfo, "train-labels-idx1-ubyte.gz", "SHA-256", "not saved")
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_download_interrupted_while_writing_leaves_nothing(tmp_path, mirror, monkeypatch):
+    url, checksums = mirror
+    cache = tmp_path / "cache"
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(download.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        download.download_mnist(cache, mirrors=(url,), sha256=checksums)
+    assert not any(cache.iterdir())
+
+
+def test_offline_without_files_gives_one_clear_error(tmp_path, monkeypatch, unreachable_url):
+    monkeypatch.delenv("AEVB_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(download, "MIRRORS", (unreachable_url,))
+    with pytest.raises(DataError) as excinfo:
+        load_dataset("mnist")
+    assert_one_line_error(excinfo, "could not download MNIST (no network?", "--data-dir DIR", "AEVB_DATA_DIR")
+    assert not any(tmp_path.iterdir())
+
+
+# ---- digits and user arrays ----------------------------------------------------------------------
+
+
+def test_digits_split_is_deterministic_and_keeps_pairs():
+    data = load_dataset("digits", seed=3)
+    assert data.x_train.shape == (1497, 8, 8) and data.x_test.shape == (300, 8, 8)
+    assert (data.shape, data.levels, data.num_classes) == ((8, 8), 17, 10)
+    assert data.x_train.dtype == torch.uint8 and int(data.x_train.max()) == 16
+    assert torch.equal(load_dataset("digits", seed=3).x_test, data.x_test)
+    assert not torch.equal(load_dataset("digits", seed=4).x_test, data.x_test)
+    digits = load_digits()
+    pairs = lambda x, y: sorted(zip(map(bytes, np.asarray(x).reshape(len(x), -1).astype(np.uint8)), np.asarray(y)))
+    ours = pairs(torch.cat([data.x_train, data.x_test]), torch.cat([data.y_train, data.y_test]))
+    assert ours == pairs(digits.images, digits.target)
+
+
+def test_user_arrays(tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "vectors.npy", rng.random((60, 7)))
+    vectors = load_dataset(str(tmp_path / "vectors.npy"), seed=1)
+    assert (len(vectors.x_train), len(vectors.x_test), vectors.shape) == (50, 10, (7,))
+    assert vectors.levels is None and vectors.y_train is None and vectors.x_train.dtype == torch.float32
+
+    x, y = rng.integers(0, 256, (30, 4, 4)).astype(np.uint8), np.arange(30) % 5
+    np.savez(tmp_path / "images.npz", x=x, y=y)
+    images = load_dataset(str(tmp_path / "images.npz"))
+    assert (images.levels, images.num_classes, images.shape) == (256, 5, (4, 4))
+    for xs, ys in ((images.x_train, images.y_train), (images.x_test, images.y_test)):  # labels stay paired
+        assert all(int(label) == y[(x == image.numpy()).all(axis=(1, 2)).argmax()] for image, label in zip(xs, ys))
+
+    small = (x % 3).astype(np.int64)
+    np.savez(tmp_path / "both.npz", x=small[:20], y=y[:20], x_test=small[20:], y_test=y[20:])
+    both = load_dataset(str(tmp_path / "both.npz"))
+    assert (len(both.x_train), len(both.x_test), both.levels) == (20, 10, 3)  # uint8 -> 256; int64 -> max + 1
+    assert torch.equal(both.y_test, torch.from_numpy(y[20:]))
+
+
+@pytest.mark.parametrize(
+    "arrays, phrase",
+    [
+        ({"x": np.zeros(10)}, "x must have shape (N, D)"),
+        ({"x": np.zeros((4, 2, 2, 2))}, "x must have shape (N, D)"),
+        ({"x": np.array([[0.0, np.nan], [1.0, 2.0]])}, "NaN"),
+        ({"x": np.zeros((10, 3)), "y": np.zeros(9, int)}, "one label per example, shape (10,)"),
+        ({"x": np.zeros((10, 3)), "y": np.full(10, 0.5)}, "integer class labels"),
+        ({"x": np.zeros((10, 3)), "y_test": np.zeros(2, int)}, "y_test without x_test"),
+        ({"x": np.zeros((10, 3)), "x_test": np.zeros((2, 4))}, "x_test must be like x"),
+        ({"x": np.zeros((10, 3)), "x_test": np.zeros((2, 3)), "y": np.zeros(10, int)}, "both sets"),
+        ({"x": -np.ones((10, 3), int)}, "must be >= 0"),
+        ({"x": np.zeros((10, 3)), "labels": np.zeros(10)}, "unexpected arrays labels"),
+    ],
+)
+def test_user_arrays_rejected(tmp_path, arrays, phrase):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(DataError) as excinfo:
+        load_dataset(str(tmp_path / "bad.npz"))
+    assert_one_line_error(excinfo, "bad.npz", phrase)
+
+
+def test_bad_dataset_names():
+    with pytest.raises(DataError, match="unknown dataset 'cifar'"):
+        load_dataset("cifar")
+    with pytest.raises(DataError, match="--data-dir is for --dataset mnist"):
+        load_dataset("digits", data_dir="somewhere")
+    with pytest.raises(DataError, match="no such folder"):
+        load_dataset("idx:/nonexistent/folder")
+    assert issubclass(DataError, UsageError)  # the CLI reports it as one line, exit code 2
+
+
+# ---- transforms --------------------------------------------------------------------------------
+
+
+def test_dequantize_spreads_each_integer_over_its_own_bin():
+    x = torch.randint(0, 17, (500, 8, 8), generator=torch.Generator().manual_seed(0))
+    u = dequantize(x, 17, torch.Generator().manual_seed(1))
+    assert u.shape == (500, 64) and u.dtype == torch.float32
+    assert (u >= 0).all() and (u < 1).all()
+    assert torch.equal(torch.floor(u * 17).long(), x.flatten(1))
+    assert abs((u * 17 - x.flatten(1)).mean().item() - 0.5) < 0.01  # U(0, 1) within the bin
+    # float32 rounding of 255 + u, u near 1, would give exactly 1.0; the top bin stays below it
+    top = dequantize(torch.full((2000, 784), 255, dtype=torch.uint8), 256, torch.Generator().manual_seed(2))
+    assert top.max() < 1 and top.min() >= 255 / 256
+
+
+def test_static_binarization_is_deterministic_given_the_seed():
+    data = load_dataset("digits")
+    x_train, _, x_test, _ = prepare(data, "binarize", seed=5)
+    assert torch.equal(prepare(data, "binarize", seed=5)[0], x_train)
+    assert not torch.equal(prepare(data, "binarize", seed=6)[0], x_train)  # pixels of value 8 straddle 0.5
+    assert set(x_train.unique().tolist()) == {0.0, 1.0} and x_test.shape == (300, 64)
+    pixels = data.x_train.flatten(1)
+    assert (x_train[pixels >= 9] == 1).all() and (x_train[pixels <= 7] == 0).all()  # (x + u) / 17 > 0.5
+    assert torch.equal(binarize(torch.tensor([0.2, 0.5, 0.7])), torch.tensor([0.0, 0.0, 1.0]))
+
+
+def test_prepare_dequantize_and_none():
+    data = load_dataset("digits")
+    x_train, y_train, x_test, y_test = prepare(data, "dequantize", seed=0)
+    assert torch.equal(torch.floor(x_train * 17).long(), data.x_train.flatten(1).long())
+    assert torch.equal(y_train, data.y_train) and x_test.shape == (300, 64)
+    assert torch.equal(prepare(data, "none", seed=0)[0], data.x_train.flatten(1).float())
+    with pytest.raises(ValueError, match="unknown transform"):
+        prepare(data, "normalize", seed=0)
+
+
+def test_dynamic_binarization_draws_afresh_every_epoch():
+    data = load_dataset("digits")
+    probs, _, x_test, _ = prepare(data, "dynamic-binarize", seed=0)
+    assert torch.equal(probs, data.x_train.flatten(1).float() / 16)
+    assert set(x_test.unique().tolist()) == {0.0, 1.0}  # the test set is binarized once
+    assert torch.equal(prepare(data, "dynamic-binarize", seed=0)[2], x_test)
+
+    torch.manual_seed(0)
+    batches = Batches((probs, torch.arange(len(probs))), batch_size=len(probs), transform=dynamic_binarize)
+    (first, order1), = batches
+    (second, order2), = batches
+    first, second = first[order1.argsort()], second[order2.argsort()]
+    assert set(first.unique().tolist()) == {0.0, 1.0}
+    assert not torch.equal(first, second)
+    assert torch.equal(first[probs == 0], probs[probs == 0]) and torch.equal(first[probs == 1], probs[probs == 1])
+    assert abs((first + second).mean().item() / 2 - probs.mean().item()) < 0.01
+
+
+def test_trainer_applies_the_transform_to_every_batch():
+    probs = torch.rand(40, 3, generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    def record(batch):
+        seen.append(dynamic_binarize(batch)[0])
+        return (seen[-1],)
+
+    def fit():
+        model = FactorAnalysis(FAConfig(data_dim=3, latent_dim=2))
+        Trainer(model, batch_size=10, progress=False).fit((probs,), epochs=2, transform=record)
+
+    fit()
+    first_run, seen[:] = list(seen), []
+    fit()
+    assert len(first_run) == 8 and all(set(b.unique().tolist()) <= {0.0, 1.0} for b in first_run)
+    assert all(torch.equal(a, b) for a, b in zip(first_run, seen))  # reproducible: fit seeds the draws
+
+
+def test_as_sequences_gives_image_rows():
+    x = torch.arange(2 * 12.0).reshape(2, 12)
+    sequences = as_sequences(x, (3, 4))
+    assert sequences.shape == (2, 3, 4) and torch.equal(sequences[1, 2], x[1, 8:12])
+    with pytest.raises(DataError, match="shape \\(T, D\\)"):
+        as_sequences(x, (12,))
+
+
+@pytest.mark.parametrize(
+    "likelihood, values, phrase",
+    [
+        ("cb", [0.0, 0.5, 1.2], "must lie in [0, 1] for the continuous Bernoulli likelihood; found values in [0, 1.2]"),
+        ("cb", [-0.1, 0.5], "must lie in [0, 1]"),
+        ("bernoulli", [0.0, 1.0, 0.5], "exactly 0 or 1 for the Bernoulli likelihood; 1 of 3"),
+        ("gaussian", [0.0, float("inf")], "NaN or infinite"),
+        ("cb", [0.5, float("nan")], "NaN or infinite"),
+    ],
+)
+def test_validate_support_rejects(likelihood, values, phrase):
+    with pytest.raises(DataError) as excinfo:
+        validate_support(torch.tensor(values), likelihood, "digits")
+    assert_one_line_error(excinfo, "digits: ", phrase)
+
+
+def test_validate_support_accepts():
+    validate_support(torch.tensor([0.0, 0.3, 1.0]), "cb", "digits")
+    validate_support(torch.tensor([0.0, 1.0, 1.0]), "bernoulli", "digits")
+    validate_support(torch.tensor([-3.0, 1e6]), "gaussian", "digits")

@@ -1,0 +1,235 @@
+"""Gaussian-mixture VAE: the exact marginal estimator against a brute-force loop, the Gumbel estimators in the
+small-temperature limit, the temperature schedule, Hungarian clustering scores, and the CLI's errors."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.distributions import OneHotCategorical, kl_divergence
+
+from aevb import clustering, cli
+from aevb.models import from_checkpoint
+from aevb.models import gmvae
+from aevb.models.gmvae import ESTIMATORS, GMVAE, GMVAEConfig, TemperatureSchedule
+from aevb.trainer import Trainer
+
+C, D = 4, 12
+
+
+def small_model(variant="gmm", seed=0, **config) -> GMVAE:
+    """A small GMVAE in float64 with a random, non-degenerate q(y|x)."""
+    torch.manual_seed(seed)
+    model = GMVAE(GMVAEConfig(D, C, latent_dim=3, hidden=(16, 16), variant=variant, **config)).double()
+    with torch.no_grad():
+        model.inference.logits_y[-1].bias.copy_(torch.randn(C))
+    return model
+
+
+def binary_data(n=6, seed=1) -> torch.Tensor:
+    return torch.bernoulli(torch.full((n, D), 0.4, dtype=torch.float64), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("variant", ["gmm", "m2"])
+def test_vectorized_marginal_estimator_equals_a_brute_force_loop_over_y(variant):
+    model, x = small_model(variant), binary_data()
+    torch.manual_seed(5)
+    vectorized = model.elbo(x, estimator="marginal")
+    torch.manual_seed(5)
+    eps = torch.randn(C, len(x), model.config.latent_dim, dtype=x.dtype)  # the noise rsample drew, (C, B, L)
+
+    # The loop: the tutorial's way, q(z|x,y)'s first layer on the concatenation [x, y], one y at a time.
+    inf, gen = model.inference, model.generative
+    first_layer = torch.cat([inf.z_from_x.weight, inf.z_from_y.weight], 1)  # (H, D + C)
+    q_y = OneHotCategorical(logits=inf.logits_y(x))
+    p_y = OneHotCategorical(logits=torch.zeros(C, dtype=x.dtype))
+    total = -kl_divergence(q_y, p_y)
+    for c in range(C):
+        y = F.one_hot(torch.full((len(x),), c), C).to(x)  # (B, C)
+        q_z = inf.z_rest(F.relu(torch.cat([x, y], 1) @ first_layer.T + inf.z_from_x.bias))
+        z = q_z.mean + q_z.stddev * eps[c]
+        log_likelihood = gen.p_x_given_z(z, y).log_prob(x)
+        total = total + q_y.probs[:, c] * (log_likelihood - kl_divergence(q_z, gen.p_z_given_y(y)))
+    torch.testing.assert_close(vectorized.elbo, total)
+    torch.testing.assert_close(vectorized.elbo, vectorized.log_likelihood - vectorized.kl)
+
+
+def test_marginal_bound_includes_log_c_and_stays_below_the_iwae_bound():
+    model, x = small_model(), binary_data(4)
+    with torch.no_grad():  # q(y|x) uniform: KL(q(y|x) || p(y)) = 0, so kl is the z part alone
+        model.inference.logits_y[-1].weight.zero_()
+        model.inference.logits_y[-1].bias.zero_()
+        assert kl_divergence(model.inference.q_y_given_x(x), model.p_y()).abs().max() < 1e-12
+        model.inference.logits_y[-1].bias.copy_(torch.tensor([5.0, 0, 0, 0]))  # nearly certain: KL ~ log C
+        q_y = model.inference.q_y_given_x(x)
+        torch.testing.assert_close(kl_divergence(q_y, model.p_y()), math.log(C) - q_y.entropy())
+        repeated = x.repeat(400, 1)
+        elbo = model.elbo(repeated).elbo.reshape(400, -1).mean(0)
+        iwae = model.iwae_bound(repeated, num_samples=50).reshape(400, -1).mean(0)
+    assert (elbo < iwae).all()
+
+
+@pytest.mark.parametrize("estimator", ["gumbel-analytic", "gumbel-relaxed"])
+def test_at_small_temperature_the_gumbel_estimators_approach_the_marginal_one(estimator):
+    model, x = small_model(temperature=0.02), binary_data(3)
+    repeated = x.repeat(4000, 1)
+    with torch.no_grad():
+        marginal, gumbel = model.elbo(repeated), model.elbo(repeated, estimator=estimator)
+
+    def mean_and_error(t):  # per-example mean over the repeats and its standard error
+        t = t.reshape(4000, -1)
+        return t.mean(0), t.std(0) / 4000**0.5
+
+    (m_ll, m_se), (g_ll, g_se) = mean_and_error(marginal.log_likelihood), mean_and_error(gumbel.log_likelihood)
+    assert ((m_ll - g_ll).abs() < 4 * (m_se**2 + g_se**2).sqrt() + 0.05).all()
+    (m, m_se), (g, g_se) = mean_and_error(marginal.elbo), mean_and_error(gumbel.elbo)
+    if estimator == "gumbel-analytic":  # the whole bound converges
+        assert ((m - g).abs() < 4 * (m_se**2 + g_se**2).sqrt() + 0.05).all()
+    else:  # the Concrete KL does not shrink to the categorical one (data processing): a looser bound
+        assert (g < m).all()
+
+
+def test_concrete_kl_does_not_depend_on_temperature_and_bounds_the_categorical_kl():
+    model, x = small_model(), binary_data(3)
+    repeated = x.repeat(4000, 1)
+    kls = []
+    with torch.no_grad():
+        for temperature in (1.0, 0.1):
+            model.temperature = temperature
+            relaxed, analytic = (model.elbo(repeated, estimator=e) for e in ("gumbel-relaxed", "gumbel-analytic"))
+            kls.append((relaxed.kl - analytic.kl).reshape(4000, -1).mean(0))  # E[relaxed KL_y] - KL_y (z parts agree)
+    assert (kls[0] > 0).all() and (kls[1] > 0).all()
+    torch.testing.assert_close(kls[0], kls[1], atol=0.3, rtol=0.05)
+
+
+def test_straight_through_feeds_one_hot_forward_and_gradients_back_to_q_y(monkeypatch):
+    model, x = small_model(straight_through=True), binary_data()
+    seen = []
+    q_z_given_x_y = model.inference.q_z_given_x_y
+    monkeypatch.setattr(model.inference, "q_z_given_x_y", lambda part, y: seen.append(y) or q_z_given_x_y(part, y))
+    model.elbo(x, estimator="gumbel-analytic").elbo.sum().backward()
+    y = seen[0].detach()
+    torch.testing.assert_close(y, F.one_hot(y.argmax(-1), C).to(y))
+    assert model.inference.logits_y[0][0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("variant", ["gmm", "m2"])
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_gradients_reach_both_parameter_groups(estimator, variant):
+    model, x = small_model(variant), binary_data()
+    model.elbo(x, estimator=estimator).elbo.mean().backward()
+    for group, params in model.parameter_groups().items():
+        grads = [p.grad for p in params]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads), group
+        assert sum(g.abs().sum() for g in grads) > 0, group
+
+
+def test_shapes_of_samples_generations_encodings_and_importance_weights():
+    model, x = small_model(), binary_data(5)
+    assert model.sample(7).shape == (7, D) and set(model.sample(7).unique().tolist()) <= {0.0, 1.0}
+    generations = model.generate(3)
+    assert generations.shape == (C, 3, D) and ((generations >= 0) & (generations <= 1)).all()
+    assert model.encode(x).shape == (5, 3)
+    assert model.log_importance_weights(x, num_samples=9).shape == (9, 5)
+    torch.testing.assert_close(model.cluster_probs(x).sum(1), torch.ones(5, dtype=x.dtype))
+
+
+def test_checkpoint_round_trip_gives_identical_numbers():
+    model, x = small_model("m2"), binary_data()
+    rebuilt = from_checkpoint(model.checkpoint()).double()
+    torch.manual_seed(0)
+    expected = model.elbo(x).elbo
+    torch.manual_seed(0)
+    torch.testing.assert_close(rebuilt.elbo(x).elbo, expected)
+
+
+def test_unknown_estimator_and_too_few_components_are_rejected():
+    with pytest.raises(ValueError, match="choose one of marginal"):
+        small_model().elbo(binary_data(), estimator="aevb")
+    with pytest.raises(ValueError, match="at least 2 components"):
+        GMVAEConfig(num_components=1)
+
+
+def test_temperature_schedule_decays_to_its_floor():
+    schedule = TemperatureSchedule(initial=1.0, decay=0.5, minimum=0.2)
+    assert [schedule(e) for e in range(4)] == [1.0, 0.5, 0.25, 0.2]
+    assert TemperatureSchedule(0.5)(10) == 0.5
+    assert TemperatureSchedule(0.05, minimum=0.1)(3) == 0.05  # the floor never lifts tau above its start
+
+
+def test_temperature_schedule_changes_the_temperature_used_in_training(monkeypatch):
+    used = []
+
+    class Recording(gmvae.ExpRelaxedCategorical):
+        def __init__(self, temperature, *args, **kwargs):
+            used.append(round(float(temperature), 6))
+            super().__init__(temperature, *args, **kwargs)
+
+    monkeypatch.setattr(gmvae, "ExpRelaxedCategorical", Recording)
+    model, x = small_model(temperature=1.0), binary_data(20).float()
+    model = model.float()
+    schedule = TemperatureSchedule(1.0, decay=0.5, minimum=0.3)
+    Trainer(model, batch_size=10, estimator="gumbel-relaxed", progress=False).fit(
+        (x,), epochs=3, callbacks=[schedule.callback(model)])
+    per_step = used[::2]  # two Concrete distributions per step: q(y|x) and p(y)
+    assert per_step == [1.0, 1.0, 0.5, 0.5, 0.3, 0.3]
+
+
+def test_hungarian_accuracy_of_a_permuted_labelling_is_one():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 200)
+    permutation = rng.permutation(7)[:5]  # 5 labels onto 7 clusters, two never used
+    clusters = permutation[labels]
+    assert clustering.cluster_accuracy(clusters, labels, 7, 5) == 1.0
+    assert clustering.nmi(clusters, labels) == pytest.approx(1.0)
+    matched = clustering.match_clusters(clusters, labels, 7, 5)
+    assert (matched[permutation] == np.arange(5)).all() and (np.delete(matched, permutation) == -1).all()
+    order = clustering.order_by_label(matched)
+    assert (order[:5] == permutation[np.argsort(np.arange(5))]).all() and set(order[5:]) == set(range(7)) - set(permutation)
+
+
+def test_hungarian_accuracy_counts_only_the_best_one_to_one_matching():
+    clusters = np.array([0, 0, 0, 1, 1, 1])
+    labels = np.array([0, 0, 1, 1, 1, 1])  # cluster 0 -> 0 (2 right), cluster 1 -> 1 (3 right)
+    assert clustering.cluster_accuracy(clusters, labels, 2, 2) == pytest.approx(5 / 6)
+    # Both clusters prefer label 1 by count, but only one may have it.
+    assert clustering.cluster_accuracy(np.array([0, 0, 1, 1, 1]), np.array([1, 1, 1, 1, 0]), 2, 2) == pytest.approx(3 / 5)
+    np.testing.assert_allclose(clustering.cluster_proportions(clusters, 3), [0.5, 0.5, 0.0])
+
+
+def test_cli_fits_the_digits_and_writes_the_clustering_summary_and_figures(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main(["fit", "gmvae", "--epochs", "2", "--hidden", "32", "--latent-dim", "4", "--components", "3",
+                     "--out", str(out), "--json", "--no-progress"])
+    assert code == 0
+    summary = __import__("json").loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("test_elbo", "cluster_accuracy", "conditional_entropy", "nmi"):
+        assert isinstance(summary[key], float), key
+    assert 0 <= summary["conditional_entropy"] <= math.log(3) + 1e-6
+    assert summary["test_elbo_without_log_c"] == pytest.approx(summary["test_elbo"] + math.log(3))
+    assert sum(summary["cluster_proportions"]) == pytest.approx(1, abs=1e-3)
+    assert {"gmvae_learning_curves.png", "gmvae_cluster_generations.png", "metrics.jsonl", "model.pt"} <= {
+        p.name for p in out.iterdir()}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--components", "1"], "at least 2 components"),
+    (["--straight-through"], "--straight-through is for the Gumbel estimators"),
+    (["--temperature-decay", "1.5"], "must be in (0, 1]"),
+])
+def test_cli_rejects_bad_flags_on_one_line(flags, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:  # argparse errors exit from parse_args
+        code = cli.main(["fit", "gmvae", *flags, "--out", str(tmp_path / "run")])
+        raise SystemExit(code)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_cli_rejects_non_binary_data_on_one_line(tmp_path, capsys):
+    path = tmp_path / "grey.npy"
+    np.save(path, np.random.default_rng(0).uniform(size=(30, 5)).astype(np.float32))
+    assert cli.main(["fit", "gmvae", "--dataset", str(path), "--transform", "none", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "exactly 0 or 1" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()

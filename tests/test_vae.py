@@ -1,0 +1,170 @@
+"""VAE and conditional VAE: generic model checks, learning on digits, run round trips, and the CLI's errors."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from aevb.cli import main
+from aevb.data import load_dataset, prepare
+from aevb import evaluation
+from aevb.likelihoods import parameter_image
+from aevb.models import MODELS, from_checkpoint
+from aevb.models.cvae import CVAE, VARIANTS, CVAEConfig
+from aevb.models.vae import VAE, VAEConfig
+from aevb.trainer import Trainer
+
+B, D, L, C = 6, 12, 3, 4
+SMALL = dict(data_dim=D, latent_dim=L, hidden=(16, 16))
+
+
+def data(likelihood: str, n: int = B) -> torch.Tensor:
+    u = torch.rand(n, D, generator=torch.Generator().manual_seed(1))
+    return {"cb": u, "bernoulli": (u > 0.5).float(), "gaussian": 4 * u - 2}[likelihood]
+
+
+def labels(n: int = B) -> torch.Tensor:
+    return torch.arange(n) % C
+
+
+# name -> (model, batch): every model and likelihood through the same checks
+EXAMPLES = {
+    **{f"vae-{lik}": (lambda lik=lik: (VAE(VAEConfig(**SMALL, likelihood=lik)), (data(lik),)))
+       for lik in ("cb", "bernoulli", "gaussian")},
+    "vae-gaussian-fixed-scale": lambda: (VAE(VAEConfig(**SMALL, likelihood="gaussian", likelihood_scale=0.5)),
+                                         (data("gaussian"),)),
+    **{f"cvae-{variant}": (lambda variant=variant: (CVAE(CVAEConfig(**SMALL, num_classes=C, variant=variant)),
+                                                    (data("cb"), labels())))
+       for variant in VARIANTS},
+}
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_generic_model_checks(name):
+    torch.manual_seed(0)
+    model, batch = EXAMPLES[name]()
+    context = batch[1:]
+    groups = model.parameter_groups()
+    assert {id(p) for g in groups.values() for p in g} == {id(p) for p in model.parameters()}
+    assert not {id(p) for p in groups["generative"]} & {id(p) for p in groups["inference"]}
+
+    out = model.elbo(*batch)
+    assert out.elbo.shape == out.log_likelihood.shape == out.kl.shape == (B,)
+    torch.testing.assert_close(out.elbo, out.log_likelihood - out.kl)
+    assert (out.kl >= 0).all()
+    assert model.log_importance_weights(*batch, num_samples=5).shape == (5, B)
+    assert model.iwae_bound(*batch, num_samples=7, chunk_size=3).shape == (B,)
+
+    (-out.elbo.mean()).backward()
+    for group, params in groups.items():  # every parameter of both groups gets a gradient
+        for p in params:
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches a {group} parameter"
+
+    assert model.encode(*batch).shape == (B, L)
+    x = model.sample(B, *context)
+    assert x.shape == (B, D)
+    likelihood = model.config.likelihood
+    if likelihood == "cb":
+        assert ((x >= 0) & (x <= 1)).all()
+    if likelihood == "bernoulli":
+        assert set(x.unique().tolist()) <= {0.0, 1.0}
+    image = parameter_image(model.decode(B, *context))
+    assert image.shape == (B, D)
+
+
+def test_checkpoint_round_trip_gives_identical_numbers():
+    torch.manual_seed(0)
+    model, batch = EXAMPLES["cvae-full"]()
+    checkpoint = model.checkpoint()
+    checkpoint["config"] = json.loads(json.dumps(checkpoint["config"]))  # as a run's files hold it
+    clone = from_checkpoint(checkpoint)
+    assert type(clone) is CVAE and clone.config == model.config
+    assert evaluation.evaluate(clone, batch, num_samples=10, seed=3) == evaluation.evaluate(model, batch, num_samples=10, seed=3)
+
+
+def test_conditional_model_uses_the_label():
+    torch.manual_seed(0)
+    model = CVAE(CVAEConfig(**SMALL, num_classes=C)).eval()
+    x = data("cb", 1).expand(C, D)
+    with torch.no_grad():
+        by_label = model.elbo(x, torch.arange(C)).kl
+    assert by_label.unique().numel() == C  # p(z|y) and q(z|x,y) both see y
+    assert MODELS["cvae"] is CVAE and MODELS["vae"] is VAE
+
+
+def test_training_improves_the_test_elbo_on_digits():
+    x_train, _, x_test, _ = prepare(load_dataset("digits"), "dequantize", seed=0)
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(data_dim=64, latent_dim=8, hidden=(64, 64)))
+    before = evaluation.test_elbo(model, (x_test,)).item()
+    history = Trainer(model, lr=3e-3, batch_size=100, progress=False).fit(
+        (x_train,), epochs=8, evaluate=lambda m: {"test_elbo": evaluation.test_elbo(m, (x_test,))})
+    curve = [r["test_elbo"] for r in history]
+    assert curve[-1] > curve[0] > before
+    assert curve[-1] - before > 50  # nats per example: from noise to digit-like densities
+
+
+def cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse's errors
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+FAST = ["--hidden", "32", "--latent-dim", "4", "--epochs", "2", "--iwae", "5", "--no-progress"]
+
+
+@pytest.mark.parametrize("model", ["vae", "cvae"])
+def test_fit_eval_and_sample_from_the_command_line(model, tmp_path, capsys):
+    run = tmp_path / model
+    code, out, _ = cli(["fit", model, *FAST, "--out", run, "--json"], capsys)
+    assert code == 0
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["iwae_samples"] == 5 and summary["iwae_log_likelihood"] > summary["test_elbo"] - 1
+    assert 0 < summary["bits_per_dim"] < np.log2(17)  # better than uniform over the digits' 17 levels
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and all("test_elbo" in r for r in records)
+    figures = {"learning_curve", "decoder_parameters", "samples"} | ({"tsne"} if model == "vae" else set())
+    assert all((run / f"{model}_{f}.png").is_file() for f in figures)
+
+    # the checkpoint reloaded: the same test ELBO and IWAE estimate (evaluation is seeded by the run's seed)
+    code, out, _ = cli(["eval", run, "--iwae", "5", "--json"], capsys)
+    assert code == 0
+    evaluated = json.loads(out.strip().splitlines()[-1])
+    assert {k: evaluated[k] for k in ("test_elbo", "iwae_log_likelihood", "bits_per_dim")} == {
+        k: summary[k] for k in ("test_elbo", "iwae_log_likelihood", "bits_per_dim")}
+
+    flags = ["--label", "3"] if model == "cvae" else []
+    code, out, _ = cli(["sample", run, "--n", "4", *flags, "--out", tmp_path / "s.png", "--json"], capsys)
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["samples"] == 4
+    assert (tmp_path / "s.png").is_file()
+    code, _, err = cli(["sample", run, "--label", 10 if model == "cvae" else 3], capsys)  # no such class / no labels
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--label" in err
+
+
+def bad_inputs(tmp_path) -> dict[str, list]:
+    np.save(tmp_path / "unlabelled.npy", np.random.default_rng(0).integers(0, 256, (30, 6, 6), dtype=np.uint8))
+    np.save(tmp_path / "four_d.npy", np.zeros((30, 2, 3, 3), dtype=np.uint8))
+    return {
+        "cb outside [0, 1]": ["fit", "vae", "--transform", "none"],
+        "bernoulli, not binary": ["fit", "vae", "--likelihood", "bernoulli", "--transform", "dequantize"],
+        "wrong shape": ["fit", "vae", "--dataset", tmp_path / "four_d.npy"],
+        "cvae without labels": ["fit", "cvae", "--dataset", tmp_path / "unlabelled.npy"],
+        "unknown dataset": ["fit", "vae", "--dataset", "imagenet"],
+        "bad hidden sizes": ["fit", "vae", "--hidden", "500,x"],
+        "eval of no run": ["eval", tmp_path / "nothing-here"],
+    }
+
+
+@pytest.mark.parametrize("case", ["cb outside [0, 1]", "bernoulli, not binary", "wrong shape", "cvae without labels",
+                                  "unknown dataset", "bad hidden sizes", "eval of no run"])
+def test_bad_input_gives_one_line_and_exit_code_2(case, tmp_path, capsys):
+    argv = bad_inputs(tmp_path)[case]
+    out_flags = ["--out", tmp_path / "run"] if argv[0] == "fit" else []
+    code, _, err = cli([*argv, *out_flags], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "error" in err
+    assert not (tmp_path / "run").exists()
+

@@ -1,0 +1,155 @@
+"""The variational RNN: its batched ELBO against a step-by-step loop, gradients through z_t, sampling, errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import kl_divergence
+
+from aevb.cli import main
+from aevb.elbo import iwae_bound
+from aevb.models import from_checkpoint
+from aevb.models.vrnn import VRNN, VRNNConfig, diagonal_normal
+from aevb.trainer import Trainer
+
+B, T, D = 6, 5, 7
+
+
+def small_model(likelihood: str = "bernoulli", seed: int = 0) -> VRNN:
+    torch.manual_seed(seed)
+    return VRNN(VRNNConfig(data_dim=D, seq_len=T, latent_dim=2, hidden_dim=16, mlp_dim=24, likelihood=likelihood))
+
+
+def binary_sequences(n: int = B, seed: int = 1) -> torch.Tensor:
+    return torch.bernoulli(torch.full((n, T, D), 0.3), generator=torch.Generator().manual_seed(seed))
+
+
+def stepwise_elbo(model: VRNN, x: torch.Tensor) -> torch.Tensor:
+    """The ELBO as the tutorial computes it: every network called inside the time loop; shape (B,)."""
+    generative, posterior = model.generative, model.inference
+    state = generative.transition.initial_state(len(x), x)
+    h, elbo = state[0][-1], 0
+    for t in range(x.shape[1]):
+        if t > 0:
+            h, state = generative.transition(x[:, t - 1], z, state)
+        q_z = diagonal_normal(posterior(h, posterior.read_x(x[:, t])))
+        z = q_z.rsample()
+        elbo = elbo + generative.p_x_given_z(h, z).log_prob(x[:, t]) - kl_divergence(q_z, generative.p_z(h))
+    return elbo
+
+
+def test_batched_prior_and_decoder_give_the_stepwise_elbo():
+    model, x = small_model(), binary_sequences()
+    torch.manual_seed(3)
+    batched = model.elbo(x)
+    torch.manual_seed(3)  # the same noise for every z_t
+    torch.testing.assert_close(batched.elbo, stepwise_elbo(model, x))
+    torch.testing.assert_close(batched.elbo, batched.log_likelihood - batched.kl)
+    assert batched.elbo.shape == (B,) and (batched.kl >= 0).all()
+
+
+def test_one_importance_weight_is_the_sampled_kl_elbo():
+    """log w = sum_t log p(x_t|.) + log p(z_t|h_t) - log q(z_t|.) is the SGVB estimate at the same trajectory."""
+    model, x = small_model(), binary_sequences()
+    torch.manual_seed(4)
+    log_w = model.log_importance_weights(x, num_samples=1)
+    torch.manual_seed(4)
+    torch.testing.assert_close(log_w[0], model.elbo(x, estimator="sgvb").elbo)
+
+
+def test_importance_weights_are_whole_independent_trajectories():
+    model, x = small_model(), binary_sequences()
+    with torch.no_grad():
+        log_w = model.log_importance_weights(x, num_samples=64)  # (K, B)
+        bound = iwae_bound(lambda k: model.log_importance_weights(x, num_samples=k), 64, chunk_size=16)
+        elbos = torch.stack([model.elbo(x).elbo for _ in range(64)])
+    assert log_w.shape == (64, B) and log_w.std(0).min() > 0
+    assert bound.shape == (B,)
+    assert bound.mean() > elbos.mean()  # the bound rises with K above the ELBO
+
+
+def test_the_likelihood_term_alone_has_a_gradient_for_q():
+    """z_t is drawn with rsample: log p(x_t | h_t, z_t) depends on q's parameters only through z_t."""
+    model, x = small_model(), binary_sequences()
+    log_likelihood = model.elbo(x).log_likelihood.sum()
+    gradients = torch.autograd.grad(log_likelihood, list(model.inference.parameters()))
+    assert all(g.abs().sum() > 0 for g in gradients)
+
+
+def test_a_later_steps_likelihood_reaches_q_at_the_first_step():
+    """Through z_1 -> h_2 -> ... -> h_T, the last step's log-likelihood depends on q's output at step 1."""
+    model, x = small_model(), binary_sequences()
+    q_outputs = []
+    hook = model.inference.register_forward_hook(lambda module, inputs, output: q_outputs.append(output))
+    h, z, _ = model.trajectory(x)
+    hook.remove()
+    last = model.generative.p_x_given_z(h[:, -1], z[:, -1]).log_prob(x[:, -1]).sum()
+    (gradient,) = torch.autograd.grad(last, q_outputs[0])
+    assert len(q_outputs) == T and gradient.abs().sum() > 0
+
+
+def test_gradients_reach_both_parameter_groups():
+    model, x = small_model(), binary_sequences()
+    (-model.elbo(x).elbo.mean()).backward()
+    for group, params in model.parameter_groups().items():
+        assert params and all(p.grad is not None and p.grad.abs().sum() > 0 for p in params), group
+
+
+def test_generation_has_the_sequence_shape_and_is_binary_when_sampled():
+    model = small_model()
+    x, parameters = model.generate(9)
+    assert x.shape == parameters.shape == (9, T, D)
+    assert set(x.unique().tolist()) <= {0.0, 1.0}
+    assert ((parameters >= 0) & (parameters <= 1)).all()
+    assert model.sample(3).shape == (3, T, D)
+    continuous = small_model("cb").sample(4)
+    assert ((continuous >= 0) & (continuous <= 1)).all() and continuous.shape == (4, T, D)
+
+
+def test_encode_concatenates_posterior_means_deterministically():
+    model, x = small_model(), binary_sequences()
+    codes = model.encode(x)
+    assert codes.shape == (B, T * 2)
+    torch.testing.assert_close(codes, model.encode(x))
+
+
+def test_checkpoint_round_trip_gives_the_same_elbo():
+    model, x = small_model(), binary_sequences()
+    clone = from_checkpoint(model.checkpoint())
+    torch.manual_seed(5)
+    expected = model.elbo(x).elbo
+    torch.manual_seed(5)
+    torch.testing.assert_close(clone.elbo(x).elbo, expected)
+
+
+def test_training_raises_the_elbo():
+    model, x = small_model(), binary_sequences(n=60)
+    torch.manual_seed(6)
+    before = model.elbo(x).elbo.mean().item()
+    Trainer(model, lr=3e-3, batch_size=20, progress=False).fit((x,), epochs=15)
+    torch.manual_seed(6)
+    assert model.elbo(x).elbo.mean().item() > before + 1.0
+
+
+def test_cli_fits_user_sequences_and_writes_the_figures(tmp_path, capsys):
+    np.save(tmp_path / "seqs.npy", binary_sequences(n=40).numpy())
+    out = tmp_path / "run"
+    code = main(["fit", "vrnn", "--dataset", str(tmp_path / "seqs.npy"), "--epochs", "1", "--hidden", "8",
+                 "--batch-size", "16", "--iwae", "4", "--out", str(out), "--no-progress", "--json"])
+    assert code == 0
+    assert '"likelihood": "bernoulli"' in capsys.readouterr().out.strip().splitlines()[-1]
+    for name in ("vrnn_learning_curve.png", "vrnn_samples.png", "vrnn_generation.gif", "vrnn_tsne.png", "model.pt"):
+        assert (out / name).is_file(), name
+
+
+@pytest.mark.parametrize("array, flags, message", [
+    (np.zeros((20, 7)), [], "shape (T, D)"),  # one vector per example: not a sequence
+    (np.full((20, 5, 7), 0.5), ["--likelihood", "bernoulli"], "exactly 0 or 1"),
+    (np.full((20, 5, 7), 2.0), [], "[0, 1]"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, array, flags, message):
+    np.save(tmp_path / "bad.npy", array)
+    code = main(["fit", "vrnn", "--dataset", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "run"), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("aevb: error:") and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
