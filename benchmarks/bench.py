@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results.json"), help="JSON results file")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench.json"), help="JSON results file (default runs/bench.json)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
     return parser
 

@@ -63,6 +63,7 @@ def test_marginal_bound_includes_log_c_and_stays_below_the_iwae_bound():
         model.inference.logits_y[-1].bias.copy_(torch.tensor([5.0, 0, 0, 0]))  # nearly certain: KL ~ log C
         q_y = model.inference.q_y_given_x(x)
         torch.testing.assert_close(kl_divergence(q_y, model.p_y()), math.log(C) - q_y.entropy())
+        torch.testing.assert_close(model.kl_y(q_y), kl_divergence(q_y, model.p_y()))  # the sync-free form
         repeated = x.repeat(400, 1)
         elbo = model.elbo(repeated).elbo.reshape(400, -1).mean(0)
         iwae = model.iwae_bound(repeated, num_samples=50).reshape(400, -1).mean(0)

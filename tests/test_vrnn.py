@@ -8,6 +8,7 @@ from torch.distributions import kl_divergence
 
 from aevb.cli import main
 from aevb.elbo import iwae_bound
+from aevb.experiments.vrnn import load_sequences
 from aevb.models import from_checkpoint
 from aevb.models.vrnn import VRNN, VRNNConfig, diagonal_normal
 from aevb.trainer import Trainer
@@ -28,7 +29,7 @@ def stepwise_elbo(model: VRNN, x: torch.Tensor) -> torch.Tensor:
     """The ELBO as the tutorial computes it: every network called inside the time loop; shape (B,)."""
     generative, posterior = model.generative, model.inference
     state = generative.transition.initial_state(len(x), x)
-    h, elbo = state[0][-1], 0
+    h, elbo = state[-1][0], 0
     for t in range(x.shape[1]):
         if t > 0:
             h, state = generative.transition(x[:, t - 1], z, state)
@@ -131,7 +132,7 @@ def test_training_raises_the_elbo():
     assert model.elbo(x).elbo.mean().item() > before + 1.0
 
 
-def test_cli_fits_user_sequences_and_writes_the_figures(tmp_path, capsys):
+def test_cli_fits_evaluates_and_samples_user_sequences(tmp_path, capsys):
     np.save(tmp_path / "seqs.npy", binary_sequences(n=40).numpy())
     out = tmp_path / "run"
     code = main(["fit", "vrnn", "--dataset", str(tmp_path / "seqs.npy"), "--epochs", "1", "--hidden", "8",
@@ -140,6 +141,29 @@ def test_cli_fits_user_sequences_and_writes_the_figures(tmp_path, capsys):
     assert '"likelihood": "bernoulli"' in capsys.readouterr().out.strip().splitlines()[-1]
     for name in ("vrnn_learning_curve.png", "vrnn_samples.png", "vrnn_generation.gif", "vrnn_tsne.png", "model.pt"):
         assert (out / name).is_file(), name
+    assert main(["eval", str(out), "--iwae", "3"]) == 0  # the run's test set is rebuilt as sequences
+    assert main(["sample", str(out), "--n", "4"]) == 0 and (out / "samples.png").is_file()
+
+
+@pytest.mark.parametrize("array, likelihood, transform", [
+    (np.random.default_rng(0).integers(0, 2, (30, 5, 7)).astype(np.float32), "bernoulli", "none"),
+    (np.random.default_rng(0).integers(0, 2, (30, 5, 7)).astype(np.uint8), "bernoulli", "none"),  # not rescaled
+    (np.random.default_rng(0).uniform(size=(30, 5, 7)), "cb", "none"),
+])
+def test_user_sequences_get_the_likelihood_of_their_values(tmp_path, array, likelihood, transform):
+    np.save(tmp_path / "seqs.npy", array)
+    x_train, x_test, _, chosen, chosen_transform = load_sequences(str(tmp_path / "seqs.npy"), None, seed=0)
+    assert (chosen, chosen_transform) == (likelihood, transform)
+    assert x_train.shape[1:] == x_test.shape[1:] == (5, 7) and len(x_train) + len(x_test) == 30
+    values = np.concatenate([x_train.numpy(), x_test.numpy()]).ravel()
+    np.testing.assert_array_equal(np.sort(values), np.sort(array.astype(np.float32).ravel()))  # taken as they are
+
+
+def test_digits_are_binarized_rows():
+    x_train, x_test, y_test, likelihood, transform = load_sequences("digits", None, seed=0)
+    assert (likelihood, transform) == ("bernoulli", "binarize")
+    assert x_train.shape[1:] == (8, 8) and len(x_test) == len(y_test)
+    assert set(x_train.unique().tolist()) == {0.0, 1.0}
 
 
 @pytest.mark.parametrize("array, flags, message", [

@@ -9,8 +9,9 @@
   bits/dim = -(log p(u) - D ln levels) / (D ln 2), with log p(u) estimated by the IWAE bound. This makes
   numbers comparable across likelihoods and with the literature.
 
-``evaluate_run`` rebuilds a run's test set from its config.json (keys ``dataset``, ``data_dir``,
-``transform``, ``seed``, ``conditional``), so ``aevb eval RUN_DIR`` needs nothing else.
+``evaluate_run`` evaluates a run directory on the test set its experiment rebuilds from config.json (for
+image data, ``run_data`` does it from the keys ``dataset``, ``data_dir``, ``transform``, ``likelihood``,
+``seed`` and ``conditional``), so ``aevb eval RUN_DIR`` needs nothing else.
 """
 from __future__ import annotations
 
@@ -115,14 +116,21 @@ def dequantized_levels(config: dict, data: ImageData) -> int | None:
 
 
 def evaluate_run(run_dir: str | os.PathLike, num_samples: int) -> dict:
-    """``evaluate`` a finished run on its own test set (rebuilt from its config), seeded by the run's seed."""
+    """``evaluate`` a finished run on its own test set, seeded by the run's seed.
+
+    The run's experiment module rebuilds the test set from config.json: its ``test_set(config)`` returns
+    the test tensors (x, *context) and the pixel levels behind dequantized data (or None).
+    """
+    from aevb.experiments import module_for  # here: the experiments import this module
+
     model, config = load_run(run_dir)
-    if "dataset" not in config:
-        raise UsageError(f"{run_dir} is a {config.get('model', 'non-image')} run; aevb eval evaluates image models "
-                         "(vae, cvae, ...) on their test set")
-    _, test, data = run_data(config)
+    module = module_for(config["model"])
+    if not hasattr(module, "test_set"):
+        raise UsageError(f"aevb eval does not support {config['model']} runs (the summary.json of {run_dir} has "
+                         "their test numbers)")
+    test, levels = module.test_set(config)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
-    return {"model": config["model"], **evaluate(model, test, num_samples, dequantized_levels(config, data), config["seed"])}
+    return {"model": config["model"], **evaluate(model, test, num_samples, levels, config["seed"])}
 
 
 def generate(model: LatentVariableModel, config: dict, num_samples: int, label: int | None = None) -> tuple[Tensor, list[str] | None]:

@@ -35,6 +35,14 @@ def add_reference_lines(ax, references: dict[str, float]) -> None:
         ax.axhline(value, color="k", ls=style, lw=1, label=label)
 
 
+def set_evidence_ylim(ax, history: list[dict], references: dict[str, float]) -> None:
+    """Show the whole evidence curve, but no more than 3 nats below the references."""
+    top = max(references.values())
+    lowest = min(r["test_log_evidence"] for r in history)
+    ax.set_ylim(max(lowest, top - 3) - 0.1, top + 0.3)
+    ax.set_ylabel("nats per example")
+
+
 def fa_learning_curve(
     history: list[dict], references: dict[str, float], snapshots: dict[int, tuple], path: Path
 ) -> Path:
@@ -49,9 +57,7 @@ def fa_learning_curve(
     ax = fig.add_subplot(grid[0, :])
     plot_history(ax, history, {"test_elbo": "test ELBO (estimate)", "test_log_evidence": "test log evidence (exact)"})
     add_reference_lines(ax, references)
-    low = min(references.values())
-    ax.set_ylim(low - 1.5, max(references.values()) + 0.3)
-    ax.set_ylabel("nats per example")
+    set_evidence_ylim(ax, history, references)
     ax.legend(loc="lower right", fontsize=8)
     for row, (step, (generated, test)) in enumerate(sorted(snapshots.items()), start=1):
         ax.axvline(step, color="grey", lw=0.6)
@@ -78,8 +84,7 @@ def em_phases(history: list[dict], spans: list[tuple[str, int, int]], references
         {"test_elbo": "test ELBO (estimate)", "test_elbo_exact": "test ELBO (exact)", "test_log_evidence": "test log evidence"},
     )
     add_reference_lines(ax, references)
-    ax.set_ylim(min(references.values()) - 1.5, max(references.values()) + 0.3)
-    ax.set_ylabel("nats per example")
+    set_evidence_ylim(ax, history, references)
     ax.set_title("shaded: E-phases (inference parameters only); unshaded: M-phases (generative only)", fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
     return save(fig, path)
@@ -174,8 +179,10 @@ def tsne(codes: np.ndarray, labels: np.ndarray | None, path: Path, seed: int = 0
     perplexity = min(30.0, (len(codes) - 1) / 3)  # t-SNE needs perplexity < N
     embedding = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(codes)
     fig, ax = plt.subplots(figsize=(6, 5.5))
-    points = ax.scatter(embedding[:, 0], embedding[:, 1], c=labels, cmap="tab10", s=3)
-    if labels is not None:
+    if labels is None:
+        ax.scatter(embedding[:, 0], embedding[:, 1], s=3)
+    else:
+        points = ax.scatter(embedding[:, 0], embedding[:, 1], c=labels, cmap="tab10", s=3)
         ax.legend(*points.legend_elements(), fontsize=7, markerscale=0.8, loc="best", title="label")
     ax.set_xticks([])
     ax.set_yticks([])

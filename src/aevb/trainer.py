@@ -84,8 +84,11 @@ class Batches:
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         order = torch.randperm(len(self.tensors[0]), generator=self.generator)
-        for indices in order.split(self.batch_size):
-            batch = tuple(t[indices] for t in self.tensors)
+        # The order moves to each tensor's device once per epoch: a CPU index into a GPU tensor would be
+        # copied over at every batch, and that copy waits for the GPU (a host-device sync per step).
+        orders = [order.to(t.device).split(self.batch_size) for t in self.tensors]
+        for indices in zip(*orders):
+            batch = tuple(t[i] for t, i in zip(self.tensors, indices))
             yield self.transform(batch) if self.transform else batch
 
 

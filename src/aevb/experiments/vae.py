@@ -87,7 +87,10 @@ def run(args, run_dir: Path, progress: bool) -> dict:
     config.update(shape=list(data.shape), levels=data.levels, num_classes=data.num_classes)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
-    model = build_model(args, train[0].shape[1], data.num_classes).to(device)
+    try:
+        model = build_model(args, train[0].shape[1], data.num_classes).to(device)
+    except ValueError as e:  # a configuration the data make impossible, e.g. labels of a single class
+        raise UsageError(f"--dataset {args.dataset}: {e}") from None
     train, test = tuple(t.to(device) for t in train), tuple(t.to(device) for t in test)
 
     trainer = Trainer(model, "joint", args.lr, args.batch_size, seed=args.seed, progress=progress)
@@ -107,6 +110,12 @@ def run(args, run_dir: Path, progress: bool) -> dict:
     write_figures(model, history, test[0], data.y_test, config, run_dir)
     save_run(run_dir, model.cpu(), config, summary)
     return summary
+
+
+def test_set(config: dict) -> tuple[tuple[Tensor, ...], int | None]:
+    """A run's test tensors (x, *context) and, for dequantized data, the pixel levels (for ``aevb eval``)."""
+    _, test, data = run_data(config)
+    return test, dequantized_levels(config, data)
 
 
 def write_figures(model: LatentVariableModel, history: list[dict], x_test: Tensor, y_test: Tensor | None,

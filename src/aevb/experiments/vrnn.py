@@ -100,6 +100,12 @@ def run(args, run_dir: Path, progress: bool) -> dict:
     return summary
 
 
+def test_set(config: dict) -> tuple[tuple[Tensor, ...], None]:
+    """A run's test sequences (x,), rebuilt from its config, and no pixel levels (for ``aevb eval``)."""
+    _, x_test, _, _, _ = load_sequences(config["dataset"], config["data_dir"], config["seed"], config["likelihood"])
+    return (x_test,), None
+
+
 def write_figures(model: VRNN, history: list[dict], x_test: Tensor, y_test: Tensor | None, config: dict,
                   run_dir: Path) -> None:
     """Learning curve, generations (grid of decoder parameters and of samples, GIF of rows appearing), t-SNE."""

@@ -138,6 +138,14 @@ class GMVAE(LatentVariableModel):
         logits = self.inference.z_from_y.weight.new_zeros(self.config.num_components)
         return OneHotCategorical(logits=logits, validate_args=False)
 
+    def kl_y(self, q_y: OneHotCategorical) -> Tensor:
+        """KL(q(y|x) || p(y)) = sum_y q(y|x) (log q(y|x) - log p(y)), shape (B,).
+
+        Written out because torch's registered categorical KL masks zero probabilities by boolean
+        indexing, which waits for the GPU (a host-device sync) at every step; q's logits are finite here.
+        """
+        return (q_y.probs * (q_y.logits - self.p_y().logits)).sum(-1)
+
     def given_y(self, x: Tensor, x_part: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """log p(x|z) at z ~ q(z|x,y), and KL(q(z|x,y) || p(z|y)), for y (..., B or 1, C); shapes (..., B)."""
         q_z = self.inference.q_z_given_x_y(x_part, y)
@@ -152,13 +160,13 @@ class GMVAE(LatentVariableModel):
             log_likelihood, kl_z = self.given_y(x, x_part, self.components())  # (C, B) each
             weights = q_y.probs.T  # (C, B)
             log_likelihood = (weights * log_likelihood).sum(0)
-            kl = (weights * kl_z).sum(0) + kl_divergence(q_y, self.p_y())
+            kl = (weights * kl_z).sum(0) + self.kl_y(q_y)
             return ELBO(log_likelihood - kl, log_likelihood, kl)
         if estimator not in ESTIMATORS:
             raise ValueError(f"unknown GMVAE estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
         # Concrete samples and densities in log space (ExpRelaxedCategorical): stable for confident logits,
         # and log q - log p is the same as for the Concrete itself (the Jacobian of exp cancels).
-        temperature = x.new_tensor(self.temperature)
+        temperature = torch.full((), self.temperature, dtype=x.dtype, device=x.device)
         relaxed_q_y = ExpRelaxedCategorical(temperature, logits=q_y.logits, validate_args=False)
         log_y = relaxed_q_y.rsample()  # (B, C)
         y = log_y.exp()
@@ -166,7 +174,7 @@ class GMVAE(LatentVariableModel):
             y = y + (F.one_hot(y.argmax(-1), y.shape[-1]).to(y) - y).detach()
         log_likelihood, kl_z = self.given_y(x, x_part, y)
         if estimator == "gumbel-analytic":
-            kl_y = kl_divergence(q_y, self.p_y())
+            kl_y = self.kl_y(q_y)
         else:
             relaxed_p_y = ExpRelaxedCategorical(temperature, logits=self.p_y().logits, validate_args=False)
             kl_y = relaxed_q_y.log_prob(log_y) - relaxed_p_y.log_prob(log_y)

@@ -1,0 +1,175 @@
+"""``aevb tour`` and ``aevb reproduce`` as a user runs them, and the report they write."""
+import base64
+import json
+import os
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aevb import reproduce
+from aevb.cli import main
+from aevb.experiments import vae
+from aevb.report import number
+from aevb.reproduce import EXPERIMENTS
+from aevb.runs import UsageError
+
+VOID_TAGS = {"meta", "img", "br", "hr", "link", "input"}
+MAGIC = {"image/png": b"\x89PNG\r\n\x1a\n", "image/gif": b"GIF89a"}
+
+
+class Page(HTMLParser):
+    """Checks that tags nest properly; collects every tag with its attributes."""
+
+    def __init__(self):
+        super().__init__()
+        self.open, self.tags = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag not in VOID_TAGS:
+            self.open.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.open and self.open.pop() == tag, f"</{tag}> closes nothing open"
+
+
+@pytest.fixture(scope="module")
+def tour(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tour") / "tour"
+    assert main(["tour", "--quick", "--out", str(out), "--no-progress", "--json"]) == 0
+    return out
+
+
+def test_quick_tour_fits_every_experiment_and_writes_every_section(tour, capsys):
+    markdown = (tour / "report.md").read_text()
+    for heading in ("# aevb: the tutorial's experiments (aevb tour --quick --seed 0)", "## What ran", "## Software"):
+        assert heading + "\n" in markdown
+    for name, experiment in EXPERIMENTS.items():
+        assert (tour / name / "provenance.json").is_file()
+        assert f"| {name} | {experiment.title} | {experiment.section} | fitted now |" in markdown
+        assert f"## {name}: {experiment.title} (tutorial {experiment.section})\n" in markdown
+        for figure in experiment.figures:  # every figure the tutorial shows, written and linked
+            assert (tour / name / figure).stat().st_size > 1000
+            assert f"]({name}/{figure})" in markdown
+    for section in ("### Our numbers beside the tutorial's", "### Settings", "### Figures"):
+        assert markdown.count(section + "\n") == len(EXPERIMENTS)
+    assert markdown.count("### Test ELBO per epoch\n") == sum(bool(e.curve) for e in EXPERIMENTS.values())
+    for software in ("python", "torch", "numpy", "platform"):
+        assert f"| {software} |" in markdown
+    assert "leaves out the constant −log C" in markdown
+    assert "`--epochs 1` here, `--epochs 100` in the tutorial" in markdown  # the GMVAE's settings differ, and it says so
+
+
+def test_report_numbers_are_the_runs_numbers(tour):
+    markdown = (tour / "report.md").read_text()
+    gmvae = json.loads((tour / "gmvae" / "summary.json").read_text())
+    assert f"| clustering accuracy (Hungarian matching) | {number(gmvae['cluster_accuracy'])} | 0.835 (epoch 100) |" in markdown
+    assert gmvae["test_elbo_without_log_c"] - gmvae["test_elbo"] == pytest.approx(np.log(10))
+    first_epoch = json.loads((tour / "vrnn" / "metrics.jsonl").read_text().splitlines()[0])
+    assert f"| 1 | {number(first_epoch['test_elbo'])} | -93 |" in markdown
+    fa_2 = [json.loads(line) for line in (tour / "fa-2" / "metrics.jsonl").read_text().splitlines()]
+    last_e = [r for r in fa_2 if r["phase"] == "e"][-1]
+    gap = last_e["test_log_evidence"] - last_e["test_elbo_exact"]
+    assert f"| variational gap at the end of the last phi-only phase | {number(gap)} |" in markdown
+    assert "| largest change of the test evidence within a phi-only phase | 0 |" in markdown  # theta stood still
+
+
+def test_html_parses_and_embeds_every_image(tour):
+    page = Page()
+    page.feed((tour / "report.html").read_text())
+    page.close()
+    assert page.open == []
+    images = [attrs for tag, attrs in page.tags if tag == "img"]
+    assert len(images) == sum(len(e.figures) for e in EXPERIMENTS.values())
+    for image in images:
+        mime, _, payload = image["src"].removeprefix("data:").partition(";base64,")
+        assert base64.b64decode(payload).startswith(MAGIC[mime]) and image["alt"]
+    references = [v for _, attrs in page.tags for k, v in attrs.items() if k in ("src", "href", "srcset", "action")]
+    assert all(v.startswith("data:") for v in references)  # nothing to fetch: no network, no other file
+    assert not {"script", "link", "iframe", "object"} & {tag for tag, _ in page.tags}
+    assert sum(tag == "h2" for tag, _ in page.tags) == len(EXPERIMENTS) + 2
+
+
+def test_reproduce_continues_where_an_interruption_stopped(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "reproduce"
+    command = ["reproduce", "fa-1", "vae", "--dataset", "digits", "--epochs-scale", "0.03", "--out", str(out), "--no-progress"]
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vae, "run", interrupt)
+    assert main(command) == 130
+    assert (out / "fa-1" / "provenance.json").is_file() and not (out / "vae").exists()
+    assert [p.name for p in out.iterdir()] == ["fa-1"]  # the interrupted run left nothing behind
+    kept = (out / "fa-1" / "provenance.json").stat().st_mtime_ns
+
+    monkeypatch.undo()
+    (out / ".vae.partial-killed").mkdir()  # what a killed (not interrupted) attempt leaves
+    assert main([*command, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["runs"] == {"fa-1": "kept", "vae": "fitted"}
+    assert (out / "fa-1" / "provenance.json").stat().st_mtime_ns == kept
+    assert sorted(p.name for p in out.iterdir()) == ["fa-1", "report.html", "report.md", "vae"]
+    provenance = json.loads((out / "vae" / "provenance.json").read_text())
+    assert provenance["flags"]["--epochs"] == "1" and provenance["flags"]["--dataset"] == "digits"
+    markdown = (out / "report.md").read_text()
+    assert "| fa-1 | Factor analysis, experiment 1: joint AEVB | §5.2 | kept: complete" in markdown
+    assert "## vae: Variational autoencoder (tutorial §5.3)" in markdown
+
+    # other settings into the same folder: refused before anything is fitted
+    assert main(["reproduce", "fa-1", "--epochs-scale", "0.5", "--out", str(out)]) == 2
+    assert "holds a run with other settings" in capsys.readouterr().err
+    assert (out / "fa-1" / "provenance.json").stat().st_mtime_ns == kept
+
+
+def test_plan_scales_the_tutorials_lengths():
+    tutorial = {p.name: p.flags for p in reproduce.plan(["all"], data_dir="/data")}
+    assert tutorial["vae"]["--epochs"] == "46" and tutorial["cvae"]["--epochs"] == "69"
+    assert tutorial["gmvae"]["--epochs"] == "100" and tutorial["vrnn"]["--epochs"] == "7"
+    assert tutorial["fa-1"]["--epochs"] == "35" and tutorial["fa-2"]["--schedule"] == "alternate:1000,1000"
+    assert tutorial["vae"]["--dataset"] == "mnist" and tutorial["vae"]["--data-dir"] == "/data"
+    assert "--data-dir" not in tutorial["fa-1"] and "--dataset" not in tutorial["fa-2"]
+    scaled = {p.name: p.flags for p in reproduce.plan(["fa-2", "gmvae", "vrnn"], dataset="digits", scale=0.02, seed=3)}
+    assert scaled["gmvae"]["--epochs"] == "2" and scaled["vrnn"]["--epochs"] == "1"  # at least one epoch
+    assert scaled["fa-2"]["--schedule"] == "alternate:20,20"
+    assert {f["--seed"] for f in scaled.values()} == {"3"}
+    with pytest.raises(UsageError, match="unknown experiment 'pca'"):
+        reproduce.plan(["pca"])
+
+
+def test_bad_reproduce_input_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["reproduce", "vae", "--dataset", "nope", "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("aevb: error: unknown dataset 'nope'")
+    with pytest.raises(SystemExit) as exit:
+        main(["reproduce", "pca"])
+    assert exit.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["reproduce", "all", "--epochs-scale", "0"])
+
+
+def test_a_model_that_is_not_installed_is_listed_not_silently_skipped(tmp_path, monkeypatch):
+    monkeypatch.setattr(reproduce, "available_models", lambda: {"fa", "vae", "cvae", "gmvae"})
+    assert main(["reproduce", "vrnn", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert "| vrnn | Variational RNN | §5.6 | not run: its model is not installed |" in (tmp_path / "report.md").read_text()
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(os.environ.get("AEVB_BROWSER_TESTS") != "1" or not CHROMIUM.exists(),
+                    reason="opt-in: AEVB_BROWSER_TESTS=1 and Debian's chromium at /usr/bin/chromium")
+def test_report_renders_in_headless_chromium(tour, tmp_path):
+    from matplotlib.image import imread
+
+    screenshot = tmp_path / "report.png"
+    subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={screenshot}", "--window-size=1200,3000",
+                    (tour / "report.html").as_uri()], check=True, capture_output=True, timeout=120)
+    pixels = imread(screenshot)[..., :3]  # (3000, 1200, 3) in [0, 1]
+    assert pixels.shape[:2] == (3000, 1200)
+    assert (pixels.mean(-1) < 0.5).mean() > 0.01  # text and figures, not a blank page
+    assert pixels.std() > 0.1
