@@ -62,11 +62,13 @@ def time_ours(model: LatentVariableModel, tensors: Sequence[Tensor], args: argpa
 
 
 def time_plain(elbo: Callable[..., Tensor], module: nn.Module, tensors: Sequence[Tensor], args: argparse.Namespace,
-               lr: float, steps: int | None = None) -> tuple[float, list[float]]:
+               lr: float, steps: int | None = None,
+               evaluate: Callable[[], Sequence[Tensor]] | None = None) -> tuple[float, list[float]]:
     """Seconds and per-step ELBOs of the tutorial's loop: a shuffled DataLoader over a TensorDataset on the CPU,
     each batch moved to the device, one Adam over all parameters, and ``.item()`` (``float()``) of every batch's mean ELBO.
 
     ``elbo(*batch)`` returns the batch's mean ELBO; runs ``args.epochs`` epochs, or ``steps`` steps.
+    ``evaluate()``, if given, runs after every step without gradients, each of its values ``float()``-ed.
     """
     device = next(module.parameters()).device
     optimizer = torch.optim.Adam(module.parameters(), lr=lr)
@@ -84,6 +86,9 @@ def time_plain(elbo: Callable[..., Tensor], module: nn.Module, tensors: Sequence
             (-value).backward()
             optimizer.step()
             elbos.append(value.item())
+            if evaluate is not None:
+                with torch.no_grad():
+                    [float(v) for v in evaluate()]
         if steps and len(elbos) == steps:
             break
     synchronize(device)
@@ -135,7 +140,7 @@ def compare(ours: Callable[[int | None], tuple[float, float]], plain: Callable[[
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="vae,cvae", help="comma-separated: vae, cvae, gmvae, vrnn (default vae,cvae)")
+    parser.add_argument("--models", default="vae,cvae", help="comma-separated: fa, vae, cvae, gmvae, vrnn (default vae,cvae)")
     parser.add_argument("--dataset", default="mnist", help="mnist (default), digits, idx:DIR or a .npy/.npz file")
     parser.add_argument("--data-dir", default=None, help="MNIST's folder (else $AEVB_DATA_DIR, else download)")
     length = parser.add_mutually_exclusive_group()

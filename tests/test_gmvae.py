@@ -1,5 +1,6 @@
 """Gaussian-mixture VAE: the exact marginal estimator against a brute-force loop, the Gumbel estimators in the
 small-temperature limit, the temperature schedule, Hungarian clustering scores, and the CLI's errors."""
+import json
 import math
 
 import numpy as np
@@ -201,9 +202,13 @@ def test_hungarian_accuracy_counts_only_the_best_one_to_one_matching():
 def test_cli_fits_the_digits_and_writes_the_clustering_summary_and_figures(tmp_path, capsys):
     out = tmp_path / "run"
     code = cli.main(["fit", "gmvae", "--epochs", "2", "--hidden", "32", "--latent-dim", "4", "--components", "3",
+                     "--estimator", "gumbel-relaxed", "--temperature", "0.8", "--temperature-decay", "0.5",
                      "--out", str(out), "--json", "--no-progress"])
     assert code == 0
-    summary = __import__("json").loads(capsys.readouterr().out.strip().splitlines()[-1])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["temperature"] for r in records] == [0.8, 0.4]  # the schedule reached training
+    assert all(0 <= r["cluster_accuracy"] <= 1 and r["test_elbo"] < 0 for r in records)
     for key in ("test_elbo", "cluster_accuracy", "conditional_entropy", "nmi"):
         assert isinstance(summary[key], float), key
     assert 0 <= summary["conditional_entropy"] <= math.log(3) + 1e-6
@@ -211,6 +216,9 @@ def test_cli_fits_the_digits_and_writes_the_clustering_summary_and_figures(tmp_p
     assert sum(summary["cluster_proportions"]) == pytest.approx(1, abs=1e-3)
     assert {"gmvae_learning_curves.png", "gmvae_cluster_generations.png", "metrics.jsonl", "model.pt"} <= {
         p.name for p in out.iterdir()}
+    assert cli.main(["eval", str(out), "--iwae", "5", "--json"]) == 0  # the run's test set rebuilt, same seed
+    evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert evaluated["test_elbo"] == pytest.approx(summary["test_elbo"], abs=1e-4)
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -124,8 +124,8 @@ def sample_command(args: argparse.Namespace) -> dict:
 
 def tour_command(args: argparse.Namespace) -> dict:
     """Every experiment afresh into ``OUT/<experiment>`` with the tour's budget, then the report."""
-    torch.set_num_threads(1)  # small models: a second thread gains little, and on a busy machine costs up to 10x
-    statuses = reproduce.run(reproduce.tour(args.quick, args.seed), args.out, args.progress, resume=False)
+    # one CPU thread: the tour's models are small, and on a busy machine a second thread slows them down up to 10x
+    statuses = reproduce.run(reproduce.tour(args.quick, args.seed), args.out, args.progress, resume=False, threads=1)
     command = f"aevb tour{' --quick' if args.quick else ''} --seed {args.seed}"
     return {"runs": statuses, **report.write_report(args.out, statuses, command)}
 

@@ -245,8 +245,12 @@ class Planned:
     flags: dict[str, str]
 
     @property
+    def argv(self) -> list[str]:
+        return [s for item in self.flags.items() for s in item]
+
+    @property
     def command(self) -> str:
-        return shlex.join(["aevb", "fit", self.experiment.model, *(s for item in self.flags.items() for s in item)])
+        return shlex.join(["aevb", "fit", self.experiment.model, *self.argv])
 
 
 def plan(names: list[str], dataset: str = "mnist", data_dir: str | None = None, scale: float = 1.0, seed: int = 0,
@@ -295,12 +299,13 @@ def comparable(flags: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in flags.items() if k != "--data-dir"}
 
 
-def run(planned: list[Planned], out: Path, progress: bool = True, resume: bool = True) -> dict[str, str]:
+def run(planned: list[Planned], out: Path, progress: bool = True, resume: bool = True,
+        threads: int | None = None) -> dict[str, str]:
     """Fit every planned experiment into ``out/<name>``; returns name -> status for the report.
 
     Status is 'fitted', 'kept' (``resume``: a complete run with the same settings was there) or
     'unavailable' (its model is not installed). With ``resume``, a complete run with other settings
-    is an error, raised before anything is fitted.
+    is an error, raised before anything is fitted. ``threads`` sets torch's CPU threads while fitting.
     """
     models = available_models()
     statuses, todo = {}, []
@@ -308,24 +313,26 @@ def run(planned: list[Planned], out: Path, progress: bool = True, resume: bool =
         previous = complete(out / p.name)
         if p.experiment.model not in models:
             statuses[p.name] = "unavailable"
+            log(f"{p.name}: skipped, model {p.experiment.model} is not installed (aevb fit --help lists those that are)")
         elif resume and previous and comparable(previous["flags"]) == comparable(p.flags):
             statuses[p.name] = "kept"
+            log(f"{p.name}: kept the complete run in {out / p.name} (same settings)")
         elif resume and previous:
             raise UsageError(f"{out / p.name} holds a run with other settings ({previous['command']}); "
                              "use another --out, or delete that folder to fit it again")
         else:
             todo.append(p)
-    for p in planned:
-        if statuses.get(p.name) == "kept":
-            log(f"{p.name}: kept the complete run in {out / p.name} (same settings)")
-        elif statuses.get(p.name) == "unavailable":
-            log(f"{p.name}: skipped, model {p.experiment.model} is not installed (aevb fit --help lists those that are)")
-    for n, p in enumerate(todo, start=1):
-        log(f"[{n}/{len(todo)}] {p.name} (tutorial {p.experiment.section}): {p.command} --out {out / p.name}")
-        summary = fit(p, out / p.name, progress)
-        statuses[p.name] = "fitted"
-        log(f"      done in {complete(out / p.name)['wall_seconds']:.1f} s: "
-            + ", ".join(f"{k} {summary[k]:.4g}" for k in p.experiment.headline if isinstance(summary.get(k), float)))
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or default_threads)
+    try:
+        for n, p in enumerate(todo, start=1):
+            log(f"[{n}/{len(todo)}] {p.name} (tutorial {p.experiment.section}): {p.command} --out {out / p.name}")
+            summary = fit(p, out / p.name, progress)
+            statuses[p.name] = "fitted"
+            log(f"      done in {complete(out / p.name)['wall_seconds']:.1f} s: "
+                + ", ".join(f"{k} {summary[k]:.4g}" for k in p.experiment.headline if isinstance(summary.get(k), float)))
+    finally:
+        torch.set_num_threads(default_threads)
     return {p.name: statuses[p.name] for p in planned}
 
 
@@ -335,7 +342,7 @@ def fit(planned: Planned, run_dir: Path, progress: bool) -> dict:
     module = experiments.module_for(model)
     parser = argparse.ArgumentParser(prog=f"aevb fit {model}")
     module.add_arguments(parser, model)
-    args = parser.parse_args([s for item in planned.flags.items() for s in item])
+    args = parser.parse_args(planned.argv)
     args.model = model
     for leftover in [*run_dir.parent.glob(f".{run_dir.name}.partial-*"), *run_dir.parent.glob(f".{run_dir.name}.old-*")]:
         shutil.rmtree(leftover, ignore_errors=True)  # what a killed earlier attempt left behind

@@ -109,7 +109,7 @@ class Trainer:
         schedule: str | Schedule = "joint",
         lr: float = 1e-3,
         batch_size: int = 100,
-        estimator: str = "aevb",
+        estimator: str | None = None,
         seed: int = 0,
         progress: bool = True,
     ) -> None:
@@ -124,7 +124,8 @@ class Trainer:
     def step(self, batch: Sequence[Tensor], phase: str) -> Tensor:
         """One gradient step on -mean ELBO for the groups of ``phase``; returns the batch's mean ELBO."""
         groups = PHASE_GROUPS[phase]
-        elbo = self.model.elbo(*batch, estimator=self.estimator).elbo.mean()
+        options = {} if self.estimator is None else {"estimator": self.estimator}  # None: the model's default
+        elbo = self.model.elbo(*batch, **options).elbo.mean()
         params = [p for name in groups for p in self.optimizers[name].param_groups[0]["params"]]
         for name in groups:
             self.optimizers[name].zero_grad(set_to_none=True)
