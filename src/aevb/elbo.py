@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, kl_divergence
 
+import aevb.kl  # noqa: F401  (registers the KLs torch.distributions lacks)
+
 ESTIMATORS = ("aevb", "sgvb")
 
 

@@ -144,7 +144,7 @@ def report_blocks(out: Path, statuses: dict[str, str], command: str) -> list[Blo
     for name in [n for n in EXPERIMENTS if n in statuses]:
         experiment, provenance = EXPERIMENTS[name], complete(out / name)
         if provenance is None:
-            rows.append([name, experiment.title, experiment.section, STATUS.get(statuses[name], statuses[name]), "—", "—"])
+            rows.append([name, experiment.title, experiment.section, STATUS[statuses[name]], "—", "—"])
             continue
         summary = json.loads((out / name / "summary.json").read_text())
         headline = ", ".join(f"`{k}` {number(summary[k])}" for k in experiment.headline if summary.get(k) is not None)
@@ -169,7 +169,6 @@ def report_blocks(out: Path, statuses: dict[str, str], command: str) -> list[Blo
 
 def markdown(blocks: list[Block], base: Path) -> str:
     """GitHub-flavoured Markdown; figures are linked relative to ``base`` (the report's folder)."""
-    cell = lambda text: text.replace("|", "\\|")  # noqa: E731
     parts = []
     for b in blocks:
         if isinstance(b, Heading):
@@ -182,7 +181,7 @@ def markdown(blocks: list[Block], base: Path) -> str:
             parts.append("\n".join(f"- {item}" for item in b.items))
         elif isinstance(b, Table):
             lines = [b.header, ["---"] * len(b.header), *b.rows]
-            parts.append("\n".join("| " + " | ".join(cell(c) for c in line) + " |" for line in lines))
+            parts.append("\n".join("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in lines))
         else:
             parts.append(f"![{b.caption}]({b.path.relative_to(base).as_posix()})\n\n*{b.caption}*")
     return "\n\n".join(parts) + "\n"

@@ -360,7 +360,12 @@ def fit(planned: Planned, run_dir: Path, progress: bool) -> dict:
 def software_versions() -> dict[str, str]:
     return {"aevb": importlib.metadata.version("aevb"), "python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__, "platform": platform.platform(),
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"}
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_threads()}
+
+
+def cpu_threads() -> str:
+    n = torch.get_num_threads()
+    return f"cpu, {n} torch thread{'s' * (n != 1)}"
 
 
 def log(message: str) -> None:

@@ -119,6 +119,10 @@ class Trainer:
         self.optimizers = {
             name: torch.optim.Adam(params, lr=lr, fused=True) for name, params in model.parameter_groups().items()
         }
+        self.phase_parameters = {
+            phase: [p for name in groups for p in self.optimizers[name].param_groups[0]["params"]]
+            for phase, groups in PHASE_GROUPS.items()
+        }
         self.step_count = 0
 
     def step(self, batch: Sequence[Tensor], phase: str) -> Tensor:
@@ -126,10 +130,9 @@ class Trainer:
         groups = PHASE_GROUPS[phase]
         options = {} if self.estimator is None else {"estimator": self.estimator}  # None: the model's default
         elbo = self.model.elbo(*batch, **options).elbo.mean()
-        params = [p for name in groups for p in self.optimizers[name].param_groups[0]["params"]]
         for name in groups:
             self.optimizers[name].zero_grad(set_to_none=True)
-        (-elbo).backward(inputs=params)  # gradients only for the groups this phase moves
+        (-elbo).backward(inputs=self.phase_parameters[phase])  # gradients only for the groups this phase moves
         for name in groups:
             self.optimizers[name].step()
         self.step_count += 1
@@ -180,7 +183,7 @@ class Trainer:
         record = {"step": self.step_count, "epoch": epoch, "phase": phase, "train_elbo": train_elbo}
         if evaluate is not None:
             self.model.eval()
-            with torch.no_grad():
+            with torch.inference_mode():
                 record.update(evaluate(self.model))
             self.model.train()
         return record
