@@ -19,6 +19,7 @@ import itertools
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -136,6 +137,44 @@ def compare(ours: Callable[[int | None], tuple[float, float]], plain: Callable[[
     plain_seconds, plain_elbo = plain(args.steps)
     return {"ours_seconds": ours_seconds, "plain_seconds": plain_seconds, "ratio": ours_seconds / plain_seconds,
             "ours_train_elbo": ours_elbo, "plain_train_elbo": plain_elbo}
+
+
+def count_syncs(train: Callable[[int], object], steps: int) -> int:
+    """Host-device synchronizations while ``train(steps)`` runs (CUDA's sync-debug warnings, counted)."""
+    torch.cuda.set_sync_debug_mode("warn")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(steps)
+    torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def compare_models(fresh: Callable[[], tuple[LatentVariableModel, nn.Module]], train: Sequence[Tensor],
+                   args: argparse.Namespace, lr: float) -> dict:
+    """The whole comparison for one model: same numbers first, then both loops timed (see ``compare``).
+
+    ``fresh()`` returns (ours, plain) on the device with the same initial parameters, ``plain.elbo(*batch)``
+    being the batch's mean ELBO; ``train`` are the training tensors (x, *context) on the CPU.
+    """
+    ours, plain = fresh()
+    device = next(ours.parameters()).device
+    on_device = tuple(t.to(device) for t in train)
+    batch = tuple(t[:args.batch_size] for t in on_device)
+    numbers = check_same_numbers((ours, lambda: ours.elbo(*batch).elbo.mean()), (plain, lambda: plain.elbo(*batch)), args.seed)
+
+    def run_ours(steps: int | None) -> tuple[float, float]:
+        seconds, history = time_ours(fresh()[0], on_device, args, lr, steps)
+        return seconds, history[-1]["train_elbo"]
+
+    def run_plain(steps: int | None) -> tuple[float, float]:
+        plain = fresh()[1]
+        seconds, elbos = time_plain(plain.elbo, plain, train, args, lr, steps)
+        per_epoch = -(-len(train[0]) // args.batch_size)
+        return seconds, sum(elbos[-per_epoch:]) / len(elbos[-per_epoch:])
+
+    if device.type == "cuda":  # a sync makes the CPU wait for the GPU's queue to drain
+        numbers.update(ours_syncs_in_20_steps=count_syncs(run_ours, 20), plain_syncs_in_20_steps=count_syncs(run_plain, 20))
+    return {**compare(run_ours, run_plain, args), "device": device_name(device), "batch_size": args.batch_size, **numbers}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Independent, Normal, kl_divergence
 
-from bench import check_same_numbers, compare, copy_parameters, device_name, load_tensors, time_ours, time_plain
+from bench import compare_models, copy_parameters, load_tensors
 from bench_vae import HIDDEN, LATENT, LR, PlainDecoder, PlainEncoder
 
 from aevb.models.cvae import CVAE, CVAEConfig
@@ -53,7 +53,6 @@ def time_model(args: argparse.Namespace) -> dict:
     """Seconds for ``args.epochs`` epochs (or ``args.steps`` steps), ours and the plain loop's."""
     device = torch.device(args.device)
     x_train, y_train = load_tensors(args, "dequantize", labels=True)
-    on_device = (x_train.to(device), y_train.to(device))
     num_classes = int(y_train.max()) + 1
     config = CVAEConfig(data_dim=x_train.shape[1], latent_dim=LATENT, hidden=(HIDDEN, HIDDEN), num_classes=num_classes)
 
@@ -64,19 +63,4 @@ def time_model(args: argparse.Namespace) -> dict:
         copy_parameters(ours, plain)
         return ours, plain
 
-    ours, plain = fresh()
-    batch = tuple(t[:args.batch_size] for t in on_device)
-    numbers = check_same_numbers((ours, lambda: ours.elbo(*batch).elbo.mean()), (plain, lambda: plain.elbo(*batch)), args.seed)
-
-    def run_ours(steps: int | None) -> tuple[float, float]:
-        seconds, history = time_ours(fresh()[0], on_device, args, LR, steps)
-        return seconds, history[-1]["train_elbo"]
-
-    def run_plain(steps: int | None) -> tuple[float, float]:
-        plain = fresh()[1]
-        seconds, elbos = time_plain(plain.elbo, plain, (x_train, y_train), args, LR, steps)
-        per_epoch = -(-len(x_train) // args.batch_size)
-        return seconds, sum(elbos[-per_epoch:]) / len(elbos[-per_epoch:])
-
-    return {**compare(run_ours, run_plain, args), "device": device_name(device), "batch_size": args.batch_size,
-            **numbers}
+    return compare_models(fresh, (x_train, y_train), args, LR)

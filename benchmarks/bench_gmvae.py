@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import warnings
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Independent, Normal, OneHotCategorical, kl_divergence
 
-from bench import check_same_numbers, compare, device_name, load_tensors, time_ours, time_plain
+from bench import compare_models, load_tensors
 
 from aevb.models.gmvae import GMVAE, GMVAEConfig
 
@@ -87,21 +85,10 @@ class PlainGMVAE(nn.Module):
         return self
 
 
-def count_syncs(train: Callable[[int], object], steps: int) -> int:
-    """Host-device synchronizations while ``train(steps)`` runs (CUDA's sync-debug warnings, counted)."""
-    torch.cuda.set_sync_debug_mode("warn")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        train(steps)
-    torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
-
-
 def time_model(args: argparse.Namespace) -> dict:
     """Seconds for ``args.epochs`` epochs (or ``args.steps`` steps), ours and the plain loop's, on binarized images."""
     device = torch.device(args.device)
     (x_train,) = load_tensors(args, "binarize")
-    on_device = x_train.to(device)
     config = GMVAEConfig(data_dim=x_train.shape[1])
 
     def fresh() -> tuple[GMVAE, PlainGMVAE]:
@@ -109,21 +96,4 @@ def time_model(args: argparse.Namespace) -> dict:
         ours = GMVAE(config).to(device)
         return ours, PlainGMVAE(config.data_dim, config.num_components, config.latent_dim).to(device).copy_from(ours)
 
-    ours, plain = fresh()
-    batch = on_device[:args.batch_size]
-    numbers = check_same_numbers((ours, lambda: ours.elbo(batch).elbo.mean()), (plain, lambda: plain.elbo(batch)), args.seed)
-
-    def run_ours(steps: int | None) -> tuple[float, float]:
-        seconds, history = time_ours(fresh()[0], (on_device,), args, LR, steps)
-        return seconds, history[-1]["train_elbo"]
-
-    def run_plain(steps: int | None) -> tuple[float, float]:
-        plain = fresh()[1]
-        seconds, elbos = time_plain(plain.elbo, plain, (x_train,), args, LR, steps)
-        per_epoch = -(-len(x_train) // args.batch_size)
-        return seconds, sum(elbos[-per_epoch:]) / len(elbos[-per_epoch:])
-
-    if device.type == "cuda":  # a sync makes the CPU wait for the GPU's queue to drain
-        numbers.update(ours_syncs_in_20_steps=count_syncs(run_ours, 20), plain_syncs_in_20_steps=count_syncs(run_plain, 20))
-    return {**compare(run_ours, run_plain, args), "device": device_name(device), "batch_size": args.batch_size,
-            **numbers}
+    return compare_models(fresh, (x_train,), args, LR)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import ContinuousBernoulli, Independent, Normal, kl_divergence
 
-from bench import check_same_numbers, compare, copy_parameters, device_name, load_tensors, time_ours, time_plain
+from bench import compare_models, copy_parameters, load_tensors
 
 from aevb.models.vae import VAE, VAEConfig
 
@@ -77,7 +77,6 @@ def time_model(args: argparse.Namespace) -> dict:
     """Seconds for ``args.epochs`` epochs (or ``args.steps`` steps), ours and the plain loop's, on MNIST-like data."""
     device = torch.device(args.device)
     (x_train,) = load_tensors(args, "dequantize")
-    on_device = x_train.to(device)
     config = VAEConfig(data_dim=x_train.shape[1], latent_dim=LATENT, hidden=(HIDDEN, HIDDEN))
 
     def fresh() -> tuple[VAE, PlainVAE]:
@@ -87,19 +86,4 @@ def time_model(args: argparse.Namespace) -> dict:
         copy_parameters(ours, plain)
         return ours, plain
 
-    ours, plain = fresh()
-    batch = on_device[:args.batch_size]
-    numbers = check_same_numbers((ours, lambda: ours.elbo(batch).elbo.mean()), (plain, lambda: plain.elbo(batch)), args.seed)
-
-    def run_ours(steps: int | None) -> tuple[float, float]:
-        seconds, history = time_ours(fresh()[0], (on_device,), args, LR, steps)
-        return seconds, history[-1]["train_elbo"]
-
-    def run_plain(steps: int | None) -> tuple[float, float]:
-        plain = fresh()[1]
-        seconds, elbos = time_plain(plain.elbo, plain, (x_train,), args, LR, steps)
-        per_epoch = -(-len(x_train) // args.batch_size)
-        return seconds, sum(elbos[-per_epoch:]) / len(elbos[-per_epoch:])
-
-    return {**compare(run_ours, run_plain, args), "device": device_name(device), "batch_size": args.batch_size,
-            **numbers}
+    return compare_models(fresh, (x_train,), args, LR)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
-from bench import check_same_numbers, compare, device_name, time_ours, time_plain
+from bench import compare_models
 
 from aevb.experiments.vrnn import load_sequences
 from aevb.models.vrnn import VRNN, VRNNConfig, mlp
@@ -86,7 +86,6 @@ def time_model(args: argparse.Namespace) -> dict:
     x_train, _, _, likelihood, _ = load_sequences(args.dataset, args.data_dir, args.seed)
     if likelihood != "bernoulli":
         raise ValueError("the plain loop has a Bernoulli decoder: use binarized data (mnist, digits)")
-    on_device = x_train.to(device)
     config = VRNNConfig(data_dim=x_train.shape[2], seq_len=x_train.shape[1])
 
     def fresh() -> tuple[VRNN, PlainVRNN]:
@@ -94,19 +93,4 @@ def time_model(args: argparse.Namespace) -> dict:
         ours = VRNN(config).to(device)
         return ours, PlainVRNN(config.data_dim, config.latent_dim, config.hidden_dim, config.mlp_dim).to(device).copy_from(ours)
 
-    ours, plain = fresh()
-    batch = on_device[:args.batch_size]
-    numbers = check_same_numbers((ours, lambda: ours.elbo(batch).elbo.mean()), (plain, lambda: plain.elbo(batch)), args.seed)
-
-    def run_ours(steps: int | None) -> tuple[float, float]:
-        seconds, history = time_ours(fresh()[0], (on_device,), args, LR, steps)
-        return seconds, history[-1]["train_elbo"]
-
-    def run_plain(steps: int | None) -> tuple[float, float]:
-        plain = fresh()[1]
-        seconds, elbos = time_plain(plain.elbo, plain, (x_train,), args, LR, steps)
-        per_epoch = -(-len(x_train) // args.batch_size)
-        return seconds, sum(elbos[-per_epoch:]) / len(elbos[-per_epoch:])
-
-    return {**compare(run_ours, run_plain, args), "device": device_name(device), "batch_size": args.batch_size,
-            **numbers}
+    return compare_models(fresh, (x_train,), args, LR)

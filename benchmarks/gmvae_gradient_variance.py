@@ -60,7 +60,7 @@ def main(args: argparse.Namespace) -> None:
     print(f"{args.draws} gradient draws on {len(x)} test examples of {args.dataset}, tau = {args.temperature}, "
           f"after {args.train_epochs} epochs of marginal training; device "
           f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}")
-    print(f"| estimator | parameter | mean gradient | std over draws |\n| --- | --- | --- | --- |")
+    print("| estimator | parameter | mean gradient | std over draws |\n| --- | --- | --- | --- |")
     torch.manual_seed(args.seed + 1)
     for label, estimator, straight_through in SETTINGS:
         model.config.straight_through = straight_through

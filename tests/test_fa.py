@@ -1,5 +1,4 @@
 """Factor analysis: every quantity of the EM view checked against closed forms and references."""
-import numpy as np
 import pytest
 import torch
 from sklearn.decomposition import FactorAnalysis as SklearnFA

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from aevb import evaluation, experiments, plotting, report, reproduce
+from aevb.experiments.arguments import positive_float, positive_int
 from aevb.runs import UsageError, load_run, run_directory
 
 
@@ -49,14 +50,14 @@ def build_parser() -> ArgumentParser:
     evaluate = commands.add_parser("eval", help="test ELBO, IWAE log-likelihood (and bits/dim) of a run",
                                    description=evaluation.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run directory")
-    evaluate.add_argument("--iwae", type=experiments.positive_int, default=1000, metavar="K",
+    evaluate.add_argument("--iwae", type=positive_int, default=1000, metavar="K",
                           help="importance samples per test example (default 1000)")
     evaluate.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
     evaluate.set_defaults(handler=eval_command)
 
     sample = commands.add_parser("sample", help="draw images from a run's model into a PNG")
     sample.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run directory")
-    sample.add_argument("--n", type=experiments.positive_int, default=30,
+    sample.add_argument("--n", type=positive_int, default=30,
                         help="samples (per class for a conditional model without --label) (default 30)")
     sample.add_argument("--label", type=int, default=None, help="the class y to draw x ~ p(x|y) for (conditional models)")
     sample.add_argument("--out", type=Path, default=None, help="PNG file (default RUN_DIR/samples.png)")
@@ -81,7 +82,7 @@ def build_parser() -> ArgumentParser:
     again.add_argument("--dataset", default="mnist",
                        help="data of the image experiments: mnist (the tutorial's), digits (offline) or idx:DIR (default mnist)")
     again.add_argument("--data-dir", default=None, help="folder of the MNIST IDX files (else $AEVB_DATA_DIR, else download)")
-    again.add_argument("--epochs-scale", type=experiments.positive_float, default=1.0, metavar="F",
+    again.add_argument("--epochs-scale", type=positive_float, default=1.0, metavar="F",
                        help="multiply the tutorial's training lengths by F (at least 1 epoch or step) (default 1)")
     again.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     add_output_arguments(again, default_out=Path("runs/reproduce"))

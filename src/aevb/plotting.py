@@ -172,6 +172,9 @@ def rows_animation(images: np.ndarray, path: Path, title: str = "", fps: int = 4
     return path
 
 
+TSNE_POINTS = 2000  # t-SNE runs on a random subset of the test set: its cost grows faster than linearly
+
+
 def tsne(codes: np.ndarray, labels: np.ndarray | None, path: Path, seed: int = 0, title: str = "") -> Path:
     """Tutorial Figure 7: scikit-learn's 2-D t-SNE of codes (N, L), e.g. posterior means, coloured by label."""
     from sklearn.manifold import TSNE  # slow to import; only this figure needs it

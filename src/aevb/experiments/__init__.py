@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from aevb.experiments.arguments import add_training_arguments, positive_float, positive_int  # noqa: F401 (re-exported)
 from aevb.experiments import fa, gmvae, vae, vrnn
 
 MODULES: tuple[ModuleType, ...] = (fa, vae, gmvae, vrnn)

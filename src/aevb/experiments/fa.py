@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from aevb.data import load_array, split
-from aevb.experiments import add_training_arguments, positive_int
+from aevb.experiments.arguments import add_training_arguments, positive_int
 from aevb.models.fa import POSTERIORS, FactorAnalysis, FAConfig, fit_em, synthetic_data
 from aevb.elbo import ESTIMATORS
 from aevb import plotting

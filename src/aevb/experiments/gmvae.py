@@ -22,7 +22,9 @@ from torch.distributions import Categorical
 
 from aevb import clustering, plotting
 from aevb.evaluation import eval_mode, in_batches, iwae_log_likelihood, run_data, test_elbo
-from aevb.experiments.arguments import add_training_arguments, positive_float, positive_int
+from aevb.experiments.arguments import (
+    add_dataset_arguments, add_training_arguments, default_device, device_name, positive_float, positive_int,
+)
 from aevb.experiments.vae import hidden_sizes, test_set  # noqa: F401 (test_set: the run's test data, for aevb eval)
 from aevb.models.gmvae import ESTIMATORS, GMVAE, VARIANTS, GMVAEConfig, TemperatureSchedule
 from aevb.runs import UsageError, append_jsonl, save_run
@@ -40,10 +42,7 @@ def at_least_two(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser, model: str) -> None:
-    parser.add_argument("--dataset", default="digits",
-                        help="mnist, digits (scikit-learn's, offline), idx:DIR (a folder in the MNIST layout) or a "
-                             ".npy/.npz/.csv file (default digits)")
-    parser.add_argument("--data-dir", default=None, help="folder of the MNIST IDX files (else $AEVB_DATA_DIR, else download)")
+    add_dataset_arguments(parser)
     parser.add_argument("--transform", choices=("binarize", "none"), default="binarize",
                         help="binarize: dequantized pixels > 0.5 (the tutorial's); none: data already 0/1 (default binarize)")
     parser.add_argument("--estimator", choices=ESTIMATORS, default="marginal",
@@ -106,7 +105,7 @@ def run(args, run_dir: Path, progress: bool) -> dict:
     }
     train, test, data = run_data(config)  # raises DataError for data that are not 0/1
     config.update(shape=list(data.shape), levels=data.levels, num_classes=data.num_classes)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     torch.manual_seed(args.seed)
     model = GMVAE(GMVAEConfig(train[0].shape[1], args.components, args.latent_dim, args.hidden, args.variant,
                               args.temperature, args.straight_through)).to(device)
@@ -141,7 +140,7 @@ def run(args, run_dir: Path, progress: bool) -> dict:
     }
     if args.iwae:
         summary.update(iwae_log_likelihood=iwae_log_likelihood(model, test, args.iwae).item(), iwae_samples=args.iwae)
-    summary.update(train_seconds=seconds, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
+    summary.update(train_seconds=seconds, device=device_name(device))
 
     plotting.epoch_panels(history, {"test_elbo": "test ELBO (nats)", "conditional_entropy": "H(q(y|x)) (nats)",
                                     "cluster_accuracy": "clustering accuracy"},

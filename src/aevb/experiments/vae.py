@@ -19,7 +19,9 @@ from torch import Tensor
 from aevb import plotting
 from aevb.data import TRANSFORMS, dynamic_binarize
 from aevb.evaluation import dequantized_levels, evaluate, eval_mode, run_data, test_elbo
-from aevb.experiments.arguments import add_training_arguments, positive_float, positive_int
+from aevb.experiments.arguments import (
+    add_dataset_arguments, add_training_arguments, default_device, device_name, positive_float, positive_int,
+)
 from aevb.likelihoods import LIKELIHOODS, parameter_image
 from aevb.model import LatentVariableModel
 from aevb.models.cvae import CVAE, VARIANTS, CVAEConfig
@@ -31,7 +33,6 @@ from aevb.trainer import Trainer
 MODELS = ("vae", "cvae")
 DEFAULT_TRANSFORMS = {"cb": "dequantize", "bernoulli": "binarize", "gaussian": "dequantize"}
 GRID_COLUMNS = 10
-TSNE_POINTS = 2000  # t-SNE of a random subset of the test set: its cost grows faster than linearly
 
 
 def hidden_sizes(text: str) -> tuple[int, ...]:
@@ -45,10 +46,7 @@ def hidden_sizes(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser, model: str) -> None:
-    parser.add_argument("--dataset", default="digits",
-                        help="mnist, digits (scikit-learn's, offline), idx:DIR (a folder in the MNIST layout) or a "
-                             ".npy/.npz/.csv file (default digits)")
-    parser.add_argument("--data-dir", default=None, help="folder of the MNIST IDX files (else $AEVB_DATA_DIR, else download)")
+    add_dataset_arguments(parser)
     parser.add_argument("--likelihood", choices=LIKELIHOODS, default="cb",
                         help="p(x|z): cb (continuous Bernoulli), bernoulli or gaussian (default cb)")
     parser.add_argument("--gaussian-scale", type=positive_float, default=None,
@@ -85,7 +83,7 @@ def run(args, run_dir: Path, progress: bool) -> dict:
     }
     train, test, data = run_data(config)
     config.update(shape=list(data.shape), levels=data.levels, num_classes=data.num_classes)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     torch.manual_seed(args.seed)
     try:
         model = build_model(args, train[0].shape[1], data.num_classes).to(device)
@@ -105,7 +103,7 @@ def run(args, run_dir: Path, progress: bool) -> dict:
         "model": args.model, "dataset": args.dataset, "likelihood": args.likelihood, "transform": config["transform"],
         "epochs": history[-1]["epoch"], "steps": trainer.step_count, "train_elbo": history[-1]["train_elbo"],
         **evaluate(model, test, args.iwae, dequantized_levels(config, data), args.seed),
-        "train_seconds": seconds, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "train_seconds": seconds, "device": device_name(device),
     }
     write_figures(model, history, test[0], data.y_test, config, run_dir)
     save_run(run_dir, model.cpu(), config, summary)
@@ -136,7 +134,7 @@ def write_figures(model: LatentVariableModel, history: list[dict], x_test: Tenso
             plotting.image_grid(as_grid(x, shape, GRID_COLUMNS), run_dir / f"{name}_{what}.png", rows,
                                 title=f"{what.replace('_', ' ')} for draws from the prior")
         if not config["conditional"]:
-            subset = torch.randperm(len(x_test))[:TSNE_POINTS]
+            subset = torch.randperm(len(x_test))[:plotting.TSNE_POINTS]
             codes = model.encode(x_test[subset.to(x_test.device)]).cpu().numpy()
             labels = None if y_test is None else y_test[subset].numpy()
             plotting.tsne(codes, labels, run_dir / f"{name}_tsne.png", seed=config["seed"],

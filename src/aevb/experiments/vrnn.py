@@ -21,8 +21,9 @@ from torch import Tensor
 from aevb import plotting
 from aevb.data import as_sequences, load_dataset, prepare, validate_support
 from aevb.evaluation import eval_mode, evaluate, test_elbo
-from aevb.experiments.arguments import add_training_arguments, positive_int
-from aevb.experiments.vae import TSNE_POINTS
+from aevb.experiments.arguments import (
+    add_dataset_arguments, add_training_arguments, default_device, device_name, positive_int,
+)
 from aevb.models.vrnn import LIKELIHOODS, VRNN, VRNNConfig
 from aevb.runs import append_jsonl, save_run
 from aevb.trainer import Trainer
@@ -34,10 +35,7 @@ TUTORIAL_MNIST_TEST_ELBO = (-93.0, -85.5, -81.2, -79.9, -79.2, -78.3, -78.5)
 
 
 def add_arguments(parser: argparse.ArgumentParser, model: str) -> None:
-    parser.add_argument("--dataset", default="digits",
-                        help="mnist, digits (scikit-learn's, offline), idx:DIR (a folder in the MNIST layout) or a "
-                             ".npy/.npz file of sequences (N, T, D) (default digits)")
-    parser.add_argument("--data-dir", default=None, help="folder of the MNIST IDX files (else $AEVB_DATA_DIR, else download)")
+    add_dataset_arguments(parser, user_files="a .npy/.npz file of sequences (N, T, D)")
     parser.add_argument("--likelihood", choices=LIKELIHOODS, default=None,
                         help="p(x_t | h_t, z_t): bernoulli or cb (continuous Bernoulli) (default: bernoulli for images "
                              "and binary sequences, cb for sequences of other values in [0, 1])")
@@ -77,7 +75,7 @@ def run(args, run_dir: Path, progress: bool) -> dict:
         "hidden": args.hidden, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "iwae": args.iwae,
     }
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     torch.manual_seed(args.seed)
     model = VRNN(VRNNConfig(data_dim, seq_len, args.latent_dim, args.hidden, likelihood=likelihood)).to(device)
     x_train, x_test = x_train.to(device), x_test.to(device)
@@ -93,7 +91,7 @@ def run(args, run_dir: Path, progress: bool) -> dict:
         "model": "vrnn", "dataset": args.dataset, "likelihood": likelihood, "transform": transform,
         "sequence_shape": [seq_len, data_dim], "epochs": history[-1]["epoch"], "steps": trainer.step_count,
         "train_elbo": history[-1]["train_elbo"], **evaluate(model, (x_test,), args.iwae, seed=args.seed),
-        "train_seconds": seconds, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "train_seconds": seconds, "device": device_name(device),
     }
     write_figures(model, history, x_test, y_test, config, run_dir)
     save_run(run_dir, model.cpu(), config, summary)
@@ -118,7 +116,7 @@ def write_figures(model: VRNN, history: list[dict], x_test: Tensor, y_test: Tens
     torch.manual_seed(config["seed"])
     with eval_mode(model):
         samples, parameters = model.generate(GRID_ROWS * GRID_COLUMNS)
-        subset = torch.randperm(len(x_test))[:TSNE_POINTS]
+        subset = torch.randperm(len(x_test))[:plotting.TSNE_POINTS]
         codes = model.encode(x_test[subset.to(x_test.device)]).cpu().numpy()
     shape = config["shape"]
     parameter_grid = plotting.as_grid(parameters.flatten(1), shape, GRID_COLUMNS)
