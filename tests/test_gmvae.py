@@ -10,9 +10,8 @@ import torch.nn.functional as F
 from torch.distributions import OneHotCategorical, kl_divergence
 
 from aevb import clustering, cli
-from aevb.models import from_checkpoint
 from aevb.models import gmvae
-from aevb.models.gmvae import ESTIMATORS, GMVAE, GMVAEConfig, TemperatureSchedule
+from aevb.models.gmvae import GMVAE, GMVAEConfig, TemperatureSchedule
 from aevb.trainer import Trainer
 
 C, D = 4, 12
@@ -115,17 +114,6 @@ def test_straight_through_feeds_one_hot_forward_and_gradients_back_to_q_y(monkey
     assert model.inference.logits_y[0][0].weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("variant", ["gmm", "m2"])
-@pytest.mark.parametrize("estimator", ESTIMATORS)
-def test_gradients_reach_both_parameter_groups(estimator, variant):
-    model, x = small_model(variant), binary_data()
-    model.elbo(x, estimator=estimator).elbo.mean().backward()
-    for group, params in model.parameter_groups().items():
-        grads = [p.grad for p in params]
-        assert all(g is not None and torch.isfinite(g).all() for g in grads), group
-        assert sum(g.abs().sum() for g in grads) > 0, group
-
-
 def test_shapes_of_samples_generations_encodings_and_importance_weights():
     model, x = small_model(), binary_data(5)
     assert model.sample(7).shape == (7, D) and set(model.sample(7).unique().tolist()) <= {0.0, 1.0}
@@ -134,15 +122,6 @@ def test_shapes_of_samples_generations_encodings_and_importance_weights():
     assert model.encode(x).shape == (5, 3)
     assert model.log_importance_weights(x, num_samples=9).shape == (9, 5)
     torch.testing.assert_close(model.cluster_probs(x).sum(1), torch.ones(5, dtype=x.dtype))
-
-
-def test_checkpoint_round_trip_gives_identical_numbers():
-    model, x = small_model("m2"), binary_data()
-    rebuilt = from_checkpoint(model.checkpoint()).double()
-    torch.manual_seed(0)
-    expected = model.elbo(x).elbo
-    torch.manual_seed(0)
-    torch.testing.assert_close(rebuilt.elbo(x).elbo, expected)
 
 
 def test_unknown_estimator_and_too_few_components_are_rejected():

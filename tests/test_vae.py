@@ -9,7 +9,7 @@ from aevb.cli import main
 from aevb.data import load_dataset, prepare
 from aevb import evaluation
 from aevb.likelihoods import parameter_image
-from aevb.models import MODELS, from_checkpoint
+from aevb.models import MODELS
 from aevb.models.cvae import CVAE, VARIANTS, CVAEConfig
 from aevb.models.vae import VAE, VAEConfig
 from aevb.trainer import Trainer
@@ -40,46 +40,17 @@ EXAMPLES = {
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
-def test_generic_model_checks(name):
+def test_samples_lie_in_the_likelihoods_support_and_parameter_images_have_the_data_shape(name):
     torch.manual_seed(0)
     model, batch = EXAMPLES[name]()
     context = batch[1:]
-    groups = model.parameter_groups()
-    assert {id(p) for g in groups.values() for p in g} == {id(p) for p in model.parameters()}
-    assert not {id(p) for p in groups["generative"]} & {id(p) for p in groups["inference"]}
-
-    out = model.elbo(*batch)
-    assert out.elbo.shape == out.log_likelihood.shape == out.kl.shape == (B,)
-    torch.testing.assert_close(out.elbo, out.log_likelihood - out.kl)
-    assert (out.kl >= 0).all()
-    assert model.log_importance_weights(*batch, num_samples=5).shape == (5, B)
-    assert model.iwae_bound(*batch, num_samples=7, chunk_size=3).shape == (B,)
-
-    (-out.elbo.mean()).backward()
-    for group, params in groups.items():  # every parameter of both groups gets a gradient
-        for p in params:
-            assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches a {group} parameter"
-
-    assert model.encode(*batch).shape == (B, L)
     x = model.sample(B, *context)
-    assert x.shape == (B, D)
     likelihood = model.config.likelihood
     if likelihood == "cb":
         assert ((x >= 0) & (x <= 1)).all()
     if likelihood == "bernoulli":
         assert set(x.unique().tolist()) <= {0.0, 1.0}
-    image = parameter_image(model.decode(B, *context))
-    assert image.shape == (B, D)
-
-
-def test_checkpoint_round_trip_gives_identical_numbers():
-    torch.manual_seed(0)
-    model, batch = EXAMPLES["cvae-full"]()
-    checkpoint = model.checkpoint()
-    checkpoint["config"] = json.loads(json.dumps(checkpoint["config"]))  # as a run's files hold it
-    clone = from_checkpoint(checkpoint)
-    assert type(clone) is CVAE and clone.config == model.config
-    assert evaluation.evaluate(clone, batch, num_samples=10, seed=3) == evaluation.evaluate(model, batch, num_samples=10, seed=3)
+    assert parameter_image(model.decode(B, *context)).shape == (B, D)
 
 
 def test_conditional_model_uses_the_label():
