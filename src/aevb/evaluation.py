@@ -22,10 +22,11 @@ from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from aevb.data import ImageData, load_dataset, prepare, validate_support
 from aevb.model import LatentVariableModel
-from aevb.runs import UsageError, load_run
+from aevb.runs import UsageError, default_device, load_run
 
 RunData = tuple[tuple[Tensor, ...], tuple[Tensor, ...], ImageData]
 
@@ -58,12 +59,14 @@ def test_elbo(model: LatentVariableModel, tensors: Sequence[Tensor], batch_size:
 def iwae_log_likelihood(
     model: LatentVariableModel, tensors: Sequence[Tensor], num_samples: int, batch_size: int = 100, chunk_size: int = 100
 ) -> Tensor:
-    """Mean K-sample importance-weighted bound on log p(x) (or log p(x | context)); a 0-dim tensor."""
+    """Mean K-sample importance-weighted bound on log p(x) (or log p(x | context)); a 0-dim tensor.
+
+    Shows a progress bar in a terminal (K forward passes over the test set can take minutes on a CPU).
+    """
     with eval_mode(model) as device:
-        total = sum(
-            model.iwae_bound(*batch, num_samples=num_samples, chunk_size=chunk_size).sum()
-            for batch in in_batches(tensors, batch_size, device)
-        )
+        batches = tqdm(in_batches(tensors, batch_size, device), total=math.ceil(len(tensors[0]) / batch_size),
+                       desc=f"IWAE bound, K = {num_samples}", unit="batch", leave=False, disable=None)
+        total = sum(model.iwae_bound(*batch, num_samples=num_samples, chunk_size=chunk_size).sum() for batch in batches)
     return total / len(tensors[0])
 
 
@@ -129,7 +132,7 @@ def evaluate_run(run_dir: str | os.PathLike, num_samples: int) -> dict:
         raise UsageError(f"aevb eval does not support {config['model']} runs (the summary.json of {run_dir} has "
                          "their test numbers)")
     test, levels = module.test_set(config)
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(default_device())
     return {"model": config["model"], **evaluate(model, test, num_samples, levels, config["seed"])}
 
 

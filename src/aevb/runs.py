@@ -1,4 +1,5 @@
-"""Run directories: config, metrics, summary, checkpoint and figures of one fit, written atomically.
+"""Run directories (config, metrics, summary, checkpoint and figures of one fit, written atomically), and
+the device a run uses.
 
 A run is written into a hidden sibling folder and renamed into place only when it is complete, so
 a failed or interrupted run never leaves a half-written directory (nor destroys an earlier run).
@@ -55,6 +56,15 @@ def run_directory(out: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         staging.rename(out)
+
+
+def default_device() -> torch.device:
+    """The GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def save_run(run_dir: Path, model: LatentVariableModel, config: dict, summary: dict) -> None:

@@ -1,9 +1,7 @@
-"""Flag types, the flags every experiment shares, and the device runs use."""
+"""Flag types and the flags every experiment shares."""
 from __future__ import annotations
 
 import argparse
-
-import torch
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, user_files: str = "a .npy/.npz/.csv file") -> None:
@@ -12,15 +10,6 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, user_files: str = "a 
                         help="mnist, digits (scikit-learn's, offline), idx:DIR (a folder in the MNIST layout) or "
                              f"{user_files} (default digits)")
     parser.add_argument("--data-dir", default=None, help="folder of the MNIST IDX files (else $AEVB_DATA_DIR, else download)")
-
-
-def default_device() -> torch.device:
-    """The GPU when there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, epochs: int, batch_size: int, lr: float) -> None:

@@ -22,12 +22,10 @@ from torch.distributions import Categorical
 
 from aevb import clustering, plotting
 from aevb.evaluation import eval_mode, in_batches, iwae_log_likelihood, run_data, test_elbo
-from aevb.experiments.arguments import (
-    add_dataset_arguments, add_training_arguments, default_device, device_name, positive_float, positive_int,
-)
+from aevb.experiments.arguments import add_dataset_arguments, add_training_arguments, positive_float, positive_int
 from aevb.experiments.vae import hidden_sizes, test_set  # noqa: F401 (test_set: the run's test data, for aevb eval)
 from aevb.models.gmvae import ESTIMATORS, GMVAE, VARIANTS, GMVAEConfig, TemperatureSchedule
-from aevb.runs import UsageError, append_jsonl, save_run
+from aevb.runs import UsageError, append_jsonl, default_device, device_name, save_run
 from aevb.trainer import Trainer
 
 MODELS = ("gmvae",)

@@ -19,15 +19,13 @@ from torch import Tensor
 from aevb import plotting
 from aevb.data import TRANSFORMS, dynamic_binarize
 from aevb.evaluation import dequantized_levels, evaluate, eval_mode, run_data, test_elbo
-from aevb.experiments.arguments import (
-    add_dataset_arguments, add_training_arguments, default_device, device_name, positive_float, positive_int,
-)
+from aevb.experiments.arguments import add_dataset_arguments, add_training_arguments, positive_float, positive_int
 from aevb.likelihoods import LIKELIHOODS, parameter_image
 from aevb.model import LatentVariableModel
 from aevb.models.cvae import CVAE, VARIANTS, CVAEConfig
 from aevb.models.vae import VAE, VAEConfig
 from aevb.plotting import as_grid
-from aevb.runs import UsageError, append_jsonl, save_run
+from aevb.runs import UsageError, append_jsonl, default_device, device_name, save_run
 from aevb.trainer import Trainer
 
 MODELS = ("vae", "cvae")

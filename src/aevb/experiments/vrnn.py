@@ -21,11 +21,9 @@ from torch import Tensor
 from aevb import plotting
 from aevb.data import as_sequences, load_dataset, prepare, validate_support
 from aevb.evaluation import eval_mode, evaluate, test_elbo
-from aevb.experiments.arguments import (
-    add_dataset_arguments, add_training_arguments, default_device, device_name, positive_int,
-)
+from aevb.experiments.arguments import add_dataset_arguments, add_training_arguments, positive_int
 from aevb.models.vrnn import LIKELIHOODS, VRNN, VRNNConfig
-from aevb.runs import append_jsonl, save_run
+from aevb.runs import append_jsonl, default_device, device_name, save_run
 from aevb.trainer import Trainer
 
 MODELS = ("vrnn",)
