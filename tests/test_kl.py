@@ -2,6 +2,8 @@
 import torch
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
+import aevb.kl  # noqa: F401  (registers the KL under test)
+
 
 def test_full_gaussian_against_diagonal_gaussian():
     torch.manual_seed(0)
