@@ -5,8 +5,9 @@
 * ``m-step``: theta only, the approximate M-step;
 * ``alternate:E,M``: E steps on phi, then M steps on theta, repeated.
 
-Each group has its own Adam optimizer, so a group that is not stepped does not move at all (one
-shared Adam would keep moving it with stale momentum).
+Each group has its own Adam optimizer and moment estimates. A step computes gradients only for the
+groups its phase moves and steps only their optimizers, so the other group does not move at all:
+during an E-phase theta, and with it the evidence, stays exactly where it was.
 """
 from __future__ import annotations
 
