@@ -52,9 +52,15 @@ def load_tensors(args: argparse.Namespace, transform: str, labels: bool = False)
 
 def time_ours(model: LatentVariableModel, tensors: Sequence[Tensor], args: argparse.Namespace, lr: float,
               steps: int | None = None, **fit_options) -> tuple[float, list[dict]]:
-    """Seconds and history of ``Trainer.fit`` on tensors already on the device (``args.epochs`` or ``steps``)."""
+    """Seconds and history of ``Trainer.fit`` on tensors already on the device (``args.epochs`` or ``steps``).
+
+    With ``args.compile`` the trainer compiles its step; compiling happens in warm-up steps, not timed.
+    """
     device = tensors[0].device
-    trainer = Trainer(model, lr=lr, batch_size=args.batch_size, seed=args.seed, progress=False)
+    trainer = Trainer(model, lr=lr, batch_size=args.batch_size, seed=args.seed, progress=False, torch_compile=args.compile)
+    if args.compile:
+        trainer.fit(tensors, steps=WARMUP_STEPS, **fit_options)
+        trainer.step_count = 0  # the timed run is the same length as the plain loop's
     synchronize(device)
     start = time.perf_counter()
     history = trainer.fit(tensors, epochs=None if steps else args.epochs, steps=steps, **fit_options)
@@ -174,7 +180,8 @@ def compare_models(fresh: Callable[[], tuple[LatentVariableModel, nn.Module]], t
 
     if device.type == "cuda":  # a sync makes the CPU wait for the GPU's queue to drain
         numbers.update(ours_syncs_in_20_steps=count_syncs(run_ours, 20), plain_syncs_in_20_steps=count_syncs(run_plain, 20))
-    return {**compare(run_ours, run_plain, args), "device": device_name(device), "batch_size": args.batch_size, **numbers}
+    return {**compare(run_ours, run_plain, args), "device": device_name(device), "batch_size": args.batch_size,
+            "compiled": args.compile, **numbers}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile", action="store_true", help="time aevb's trainer with torch_compile=True")
     parser.add_argument("--out", type=Path, default=Path("runs/bench.json"), help="JSON results file (default runs/bench.json)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
     return parser
@@ -203,7 +211,8 @@ def main(argv: list[str] | None = None) -> dict:
         results[name] = module.time_model(args)
         r = results[name]
         print(f"{name:<6} ours {r['ours_seconds']:8.3f} s   plain {r['plain_seconds']:8.3f} s   "
-              f"ratio ours/plain {r['ratio']:.3f}   ({r.get('device', args.device)})", flush=True)
+              f"ratio ours/plain {r['ratio']:.3f}   ({r.get('device', args.device)}{', compiled' if args.compile else ''})",
+              flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"results written to {args.out}")

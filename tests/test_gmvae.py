@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._dynamo.utils import counters
 from torch.distributions import OneHotCategorical, kl_divergence
 
 from aevb import clustering, cli
@@ -154,6 +155,18 @@ def test_temperature_schedule_changes_the_temperature_used_in_training(monkeypat
         (x,), epochs=3, callbacks=[schedule.callback(model)])
     per_step = used[::2]  # two Concrete distributions per step: q(y|x) and p(y)
     assert per_step == [1.0, 1.0, 0.5, 0.5, 0.3, 0.3]
+
+
+def test_a_new_temperature_does_not_recompile_a_compiled_elbo():
+    model, x = small_model(), binary_data()
+    model.elbo(x, estimator="gumbel-relaxed")  # eager first, as the Trainer does: it fills torch's KL memo
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(lambda x: model.elbo(x, estimator="gumbel-relaxed").elbo, backend="eager")
+    for temperature in (0.5, 0.3, 0.2):
+        model.temperature = temperature
+        compiled(x)
+    assert model.temperature == pytest.approx(0.2) and counters["stats"]["unique_graphs"] == 1
 
 
 def test_hungarian_accuracy_of_a_permuted_labelling_is_one():

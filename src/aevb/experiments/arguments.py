@@ -13,11 +13,13 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, user_files: str = "a 
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, epochs: int, batch_size: int, lr: float) -> None:
-    """--epochs, --batch-size, --lr and --seed with the model's defaults."""
+    """--epochs, --batch-size, --lr and --seed with the model's defaults, and --compile."""
     parser.add_argument("--epochs", type=positive_int, default=epochs, help=f"passes over the training set (default {epochs})")
     parser.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"mini-batch size (default {batch_size})")
     parser.add_argument("--lr", type=positive_float, default=lr, help=f"Adam learning rate (default {lr:g})")
     parser.add_argument("--seed", type=int, default=0, help="random seed: data, initialization, batches (default 0)")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the training step with torch.compile (CUDA graphs on a GPU, where it pays)")
 
 
 def positive_int(text: str) -> int:

@@ -73,7 +73,8 @@ def run(args, run_dir: Path, progress: bool) -> dict:
     mle_log_evidence = mle.log_evidence(x_test.double()).mean().item()
     torch.manual_seed(args.seed)
     model = FactorAnalysis(FAConfig(x_train.shape[1], args.latent_dim, args.posterior))
-    trainer = Trainer(model, schedule, args.lr, args.batch_size, args.estimator, args.seed, progress)
+    trainer = Trainer(model, schedule, args.lr, args.batch_size, args.estimator, args.seed, progress,
+                      torch_compile=args.compile)
 
     snapshots = {}
 

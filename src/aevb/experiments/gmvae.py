@@ -100,6 +100,7 @@ def run(args, run_dir: Path, progress: bool) -> dict:
         "temperature": args.temperature, "temperature_decay": args.temperature_decay,
         "temperature_min": args.temperature_min, "straight_through": args.straight_through,
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "iwae": args.iwae,
+        "compile": args.compile,
     }
     train, test, data = run_data(config)  # raises DataError for data that are not 0/1
     config.update(shape=list(data.shape), levels=data.levels, num_classes=data.num_classes)
@@ -116,7 +117,8 @@ def run(args, run_dir: Path, progress: bool) -> dict:
         gumbel = {} if args.estimator == "marginal" else {"temperature": model.temperature}  # this epoch's tau
         return {"test_elbo": test_elbo(model, test), **scalars, **gumbel}
 
-    trainer = Trainer(model, "joint", args.lr, args.batch_size, args.estimator, args.seed, progress)
+    trainer = Trainer(model, "joint", args.lr, args.batch_size, args.estimator, args.seed, progress,
+                      torch_compile=args.compile)
     metrics_path = run_dir / "metrics.jsonl"
     start = time.perf_counter()
     history = trainer.fit(train, epochs=args.epochs, evaluate=evaluate, eval_every="epoch",

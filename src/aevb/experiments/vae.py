@@ -77,7 +77,7 @@ def run(args, run_dir: Path, progress: bool) -> dict:
         "transform": args.transform or DEFAULT_TRANSFORMS[args.likelihood], "conditional": args.model == "cvae",
         "variant": getattr(args, "variant", None), "latent_dim": args.latent_dim, "hidden": list(args.hidden),
         "gaussian_scale": args.gaussian_scale, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-        "seed": args.seed, "iwae": args.iwae,
+        "seed": args.seed, "iwae": args.iwae, "compile": args.compile,
     }
     train, test, data = run_data(config)
     config.update(shape=list(data.shape), levels=data.levels, num_classes=data.num_classes)
@@ -89,7 +89,8 @@ def run(args, run_dir: Path, progress: bool) -> dict:
         raise UsageError(f"--dataset {args.dataset}: {e}") from None
     train, test = tuple(t.to(device) for t in train), tuple(t.to(device) for t in test)
 
-    trainer = Trainer(model, "joint", args.lr, args.batch_size, seed=args.seed, progress=progress)
+    trainer = Trainer(model, "joint", args.lr, args.batch_size, seed=args.seed, progress=progress,
+                      torch_compile=args.compile)
     metrics_path = run_dir / "metrics.jsonl"
     start = time.perf_counter()
     history = trainer.fit(train, epochs=args.epochs, evaluate=lambda m: {"test_elbo": test_elbo(m, test)},

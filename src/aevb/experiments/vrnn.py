@@ -71,14 +71,15 @@ def run(args, run_dir: Path, progress: bool) -> dict:
         "model": "vrnn", "dataset": args.dataset, "data_dir": args.data_dir, "likelihood": likelihood,
         "transform": transform, "conditional": False, "shape": [seq_len, data_dim], "latent_dim": args.latent_dim,
         "hidden": args.hidden, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-        "iwae": args.iwae,
+        "iwae": args.iwae, "compile": args.compile,
     }
     device = default_device()
     torch.manual_seed(args.seed)
     model = VRNN(VRNNConfig(data_dim, seq_len, args.latent_dim, args.hidden, likelihood=likelihood)).to(device)
     x_train, x_test = x_train.to(device), x_test.to(device)
 
-    trainer = Trainer(model, "joint", args.lr, args.batch_size, seed=args.seed, progress=progress)
+    trainer = Trainer(model, "joint", args.lr, args.batch_size, seed=args.seed, progress=progress,
+                      torch_compile=args.compile)
     metrics_path = run_dir / "metrics.jsonl"
     start = time.perf_counter()
     history = trainer.fit((x_train,), epochs=args.epochs, evaluate=lambda m: {"test_elbo": test_elbo(m, (x_test,))},

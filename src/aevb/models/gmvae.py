@@ -127,7 +127,20 @@ class GMVAE(LatentVariableModel):
         self.generative = Generative(config)
         self.inference = Inference(config)
         glorot_init(self)
-        self.temperature = config.temperature  # the tau in use; a schedule changes it between epochs
+        # tau, which a schedule changes between epochs, is also kept as a tensor: a compiled ELBO reads the
+        # tensor as an input, where a Python number would be compiled in, afresh for every value.
+        self.register_buffer("tau", torch.tensor(config.temperature), persistent=False)
+        self.temperature = config.temperature
+
+    @property
+    def temperature(self) -> float:
+        """The Gumbel-softmax temperature tau in use."""
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self._temperature = value
+        self.tau.fill_(value)
 
     def components(self) -> Tensor:
         """Every value of y, one-hot, as a (C, 1, C) batch that broadcasts against (C, B, ...)."""
@@ -166,8 +179,7 @@ class GMVAE(LatentVariableModel):
             raise ValueError(f"unknown GMVAE estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
         # Concrete samples and densities in log space (ExpRelaxedCategorical): stable for confident logits,
         # and log q - log p is the same as for the Concrete itself (the Jacobian of exp cancels).
-        temperature = torch.full((), self.temperature, dtype=x.dtype, device=x.device)
-        relaxed_q_y = ExpRelaxedCategorical(temperature, logits=q_y.logits, validate_args=False)
+        relaxed_q_y = ExpRelaxedCategorical(self.tau, logits=q_y.logits, validate_args=False)
         log_y = relaxed_q_y.rsample()  # (B, C)
         y = log_y.exp()
         if self.config.straight_through:
@@ -176,7 +188,7 @@ class GMVAE(LatentVariableModel):
         if estimator == "gumbel-analytic":
             kl_y = self.kl_y(q_y)
         else:
-            relaxed_p_y = ExpRelaxedCategorical(temperature, logits=self.p_y().logits, validate_args=False)
+            relaxed_p_y = ExpRelaxedCategorical(self.tau, logits=self.p_y().logits, validate_args=False)
             kl_y = relaxed_q_y.log_prob(log_y) - relaxed_p_y.log_prob(log_y)
         return ELBO(log_likelihood - kl_z - kl_y, log_likelihood, kl_z + kl_y)
 
