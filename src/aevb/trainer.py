@@ -104,8 +104,8 @@ class Trainer:
     ``evaluate(model)`` returns. ``callbacks`` are called with each finished epoch's records.
 
     ``torch_compile=True`` trains with the ELBO's forward and backward compiled by ``torch.compile`` (after
-    one eager step). It pays on a GPU, where small models spend their step launching kernels; on a CPU
-    the step is bound by arithmetic, and the compiled step is no faster.
+    one eager step). It is meant for a GPU, where small models spend their step launching kernels; on a CPU
+    the step is bound by arithmetic, and compiling (seconds to a minute) gains little or nothing.
     """
 
     def __init__(
