@@ -234,3 +234,14 @@ def test_cli_rejects_non_binary_data_on_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "exactly 0 or 1" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_cli_reports_a_failed_compile_on_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))  # nothing compiled earlier to reuse
+    torch._dynamo.reset()
+    with torch._inductor.config.patch({"cpp.cxx": (None, str(tmp_path / "no-such-g++")), "fx_graph_cache": False}):
+        code = cli.main(["fit", "gmvae", "--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--components", "2",
+                         "--compile", "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--compile failed" in err and "C++ compiler" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -159,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aevb: interrupted; the run in progress was not written", file=sys.stderr)
         return 130
+    except torch._dynamo.exc.TorchDynamoException as e:  # only --compile runs torch.compile
+        print(f"aevb: error: --compile failed: {str(e).strip().splitlines()[0]}; run without --compile", file=sys.stderr)
+        return 2
     print_summary(summary)
     if args.json:
         print(json.dumps(summary))
