@@ -22,7 +22,7 @@ from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
 from bench import compare_models
 
-from aevb.experiments.vrnn import load_sequences
+from aevb import fitting
 from aevb.models.vrnn import VRNN, VRNNConfig, mlp
 
 LR = 1e-3
@@ -83,9 +83,8 @@ class PlainVRNN(nn.Module):
 def time_model(args: argparse.Namespace) -> dict:
     """Seconds for ``args.epochs`` epochs (or ``args.steps`` steps), ours and the plain loop's, same data and start."""
     device = torch.device(args.device)
-    x_train, _, _, likelihood, _ = load_sequences(args.dataset, args.data_dir, args.seed)
-    if likelihood != "bernoulli":
-        raise ValueError("the plain loop has a Bernoulli decoder: use binarized data (mnist, digits)")
+    flags = ["--dataset", args.dataset, "--seed", str(args.seed)] + (["--data-dir", args.data_dir] if args.data_dir else [])
+    (x_train,) = fitting.load_data(fitting.parse_fit_args(VRNN, flags), VRNN).train  # binarized rows, Bernoulli
     config = VRNNConfig(data_dim=x_train.shape[2], seq_len=x_train.shape[1])
 
     def fresh() -> tuple[VRNN, PlainVRNN]:

@@ -46,7 +46,7 @@ def test_user_data_from_a_file(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 2)) @ rng.normal(size=(2, 5)) + 0.3 * rng.normal(size=(400, 5)) + 7.0
     np.save(tmp_path / "x.npy", x)
-    summary, _ = fit(tmp_path, "--data", str(tmp_path / "x.npy"), "--latent-dim", "2", "--epochs", "100")
+    summary, _ = fit(tmp_path, "--dataset", str(tmp_path / "x.npy"), "--latent-dim", "2", "--epochs", "100")
     assert "true_log_evidence" not in summary
     assert abs(summary["test_log_evidence"] - summary["mle_log_evidence"]) < 0.2
 
@@ -63,11 +63,11 @@ def bad_inputs(tmp_path) -> dict[str, list[str]]:
     np.save(tmp_path / "ok.npy", np.random.default_rng(0).normal(size=(50, 3)))
     (tmp_path / "broken.npz").write_bytes(b"not a zip file")
     return {
-        "missing file": ["--data", str(tmp_path / "missing.npy")],
-        "NaNs": ["--data", str(tmp_path / "nan.npy")],
-        "wrong dimensionality": ["--data", str(tmp_path / "flat.npy")],
-        "corrupt file": ["--data", str(tmp_path / "broken.npz")],
-        "latent dim above data dim": ["--data", str(tmp_path / "ok.npy"), "--latent-dim", "4"],
+        "missing file": ["--dataset", str(tmp_path / "missing.npy")],
+        "NaNs": ["--dataset", str(tmp_path / "nan.npy")],
+        "wrong dimensionality": ["--dataset", str(tmp_path / "flat.npy")],
+        "corrupt file": ["--dataset", str(tmp_path / "broken.npz")],
+        "latent dim above data dim": ["--dataset", str(tmp_path / "ok.npy"), "--latent-dim", "4"],
         "latent dim above synthetic dim": ["--latent-dim", "5"],
         "malformed schedule": ["--schedule", "alternate:10"],
         "unknown flag": ["--epoch", "3"],

@@ -7,6 +7,7 @@ import torch
 from scipy.integrate import quad
 
 from aevb import evaluation
+from aevb.fitting import draw
 from aevb.likelihoods import LikelihoodHead
 from aevb.models.cvae import CVAE, CVAEConfig
 from aevb.models.vae import VAE, VAEConfig
@@ -99,13 +100,12 @@ def test_evaluation_is_seeded_batched_in_eval_mode_and_restores_the_mode():
     assert small_batches.item() == pytest.approx(one_batch.item(), abs=0.05)
 
 
-def test_generate_gives_one_row_per_class_for_a_conditional_model():
+def test_draw_gives_one_row_per_class_for_a_conditional_model():
     model, _ = small_model(conditional=True)
-    config = {"model": "cvae", "conditional": True, "num_classes": C}
-    x, rows = evaluation.generate(model, config, 4)
+    x, rows = draw(model, C, 4)
     assert x.shape == (4 * C, D) and rows == [str(c) for c in range(C)]
-    x, rows = evaluation.generate(model, config, 5, label=2)
+    x, rows = draw(model, C, 5, label=2)
     assert x.shape == (5, D) and rows == ["2"]
     vae, _ = small_model(conditional=False)
-    x, rows = evaluation.generate(vae, {"model": "vae", "conditional": False}, 6)
+    x, rows = draw(vae, None, 6)
     assert x.shape == (6, D) and rows is None

@@ -100,7 +100,7 @@ def test_reproduce_continues_where_an_interruption_stopped(tmp_path, monkeypatch
     def interrupt(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(vae, "run", interrupt)
+    monkeypatch.setattr(vae.VAEHooks, "figures", interrupt)  # interrupted in the middle of its fit
     assert main(command) == 130
     assert (out / "fa-1" / "provenance.json").is_file() and not (out / "vae").exists()
     assert [p.name for p in out.iterdir()] == ["fa-1"]  # the interrupted run left nothing behind

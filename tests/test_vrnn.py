@@ -1,6 +1,8 @@
 """The variational RNN: its batched ELBO against a step-by-step loop, gradients through z_t, sampling, errors."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from torch.distributions import kl_divergence
 
 from aevb.cli import main
 from aevb.elbo import iwae_bound
-from aevb.experiments.vrnn import load_sequences
+from aevb import fitting
 from aevb.models.vrnn import VRNN, VRNNConfig, diagonal_normal
 from aevb.trainer import Trainer
 
@@ -121,38 +123,48 @@ def test_cli_fits_evaluates_and_samples_user_sequences(tmp_path, capsys):
     code = main(["fit", "vrnn", "--dataset", str(tmp_path / "seqs.npy"), "--epochs", "1", "--hidden", "8",
                  "--batch-size", "16", "--iwae", "4", "--out", str(out), "--no-progress", "--json"])
     assert code == 0
-    assert '"likelihood": "bernoulli"' in capsys.readouterr().out.strip().splitlines()[-1]
+    capsys.readouterr()
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["likelihood"] == "bernoulli" and config["data"]["kind"] == "sequences"
     for name in ("vrnn_learning_curve.png", "vrnn_samples.png", "vrnn_generation.gif", "vrnn_tsne.png", "model.pt"):
         assert (out / name).is_file(), name
     assert main(["eval", str(out), "--iwae", "3"]) == 0  # the run's test set is rebuilt as sequences
     assert main(["sample", str(out), "--n", "4"]) == 0 and (out / "samples.png").is_file()
 
 
-@pytest.mark.parametrize("array, likelihood, transform", [
-    (np.random.default_rng(0).integers(0, 2, (30, 5, 7)).astype(np.float32), "bernoulli", "none"),
-    (np.random.default_rng(0).integers(0, 2, (30, 5, 7)).astype(np.uint8), "bernoulli", "none"),  # not rescaled
-    (np.random.default_rng(0).uniform(size=(30, 5, 7)), "cb", "none"),
+def load(dataset: str, *flags: str) -> tuple[fitting.Data, str]:
+    """The data ``aevb fit vrnn --dataset DATASET FLAGS`` trains on, and the transform it chose."""
+    args = fitting.parse_fit_args(VRNN, ["--dataset", dataset, *flags])
+    return fitting.load_data(args, VRNN), args.transform
+
+
+@pytest.mark.parametrize("array, flags", [
+    (np.random.default_rng(0).integers(0, 2, (30, 5, 7)).astype(np.float32), []),
+    (np.random.default_rng(0).integers(0, 2, (30, 5, 7)).astype(np.uint8), []),  # 0/1 pixels: not binarized away
+    (np.random.default_rng(0).uniform(size=(30, 5, 7)), ["--likelihood", "cb"]),
 ])
-def test_user_sequences_get_the_likelihood_of_their_values(tmp_path, array, likelihood, transform):
+def test_user_sequences_are_taken_as_they_are(tmp_path, array, flags):
     np.save(tmp_path / "seqs.npy", array)
-    x_train, x_test, _, chosen, chosen_transform = load_sequences(str(tmp_path / "seqs.npy"), None, seed=0)
-    assert (chosen, chosen_transform) == (likelihood, transform)
+    data, transform = load(str(tmp_path / "seqs.npy"), *flags)
+    (x_train,), (x_test,) = data.train, data.test
+    assert transform == "none" and data.kind == "sequences"
     assert x_train.shape[1:] == x_test.shape[1:] == (5, 7) and len(x_train) + len(x_test) == 30
     values = np.concatenate([x_train.numpy(), x_test.numpy()]).ravel()
-    np.testing.assert_array_equal(np.sort(values), np.sort(array.astype(np.float32).ravel()))  # taken as they are
+    np.testing.assert_array_equal(np.sort(values), np.sort(array.astype(np.float32).ravel()))
 
 
 def test_digits_are_binarized_rows():
-    x_train, x_test, y_test, likelihood, transform = load_sequences("digits", None, seed=0)
-    assert (likelihood, transform) == ("bernoulli", "binarize")
-    assert x_train.shape[1:] == (8, 8) and len(x_test) == len(y_test)
-    assert set(x_train.unique().tolist()) == {0.0, 1.0}
+    data, transform = load("digits")
+    assert transform == "binarize"
+    assert data.train[0].shape[1:] == (8, 8) and len(data.test[0]) == len(data.y_test)
+    assert set(data.train[0].unique().tolist()) == {0.0, 1.0}
 
 
 @pytest.mark.parametrize("array, flags, message", [
     (np.zeros((20, 7)), [], "shape (T, D)"),  # one vector per example: not a sequence
     (np.full((20, 5, 7), 0.5), ["--likelihood", "bernoulli"], "exactly 0 or 1"),
-    (np.full((20, 5, 7), 2.0), [], "[0, 1]"),
+    (np.full((20, 5, 7), 2.0), ["--likelihood", "cb"], "[0, 1]"),
+    (np.full((20, 5, 7), 0.5), [], "or use --likelihood cb"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, array, flags, message):
     np.save(tmp_path / "bad.npy", array)

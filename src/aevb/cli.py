@@ -1,8 +1,10 @@
 """The ``aevb`` command: a thin layer over the library.
 
-    aevb fit MODEL [flags]     fit one model into a run directory (``aevb fit MODEL --help``)
+    aevb fit MODEL [flags]     fit a model into a run directory (``aevb fit --help`` lists the models,
+                               ``aevb fit MODEL --help`` its flags); MODEL is a built-in or installed name,
+                               or your own: --model package.module:Class or --model path/to/file.py:Class
     aevb eval RUN_DIR          test ELBO, importance-weighted log-likelihood (and bits/dim) of a run
-    aevb sample RUN_DIR        draw from a run's model into a PNG
+    aevb sample RUN_DIR        draw from a run's model into a PNG (or .npy/.npz arrays)
     aevb tour                  the main job: every model briefly, on data that ships with the project, and a report
     aevb reproduce EXP|all     the tutorial's experiments with its settings, and a report
 
@@ -16,11 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+from aevb.errors import UsageError
+from aevb.reproduce import EXPERIMENTS
 
-from aevb import evaluation, experiments, plotting, report, reproduce
-from aevb.experiments.arguments import positive_float, positive_int
-from aevb.runs import UsageError, load_run, run_directory
+SAMPLE_SUFFIXES = (".png", ".npy", ".npz")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -33,34 +34,40 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="aevb", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    commands.add_parser("fit", help="fit a model (aevb fit --help lists them)", add_help=False)
 
-    fit = commands.add_parser("fit", help="fit a model", description="Fit a latent variable model with AEVB.")
-    models = fit.add_subparsers(dest="model", required=True, parser_class=ArgumentParser)
-    for module in experiments.MODULES:
-        for name in module.MODELS:
-            sub = models.add_parser(name, help=(module.__doc__ or "").splitlines()[0],
-                                    description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-            module.add_arguments(sub, name)
-            add_output_arguments(sub, default_out=None)
-            sub.set_defaults(handler=fit_command)
-
-    evaluate = commands.add_parser("eval", help="test ELBO, IWAE log-likelihood (and bits/dim) of a run",
-                                   description=evaluation.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    evaluate = commands.add_parser("eval", help="test ELBO, IWAE log-likelihood (and bits/dim) of a run")
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run directory")
     evaluate.add_argument("--iwae", type=positive_int, default=1000, metavar="K",
                           help="importance samples per test example (default 1000)")
     evaluate.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
     evaluate.set_defaults(handler=eval_command)
 
-    sample = commands.add_parser("sample", help="draw images from a run's model into a PNG")
+    sample = commands.add_parser("sample", help="draw from a run's model into a PNG, or into .npy/.npz arrays")
     sample.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run directory")
     sample.add_argument("--n", type=positive_int, default=30,
                         help="samples (per class for a conditional model without --label) (default 30)")
     sample.add_argument("--label", type=int, default=None, help="the class y to draw x ~ p(x|y) for (conditional models)")
-    sample.add_argument("--out", type=Path, default=None, help="PNG file (default RUN_DIR/samples.png)")
+    sample.add_argument("--out", type=Path, default=None,
+                        help="a .png figure, or the samples as arrays: .npy (x) or .npz (x, and y for a conditional "
+                             "model) (default RUN_DIR/samples.png)")
     sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sample.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
     sample.set_defaults(handler=sample_command)
@@ -77,8 +84,8 @@ def build_parser() -> ArgumentParser:
                                 description="Fit the tutorial's experiments with its settings into OUT/EXPERIMENT, then "
                                             "write OUT/report.html and OUT/report.md. Run again with the same --out, an "
                                             "interrupted reproduce continues where it stopped (complete runs are kept).")
-    again.add_argument("experiments", nargs="+", choices=[*reproduce.EXPERIMENTS, "all"], metavar="EXPERIMENT",
-                       help=f"all, or some of {', '.join(reproduce.EXPERIMENTS)}")
+    again.add_argument("experiments", nargs="+", choices=[*EXPERIMENTS, "all"], metavar="EXPERIMENT",
+                       help=f"all, or some of {', '.join(EXPERIMENTS)}")
     again.add_argument("--dataset", default="mnist",
                        help="data of the image experiments: mnist (the tutorial's), digits (offline) or idx:DIR (default mnist)")
     again.add_argument("--data-dir", default=None, help="folder of the MNIST IDX files (else $AEVB_DATA_DIR, else download)")
@@ -91,40 +98,87 @@ def build_parser() -> ArgumentParser:
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, default_out: Path | None) -> None:
-    parser.add_argument("--out", type=Path, default=default_out,
-                        help=f"run directory (default: {default_out or 'runs/MODEL-DATE-TIME'})")
-    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    group = parser.add_argument_group("output")
+    group.add_argument("--out", type=Path, default=default_out,
+                       help=f"run directory (default: {default_out or 'runs/MODEL-DATE-TIME'})")
+    group.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
+    group.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
 
 
-def fit(args: argparse.Namespace, out: Path) -> dict:
-    """Run ``aevb fit`` for the parsed ``args`` into the run directory ``out``; returns the summary."""
-    with run_directory(out) as staging:
-        summary = experiments.module_for(args.model).run(args, staging, args.progress)
-    return {**summary, "run_dir": str(out)}
+FIT_HELP = """usage: aevb fit MODEL [flags]   or   aevb fit --model REF [flags]
+
+Fit a latent variable model with AEVB into a run directory. MODEL is one of:
+  {names}
+or your own model (a subclass of aevb.model.LatentVariableModel, see docs/models.md), named by
+  --model package.module:Class     an importable module
+  --model path/to/file.py:Class    a file anywhere
+or installed by a package under the entry-point group "aevb.models". `aevb fit MODEL --help` lists its flags:
+data, schedule (joint, e-step, m-step, alternate:E,M), length, optimizer, evaluation, and one per field of
+its config (e.g. --latent-dim).
+"""
+
+
+def parse_fit(argv: list[str]) -> argparse.Namespace:
+    """``aevb fit [MODEL | --model REF] [flags]``: the model's own parser, built only for the model asked for."""
+    from aevb import registry
+
+    if not argv or argv[0] in ("-h", "--help"):
+        print(FIT_HELP.format(names=", ".join(registry.names())))
+        raise SystemExit(0 if argv else 2)
+    if "--model" in argv[:-1]:
+        at = argv.index("--model")
+        ref, flags = argv[at + 1], argv[:at] + argv[at + 2:]
+    elif argv[0].startswith("--model="):
+        ref, flags = argv[0].removeprefix("--model="), argv[1:]
+    elif argv[0].startswith("-"):
+        raise UsageError(f"name a model first: aevb fit MODEL [flags] or aevb fit --model REF [flags], not {argv[0]!r}")
+    else:
+        ref, flags = argv[0], argv[1:]
+    from aevb import fitting
+
+    cls = registry.resolve(ref)
+    parser = fitting.fit_parser(cls, f"aevb fit {ref}", ArgumentParser)
+    add_output_arguments(parser, default_out=None)
+    args = parser.parse_args(flags)
+    output = argparse.Namespace(**{k: vars(args).pop(k) for k in ("out", "json", "progress")})
+    fitting.resolve_paths(args)
+    output.out = output.out or Path("runs") / f"{cls.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    output.handler, output.cls, output.fit_args = fit_command, cls, args
+    return output
 
 
 def fit_command(args: argparse.Namespace) -> dict:
-    out = args.out or Path("runs") / f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return fit(args, out)
+    from aevb import fitting
+    from aevb.runs import run_directory
+
+    with run_directory(args.out) as staging:
+        summary = fitting.run_fit(args.cls, args.fit_args, staging, args.progress)
+    return {**summary, "run_dir": str(args.out)}
 
 
 def eval_command(args: argparse.Namespace) -> dict:
-    return {**evaluation.evaluate_run(args.run_dir, args.iwae), "run_dir": str(args.run_dir)}
+    from aevb import fitting
+
+    return {**fitting.evaluate_run(args.run_dir, args.iwae), "run_dir": str(args.run_dir)}
 
 
 def sample_command(args: argparse.Namespace) -> dict:
-    model, config = load_run(args.run_dir)
-    torch.manual_seed(args.seed)
-    x, row_labels = evaluation.generate(model, config, args.n, args.label)
+    from aevb import fitting
+
     out = args.out or args.run_dir / "samples.png"
-    columns = args.n if row_labels else min(args.n, 10)
-    plotting.image_grid(plotting.as_grid(x, config["shape"], columns), out, row_labels)
-    return {"samples": len(x), "out": str(out)}
+    if out.suffix not in SAMPLE_SUFFIXES:
+        raise UsageError(f"--out {out}: use a {', '.join(SAMPLE_SUFFIXES)} file")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: no folder {out.parent}; create it first")
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; name a file")
+    return fitting.sample_run(args.run_dir, out, args.n, args.label, args.seed)
 
 
 def tour_command(args: argparse.Namespace) -> dict:
     """Every experiment afresh into ``OUT/<experiment>`` with the tour's budget, then the report."""
+    from aevb import report, reproduce
+
     # one CPU thread: the tour's models are small, and on a busy machine a second thread slows them down up to 10x
     statuses = reproduce.run(reproduce.tour(args.quick, args.seed), args.out, args.progress, resume=False, threads=1)
     command = f"aevb tour{' --quick' if args.quick else ''} --seed {args.seed}"
@@ -133,6 +187,8 @@ def tour_command(args: argparse.Namespace) -> dict:
 
 def reproduce_command(args: argparse.Namespace) -> dict:
     """The chosen experiments into ``OUT/<experiment>``, keeping complete ones, then the report."""
+    from aevb import report, reproduce
+
     planned = reproduce.plan(args.experiments, args.dataset, args.data_dir, args.epochs_scale, args.seed)
     statuses = reproduce.run(planned, args.out, args.progress, resume=True)
     command = (f"aevb reproduce {' '.join(args.experiments)} --dataset {args.dataset} "
@@ -149,9 +205,16 @@ def print_summary(summary: dict, indent: str = "") -> None:
             print(f"{indent}{key:<34} {value:.4f}" if isinstance(value, float) else f"{indent}{key:<34} {value}")
 
 
+def compile_error(error: Exception) -> bool:
+    """Whether ``error`` comes from torch.compile (which only ``--compile`` runs)."""
+    dynamo = sys.modules.get("torch._dynamo.exc")
+    return dynamo is not None and isinstance(error, dynamo.TorchDynamoException)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
+        args = parse_fit(argv[1:]) if argv[:1] == ["fit"] else build_parser().parse_args(argv)
         summary = args.handler(args)
     except UsageError as e:
         print(f"aevb: error: {e}", file=sys.stderr)
@@ -159,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aevb: interrupted; the run in progress was not written", file=sys.stderr)
         return 130
-    except torch._dynamo.exc.TorchDynamoException as e:  # only --compile runs torch.compile
+    except Exception as e:
+        if not compile_error(e):
+            raise
         print(f"aevb: error: --compile failed: {str(e).strip().splitlines()[0]}; run without --compile", file=sys.stderr)
         return 2
     print_summary(summary)

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
 from torch import Tensor
 
-from aevb.runs import UsageError
+from aevb import download
+from aevb.errors import DataError
 
 ARRAY_SUFFIXES = (".npy", ".npz", ".csv")
 USER_KEYS = ("x", "y", "x_test", "y_test")
@@ -39,10 +39,6 @@ IDX_LAYOUT = {  # split -> (images, labels): IDX file names of the MNIST layout,
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-
-
-class DataError(UsageError):
-    """Missing, unreadable, corrupt or ill-shaped data."""
 
 
 def load_array(path: str | Path, ndim: int | None = None) -> dict[str, np.ndarray]:
@@ -129,8 +125,6 @@ def load_mnist(data_dir: str | None = None) -> ImageData:
     directory = data_dir or os.environ.get("AEVB_DATA_DIR")
     if directory:
         return load_idx(directory, fix="put the MNIST IDX files there, or point --data-dir or AEVB_DATA_DIR at them")
-    from aevb import download  # here, not at the top: the downloader raises this module's DataError
-
     directory = download.cache_directory()
     download.download_mnist(directory)
     return load_idx(directory, fix="delete the cached file to download it again")
@@ -138,6 +132,8 @@ def load_mnist(data_dir: str | None = None) -> ImageData:
 
 def load_sklearn_digits(seed: int = 0) -> ImageData:
     """scikit-learn's 1797 handwritten digits, 8x8 pixels with values 0..16, split at random (seeded)."""
+    from sklearn.datasets import load_digits  # slow to import; only this data set needs it
+
     digits = load_digits()
     x = torch.from_numpy(digits.images).to(torch.uint8)  # (1797, 8, 8)
     y = torch.from_numpy(digits.target).long()

@@ -17,7 +17,7 @@ import zlib
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from aevb.data import DataError
+from aevb.errors import DataError
 
 MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",

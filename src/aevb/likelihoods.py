@@ -12,12 +12,15 @@ Distributions are built with validate_args=False: data are validated once, at th
 """
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, ContinuousBernoulli, Distribution, Independent, Normal
 
-LIKELIHOODS = ("cb", "bernoulli", "gaussian")
+Likelihood = Literal["cb", "bernoulli", "gaussian"]
+LIKELIHOODS = get_args(Likelihood)
 
 
 class LikelihoodHead(nn.Module):

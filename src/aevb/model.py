@@ -1,20 +1,37 @@
-"""The latent variable model interface every aevb model implements.
+"""The latent variable model contract every aevb model follows, the user's own included.
 
-A model is two ``nn.Module`` attributes, kept apart because EM treats them apart:
+A model is a p_theta(x, z) with an amortized approximate posterior q_phi(z | x), and its two parameter
+groups are two ``nn.Module`` attributes, kept apart because EM treats them apart:
 
-* ``generative`` holds theta, the parameters of p_theta(x, z) (stepped by the M-step);
-* ``inference`` holds phi, the parameters of the amortized posterior q_phi(z|x) (stepped by the E-step).
+* ``generative`` holds theta, every parameter of p_theta(x, z) (the M-step moves them);
+* ``inference`` holds phi, every parameter of q_phi(z | x) (the E-step moves them).
 
-A model with one latent vector describes its three factors in ``factors`` and inherits the ELBO and
-importance weights from :mod:`aevb.elbo`; a model with a structured latent (a discrete component, a
-sequence) overrides ``elbo`` and ``log_importance_weights`` instead. Batches are tuples ``(x, *context)``,
-where context is, e.g., the label y of a conditional model.
+What a model declares (``docs/models.md`` says it at length, with an example):
+
+* ``Config``: a dataclass of its hyperparameters; ``Model(Config(...))`` builds the model and a checkpoint
+  keeps ``asdict(config)`` as JSON. ``aevb fit`` fills the fields named ``data_dim`` (D: the size of one
+  example, or of one step of a sequence), ``seq_len`` (T: then the data are sequences (N, T, D)) and
+  ``num_classes`` (then batches carry the label y) from the data, and turns every other field into a flag
+  (``latent_dim`` -> ``--latent-dim``; ``Literal`` types give the choices, ``metadata={"help": ...}`` the help).
+* its ELBO, one of two ways:
+  - one latent vector: ``factors(x, *context)`` returns (q(z|x), p(z), z -> p(x|z)) as ``torch.distributions``
+    objects, and ``elbo``, ``log_importance_weights`` and ``iwae_bound`` come from :mod:`aevb.elbo`;
+  - a structured latent (a discrete component, a sequence): override ``elbo`` and ``log_importance_weights``.
+* ``sample(n, *context)``: x ~ p_theta(x), and ``encode(x, *context)``: a code per example, e.g. E_q[z | x].
+
+Optional: ``estimators``, the names ``elbo(x, estimator=...)`` takes (a model that overrides ``elbo`` sets
+them, ``()`` for none), and ``hooks``, what the model adds to the fit path (``aevb.fitting.Hooks``: its own
+data, metrics, summary entries, figures and flags). Everything else is derived: ``name`` (the class name in lower case), ``parameter_groups``, the estimators,
+``checkpoint`` and ``from_checkpoint``. Batches are tuples ``(x, *context)``; the context of a model with a
+``num_classes`` field is the label y, integer class indices (B,). A model may raise ``ValueError`` for data it
+cannot model (e.g. values outside its likelihood's support); ``aevb fit`` reports it as one line.
+``aevb.testing.check_model`` holds a model to this contract.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict
-from typing import Callable
+from dataclasses import asdict, is_dataclass
+from typing import Callable, ClassVar
 
 from torch import Tensor, nn
 from torch.distributions import Distribution
@@ -27,20 +44,37 @@ PARAMETER_GROUPS = ("generative", "inference")
 class LatentVariableModel(nn.Module, ABC):
     """Base class: ``generative`` (theta) and ``inference`` (phi) modules, ELBO, sampling, encoding."""
 
+    Config: ClassVar[type]  # required: the dataclass of hyperparameters
+    name: ClassVar[str]  # derived: the class name in lower case, unless the class sets one
+    estimators: ClassVar[tuple[str, ...]] = estimators.ESTIMATORS  # what ``elbo(..., estimator=)`` takes
+    hooks: ClassVar[type | str | None] = None  # what the model adds to ``aevb fit`` (aevb.fitting.Hooks)
     generative: nn.Module
     inference: nn.Module
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = cls.__name__.lower()
+
     def __init__(self, config) -> None:
+        if not is_dataclass(getattr(type(self), "Config", None)):
+            raise TypeError(f"{type(self).__name__} must declare Config, the dataclass of its hyperparameters")
+        if not isinstance(config, type(self).Config):
+            raise TypeError(f"{type(self).__name__} takes a {type(self).Config.__name__}, got {type(config).__name__}")
         super().__init__()
         self.config = config
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """{'generative': theta, 'inference': phi}: the two groups the E- and M-steps act on."""
+        missing = [name for name in PARAMETER_GROUPS if not isinstance(getattr(self, name, None), nn.Module)]
+        if missing:
+            raise TypeError(f"{type(self).__name__} must set {' and '.join(missing)} to an nn.Module in __init__")
         return {name: list(getattr(self, name).parameters()) for name in PARAMETER_GROUPS}
 
     def factors(self, x: Tensor, *context: Tensor) -> tuple[Distribution, Distribution, Callable[[Tensor], Distribution]]:
         """(q(z|x), p(z), z -> p(x|z)) for a batch: the three factors of a one-latent model."""
-        raise NotImplementedError(f"{type(self).__name__} must define factors() or override elbo()")
+        raise NotImplementedError(f"{type(self).__name__} must define factors() or override elbo() and "
+                                  "log_importance_weights()")
 
     def elbo(self, x: Tensor, *context: Tensor, estimator: str = "aevb") -> estimators.ELBO:
         """Per-example ELBO estimate and its terms, shapes (B,)."""
@@ -64,8 +98,15 @@ class LatentVariableModel(nn.Module, ABC):
 
     @abstractmethod
     def encode(self, x: Tensor, *context: Tensor) -> Tensor:
-        """Posterior mean E_q[z | x], shape (B, L)."""
+        """A code per example, e.g. the posterior mean E_q[z | x], shape (B, L)."""
 
     def checkpoint(self) -> dict:
-        """Everything needed to rebuild the model: its registry name, config and state."""
-        return {"model": self.name, "config": asdict(self.config), "state_dict": self.state_dict()}
+        """Everything needed to rebuild the model: its config (JSON-able) and its state (tensors only)."""
+        return {"config": asdict(self.config), "state_dict": self.state_dict()}
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict) -> "LatentVariableModel":
+        """The model ``checkpoint()`` saved (a config that came back from JSON included)."""
+        model = cls(cls.Config(**checkpoint["config"]))
+        model.load_state_dict(checkpoint["state_dict"])
+        return model

@@ -90,10 +90,11 @@ def em_phases(history: list[dict], spans: list[tuple[str, int, int]], references
     return save(fig, path)
 
 
-def epoch_curves(history: list[dict], keys: dict[str, str], path: Path, title: str = "") -> Path:
-    """Tutorial Figure 5: metrics per epoch (key -> legend label), e.g. the test ELBO, in nats per example."""
+def curves(history: list[dict], keys: dict[str, str], path: Path, x: str = "epoch", title: str = "") -> Path:
+    """Tutorial Figure 5: metrics (key -> legend label), e.g. the test ELBO in nats per example, per ``x``
+    ('epoch' or 'step')."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    plot_history(ax, history, keys, x="epoch")
+    plot_history(ax, history, keys, x=x)
     ax.set_ylabel("nats per example")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
@@ -170,6 +171,34 @@ def rows_animation(images: np.ndarray, path: Path, title: str = "", fps: int = 4
     FuncAnimation(fig, frame, frames=frames).save(path, writer=PillowWriter(fps=fps))
     plt.close(fig)
     return path
+
+
+def vectors(samples: np.ndarray, data: np.ndarray | None, path: Path, title: str = "", dims: int = 3) -> Path:
+    """Vector examples (N, D): a heat map of the samples beside one of as many data rows (same colour scale),
+    and below, scatter plots of the first ``dims`` dimensions in pairs, samples over data."""
+    panels = [("samples", samples)] + ([] if data is None else [("test data", data)])
+    pairs = [(i, j) for i in range(min(dims, samples.shape[1])) for j in range(i + 1, min(dims, samples.shape[1]))]
+    low, high = np.percentile(np.concatenate([p.ravel() for _, p in panels]), [1, 99])
+    fig = plt.figure(figsize=(max(6, 3.2 * max(len(pairs), len(panels))), 6.4 if pairs else 3.4))
+    grid = fig.add_gridspec(2 if pairs else 1, max(len(pairs), len(panels)) * 2)
+    width = grid.ncols // len(panels)
+    for k, (name, values) in enumerate(panels):
+        ax = fig.add_subplot(grid[0, k * width:(k + 1) * width])
+        shown = ax.imshow(values, aspect="auto", cmap="viridis", vmin=low, vmax=high, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("dimension")
+        ax.set_ylabel("example")
+    fig.colorbar(shown, ax=fig.axes, shrink=0.8)
+    for k, (i, j) in enumerate(pairs):
+        ax = fig.add_subplot(grid[1, 2 * k:2 * k + 2])
+        if data is not None:
+            ax.scatter(data[:, i], data[:, j], s=4, alpha=0.5, label="test data")
+        ax.scatter(samples[:, i], samples[:, j], s=4, alpha=0.5, label="samples")
+        ax.set_xlabel(f"x{i + 1}")
+        ax.set_ylabel(f"x{j + 1}")
+        ax.legend(fontsize=6, markerscale=2)
+    fig.suptitle(title, fontsize=10)
+    return save(fig, path)
 
 
 TSNE_POINTS = 2000  # t-SNE runs on a random subset of the test set: its cost grows faster than linearly

@@ -3,29 +3,40 @@ the device a run uses.
 
 A run is written into a hidden sibling folder and renamed into place only when it is complete, so
 a failed or interrupted run never leaves a half-written directory (nor destroys an earlier run).
+Checkpoints hold tensors and JSON-able values only, and are read with ``torch.load(weights_only=True)``:
+nothing in a run directory is unpickled as code.
 """
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
+from aevb.errors import UsageError
 from aevb.model import LatentVariableModel
-
-
-class UsageError(Exception):
-    """A problem with the user's input (flags, files, data): reported as one line, exit code 2."""
 
 
 def write_json(path: Path, obj) -> None:
     """Write ``obj`` as indented JSON; paths and other non-JSON values are written as strings."""
     path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def read_json(path: Path, missing: str):
+    """The JSON in ``path``; UsageError (``missing``, or what is wrong with the file) if it cannot be read."""
+    if not path.is_file():
+        raise UsageError(f"{missing} (no {path.name})")
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path} is damaged: not JSON ({e})") from None
 
 
 def append_jsonl(path: Path, records: list[dict]) -> None:
@@ -74,12 +85,19 @@ def save_run(run_dir: Path, model: LatentVariableModel, config: dict, summary: d
     torch.save(model.checkpoint(), run_dir / "model.pt")
 
 
-def load_run(run_dir: str | os.PathLike) -> tuple[LatentVariableModel, dict]:
-    """(model in eval mode, config) of a finished run directory."""
-    from aevb.models import from_checkpoint
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "model.pt").is_file() or not (run_dir / "config.json").is_file():
-        raise UsageError(f"{run_dir} is not a finished aevb run directory (no model.pt / config.json)")
-    model = from_checkpoint(torch.load(run_dir / "model.pt", weights_only=True))
-    return model.eval(), json.loads((run_dir / "config.json").read_text())
+def load_checkpoint(path: Path, cls: type[LatentVariableModel]) -> LatentVariableModel:
+    """The model of ``cls`` a checkpoint file holds; UsageError, one line, for a missing, damaged or foreign file."""
+    if not path.is_file():
+        raise UsageError(f"{path.parent} is not a finished aevb run directory (no {path.name})")
+    try:
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as e:
+        reason = "it holds code, which aevb never loads" if isinstance(e, pickle.UnpicklingError) else "unreadable"
+        raise UsageError(f"{path} is damaged or not an aevb checkpoint ({reason}); fit the run again") from None
+    if not isinstance(checkpoint, dict) or not {"config", "state_dict"} <= set(checkpoint):
+        raise UsageError(f"{path} is not an aevb checkpoint (no config and state_dict); fit the run again")
+    try:
+        return cls.from_checkpoint(checkpoint)
+    except (TypeError, ValueError, RuntimeError, KeyError) as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise UsageError(f"{path} does not fit {cls.__name__} ({first}); fit the run again") from None

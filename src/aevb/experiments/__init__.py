@@ -1,16 +1,7 @@
-"""Experiments: the glue between the library and ``aevb fit MODEL``.
+"""The built-in models' hooks into the one fit path (``aevb.fitting.Hooks``): what each adds of its own.
 
-Each module names the models it fits (``MODELS``), adds their flags (``add_arguments``) and runs a fit
-into a run directory (``run``), returning the summary. The CLI knows nothing model-specific.
+* ``fa``: the tutorial's synthetic data, exact evidence per step, the exact-EM reference, Figures 2 and 3;
+* ``vae`` (VAE and CVAE): the tutorial's settings and its decoder-parameter figure;
+* ``gmvae``: clustering metrics, the temperature schedule, generations per cluster;
+* ``vrnn``: generation row by row (a grid and an animation), the tutorial's published curve.
 """
-from __future__ import annotations
-
-from types import ModuleType
-
-from aevb.experiments import fa, gmvae, vae, vrnn
-
-MODULES: tuple[ModuleType, ...] = (fa, vae, gmvae, vrnn)
-
-
-def module_for(model: str) -> ModuleType:
-    return next(m for m in MODULES if model in m.MODELS)

@@ -13,7 +13,8 @@ encoded here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -23,13 +24,15 @@ from torch.distributions import Independent, Normal
 from aevb.model import LatentVariableModel
 from aevb.models.vae import Decoder, GaussianEncoder, VAEConfig, standard_normal
 
-VARIANTS = ("full", "prior-only", "decoder-only")
+Variant = Literal["full", "prior-only", "decoder-only"]
+VARIANTS = get_args(Variant)
 
 
 @dataclass
 class CVAEConfig(VAEConfig):
     num_classes: int = 10
-    variant: str = "full"
+    variant: Variant = field(default="full", metadata={
+        "help": "full: p(x|y,z) p(z|y); prior-only: p(x|z) p(z|y); decoder-only: p(x|y,z) p(z)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -57,6 +60,7 @@ class CVAE(LatentVariableModel):
 
     name = "cvae"
     Config = CVAEConfig
+    hooks = "aevb.experiments.vae:VAEHooks"
 
     def __init__(self, config: CVAEConfig = CVAEConfig()) -> None:
         super().__init__(config)

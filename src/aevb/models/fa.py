@@ -12,7 +12,8 @@ Beside the AEVB machinery the model has the closed-form E-step (q := p(z|x)) and
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,8 @@ from torch.distributions import Independent, MultivariateNormal, Normal, kl_dive
 
 from aevb.model import LatentVariableModel
 
-POSTERIORS = ("full", "diagonal")
+Posterior = Literal["full", "diagonal"]
+POSTERIORS = get_args(Posterior)
 
 # The tutorial's synthetic data set: L = 2, D = 3.
 TUTORIAL_W = ((-0.5, -1.0), (-1.0, -1.0), (2.0, 0.5))
@@ -36,8 +38,8 @@ def inverse_softplus(y: Tensor) -> Tensor:
 @dataclass
 class FAConfig:
     data_dim: int = 3
-    latent_dim: int = 2
-    posterior: str = "full"
+    latent_dim: int = field(default=2, metadata={"help": "latent dimension L"})
+    posterior: Posterior = field(default="full", metadata={"help": "q's covariance"})
 
 
 class LinearGaussianDecoder(nn.Module):
@@ -82,6 +84,7 @@ class FactorAnalysis(LatentVariableModel):
 
     name = "fa"
     Config = FAConfig
+    hooks = "aevb.experiments.fa:FAHooks"
 
     def __init__(self, config: FAConfig = FAConfig()) -> None:
         if config.posterior not in POSTERIORS:

@@ -22,8 +22,8 @@ Evaluation should use ``marginal``: it is the discrete model's bound, whatever e
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Sequence, get_args
 
 import torch
 import torch.nn.functional as F
@@ -37,18 +37,22 @@ from aevb.models.cvae import LabelPrior
 from aevb.models.vae import Decoder, GaussianEncoder, mlp, standard_normal
 
 ESTIMATORS = ("marginal", "gumbel-relaxed", "gumbel-analytic")
-VARIANTS = ("gmm", "m2")
+Variant = Literal["gmm", "m2"]
+VARIANTS = get_args(Variant)
 
 
 @dataclass
 class GMVAEConfig:
     data_dim: int = 784
-    num_components: int = 10
-    latent_dim: int = 64
-    hidden: Sequence[int] = (512, 512)
-    variant: str = "gmm"
-    temperature: float = 0.5  # tau of the Gumbel estimators (the initial one, under a schedule)
-    straight_through: bool = False
+    num_components: int = field(default=10, metadata={"flag": "components", "help": "number of clusters C"})
+    latent_dim: int = field(default=64, metadata={"help": "latent dimension L"})
+    hidden: Sequence[int] = field(default=(512, 512), metadata={"help": "hidden layer widths"})
+    variant: Variant = field(default="gmm", metadata={
+        "help": "gmm: p(x|z) p(z|y) p(y); m2: p(x|y,z) p(z) p(y)"})
+    temperature: float = field(default=0.5, metadata={
+        "help": "Gumbel-softmax temperature tau (the first epoch's under a decay)"})
+    straight_through: bool = field(default=False, metadata={
+        "help": "Gumbel estimators: one-hot argmax forward, relaxed gradient backward"})
 
     def __post_init__(self) -> None:
         self.hidden = tuple(self.hidden)  # a JSON round trip gives a list
@@ -121,6 +125,8 @@ class GMVAE(LatentVariableModel):
 
     name = "gmvae"
     Config = GMVAEConfig
+    hooks = "aevb.experiments.gmvae:GMVAEHooks"
+    estimators = ESTIMATORS
 
     def __init__(self, config: GMVAEConfig = GMVAEConfig()) -> None:
         super().__init__(config)

@@ -12,7 +12,7 @@ conditional VAE and later models.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -20,18 +20,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Independent, Normal
 
-from aevb.likelihoods import LikelihoodHead
+from aevb.likelihoods import Likelihood, LikelihoodHead
 from aevb.model import LatentVariableModel
 
 
 @dataclass
 class VAEConfig:
     data_dim: int = 784
-    latent_dim: int = 20
-    hidden: Sequence[int] = (500, 500)
-    likelihood: str = "cb"
-    likelihood_scale: float | None = None  # Gaussian only: a fixed sigma; None learns one per pixel
-    dropout: float = 0.1
+    latent_dim: int = field(default=20, metadata={"help": "latent dimension L"})
+    hidden: Sequence[int] = field(default=(500, 500), metadata={"help": "hidden layer widths of both MLPs"})
+    likelihood: Likelihood = field(
+        default="cb", metadata={"help": "p(x|z): cb (continuous Bernoulli), bernoulli or gaussian"})
+    likelihood_scale: float | None = field(default=None, metadata={
+        "flag": "gaussian-scale", "help": "a fixed sigma for the gaussian likelihood (None: learned per pixel)"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout rate of both MLPs"})
 
     def __post_init__(self) -> None:
         self.hidden = tuple(self.hidden)  # a JSON round trip gives a list
@@ -40,6 +42,8 @@ class VAEConfig:
                              f"hidden {','.join(map(str, self.hidden))}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.likelihood_scale is not None and self.likelihood != "gaussian":
+            raise ValueError(f"a fixed scale (--gaussian-scale) is for the gaussian likelihood, not {self.likelihood}")
 
 
 def mlp(sizes: Sequence[int], dropout: float) -> nn.Sequential:
@@ -91,6 +95,7 @@ class VAE(LatentVariableModel):
 
     name = "vae"
     Config = VAEConfig
+    hooks = "aevb.experiments.vae:VAEHooks"
 
     def __init__(self, config: VAEConfig = VAEConfig()) -> None:
         super().__init__(config)

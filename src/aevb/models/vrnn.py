@@ -16,8 +16,8 @@ x-part of q's first layer is computed for all t at once too.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import NamedTuple
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
@@ -28,17 +28,19 @@ from aevb.elbo import ELBO, kl_term
 from aevb.likelihoods import LikelihoodHead, parameter_image
 from aevb.model import LatentVariableModel
 
-LIKELIHOODS = ("bernoulli", "cb")
+Likelihood = Literal["bernoulli", "cb"]
+LIKELIHOODS = get_args(Likelihood)
 
 
 @dataclass
 class VRNNConfig:
     data_dim: int = 28  # D, the size of one step x_t (one image row)
     seq_len: int = 28  # T, the length of generated sequences
-    latent_dim: int = 2  # L
-    hidden_dim: int = 256  # the LSTM's, per layer
-    mlp_dim: int = 500  # the widths of the prior, decoder and posterior MLPs
-    likelihood: str = "bernoulli"
+    latent_dim: int = field(default=2, metadata={"help": "latent dimension L per step"})
+    hidden_dim: int = field(default=256, metadata={"flag": "hidden", "help": "LSTM hidden size per layer"})
+    mlp_dim: int = field(default=500, metadata={"help": "widths of the prior, decoder and posterior MLPs"})
+    likelihood: Likelihood = field(default="bernoulli", metadata={
+        "help": "p(x_t | h_t, z_t): bernoulli (binary data) or cb (continuous Bernoulli, data in [0, 1])"})
 
 
 def mlp(in_dim: int, width: int, out_dim: int) -> nn.Sequential:
@@ -126,6 +128,7 @@ class VRNN(LatentVariableModel):
 
     name = "vrnn"
     Config = VRNNConfig
+    hooks = "aevb.experiments.vrnn:VRNNHooks"
 
     def __init__(self, config: VRNNConfig = VRNNConfig()) -> None:
         if config.likelihood not in LIKELIHOODS:

@@ -1,0 +1,507 @@
+"""The one fit path every model travels, the user's own included: ``aevb fit``, ``aevb eval``, ``aevb sample``.
+
+    parse flags -> load and validate the data -> build the model from its config -> train with a schedule ->
+    evaluate (test ELBO, IWAE, bits/dim) -> figures -> run directory (config, metrics, summary, checkpoint)
+
+The flags of a model are the generic ones (data, schedule, length, optimizer, evaluation, output), one per
+field of its config dataclass (``latent_dim`` -> ``--latent-dim``; the fields ``data_dim``, ``seq_len`` and
+``num_classes`` come from the data), and those of its hooks. A model adds what is truly its own (its data,
+metrics, summary entries, figures) through ``Hooks``, which it names in its class attribute ``hooks``.
+
+From Python, ``fit_run(Model, out, dataset=..., latent_dim=...)`` is ``aevb fit`` with keyword flags, and
+``load_run``, ``evaluate_run`` and ``sample_run`` read a run directory back.
+"""
+from __future__ import annotations
+
+import argparse
+import collections.abc
+import dataclasses
+import math
+import sys
+import time
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Sequence
+
+import torch
+from torch import Tensor
+
+from aevb import evaluation, registry
+from aevb.data import ARRAY_SUFFIXES, TRANSFORMS, as_sequences, dynamic_binarize, load_dataset, prepare, validate_support
+from aevb.errors import DataError, UsageError
+from aevb.likelihoods import LIKELIHOODS
+from aevb.model import LatentVariableModel
+from aevb.runs import append_jsonl, default_device, device_name, read_json, run_directory, save_run
+from aevb.trainer import SCHEDULE_HELP, Schedule, Trainer
+
+DATA_FIELDS = ("data_dim", "seq_len", "num_classes")  # config fields filled from the data, not from flags
+DEFAULT_TRANSFORMS = {"cb": "dequantize", "bernoulli": "binarize", "gaussian": "dequantize"}  # for integer pixels
+GRID_COLUMNS = 10
+SAMPLES_PLOTTED = 30
+
+
+@dataclass
+class Data:
+    """A fit's data, as the model sees it: tuples ``(x, *context)`` of float32 examples (and int64 labels)."""
+
+    train: tuple[Tensor, ...]
+    test: tuple[Tensor, ...]
+    y_test: Tensor | None  # the test labels, when the data set has them (for figures and metrics)
+    shape: tuple[int, ...]  # one example's: (H, W) an image, (D,) a vector, (T, D) a sequence
+    kind: str  # "images", "vectors" or "sequences"
+    levels: int | None = None  # the pixel levels behind dequantized data (for bits/dim), else None
+    num_classes: int | None = None
+    transform: Callable | None = None  # applied to every training batch (dynamic binarization)
+
+    def config_values(self, fields: Sequence[str]) -> dict[str, int]:
+        """The values of the config fields ``DATA_FIELDS`` that the model declares."""
+        values = {"data_dim": self.shape[-1] if self.kind == "sequences" else math.prod(self.shape),
+                  "seq_len": self.shape[0], "num_classes": self.num_classes}
+        return {name: values[name] for name in DATA_FIELDS if name in fields}
+
+
+class Hooks:
+    """What a model adds to the one fit path. Every method's default is the generic behaviour.
+
+    A model names its hooks in its class attribute ``hooks`` (a subclass of this, or "module:Class"). The
+    class attributes set the defaults of the generic flags; ``add_arguments`` adds flags of its own, which
+    ``self.args`` holds.
+    """
+
+    epochs: ClassVar[int] = 10
+    batch_size: ClassVar[int] = 100
+    lr: ClassVar[float] = 1e-3
+    iwae: ClassVar[int] = 100  # importance samples for the summary's IWAE bound (0 skips it)
+    dataset: ClassVar[str] = "digits"
+    datasets: ClassVar[str] = ""  # the model's own data sets, for --dataset's help: ", or NAME (what)"
+    transform: ClassVar[str | None] = None  # None: chosen from the likelihood (integer pixels) or "none"
+    likelihood: ClassVar[str | None] = None  # p(x|z)'s family when the config has no likelihood field
+    eval_every: ClassVar[str] = "epoch"  # or "step": evaluate on the test set after every gradient step
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Flags of the model's own."""
+
+    def data(self) -> Data | None:
+        """The model's own data (e.g. a synthetic data set), or None for ``--dataset``'s."""
+        return None
+
+    def callbacks(self, model: LatentVariableModel) -> list[Callable[[list[dict]], None]]:
+        """Trainer callbacks, called with each finished epoch's records."""
+        return []
+
+    def metrics(self, model: LatentVariableModel, data: Data, step: int | None) -> dict[str, Any]:
+        """Test metrics beyond the ELBO, recorded at every evaluation (``step``) and by ``aevb eval`` (None)."""
+        return {}
+
+    def summary(self, model: LatentVariableModel, data: Data, history: list[dict], generic: dict) -> dict[str, Any]:
+        """Summary entries of the model's own, after the ``generic`` ones (they may replace them)."""
+        return {}
+
+    def figures(self, model: LatentVariableModel, history: list[dict], data: Data, run_dir: Path) -> None:
+        """The learning curve, samples and an embedding of the test codes; override to add or replace."""
+        self.learning_curve(history, run_dir / f"{model.name}_learning_curve.png", title=f"{model.name} on {self.args.dataset}")
+        self.samples(model, data, run_dir / f"{model.name}_samples.png")
+        self.embedding(model, data, run_dir / f"{model.name}_tsne.png")
+
+    def learning_curve(self, history: list[dict], path: Path, title: str, extra: dict[str, str] | None = None) -> None:
+        from aevb import plotting
+
+        curves = {"train_elbo": "training ELBO" + (" (epoch mean)" if self.eval_every == "epoch" else ""),
+                  "test_elbo": "test ELBO", **(extra or {})}
+        plotting.curves(history, curves, path, x=self.eval_every, title=title)
+
+    def samples(self, model: LatentVariableModel, data: Data, path: Path) -> None:
+        torch.manual_seed(self.args.seed)
+        num_classes = data.num_classes if is_conditional(type(model)) else None
+        x, rows = draw(model, num_classes, GRID_COLUMNS if num_classes else SAMPLES_PLOTTED)
+        plot_examples(x, rows, data.shape, data.kind, path, title="samples x ~ p(x" + (" | y), one row per class y" if rows else ")"),
+                      reference=data.test[0])
+
+    def embedding(self, model: LatentVariableModel, data: Data, path: Path) -> None:
+        """t-SNE of the test codes ``encode(x)``, coloured by label when the data have labels."""
+        from aevb import plotting
+
+        if len(data.test[0]) < 4:  # t-SNE needs a few points
+            return
+        torch.manual_seed(self.args.seed)
+        with evaluation.eval_mode(model) as device:
+            subset = torch.randperm(len(data.test[0]))[:plotting.TSNE_POINTS]
+            codes = model.encode(*(t[subset].to(device) for t in data.test)).flatten(1).cpu().numpy()
+        labels = None if data.y_test is None else data.y_test[subset].numpy()
+        plotting.tsne(codes, labels, path, seed=self.args.seed, title="t-SNE of the test codes encode(x)")
+
+
+def is_conditional(cls: type) -> bool:
+    """A model whose config has a ``num_classes`` field models p(x | y): its batches are (x, y)."""
+    return "num_classes" in {f.name for f in dataclasses.fields(cls.Config)}
+
+
+def hooks_class(cls: type) -> type[Hooks]:
+    """The hooks a model class names (``cls.hooks``), or the generic ``Hooks``."""
+    hooks = getattr(cls, "hooks", None) or Hooks
+    if isinstance(hooks, str):
+        module, _, name = hooks.partition(":")
+        hooks = getattr(registry.import_module(module, hooks), name)
+    return hooks
+
+
+# Flags ------------------------------------------------------------------------------------------------
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def schedule_type(text: str) -> Schedule:
+    try:
+        return Schedule.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 500,500, got {text!r}") from None
+
+
+def config_fields(cls: type) -> list[dataclasses.Field]:
+    """The config fields that are flags: all but ``DATA_FIELDS``."""
+    return [f for f in dataclasses.fields(cls.Config) if f.name not in DATA_FIELDS and f.init]
+
+
+def field_flag(field: dataclasses.Field) -> str:
+    return "--" + field.metadata.get("flag", field.name.replace("_", "-"))
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per config field, typed by its annotation: int, float, str, bool, Literal choices, int tuples."""
+    hints = typing.get_type_hints(cls.Config)
+    group = parser.add_argument_group(f"model configuration ({cls.Config.__name__})")
+    for field in config_fields(cls):
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        kind = hints[field.name]
+        options: dict[str, Any] = {}
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # Optional[X]: X, default None
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if typing.get_origin(kind) is typing.Literal:
+            options["choices"] = typing.get_args(kind)
+            kind = type(options["choices"][0])
+            options["metavar"] = "{" + ",".join(map(str, options["choices"])) + "}"
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) in (tuple, list, collections.abc.Sequence) or kind in (tuple, list):
+            options["type"] = int_tuple
+            default = tuple(default)
+        else:
+            options["type"] = kind
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        help_text = field.metadata.get("help", field.name.replace("_", " "))
+        if kind is not bool:
+            options.setdefault("metavar", field.name.upper())
+        group.add_argument(field_flag(field), dest=f"config_{field.name}", default=default,
+                           help=f"{help_text} (default {shown})", **options)
+
+
+def add_generic_arguments(parser: argparse.ArgumentParser, cls: type, hooks: type[Hooks]) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default=hooks.dataset,
+                      help=f"mnist, digits (scikit-learn's, offline), idx:DIR (a folder in the MNIST layout), a "
+                           f".npy/.npz/.csv file{hooks.datasets} (default {hooks.dataset})")
+    data.add_argument("--data-dir", default=None, help="folder of the MNIST IDX files (else $AEVB_DATA_DIR, else download)")
+    data.add_argument("--transform", choices=TRANSFORMS, default=hooks.transform,
+                      help="integer pixels: dequantize, binarize (threshold the dequantized value at 0.5), "
+                           "dynamic-binarize, or none (default: binarize for a Bernoulli likelihood, dequantize "
+                           "for others; none for float or 0/1 data and for models without a likelihood setting)")
+    training = parser.add_argument_group("training (approximate EM)")
+    training.add_argument("--schedule", type=schedule_type, default=None,
+                          help=f"{SCHEDULE_HELP} (default joint)")
+    training.add_argument("--epochs", type=positive_int, default=hooks.epochs,
+                          help=f"passes over the training set (default {hooks.epochs})")
+    training.add_argument("--steps", type=positive_int, default=None, help="gradient steps, instead of --epochs")
+    training.add_argument("--batch-size", type=positive_int, default=hooks.batch_size,
+                          help=f"mini-batch size (default {hooks.batch_size})")
+    training.add_argument("--lr", type=positive_float, default=hooks.lr, help=f"Adam learning rate (default {hooks.lr:g})")
+    estimators = getattr(cls, "estimators", None)
+    training.add_argument("--estimator", choices=estimators, default=None,
+                          help="the ELBO estimator of training (default: the model's"
+                               + (f", {estimators[0]}" if estimators else "") + ")")
+    training.add_argument("--seed", type=non_negative_int, default=0,
+                          help="random seed: data, initialization, batches (default 0)")
+    training.add_argument("--compile", action="store_true",
+                          help="compile the training step with torch.compile (CUDA graphs on a GPU, where it pays)")
+    evaluate = parser.add_argument_group("evaluation and output")
+    evaluate.add_argument("--iwae", type=non_negative_int, default=hooks.iwae, metavar="K",
+                          help=f"importance samples for the test log-likelihood bound; 0 skips it (default {hooks.iwae})")
+
+
+def fit_parser(cls: type, prog: str, parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser):
+    """The parser of ``aevb fit MODEL``: generic flags, config flags, the hooks' flags (no output flags)."""
+    hooks = hooks_class(cls)
+    description = (sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip()
+    parser = parser_class(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_generic_arguments(parser, cls, hooks)
+    add_config_arguments(parser, cls)
+    hooks.add_arguments(parser.add_argument_group(f"{cls.name}'s own"))
+    return parser
+
+
+# Data -------------------------------------------------------------------------------------------------
+def absolute_dataset(name: str) -> str:
+    """A dataset name with its path made absolute, so a run can be evaluated from any working directory."""
+    if name.startswith("idx:"):
+        return "idx:" + str(Path(name[4:]).expanduser().resolve())
+    if Path(name).suffix in ARRAY_SUFFIXES:
+        return str(Path(name).expanduser().resolve())
+    return name
+
+
+def load_data(args: argparse.Namespace, cls: type) -> Data:
+    """``--dataset`` prepared for ``cls``: transformed, validated against the likelihood, sequences or labels
+    as the config's fields ask (``seq_len``: sequences (N, T, D); ``num_classes``: batches (x, y))."""
+    raw = load_dataset(args.dataset, args.data_dir, seed=args.seed)
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    likelihood = getattr(args, "config_likelihood", None) or hooks_class(cls).likelihood
+    binary = all(bool(((x == 0) | (x == 1)).all()) for x in (raw.x_train, raw.x_test))
+    transform = args.transform or (DEFAULT_TRANSFORMS.get(likelihood, "none") if raw.levels and not binary else "none")
+    args.transform = transform
+    x_train, y_train, x_test, y_test = prepare(raw, transform, args.seed)
+    if likelihood in LIKELIHOODS:  # dynamic binarization's training data are probabilities, binarized per batch
+        checked = {"test": x_test} if transform == "dynamic-binarize" else {"training": x_train, "test": x_test}
+        for split, x in checked.items():
+            validate_support(x, likelihood, f"{args.dataset} ({split} set, --transform {transform})")
+    shape, kind = tuple(raw.shape), "images" if len(raw.shape) == 2 else "vectors"
+    if "seq_len" in fields:
+        x_train, x_test, kind = as_sequences(x_train, shape), as_sequences(x_test, shape), "sequences"
+    train, test = (x_train,), (x_test,)
+    if is_conditional(cls):
+        if y_train is None:
+            raise DataError(f"--dataset {args.dataset} has no labels, and {cls.name} is conditional on a label; use a "
+                            "labelled data set (mnist, digits, idx:DIR, or an .npz with y and y_test)")
+        train, test = (x_train, y_train), (x_test, y_test)
+    return Data(train, test, y_test, shape, kind, raw.levels if transform == "dequantize" else None, raw.num_classes,
+                dynamic_binarize if transform == "dynamic-binarize" else None)
+
+
+# Fitting ----------------------------------------------------------------------------------------------
+def build_model(cls: type, args: argparse.Namespace, data: Data) -> LatentVariableModel:
+    """``cls(Config(...))`` from the config flags and the data; a config the model refuses is a UsageError."""
+    values = {f.name: getattr(args, f"config_{f.name}") for f in config_fields(cls)}
+    values.update(data.config_values([f.name for f in dataclasses.fields(cls.Config)]))
+    try:
+        return cls(cls.Config(**values))
+    except ValueError as e:
+        raise UsageError(f"{cls.name}: {e}") from None
+
+
+def check_first_batch(model: LatentVariableModel, data: Data, estimator: str | None) -> None:
+    """One ELBO on a few training examples before training: a model's ValueError (data outside its support,
+    a wrong shape, an unknown estimator) becomes one line here, not a traceback later."""
+    batch = tuple(t[:2] for t in data.train)
+    if data.transform:
+        batch = data.transform(batch)
+    options = {} if estimator is None else {"estimator": estimator}
+    try:
+        with evaluation.eval_mode(model) as device:
+            model.elbo(*(t.to(device) for t in batch), **options)
+    except (ValueError, RuntimeError) as e:
+        raise UsageError(f"{model.name} cannot fit --dataset {data_name(data)}: {registry.first_line(e)}") from None
+
+
+def data_name(data: Data) -> str:
+    return f"({data.kind}, one example of shape {tuple(data.shape)})"
+
+
+def run_fit(cls: type, args: argparse.Namespace, run_dir: Path, progress: bool = True) -> dict:
+    """Fit ``cls`` with the parsed flags into ``run_dir`` (an empty folder); returns the summary."""
+    hooks = hooks_class(cls)(args)
+    args.schedule = args.schedule or Schedule.parse("joint")
+    data = hooks.data() or load_data(args, cls)
+    device = default_device()
+    torch.manual_seed(args.seed)
+    model = build_model(cls, args, data).to(device)
+    check_first_batch(model, data, args.estimator)
+    train, test = tuple(t.to(device) for t in data.train), tuple(t.to(device) for t in data.test)
+    data = dataclasses.replace(data, train=train, test=test)
+
+    trainer = Trainer(model, args.schedule, args.lr, args.batch_size, args.estimator, args.seed, progress,
+                      torch_compile=args.compile)
+
+    def evaluate(model: LatentVariableModel) -> dict:
+        return {"test_elbo": evaluation.test_elbo(model, data.test), **hooks.metrics(model, data, trainer.step_count)}
+
+    metrics_path = run_dir / "metrics.jsonl"
+    start = time.perf_counter()
+    history = trainer.fit(data.train, epochs=args.epochs, steps=args.steps, evaluate=evaluate,
+                          eval_every=hooks.eval_every, transform=data.transform,
+                          callbacks=[lambda records: append_jsonl(metrics_path, records), *hooks.callbacks(model)])
+    seconds = time.perf_counter() - start
+
+    summary = {"model": registry.reference(cls), "dataset": args.dataset, "transform": args.transform or "none",
+               "schedule": str(args.schedule), "epochs": history[-1]["epoch"], "steps": trainer.step_count,
+               "train_elbo": history[-1]["train_elbo"],
+               **evaluation.evaluate(model, data.test, args.iwae, data.levels, args.seed)}
+    summary.update(hooks.summary(model, data, history, summary))
+    summary.update(train_seconds=seconds, device=device_name(device))
+    hooks.figures(model, history, data, run_dir)
+    save_run(run_dir, model.cpu(), run_config(cls, model, args, data), summary)
+    return summary
+
+
+def run_config(cls: type, model: LatentVariableModel, args: argparse.Namespace, data: Data) -> dict:
+    """config.json: how to import the model, its config, every flag, and the data's shape."""
+    flags = {k: str(v) if isinstance(v, (Schedule, Path)) else v for k, v in vars(args).items()}
+    return {"model": registry.reference(cls), "config": dataclasses.asdict(model.config), "args": flags,
+            "data": {"shape": list(data.shape), "kind": data.kind, "levels": data.levels, "num_classes": data.num_classes}}
+
+
+def resolve_paths(args: argparse.Namespace) -> None:
+    """Make the data paths of parsed flags absolute, so that a run can be evaluated from any working directory."""
+    args.dataset = absolute_dataset(args.dataset)
+    args.data_dir = None if args.data_dir is None else str(Path(args.data_dir).expanduser().resolve())
+
+
+def parse_fit_args(cls: type, argv: Sequence[str]) -> argparse.Namespace:
+    """``aevb fit MODEL argv`` parsed, with data paths made absolute."""
+    args = fit_parser(cls, f"aevb fit {cls.name}").parse_args(list(argv))
+    resolve_paths(args)
+    return args
+
+
+def fit_run(model: str | type, out: str | Path, progress: bool = True, **flags) -> dict:
+    """``aevb fit`` from Python: ``fit_run(MyModel, "runs/mine", dataset="x.npy", latent_dim=3, schedule="e-step")``.
+
+    ``model`` is a class or anything ``aevb.registry.resolve`` takes; each keyword is a flag (``latent_dim=3``
+    is ``--latent-dim 3``; ``True`` is a switch). Writes the run directory ``out``; returns the summary.
+    """
+    cls = registry.resolve(model) if isinstance(model, str) else model
+    argv = []
+    for key, value in flags.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is not False and value is not None:
+            argv += [flag, ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)]
+    args = parse_fit_args(cls, argv)
+    with run_directory(out) as staging:
+        summary = run_fit(cls, args, staging, progress)
+    return {**summary, "run_dir": str(out)}
+
+
+# Reading a run back ---------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """A finished run: its model (in eval mode), class, flags and the hooks that fitted it."""
+
+    model: LatentVariableModel
+    cls: type
+    args: argparse.Namespace
+    config: dict
+
+    @property
+    def hooks(self) -> Hooks:
+        return hooks_class(self.cls)(self.args)
+
+    def data(self) -> Data:
+        """The run's data, rebuilt from its recorded flags (the same test set, the same seed)."""
+        return self.hooks.data() or load_data(self.args, self.cls)
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """The model and settings of a finished run directory; UsageError if it is not one or is damaged."""
+    from aevb.runs import load_checkpoint
+
+    run_dir = Path(run_dir)
+    config = read_json(run_dir / "config.json", f"{run_dir} is not a finished aevb run directory")
+    if not isinstance(config, dict) or not {"model", "args"} <= set(config):
+        raise UsageError(f"{run_dir / 'config.json'} is not an aevb run's config (no model or args); fit the run again")
+    cls = registry.resolve(config["model"])
+    model = load_checkpoint(run_dir / "model.pt", cls)
+    args = argparse.Namespace(**config["args"])
+    args.schedule = Schedule.parse(args.schedule)
+    return Run(model.eval(), cls, args, config)
+
+
+def evaluate_run(run_dir: str | Path, num_samples: int) -> dict:
+    """Test ELBO, the K-sample IWAE bound (and bits/dim) of a run on its own test set, seeded by its seed, with
+    the model's own test metrics."""
+    run = load_run(run_dir)
+    data = run.data()
+    run.model.to(default_device())
+    summary = {"model": run.config["model"], **evaluation.evaluate(run.model, data.test, num_samples, data.levels,
+                                                                   run.args.seed)}
+    with evaluation.eval_mode(run.model):
+        extra = run.hooks.metrics(run.model, data, None)
+    extra = {k: v.item() if isinstance(v, Tensor) and v.numel() == 1 else v for k, v in extra.items()}
+    return {**summary, **{k: v for k, v in extra.items() if isinstance(v, (int, float, str))}}
+
+
+def draw(model: LatentVariableModel, num_classes: int | None, num_samples: int,
+         label: int | None = None) -> tuple[Tensor, list[str] | None]:
+    """x ~ p(x), (N, ...), and no row labels; for a conditional model ``num_samples`` for ``label`` or for each
+    class, one row per class, and the rows' labels."""
+    if label is not None and not num_classes:
+        raise UsageError(f"--label is for conditional models; {model.name} is not one")
+    if label is not None and not 0 <= label < num_classes:
+        raise UsageError(f"--label {label} is not a class of this run: use 0 to {num_classes - 1}")
+    with evaluation.eval_mode(model) as device:
+        if not num_classes:
+            return model.sample(num_samples), None
+        classes = [label] if label is not None else list(range(num_classes))
+        labels = torch.tensor(classes, device=device).repeat_interleave(num_samples)
+        return model.sample(len(labels), labels), [str(c) for c in classes]
+
+
+def plot_examples(x: Tensor, rows: list[str] | None, shape: Sequence[int], kind: str, path: Path, title: str,
+                  reference: Tensor | None = None) -> None:
+    """Examples as their kind shows best: images (and sequences, a step per row) as a grid, vectors as a heat
+    map and pairwise scatter plots, beside as many ``reference`` examples (the test data) when given."""
+    from aevb import plotting
+
+    if kind == "vectors":
+        shown = None if reference is None else reference[:len(x)].cpu().numpy()
+        plotting.vectors(x.cpu().numpy(), shown, path, title=title)
+    else:
+        columns = len(x) // len(rows) if rows else GRID_COLUMNS
+        plotting.image_grid(plotting.as_grid(x.flatten(1), shape, columns), path, rows, title=title)
+
+
+def sample_run(run_dir: str | Path, out: Path, num_samples: int, label: int | None = None, seed: int = 0) -> dict:
+    """Draw from a run's model into ``out``: a figure (.png) or the arrays (.npy: x; .npz: x and labels y)."""
+    run = load_run(run_dir)
+    num_classes = run.config["data"]["num_classes"] if is_conditional(run.cls) else None
+    torch.manual_seed(seed)
+    x, rows = draw(run.model, num_classes, num_samples, label)
+    x = x.cpu()
+    if out.suffix == ".png":
+        plot_examples(x, rows, run.config["data"]["shape"], run.config["data"]["kind"], out, title=f"samples from {run_dir}")
+    else:
+        import numpy as np
+
+        arrays = {"x": x.numpy()}
+        if rows:
+            arrays["y"] = np.repeat(np.array([int(r) for r in rows]), num_samples)
+        np.save(out, arrays["x"]) if out.suffix == ".npy" else np.savez(out, **arrays)
+    return {"samples": len(x), "out": str(out)}
