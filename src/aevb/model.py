@@ -17,12 +17,13 @@ What a model declares (``docs/models.md`` says it at length, with an example):
   - one latent vector: ``factors(x, *context)`` returns (q(z|x), p(z), z -> p(x|z)) as ``torch.distributions``
     objects, and ``elbo``, ``log_importance_weights`` and ``iwae_bound`` come from :mod:`aevb.elbo`;
   - a structured latent (a discrete component, a sequence): override ``elbo`` and ``log_importance_weights``.
-* ``sample(n, *context)``: x ~ p_theta(x), and ``encode(x, *context)``: a code per example, e.g. E_q[z | x].
+* ``sample(n, *context)``: x ~ p_theta(x); a model that overrides ``elbo`` also defines ``encode(x, *context)``,
+  a code per example (by default the posterior mean E_q[z | x] of ``factors``).
 
 Optional: ``estimators``, the names ``elbo(x, estimator=...)`` takes (a model that overrides ``elbo`` sets
 them, ``()`` for none), and ``hooks``, what the model adds to the fit path (``aevb.fitting.Hooks``: its own
 data, metrics, summary entries, figures and flags). Everything else is derived: ``name`` (the class name in lower case), ``parameter_groups``, the estimators,
-``checkpoint`` and ``from_checkpoint``. Batches are tuples ``(x, *context)``; the context of a model with a
+``encode``, ``checkpoint`` and ``from_checkpoint``. Batches are tuples ``(x, *context)``; the context of a model with a
 ``num_classes`` field is the label y, integer class indices (B,). A model may raise ``ValueError`` for data it
 cannot model (e.g. values outside its likelihood's support); ``aevb fit`` reports it as one line.
 ``aevb.testing.check_model`` holds a model to this contract.
@@ -96,9 +97,9 @@ class LatentVariableModel(nn.Module, ABC):
     def sample(self, num_samples: int, *context: Tensor) -> Tensor:
         """Draw x ~ p_theta(x) (or p_theta(x | context)), shape (N, ...)."""
 
-    @abstractmethod
     def encode(self, x: Tensor, *context: Tensor) -> Tensor:
-        """A code per example, e.g. the posterior mean E_q[z | x], shape (B, L)."""
+        """A code per example, shape (B, L): by default the posterior mean E_q[z | x] of ``factors``."""
+        return self.factors(x, *context)[0].mean
 
     def checkpoint(self) -> dict:
         """Everything needed to rebuild the model: its config (JSON-able) and its state (tensors only)."""
@@ -108,5 +109,5 @@ class LatentVariableModel(nn.Module, ABC):
     def from_checkpoint(cls, checkpoint: dict) -> "LatentVariableModel":
         """The model ``checkpoint()`` saved (a config that came back from JSON included)."""
         model = cls(cls.Config(**checkpoint["config"]))
-        model.load_state_dict(checkpoint["state_dict"])
+        model.load_state_dict(checkpoint["state_dict"], assign=True)  # assign: the saved dtypes, not the defaults
         return model

@@ -179,7 +179,7 @@ def vectors(samples: np.ndarray, data: np.ndarray | None, path: Path, title: str
     panels = [("samples", samples)] + ([] if data is None else [("test data", data)])
     pairs = [(i, j) for i in range(min(dims, samples.shape[1])) for j in range(i + 1, min(dims, samples.shape[1]))]
     low, high = np.percentile(np.concatenate([p.ravel() for _, p in panels]), [1, 99])
-    fig = plt.figure(figsize=(max(6, 3.2 * max(len(pairs), len(panels))), 6.4 if pairs else 3.4))
+    fig = plt.figure(figsize=(max(6, 3.2 * max(len(pairs), len(panels))), 6.4 if pairs else 3.4), layout="constrained")
     grid = fig.add_gridspec(2 if pairs else 1, max(len(pairs), len(panels)) * 2)
     width = grid.ncols // len(panels)
     for k, (name, values) in enumerate(panels):
@@ -205,11 +205,15 @@ TSNE_POINTS = 2000  # t-SNE runs on a random subset of the test set: its cost gr
 
 
 def tsne(codes: np.ndarray, labels: np.ndarray | None, path: Path, seed: int = 0, title: str = "") -> Path:
-    """Tutorial Figure 7: scikit-learn's 2-D t-SNE of codes (N, L), e.g. posterior means, coloured by label."""
+    """Tutorial Figure 7: scikit-learn's 2-D t-SNE of codes (N, L), e.g. posterior means, coloured by label
+    (codes of one or two dimensions are shown as they are)."""
     from sklearn.manifold import TSNE  # slow to import; only this figure needs it
 
-    perplexity = min(30.0, (len(codes) - 1) / 3)  # t-SNE needs perplexity < N
-    embedding = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(codes)
+    if codes.shape[1] <= 2:  # already at most two dimensions: shown as they are (a line of them for one)
+        embedding, title = np.pad(codes, ((0, 0), (0, 2 - codes.shape[1]))), title.replace("t-SNE of", "")
+    else:
+        perplexity = min(30.0, (len(codes) - 1) / 3)  # t-SNE needs perplexity < N
+        embedding = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(codes)
     fig, ax = plt.subplots(figsize=(6, 5.5))
     if labels is None:
         ax.scatter(embedding[:, 0], embedding[:, 1], s=3)

@@ -105,6 +105,3 @@ class CVAE(LatentVariableModel):
     def sample(self, num_samples: int, y: Tensor) -> Tensor:
         """x ~ p(x | y), shape (N, D)."""
         return self.decode(num_samples, y).sample()
-
-    def encode(self, x: Tensor, y: Tensor) -> Tensor:
-        return self.inference(torch.cat([x, self.one_hot(y)], dim=-1)).mean  # (B, L)

@@ -110,9 +110,6 @@ class FactorAnalysis(LatentVariableModel):
         z = self.p_z().sample((num_samples,))  # (N, L)
         return self.generative(z).sample()  # (N, D)
 
-    def encode(self, x: Tensor) -> Tensor:
-        return x @ self.inference.weight.T
-
     # Exact quantities -----------------------------------------------------------------------
     def p_x(self) -> MultivariateNormal:
         """The marginal p(x) = N(0, W W^T + Phi)."""

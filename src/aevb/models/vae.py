@@ -113,6 +113,3 @@ class VAE(LatentVariableModel):
 
     def sample(self, num_samples: int) -> Tensor:
         return self.decode(num_samples).sample()  # (N, D)
-
-    def encode(self, x: Tensor) -> Tensor:
-        return self.inference(x).mean  # (B, L)

@@ -1,0 +1,227 @@
+"""The one fit path: a user's own model from a file or an installed package, the same commands for every
+built-in model, flags from config dataclasses, self-contained run directories, figures by kind of data."""
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aevb import fitting, registry
+from aevb.cli import main
+from aevb.errors import UsageError
+from aevb.reproduce import QUICK_TOUR, plan
+
+USER_MODEL = '''
+"""A linear-Gaussian model written against the public contract only."""
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.distributions import Independent, Normal
+
+from aevb.model import LatentVariableModel
+
+
+@dataclass
+class Config:
+    data_dim: int = 5
+    latent_dim: int = field(default=2, metadata={"help": "latent dimension L"})
+
+
+class Linear(LatentVariableModel):
+    Config = Config
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.generative = nn.Linear(config.latent_dim, config.data_dim)
+        self.inference = nn.Linear(config.data_dim, 2 * config.latent_dim)
+
+    def q_z_given_x(self, x):
+        loc, raw_scale = self.inference(x).chunk(2, -1)
+        return Independent(Normal(loc, nn.functional.softplus(raw_scale)), 1)
+
+    def factors(self, x):
+        p_z = Independent(Normal(torch.zeros(self.config.latent_dim), torch.ones(self.config.latent_dim)), 1)
+        return self.q_z_given_x(x), p_z, lambda z: Independent(Normal(self.generative(z), 1.0), 1)
+
+    def sample(self, num_samples):
+        return self.factors(torch.zeros(1, self.config.data_dim))[2](torch.randn(num_samples, self.config.latent_dim)).sample()
+
+    def encode(self, x):
+        return self.q_z_given_x(x).mean
+'''
+
+
+def cli(argv, capsys) -> tuple[int, str, str]:
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse's errors and help
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def user_files(tmp_path) -> tuple[Path, Path]:
+    """A model file and a data file, in a folder outside the repository."""
+    (tmp_path / "mine.py").write_text(USER_MODEL)
+    x = np.random.default_rng(0).normal(size=(120, 2)) @ np.random.default_rng(1).normal(size=(2, 5))
+    np.save(tmp_path / "x.npy", x.astype(np.float32))
+    return tmp_path / "mine.py", tmp_path / "x.npy"
+
+
+def test_a_user_model_from_a_file_is_fitted_evaluated_and_sampled_from_anywhere(user_files, tmp_path, capsys, monkeypatch):
+    model_file, data_file = user_files
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(["fit", "--model", "mine.py:Linear", "--dataset", "x.npy", "--latent-dim", "3",
+                          "--schedule", "alternate:4,4", "--epochs", "3", "--batch-size", "20", "--iwae", "8",
+                          "--out", "run", "--no-progress", "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["model"] == f"{model_file.resolve()}:Linear" and summary["schedule"] == "alternate:4,4"
+    assert summary["iwae_log_likelihood"] > summary["test_elbo"] - 1
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and {r["phase"] for r in records} <= {"e", "m"}
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["config"] == {"data_dim": 5, "latent_dim": 3} and config["args"]["dataset"] == str(data_file)
+    assert {"linear_learning_curve.png", "linear_samples.png", "linear_tsne.png"} <= {
+        p.name for p in (tmp_path / "run").iterdir()}
+
+    monkeypatch.chdir(tmp_path.parent)  # the run directory records absolute paths: it works from anywhere
+    run = tmp_path / "run"
+    code, out, err = cli(["eval", run, "--iwae", "8", "--json"], capsys)
+    assert code == 0, err
+    evaluated = json.loads(out.splitlines()[-1])
+    assert evaluated["test_elbo"] == summary["test_elbo"] and evaluated["iwae_log_likelihood"] == summary["iwae_log_likelihood"]
+    for suffix in (".png", ".npy", ".npz"):
+        code, _, err = cli(["sample", run, "--n", "7", "--out", tmp_path / f"s{suffix}"], capsys)
+        assert code == 0, err
+    assert np.load(tmp_path / "s.npy").shape == (7, 5) and np.load(tmp_path / "s.npz")["x"].shape == (7, 5)
+    assert fitting.load_run(run).model.config.latent_dim == 3
+
+
+def test_the_config_dataclass_gives_the_flags(user_files, capsys):
+    model_file, _ = user_files
+    code, out, _ = cli(["fit", "--model", f"{model_file}:Linear", "--help"], capsys)
+    assert code == 0
+    assert "--latent-dim LATENT_DIM" in out and "latent dimension L (default 2)" in out and "--data-dim" not in out
+    assert "alternate:E,M" in out  # every schedule, for every model
+
+
+def test_a_model_installed_by_a_package_is_found_through_its_entry_point(user_files, tmp_path, capsys, monkeypatch):
+    """A throwaway package, installed as pip would (a dist-info with entry_points.txt) on sys.path."""
+    model_file, data_file = user_files
+    site = tmp_path / "site"
+    (site / "mypkg").mkdir(parents=True)
+    (site / "mypkg" / "__init__.py").write_text(USER_MODEL)
+    info = site / "mypkg-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mypkg\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[aevb.models]\nmine = mypkg:Linear\n")
+    monkeypatch.syspath_prepend(str(site))
+    assert "mine" in registry.names() and registry.resolve("mine").__module__ == "mypkg"
+    code, out, _ = cli(["fit", "--help"], capsys)
+    assert "mine" in out
+    code, out, err = cli(["fit", "mine", "--dataset", data_file, "--epochs", "1", "--iwae", "2",
+                          "--out", tmp_path / "run", "--no-progress", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out.splitlines()[-1])["model"] == "mine"
+    assert cli(["sample", tmp_path / "run", "--n", "3"], capsys)[0] == 0
+
+
+@pytest.mark.parametrize("ref, message", [
+    ("nonesuch", "unknown model 'nonesuch'"),
+    ("missing.py:Model", "no such file"),
+    ("mine.py:Nonesuch", "has no Nonesuch"),
+    ("mine.py:Config", "not a subclass of aevb.model.LatentVariableModel"),
+    ("broken.py:Model", "fails to import (ZeroDivisionError"),
+    ("no.such.module:Model", "cannot import no.such.module"),
+])
+def test_a_bad_model_reference_is_one_line(ref, message, user_files, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken.py").write_text("1 / 0\n")
+    code, _, err = cli(["fit", "--model", ref, "--out", tmp_path / "run"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_whose_model_can_no_longer_be_imported_is_one_line(user_files, tmp_path, capsys):
+    model_file, data_file = user_files
+    assert cli(["fit", "--model", f"{model_file}:Linear", "--dataset", data_file, "--epochs", "1", "--iwae", "0",
+                "--out", tmp_path / "run", "--no-progress"], capsys)[0] == 0
+    model_file.unlink()
+    for command in (["eval", tmp_path / "run"], ["sample", tmp_path / "run"]):
+        code, _, err = cli(command, capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "no such file" in err
+
+
+@pytest.mark.parametrize("experiment", ["fa-1", "vae", "cvae", "gmvae", "vrnn"])
+def test_every_built_in_model_is_fitted_evaluated_and_sampled_through_the_same_commands(experiment, tmp_path, capsys):
+    planned, = plan([experiment], dataset="digits", budget=QUICK_TOUR)
+    run = tmp_path / "run"
+    code, _, err = cli(["fit", planned.experiment.model, *planned.argv, "--schedule", "alternate:3,2", "--out", run,
+                        "--no-progress"], capsys)
+    assert code == 0, err
+    code, out, err = cli(["eval", run, "--iwae", "3", "--json"], capsys)
+    assert code == 0 and "iwae_log_likelihood" in json.loads(out.splitlines()[-1]), err
+    for out_file in ("samples.png", "samples.npz"):
+        code, out, err = cli(["sample", run, "--n", "4", "--out", tmp_path / out_file], capsys)
+        assert code == 0, err
+    x = np.load(tmp_path / "samples.npz")["x"]
+    assert len(x) == (4 * 10 if experiment == "cvae" else 4) and np.isfinite(x).all()
+
+
+def test_vector_data_are_drawn_as_a_heat_map_not_a_strip_of_pixels(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).uniform(size=(300, 50)).astype(np.float32))
+    code, _, err = cli(["fit", "vae", "--dataset", tmp_path / "x.npy", "--hidden", "16", "--epochs", "1",
+                        "--iwae", "2", "--out", tmp_path / "run", "--no-progress"], capsys)
+    assert code == 0, err
+    from matplotlib.image import imread
+
+    for figure in ("vae_samples.png", "vae_decoder_parameters.png"):
+        height, width = imread(tmp_path / "run" / figure).shape[:2]
+        assert width < 3000 and height < 3000 and width / height < 4, (figure, width, height)
+
+
+def test_fit_run_from_python_is_aevb_fit(user_files, tmp_path):
+    model_file, data_file = user_files
+    cls = registry.resolve(f"{model_file}:Linear")
+    summary = fitting.fit_run(cls, tmp_path / "run", progress=False, dataset=data_file, latent_dim=1,
+                              schedule="e-step", epochs=2, iwae=0)
+    assert summary["schedule"] == "e-step" and "iwae_log_likelihood" not in summary
+    run = fitting.load_run(tmp_path / "run")
+    assert run.model.config.latent_dim == 1 and isinstance(run.model, cls)
+    with pytest.raises(UsageError, match="fixed scale"):
+        fitting.fit_run("vae", tmp_path / "bad", progress=False, gaussian_scale=0.5, epochs=1)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_the_command_starts_without_importing_torch():
+    """`aevb --help` and the other commands' parsing import no heavy module; a model is imported when named."""
+    code = ("import sys; from aevb import cli; cli.build_parser(); "
+            "print(sorted(m for m in ('torch', 'numpy', 'matplotlib', 'sklearn', 'scipy') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_python_dash_m_aevb_is_the_command():
+    result = subprocess.run([sys.executable, "-m", "aevb", "fit", "--model", "nonesuch"], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.startswith("aevb: error: unknown model 'nonesuch'")
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_does_not_run(tmp_path, capsys):
+    planned, = plan(["vae"], dataset="digits", budget=QUICK_TOUR)
+    assert cli(["fit", "vae", *planned.argv, "--out", tmp_path / "run", "--no-progress"], capsys)[0] == 0
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"config": {}, "state_dict": Exploit()}, tmp_path / "run" / "model.pt")
+    code, _, err = cli(["eval", tmp_path / "run"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "holds code" in err and "weights_only" not in err
+    assert not marker.exists()
