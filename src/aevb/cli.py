@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from aevb.arguments import positive_float, positive_int
 from aevb.errors import UsageError
 from aevb.reproduce import EXPERIMENTS
 
@@ -32,20 +33,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
 
 
 def build_parser() -> ArgumentParser:

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from aevb import evaluation, registry
+from aevb.arguments import int_tuple, non_negative_int, positive_float, positive_int
 from aevb.data import ARRAY_SUFFIXES, TRANSFORMS, as_sequences, dynamic_binarize, load_dataset, prepare, validate_support
 from aevb.errors import DataError, UsageError
 from aevb.likelihoods import LIKELIHOODS
@@ -152,39 +153,11 @@ def hooks_class(cls: type) -> type[Hooks]:
 
 
 # Flags ------------------------------------------------------------------------------------------------
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
 def schedule_type(text: str) -> Schedule:
     try:
         return Schedule.parse(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def int_tuple(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(s) for s in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 500,500, got {text!r}") from None
 
 
 def config_fields(cls: type) -> list[dataclasses.Field]:
@@ -316,22 +289,18 @@ def build_model(cls: type, args: argparse.Namespace, data: Data) -> LatentVariab
         raise UsageError(f"{cls.name}: {e}") from None
 
 
-def check_first_batch(model: LatentVariableModel, data: Data, estimator: str | None) -> None:
-    """One ELBO on a few training examples before training: a model's ValueError (data outside its support,
-    a wrong shape, an unknown estimator) becomes one line here, not a traceback later."""
+def check_first_batch(model: LatentVariableModel, data: Data, args: argparse.Namespace) -> None:
+    """One ELBO on a few training examples before training, on a fork of the random state (training draws as
+    it would without it): a model's ValueError (data outside its support, a wrong shape, an unknown estimator)
+    becomes one line here, not a traceback later."""
     batch = tuple(t[:2] for t in data.train)
-    if data.transform:
-        batch = data.transform(batch)
-    options = {} if estimator is None else {"estimator": estimator}
+    options = {} if args.estimator is None else {"estimator": args.estimator}
     try:
-        with evaluation.eval_mode(model) as device:
-            model.elbo(*(t.to(device) for t in batch), **options)
+        with torch.random.fork_rng(), evaluation.eval_mode(model) as device:
+            model.elbo(*(t.to(device) for t in (data.transform(batch) if data.transform else batch)), **options)
     except (ValueError, RuntimeError) as e:
-        raise UsageError(f"{model.name} cannot fit --dataset {data_name(data)}: {registry.first_line(e)}") from None
-
-
-def data_name(data: Data) -> str:
-    return f"({data.kind}, one example of shape {tuple(data.shape)})"
+        raise UsageError(f"{model.name} cannot fit --dataset {args.dataset} ({data.kind}, one example of shape "
+                         f"{tuple(data.shape)}): {registry.first_line(e)}") from None
 
 
 def run_fit(cls: type, args: argparse.Namespace, run_dir: Path, progress: bool = True) -> dict:
@@ -342,7 +311,7 @@ def run_fit(cls: type, args: argparse.Namespace, run_dir: Path, progress: bool =
     device = default_device()
     torch.manual_seed(args.seed)
     model = build_model(cls, args, data).to(device)
-    check_first_batch(model, data, args.estimator)
+    check_first_batch(model, data, args)
     train, test = tuple(t.to(device) for t in data.train), tuple(t.to(device) for t in data.test)
     data = dataclasses.replace(data, train=train, test=test)
 

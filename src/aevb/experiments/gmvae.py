@@ -21,7 +21,8 @@ from torch.distributions import Categorical
 from aevb import clustering
 from aevb.errors import UsageError
 from aevb.evaluation import eval_mode, in_batches
-from aevb.fitting import Data, Hooks, positive_float
+from aevb.arguments import positive_float
+from aevb.fitting import Data, Hooks
 from aevb.models.gmvae import GMVAE, TemperatureSchedule
 
 GENERATIONS_PER_CLUSTER = 10
