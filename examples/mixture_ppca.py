@@ -34,6 +34,7 @@ from torch.distributions import (Categorical, Independent, MixtureSameFamily, Mu
                                  kl_divergence)
 
 from aevb import elbo as estimators
+from aevb.fitting import Hooks
 from aevb.model import LatentVariableModel
 from aevb.trainer import Trainer
 
@@ -87,10 +88,18 @@ class MixturePosterior(nn.Module):
         return MultivariateNormal(loc, scale_tril=scale_tril[:, None], validate_args=False)
 
 
+class MixtureHooks(Hooks):
+    """What the mixture adds to ``aevb fit``: its means start at the k-means centres of the training data."""
+
+    def initialize(self, model: "MixturePPCA", data) -> None:
+        model.initialize_means(data.train[0], seed=self.args.seed)
+
+
 class MixturePPCA(LatentVariableModel):
     """Mixture of PPCAs with amortized q(k | x) q(z | x, k); the exact evidence and two importance-weighted bounds."""
 
     Config = MixturePPCAConfig
+    hooks = MixtureHooks
     estimators = estimators.ESTIMATORS  # elbo's KL of z: analytic ("aevb") or sampled ("sgvb")
 
     def __init__(self, config: MixturePPCAConfig = MixturePPCAConfig()) -> None:

@@ -92,6 +92,9 @@ class Hooks:
         """The model's own data (e.g. a synthetic data set), or None for ``--dataset``'s."""
         return None
 
+    def initialize(self, model: LatentVariableModel, data: Data) -> None:
+        """Set starting values from the training data (e.g. k-means centres) before the first step."""
+
     def callbacks(self, model: LatentVariableModel) -> list[Callable[[list[dict]], None]]:
         """Trainer callbacks, called with each finished epoch's records."""
         return []
@@ -314,6 +317,8 @@ def run_fit(cls: type, args: argparse.Namespace, run_dir: Path, progress: bool =
     check_first_batch(model, data, args)
     train, test = tuple(t.to(device) for t in data.train), tuple(t.to(device) for t in data.test)
     data = dataclasses.replace(data, train=train, test=test)
+    with torch.no_grad():
+        hooks.initialize(model, data)
 
     trainer = Trainer(model, args.schedule, args.lr, args.batch_size, args.estimator, args.seed, progress,
                       torch_compile=args.compile)
