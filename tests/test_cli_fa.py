@@ -34,9 +34,13 @@ def test_experiment_2_e_phases_tighten_the_bound_and_m_phases_raise_the_evidence
         e_phase, m_phase = history[start : start + 1000], history[start + 1000 : start + 2000]
         assert {r["phase"] for r in e_phase} == {"e"} and {r["phase"] for r in m_phase} == {"m"}
         assert len({r["test_log_evidence"] for r in e_phase}) == 1  # exactly constant, not "almost"
-        assert e_phase[-1]["test_log_evidence"] - e_phase[-1]["test_elbo_exact"] <= 0.01
+        # the last 100 steps of the phase, averaged: a constant learning rate leaves the iterate jittering
+        # (the gap at single steps ranges 0.002-0.02 nats over seeds 0-2)
+        end = e_phase[-100:]
+        assert sum(r["test_log_evidence"] - r["test_elbo_exact"] for r in end) / len(end) <= 0.01
         # q's parameters match the exact posterior's (relative errors; they exceed 0.4 after each M-phase)
-        assert e_phase[-1]["posterior_mean_error"] < 0.1 and e_phase[-1]["posterior_covariance_error"] < 0.1
+        for error in ("posterior_mean_error", "posterior_covariance_error"):
+            assert sum(r[error] for r in end) / len(end) < 0.1
         assert m_phase[-1]["posterior_mean_error"] > 0.4
         assert m_phase[-1]["test_log_evidence"] > e_phase[-1]["test_log_evidence"] + 0.1
     assert (tmp_path / "run" / "fa_em_phases.png").exists()

@@ -326,15 +326,19 @@ def test_trainer_applies_the_transform_to_every_batch():
         seen.append(dynamic_binarize(batch)[0])
         return (seen[-1],)
 
-    def fit():
+    def fit(seed: int | None):
+        if seed is not None:
+            torch.manual_seed(seed)
         model = FactorAnalysis(FAConfig(data_dim=3, latent_dim=2))
         Trainer(model, batch_size=10, progress=False).fit((probs,), epochs=2, transform=record)
+        runs.append(list(seen))
+        seen.clear()
 
-    fit()
-    first_run, seen[:] = list(seen), []
-    fit()
-    assert len(first_run) == 8 and all(set(b.unique().tolist()) <= {0.0, 1.0} for b in first_run)
-    assert all(torch.equal(a, b) for a, b in zip(first_run, seen))  # reproducible: fit seeds the draws
+    runs = []
+    fit(0), fit(0), fit(None)
+    assert len(runs[0]) == 8 and all(set(b.unique().tolist()) <= {0.0, 1.0} for b in runs[0])
+    assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))  # reproducible from the global seed
+    assert not all(torch.equal(a, b) for a, b in zip(runs[1], runs[2]))  # and fit does not reseed it itself
 
 
 def test_as_sequences_gives_image_rows():

@@ -1,4 +1,6 @@
 """Factor analysis: every quantity of the EM view checked against closed forms and references."""
+import math
+
 import pytest
 import torch
 from sklearn.decomposition import FactorAnalysis as SklearnFA
@@ -69,6 +71,78 @@ def test_exact_em_agrees_with_scikit_learn():
     ours = fit_em(x, latent_dim=2).log_evidence(x).mean().item()
     theirs = SklearnFA(n_components=2, tol=1e-10, max_iter=10_000).fit(x.numpy()).score(x.numpy())
     assert abs(ours - theirs) < 1e-3
+
+
+def constant_column_data(seed=3) -> torch.Tensor:
+    """Tutorial data with a constant fourth column, centred and scaled to unit mean variance tr(S)/D = 1, in float64."""
+    _, x, _ = synthetic_data(num_train=500, seed=seed)
+    x = torch.cat([x, torch.full((len(x), 1), 5.0)], dim=1).double()
+    x = x - x.mean(0)  # the fourth column is now exactly zero
+    return x / x.pow(2).mean().sqrt()
+
+
+def test_exact_em_floors_a_constant_columns_noise_variance_as_scikit_learn_does():
+    x = constant_column_data()
+    model = fit_em(x, latent_dim=2)
+    reference = SklearnFA(n_components=2, tol=1e-10, max_iter=10_000).fit(x.numpy())
+    ours = model.log_evidence(x).mean().item()
+    assert math.isfinite(ours)
+    # At unit mean variance our relative floor is scikit-learn's SMALL = 1e-12: the same floored noise variance and
+    # the same score. (With L = 2 and three free columns the other noise variances are not identified.)
+    constant_noise_var = model.generative.noise_std[3].item() ** 2
+    assert constant_noise_var == pytest.approx(reference.noise_variance_[3], rel=1e-6)
+    assert abs(ours - reference.score(x.numpy())) < 1e-6
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1e4])
+def test_exact_em_with_a_constant_column_is_equivariant_to_the_data_scale(scale):
+    """The fit of c x is the fit of x scaled by c, so log p(c x) = log p(x) - D log c: the floor is relative."""
+    x = constant_column_data()
+    fitted, scaled = fit_em(x, latent_dim=2), fit_em(scale * x, latent_dim=2)
+    expected = fitted.log_evidence(x).mean() - x.shape[1] * math.log(scale)
+    torch.testing.assert_close(scaled.log_evidence(scale * x).mean(), expected, atol=1e-5, rtol=0)
+
+
+def test_exact_em_on_all_zero_data_is_finite():
+    x = torch.zeros(10, 3, dtype=torch.float64)
+    assert torch.isfinite(fit_em(x, latent_dim=1).log_evidence(x)).all()
+
+
+def test_fit_em_leaves_the_global_random_state_alone_and_depends_only_on_its_seed():
+    _, x, _ = synthetic_data(num_train=200, seed=2)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = fit_em(x, latent_dim=2, max_iter=50, seed=7)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.randn(10)  # a different global state must not change the fit
+    second = fit_em(x, latent_dim=2, max_iter=50, seed=7)
+    other = fit_em(x, latent_dim=2, max_iter=50, seed=8)
+    for name, value in first.state_dict().items():
+        assert torch.equal(value, second.state_dict()[name]), name
+    assert not torch.equal(first.generative.weight, other.generative.weight)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-3), (torch.float64, 1e-10)])
+def test_exact_steps_keep_the_dtype_and_stay_finite_on_a_constant_column(dtype, atol):
+    model = random_model().to(dtype)
+    x = torch.randn(20, 4, dtype=dtype)
+    x[:, 3] = 0.0
+    model.m_step(x)
+    model.e_step()
+    for name, value in model.state_dict().items():
+        assert value.dtype == dtype and torch.isfinite(value).all(), name
+    assert model.p_z_given_x(x).loc.dtype == dtype
+    torch.testing.assert_close(model.expected_elbo(x), model.log_evidence(x), atol=atol, rtol=0)
+
+
+def test_exact_methods_make_their_tensors_on_the_models_device():
+    """On the meta device a tensor made without device= lands on the CPU, and mixing the two raises."""
+    model = FactorAnalysis(FAConfig(4, 2)).to("meta")
+    x = torch.empty(8, 4, device="meta")
+    model.m_step(x)
+    model.e_step()
+    outputs = (*model.posterior_parameters(), model.p_z_given_x(x).loc, model.log_evidence(x))
+    assert all(value.is_meta for value in outputs)
 
 
 def test_exact_em_increases_the_log_likelihood_monotonically():

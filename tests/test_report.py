@@ -2,6 +2,7 @@
 import base64
 import json
 import os
+import signal
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -11,10 +12,10 @@ import pytest
 
 from aevb import reproduce
 from aevb.cli import main
-from aevb.experiments import vae
 from aevb.report import number
 from aevb.reproduce import EXPERIMENTS
-from aevb.runs import UsageError
+from aevb.errors import UsageError
+from aevb.trainer import Trainer
 
 VOID_TAGS = {"meta", "img", "br", "hr", "link", "input"}
 MAGIC = {"image/png": b"\x89PNG\r\n\x1a\n", "image/gif": b"GIF89a"}
@@ -94,20 +95,25 @@ def test_html_parses_and_embeds_every_image(tour):
 
 
 def test_reproduce_continues_where_an_interruption_stopped(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the middle of an experiment's training; the same command again continues inside it, from its
+    checkpoint, and ends as an uninterrupted fit would."""
     out = tmp_path / "reproduce"
     command = ["reproduce", "fa-1", "vae", "--dataset", "digits", "--epochs-scale", "0.03", "--out", str(out), "--no-progress"]
+    step = Trainer.step
 
-    def interrupt(*args):
-        raise KeyboardInterrupt
+    def interrupt_at_step_8(self, batch, phase):
+        if self.step_count == 7 and self.batch_size == 100:  # the vae's eighth step (fa-1's batches are 32)
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, batch, phase)
 
-    monkeypatch.setattr(vae.VAEHooks, "figures", interrupt)  # interrupted in the middle of its fit
+    monkeypatch.setattr(Trainer, "step", interrupt_at_step_8)
     assert main(command) == 130
-    assert (out / "fa-1" / "provenance.json").is_file() and not (out / "vae").exists()
-    assert [p.name for p in out.iterdir()] == ["fa-1"]  # the interrupted run left nothing behind
+    assert "continue it with aevb resume" in capsys.readouterr().err
+    assert (out / "fa-1" / "provenance.json").is_file() and (out / "vae" / "checkpoint.pt").is_file()
+    assert json.loads((out / "vae" / "aevb-run.json").read_text())["status"] == "incomplete"
     kept = (out / "fa-1" / "provenance.json").stat().st_mtime_ns
 
     monkeypatch.undo()
-    (out / ".vae.partial-killed").mkdir()  # what a killed (not interrupted) attempt leaves
     assert main([*command, "--json"]) == 0
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert result["runs"] == {"fa-1": "kept", "vae": "fitted"}
@@ -115,6 +121,9 @@ def test_reproduce_continues_where_an_interruption_stopped(tmp_path, monkeypatch
     assert sorted(p.name for p in out.iterdir()) == ["fa-1", "report.html", "report.md", "vae"]
     provenance = json.loads((out / "vae" / "provenance.json").read_text())
     assert provenance["flags"]["--epochs"] == "1" and provenance["flags"]["--dataset"] == "digits"
+    planned, = reproduce.plan(["vae"], dataset="digits", scale=0.03)
+    assert main(["fit", "vae", *planned.argv, "--out", str(tmp_path / "uninterrupted"), "--no-progress"]) == 0
+    assert (out / "vae" / "metrics.jsonl").read_text() == (tmp_path / "uninterrupted" / "metrics.jsonl").read_text()
     markdown = (out / "report.md").read_text()
     assert "| fa-1 | Factor analysis, experiment 1: joint AEVB | §5.2 | kept: complete" in markdown
     assert "## vae: Variational autoencoder (tutorial §5.3)" in markdown

@@ -3,6 +3,7 @@
     aevb fit MODEL [flags]     fit a model into a run directory (``aevb fit --help`` lists the models,
                                ``aevb fit MODEL --help`` its flags); MODEL is a built-in or installed name,
                                or your own: --model package.module:Class or --model path/to/file.py:Class
+    aevb resume RUN_DIR        continue an interrupted fit from its last checkpoint
     aevb eval RUN_DIR          test ELBO, importance-weighted log-likelihood (and bits/dim) of a run
     aevb sample RUN_DIR        draw from a run's model into a PNG (or .npy/.npz arrays)
     aevb tour                  the main job: every model briefly, on data that ships with the project, and a report
@@ -14,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
 
 from aevb.arguments import positive_float, positive_int
-from aevb.errors import UsageError
+from aevb.errors import Interrupted, UsageError
 from aevb.reproduce import EXPERIMENTS
 
 SAMPLE_SUFFIXES = (".png", ".npy", ".npz")
@@ -39,6 +41,14 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="aevb", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     commands.add_parser("fit", help="fit a model (aevb fit --help lists them)", add_help=False)
+
+    again = commands.add_parser("resume", help="continue an interrupted fit from its last checkpoint",
+                                description="Continue the interrupted fit in RUN_DIR from its last checkpoint, with "
+                                            "the flags it was started with; a finished run is not fitted again.")
+    again.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="an interrupted (or finished) run directory")
+    again.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
+    again.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    again.set_defaults(handler=resume_command)
 
     evaluate = commands.add_parser("eval", help="test ELBO, IWAE log-likelihood (and bits/dim) of a run")
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run directory")
@@ -70,7 +80,8 @@ def build_parser() -> ArgumentParser:
     again = commands.add_parser("reproduce", help="the tutorial's experiments with its settings, and a report",
                                 description="Fit the tutorial's experiments with its settings into OUT/EXPERIMENT, then "
                                             "write OUT/report.html and OUT/report.md. Run again with the same --out, an "
-                                            "interrupted reproduce continues where it stopped (complete runs are kept).")
+                                            "interrupted reproduce continues where it stopped, inside an experiment "
+                                            "from its last checkpoint (complete runs are kept).")
     again.add_argument("experiments", nargs="+", choices=[*EXPERIMENTS, "all"], metavar="EXPERIMENT",
                        help=f"all, or some of {', '.join(EXPERIMENTS)}")
     again.add_argument("--dataset", default="mnist",
@@ -126,8 +137,13 @@ def parse_fit(argv: list[str]) -> argparse.Namespace:
     cls = registry.resolve(ref)
     parser = fitting.fit_parser(cls, f"aevb fit {ref}", ArgumentParser)
     add_output_arguments(parser, default_out=None)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run in --out from its last checkpoint (the same flags); "
+                             "a finished run there is not fitted again")
     args = parser.parse_args(flags)
-    output = argparse.Namespace(**{k: vars(args).pop(k) for k in ("out", "json", "progress")})
+    output = argparse.Namespace(**{k: vars(args).pop(k) for k in ("out", "json", "progress", "resume")})
+    if output.resume and output.out is None:
+        raise UsageError("--resume needs the --out of the run to continue")
     fitting.resolve_paths(args)
     output.out = output.out or Path("runs") / f"{cls.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     output.handler, output.cls, output.fit_args = fit_command, cls, args
@@ -136,11 +152,20 @@ def parse_fit(argv: list[str]) -> argparse.Namespace:
 
 def fit_command(args: argparse.Namespace) -> dict:
     from aevb import fitting
-    from aevb.runs import run_directory
 
-    with run_directory(args.out) as staging:
-        summary = fitting.run_fit(args.cls, args.fit_args, staging, args.progress)
-    return {**summary, "run_dir": str(args.out)}
+    return {**fitting.run_fit(args.cls, args.fit_args, args.out, args.progress, args.resume), "run_dir": str(args.out)}
+
+
+def resume_command(args: argparse.Namespace) -> dict:
+    from aevb import fitting, registry
+    from aevb.runs import read_json
+
+    config = read_json(args.run_dir / "config.json", f"{args.run_dir} is not an aevb run directory")
+    if not isinstance(config, dict) or not isinstance(config.get("args"), dict) or "model" not in config:
+        raise UsageError(f"{args.run_dir / 'config.json'} is not an aevb run's config (no model or args)")
+    cls = registry.resolve(config["model"])
+    summary = fitting.run_fit(cls, fitting.parse_recorded_args(config["args"]), args.run_dir, args.progress, resume=True)
+    return {**summary, "run_dir": str(args.run_dir)}
 
 
 def eval_command(args: argparse.Namespace) -> dict:
@@ -192,6 +217,11 @@ def print_summary(summary: dict, indent: str = "") -> None:
             print(f"{indent}{key:<34} {value:.4f}" if isinstance(value, float) else f"{indent}{key:<34} {value}")
 
 
+def run_of(args: argparse.Namespace) -> Path | None:
+    """The run directory a command writes (fit, resume), else None."""
+    return getattr(args, "out", None) if args.handler is fit_command else getattr(args, "run_dir", None)
+
+
 def compile_error(error: Exception) -> bool:
     """Whether ``error`` comes from torch.compile (which only ``--compile`` runs)."""
     dynamo = sys.modules.get("torch._dynamo.exc")
@@ -206,8 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"aevb: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        name = "SIGINT" if e.signal == signal.SIGINT else "SIGTERM" if e.signal == signal.SIGTERM else f"signal {e.signal}"
+        print(f"aevb: interrupted by {name} after step {e.step}; the run keeps a checkpoint: continue it with "
+              f"aevb resume {run_of(args)}", file=sys.stderr)
+        return 128 + e.signal
     except KeyboardInterrupt:
-        print("aevb: interrupted; the run in progress was not written", file=sys.stderr)
+        run = run_of(args) if "args" in locals() else None
+        resumable = run is not None and (run / "aevb-run.json").is_file()
+        print("aevb: interrupted" + (f"; continue the run with aevb resume {run}" if resumable else ""), file=sys.stderr)
         return 130
     except Exception as e:
         if not compile_error(e):

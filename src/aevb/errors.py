@@ -10,3 +10,19 @@ class UsageError(Exception):
 
 class DataError(UsageError):
     """Missing, unreadable, corrupt or ill-shaped data."""
+
+
+class Diverged(UsageError):
+    """Training went non-finite: which step and epoch, and what (a term of the ELBO, or an evaluated metric)."""
+
+    def __init__(self, step: int, epoch: int, what: str) -> None:
+        self.step, self.epoch, self.what = step, epoch, what
+        super().__init__(f"{what} is not finite at step {step} (epoch {epoch})")
+
+
+class Interrupted(Exception):
+    """Training stopped at a step boundary on a signal (SIGINT, SIGTERM), after a checkpoint."""
+
+    def __init__(self, signal: int, step: int) -> None:
+        self.signal, self.step = signal, step
+        super().__init__(f"interrupted by signal {signal} after step {step}")

@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import argparse
 import collections.abc
+import contextlib
 import dataclasses
+import json
 import math
+import signal
 import sys
+import threading
 import time
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -31,10 +35,11 @@ from torch import Tensor
 from aevb import evaluation, registry
 from aevb.arguments import int_tuple, non_negative_int, positive_float, positive_int
 from aevb.data import ARRAY_SUFFIXES, TRANSFORMS, as_sequences, dynamic_binarize, load_dataset, prepare, validate_support
-from aevb.errors import DataError, UsageError
+from aevb.errors import DataError, Diverged, UsageError
 from aevb.likelihoods import LIKELIHOODS
 from aevb.model import LatentVariableModel
-from aevb.runs import append_jsonl, default_device, device_name, read_json, run_directory, save_run
+from aevb import runs
+from aevb.runs import default_device, device_name, read_json
 from aevb.trainer import SCHEDULE_HELP, Schedule, Trainer
 
 DATA_FIELDS = ("data_dim", "seq_len", "num_classes")  # config fields filled from the data, not from flags
@@ -163,6 +168,15 @@ def schedule_type(text: str) -> Schedule:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def checkpoint_interval(text: str) -> tuple[int, str]:
+    """'N' (epochs) or 'Nsteps' -> (N, 'epoch' or 'step')."""
+    unit = "step" if text.endswith("steps") else "epoch"
+    try:
+        return positive_int(text.removesuffix("steps")), unit
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected N (epochs) or Nsteps, e.g. 2 or 500steps, got {text!r}") from None
+
+
 def config_fields(cls: type) -> list[dataclasses.Field]:
     """The config fields that are flags: all but ``DATA_FIELDS``."""
     return [f for f in dataclasses.fields(cls.Config) if f.name not in DATA_FIELDS and f.init]
@@ -228,6 +242,13 @@ def add_generic_arguments(parser: argparse.ArgumentParser, cls: type, hooks: typ
                           help="random seed: data, initialization, batches (default 0)")
     training.add_argument("--compile", action="store_true",
                           help="compile the training step with torch.compile (CUDA graphs on a GPU, where it pays)")
+    training.add_argument("--clip-grad", type=positive_float, default=None, metavar="NORM",
+                          help="clip the gradient's norm to NORM at every step (default: no clipping)")
+    training.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:N or mps "
+                                                           "(default auto)")
+    training.add_argument("--checkpoint-every", type=checkpoint_interval, default=(1, "epoch"), metavar="N[steps]",
+                          help="write the checkpoint an interrupted run resumes from every N epochs, or every N steps "
+                               "with the suffix 'steps', e.g. 500steps (default 1: every epoch)")
     evaluate = parser.add_argument_group("evaluation and output")
     evaluate.add_argument("--iwae", type=non_negative_int, default=hooks.iwae, metavar="K",
                           help=f"importance samples for the test log-likelihood bound; 0 skips it (default {hooks.iwae})")
@@ -306,47 +327,163 @@ def check_first_batch(model: LatentVariableModel, data: Data, args: argparse.Nam
                          f"{tuple(data.shape)}): {registry.first_line(e)}") from None
 
 
-def run_fit(cls: type, args: argparse.Namespace, run_dir: Path, progress: bool = True) -> dict:
-    """Fit ``cls`` with the parsed flags into ``run_dir`` (an empty folder); returns the summary."""
+NOT_SETTINGS = ("device", "checkpoint_every", "compile")  # what a resumed run may change: not its results
+
+
+def flags_of(args: argparse.Namespace) -> dict:
+    """The parsed flags as JSON (before the fit resolves defaults): what config.json records and resume compares."""
+    return json.loads(json.dumps(vars(args), default=str))
+
+
+def compare_flags(recorded: dict, requested: dict, out: Path) -> None:
+    """UsageError naming the first flag whose value differs from the interrupted run's."""
+    for key in sorted(set(recorded) | set(requested)):
+        if key not in NOT_SETTINGS and recorded.get(key) != requested.get(key):
+            flag = "--" + key.removeprefix("config_").replace("_", "-")
+            raise UsageError(f"--resume: {flag} is {requested.get(key)!r} here but {recorded.get(key)!r} in the run "
+                             f"{out}; resume with its settings (aevb resume {out}) or choose another --out")
+
+
+def run_fit(cls: type, args: argparse.Namespace, out: Path, progress: bool = True, resume: bool = False) -> dict:
+    """Fit ``cls`` with the parsed flags into the run directory ``out``; returns the summary.
+
+    ``resume``: continue the incomplete run in ``out`` from its checkpoint (the same flags, bar ``NOT_SETTINGS``),
+    or return a complete one's summary without fitting again. Everything is checked before ``out`` is written:
+    a fit that fails before training leaves nothing; one that stops later (a signal, divergence, a crash) leaves
+    the run marked incomplete, with the checkpoint of its last finished epoch (or step).
+    """
+    out = Path(out)
+    requested = flags_of(args)
+    with runs.locked(out):
+        state = runs.status(out)
+        if state == "incomplete" and not resume:
+            raise UsageError(f"--out {out} holds an interrupted run; continue it with --resume (or aevb resume {out}), "
+                             "or choose another --out")
+        if resume and state == "complete":
+            return read_json(out / "summary.json", f"{out} is damaged")
+        if resume and state == "incomplete":
+            compare_flags(read_json(out / "config.json", f"{out} is damaged").get("args", {}), requested, out)
+            if not (out / runs.CHECKPOINT).is_file():  # stopped before its first checkpoint: it starts over
+                runs.remove_run(out)
+                state = None
+        return fit_into(cls, args, out, requested, progress, resume and state == "incomplete")
+
+
+def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progress: bool, resume: bool) -> dict:
     hooks = hooks_class(cls)(args)
     args.schedule = args.schedule or Schedule.parse("joint")
     data = hooks.data() or load_data(args, cls)
-    device = default_device()
+    device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     model = build_model(cls, args, data).to(device)
     check_first_batch(model, data, args)
-    train, test = tuple(t.to(device) for t in data.train), tuple(t.to(device) for t in data.test)
-    data = dataclasses.replace(data, train=train, test=test)
+    data = dataclasses.replace(data, train=tuple(t.to(device) for t in data.train),
+                               test=tuple(t.to(device) for t in data.test))
     with torch.no_grad():
         hooks.initialize(model, data)
-
     trainer = Trainer(model, args.schedule, args.lr, args.batch_size, args.estimator, args.seed, progress,
-                      torch_compile=args.compile)
+                      torch_compile=args.compile, clip_grad=args.clip_grad)
+    total = args.steps or args.epochs * math.ceil(len(data.train[0]) / args.batch_size)
+    metrics_path = out / "metrics.jsonl"
+    progress_so_far = {"lines": 0, "seconds": 0.0}
+    if resume:
+        checkpoint = runs.load_file(out / runs.CHECKPOINT)
+        model.load_state_dict(checkpoint["model"]["state_dict"])
+        trainer.load_state_dict(checkpoint["trainer"])
+        progress_so_far.update(checkpoint["progress"])
+        runs.keep_lines(metrics_path, progress_so_far["lines"])
+    else:
+        if out.exists() and any(out.iterdir()):
+            runs.remove_run(out)
+        out.mkdir(exist_ok=True)
+        runs.mark(out, "incomplete", model=registry.reference(cls))
+        runs.write_json(out / "config.json", run_config(cls, model, flags, data))
+    start = time.perf_counter()
 
     def evaluate(model: LatentVariableModel) -> dict:
         return {"test_elbo": evaluation.test_elbo(model, data.test), **hooks.metrics(model, data, trainer.step_count)}
 
-    metrics_path = run_dir / "metrics.jsonl"
-    start = time.perf_counter()
-    history = trainer.fit(data.train, epochs=args.epochs, steps=args.steps, evaluate=evaluate,
-                          eval_every=hooks.eval_every, transform=data.transform,
-                          callbacks=[lambda records: append_jsonl(metrics_path, records), *hooks.callbacks(model)])
-    seconds = time.perf_counter() - start
+    def write_metrics(records: list[dict]) -> None:
+        runs.append_jsonl(metrics_path, records)
+        progress_so_far["lines"] += len(records)
 
+    def checkpoint(trainer: Trainer) -> None:
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise Diverged(trainer.step_count, trainer.epoch, "a parameter")
+        seconds = progress_so_far["seconds"] + time.perf_counter() - start
+        runs.save_checkpoint(out, {"model": model.checkpoint(), "trainer": trainer.state_dict(),
+                                   "progress": {"lines": progress_so_far["lines"], "seconds": seconds}})
+
+    with stop_on_signals(trainer):
+        try:
+            trainer.fit(data.train, steps=total - trainer.step_count, evaluate=evaluate, eval_every=hooks.eval_every,
+                        transform=data.transform, callbacks=[write_metrics, *hooks.callbacks(model)],
+                        checkpoint=checkpoint, checkpoint_every=args.checkpoint_every)
+        except BaseException as e:
+            kept = (out / runs.CHECKPOINT).is_file()
+            if not kept:  # stopped before its first checkpoint: nothing to resume from, nothing is kept
+                runs.remove_run(out)
+            if not isinstance(e, Diverged):
+                raise
+            advice = f"fit again with a lower --lr (now {args.lr:g}) or with --clip-grad NORM"
+            if not kept:
+                raise UsageError(f"training diverged: {e}; nothing was kept; {advice}") from None
+            step = runs.load_file(out / runs.CHECKPOINT)["trainer"]["step"]
+            raise UsageError(f"training diverged: {e}; {out} keeps its last finite checkpoint (step {step}); {advice}, "
+                             "into another --out") from None
+    seconds = progress_so_far["seconds"] + time.perf_counter() - start
+    history = [json.loads(line) for line in metrics_path.read_text().splitlines()]
     summary = {"model": registry.reference(cls), "dataset": args.dataset, "transform": args.transform or "none",
                "schedule": str(args.schedule), "epochs": history[-1]["epoch"], "steps": trainer.step_count,
                "train_elbo": history[-1]["train_elbo"],
                **evaluation.evaluate(model, data.test, args.iwae, data.levels, args.seed)}
     summary.update(hooks.summary(model, data, history, summary))
-    summary.update(train_seconds=seconds, device=device_name(device))
-    hooks.figures(model, history, data, run_dir)
-    save_run(run_dir, model.cpu(), run_config(cls, model, args, data), summary)
+    summary.update(train_seconds=seconds, device=device_name(device), threads=torch.get_num_threads())
+    hooks.figures(model, history, data, out)
+    runs.save_run(out, model.cpu(), summary)
     return summary
 
 
-def run_config(cls: type, model: LatentVariableModel, args: argparse.Namespace, data: Data) -> dict:
+@contextlib.contextmanager
+def stop_on_signals(trainer: Trainer) -> Iterator[None]:
+    """SIGINT and SIGTERM stop training at the next step boundary, with a checkpoint (``Trainer.request_stop``);
+    a second SIGINT interrupts at once. Outside the main thread, signals are left as they are."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def request(signum: int, frame) -> None:
+        if trainer.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        trainer.request_stop(signum)
+
+    for s in previous:
+        signal.signal(s, request)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def resolve_device(text: str) -> torch.device:
+    """``--device``: auto (the GPU when there is one), cpu, cuda, cuda:N or mps; UsageError if it is not here."""
+    if text == "auto":
+        return default_device()
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise UsageError(f"--device {text}: use auto, cpu, cuda, cuda:N or mps") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
+                 "mps": torch.backends.mps.is_available()}.get(device.type, False)
+    if not available:
+        raise UsageError(f"--device {text} is not available on this machine; use --device auto or cpu")
+    return device
+
+
+def run_config(cls: type, model: LatentVariableModel, flags: dict, data: Data) -> dict:
     """config.json: how to import the model, its config, every flag, and the data's shape."""
-    flags = {k: str(v) if isinstance(v, (Schedule, Path)) else v for k, v in vars(args).items()}
     return {"model": registry.reference(cls), "config": dataclasses.asdict(model.config), "args": flags,
             "data": {"shape": list(data.shape), "kind": data.kind, "levels": data.levels, "num_classes": data.num_classes}}
 
@@ -364,11 +501,12 @@ def parse_fit_args(cls: type, argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def fit_run(model: str | type, out: str | Path, progress: bool = True, **flags) -> dict:
+def fit_run(model: str | type, out: str | Path, progress: bool = True, resume: bool = False, **flags) -> dict:
     """``aevb fit`` from Python: ``fit_run(MyModel, "runs/mine", dataset="x.npy", latent_dim=3, schedule="e-step")``.
 
     ``model`` is a class or anything ``aevb.registry.resolve`` takes; each keyword is a flag (``latent_dim=3``
-    is ``--latent-dim 3``; ``True`` is a switch). Writes the run directory ``out``; returns the summary.
+    is ``--latent-dim 3``; ``True`` is a switch). Writes the run directory ``out`` (``resume``: continues the
+    incomplete run there); returns the summary.
     """
     cls = registry.resolve(model) if isinstance(model, str) else model
     argv = []
@@ -379,9 +517,7 @@ def fit_run(model: str | type, out: str | Path, progress: bool = True, **flags) 
         elif value is not False and value is not None:
             argv += [flag, ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)]
     args = parse_fit_args(cls, argv)
-    with run_directory(out) as staging:
-        summary = run_fit(cls, args, staging, progress)
-    return {**summary, "run_dir": str(out)}
+    return {**run_fit(cls, args, Path(out), progress, resume), "run_dir": str(out)}
 
 
 # Reading a run back ---------------------------------------------------------------------------------------
@@ -405,17 +541,25 @@ class Run:
 
 def load_run(run_dir: str | Path) -> Run:
     """The model and settings of a finished run directory; UsageError if it is not one or is damaged."""
-    from aevb.runs import load_checkpoint
-
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: no such run directory")
+    if runs.status(run_dir) != "complete":
+        raise UsageError(f"{run_dir} is an interrupted run, not a finished one; finish it with aevb resume {run_dir}")
     config = read_json(run_dir / "config.json", f"{run_dir} is not a finished aevb run directory")
-    if not isinstance(config, dict) or not {"model", "args"} <= set(config):
+    if not isinstance(config, dict) or not {"model", "args"} <= set(config) or not isinstance(config["args"], dict):
         raise UsageError(f"{run_dir / 'config.json'} is not an aevb run's config (no model or args); fit the run again")
     cls = registry.resolve(config["model"])
-    model = load_checkpoint(run_dir / "model.pt", cls)
-    args = argparse.Namespace(**config["args"])
-    args.schedule = Schedule.parse(args.schedule)
-    return Run(model.eval(), cls, args, config)
+    model = runs.load_checkpoint(run_dir / "model.pt", cls)
+    return Run(model.eval(), cls, parse_recorded_args(config["args"]), config)
+
+
+def parse_recorded_args(flags: dict) -> argparse.Namespace:
+    """A run's recorded flags (config.json's args) as the namespace the fit parsed."""
+    args = argparse.Namespace(**flags)
+    args.schedule = None if args.schedule is None else Schedule.parse(args.schedule)
+    args.checkpoint_every = tuple(args.checkpoint_every)
+    return args
 
 
 def evaluate_run(run_dir: str | Path, num_samples: int) -> dict:

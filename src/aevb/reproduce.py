@@ -3,9 +3,9 @@
 ``EXPERIMENTS`` holds each experiment of the tutorial: the model, the ``aevb fit`` flags that are the
 tutorial's settings, the numbers it published and the figures it shows. ``plan`` turns a selection into
 ``aevb fit`` command lines (at a scale of the tutorial's length, on a chosen data set, or with the tour's
-budget); ``run`` fits them one after the other, each into ``OUT/<experiment>``. Run directories are
-written atomically, so an interrupted ``run`` continues where it stopped when called again with
-``resume``: a complete run with the same settings is kept, not fitted again.
+budget); ``run`` fits them one after the other, each into ``OUT/<experiment>``. Called again with
+``resume``, an interrupted ``run`` continues where it stopped, inside the experiment it was fitting (from
+its last checkpoint); a complete run with the same settings is kept, not fitted again.
 
     from aevb import reproduce, report
     statuses = reproduce.run(reproduce.plan(["vae"], dataset="digits", scale=0.1), Path("runs/r"))
@@ -303,13 +303,18 @@ def run(planned: list[Planned], out: Path, progress: bool = True, resume: bool =
     """Fit every planned experiment into ``out/<name>``; returns name -> status for the report.
 
     Status is 'fitted', 'kept' (``resume``: a complete run with the same settings was there) or
-    'unavailable' (its model is not installed). With ``resume``, a complete run with other settings
-    is an error, raised before anything is fitted. ``threads`` sets torch's CPU threads while fitting.
+    'unavailable' (its model is not installed). With ``resume``, an interrupted run is continued from its
+    checkpoint, and a complete run with other settings is an error, raised before anything is fitted; without,
+    every run is fitted afresh. ``threads`` sets torch's CPU threads while fitting.
     """
+    from aevb import runs
+
     models = available_models()
     statuses, todo = {}, []
     for p in planned:
         previous = complete(out / p.name)
+        if not resume and runs.status(out / p.name):  # the tour fits afresh: an earlier run of aevb's goes
+            runs.remove_run(out / p.name)
         if p.experiment.model not in models:
             statuses[p.name] = "unavailable"
             log(f"{p.name}: skipped, model {p.experiment.model} is not installed (aevb fit --help lists those that are)")
@@ -328,7 +333,7 @@ def run(planned: list[Planned], out: Path, progress: bool = True, resume: bool =
     try:
         for n, p in enumerate(todo, start=1):
             log(f"[{n}/{len(todo)}] {p.name} (tutorial {p.experiment.section}): {p.command} --out {out / p.name}")
-            summary = fit(p, out / p.name, progress)
+            summary = fit(p, out / p.name, progress, resume)
             statuses[p.name] = "fitted"
             log(f"      done in {complete(out / p.name)['wall_seconds']:.1f} s: "
                 + ", ".join(f"{k} {summary[k]:.4g}" for k in p.experiment.headline if isinstance(summary.get(k), float)))
@@ -337,23 +342,20 @@ def run(planned: list[Planned], out: Path, progress: bool = True, resume: bool =
     return {p.name: statuses[p.name] for p in planned}
 
 
-def fit(planned: Planned, run_dir: Path, progress: bool) -> dict:
-    """``aevb fit`` one planned experiment into ``run_dir``, with its provenance; returns the summary."""
+def fit(planned: Planned, run_dir: Path, progress: bool, resume: bool) -> dict:
+    """``aevb fit`` one planned experiment into ``run_dir`` (``resume``: continuing an interrupted run there),
+    then its provenance; returns the summary."""
     from aevb import fitting, registry
-    from aevb.runs import run_directory, write_json
+    from aevb.runs import write_json
 
     cls = registry.resolve(planned.experiment.model)
-    args = fitting.parse_fit_args(cls, planned.argv)
-    for leftover in [*run_dir.parent.glob(f".{run_dir.name}.partial-*"), *run_dir.parent.glob(f".{run_dir.name}.old-*")]:
-        shutil.rmtree(leftover, ignore_errors=True)  # what a killed earlier attempt left behind
     start = time.perf_counter()
-    with run_directory(run_dir) as staging:
-        summary = fitting.run_fit(cls, args, staging, progress)
-        write_json(staging / PROVENANCE, {
-            "experiment": planned.name, "command": planned.command, "flags": planned.flags,
-            "wall_seconds": time.perf_counter() - start, "finished": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-            "versions": software_versions(),
-        })
+    summary = fitting.run_fit(cls, fitting.parse_fit_args(cls, planned.argv), run_dir, progress, resume=resume)
+    write_json(run_dir / PROVENANCE, {
+        "experiment": planned.name, "command": planned.command, "flags": planned.flags,
+        "wall_seconds": time.perf_counter() - start, "finished": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "versions": software_versions(),
+    })
     return summary
 
 

@@ -1,18 +1,23 @@
-"""Run directories (config, metrics, summary, checkpoint and figures of one fit, written atomically), and
-the device a run uses.
+"""Run directories: what a fit writes, how it marks them, locks them, and checkpoints them; the device a run uses.
 
-A run is written into a hidden sibling folder and renamed into place only when it is complete, so
-a failed or interrupted run never leaves a half-written directory (nor destroys an earlier run).
+A run directory is visible from the moment training begins. Its marker file ``aevb-run.json`` says that
+aevb wrote it and whether it is complete; while it is not, ``checkpoint.pt`` holds what is needed to continue
+it exactly (``aevb resume RUN``). Every file is written atomically (a temporary file, then a rename), so a
+killed process leaves the previous version of each, never half of one. A run is replaced only when it is
+provably aevb's: its marker says so and it holds nothing aevb did not write.
+
 Checkpoints hold tensors and JSON-able values only, and are read with ``torch.load(weights_only=True)``:
 nothing in a run directory is unpickled as code.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pickle
 import shutil
 import tempfile
+import time
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,10 +28,28 @@ import torch
 from aevb.errors import UsageError
 from aevb.model import LatentVariableModel
 
+MARKER = "aevb-run.json"
+CHECKPOINT = "checkpoint.pt"
+WRITTEN = {MARKER, CHECKPOINT, "config.json", "metrics.jsonl", "summary.json", "model.pt", "provenance.json",
+           "samples.png"}  # the files of every run (and what aevb reproduce and aevb sample add by default)
+EVENTS_PREFIX = "events.out.tfevents."  # TensorBoard's event files, written while training
+
+
+def write_atomically(path: Path, write) -> None:
+    """``write(temporary_path)``, then rename it to ``path``: ``path`` is the old file or the new one, whole."""
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
 
 def write_json(path: Path, obj) -> None:
-    """Write ``obj`` as indented JSON; paths and other non-JSON values are written as strings."""
-    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    """Write ``obj`` as indented JSON, atomically; paths and other non-JSON values are written as strings."""
+    write_atomically(path, lambda p: p.write_text(json.dumps(obj, indent=2, default=str) + "\n"))
 
 
 def read_json(path: Path, missing: str):
@@ -42,31 +65,85 @@ def read_json(path: Path, missing: str):
 def append_jsonl(path: Path, records: list[dict]) -> None:
     with path.open("a") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
+        f.flush()
+
+
+def keep_lines(path: Path, count: int) -> None:
+    """Keep the first ``count`` lines of ``path`` (what a checkpoint had seen), atomically."""
+    lines = path.read_text().splitlines(keepends=True)[:count] if path.is_file() else []
+    write_atomically(path, lambda p: p.write_text("".join(lines)))
+
+
+def status(out: Path) -> str | None:
+    """'complete' or 'incomplete' for an aevb run directory, None for a folder that is absent or empty.
+
+    UsageError for anything else: a file, or a folder that aevb did not write.
+    """
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder; choose another --out")
+    if not out.exists() or not any(out.iterdir()):
+        return None
+    marker = out / MARKER
+    if not marker.is_file():
+        raise UsageError(f"--out {out} exists and is not an aevb run directory; choose another --out")
+    state = read_json(marker, f"{out} is not an aevb run directory")
+    if not isinstance(state, dict) or state.get("status") not in ("complete", "incomplete"):
+        raise UsageError(f"{marker} is damaged (no status); choose another --out")
+    return state["status"]
+
+
+def remove_run(out: Path) -> None:
+    """Delete an aevb run directory, refusing if it holds anything aevb did not write (the marker lists it)."""
+    state = read_json(out / MARKER, f"{out} is not an aevb run directory")
+    written = set(state.get("files", [])) | WRITTEN
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in written and not p.name.startswith(EVENTS_PREFIX))
+    if foreign:
+        raise UsageError(f"--out {out} holds files aevb did not write ({', '.join(foreign[:3])}); move them or "
+                         "choose another --out")
+    shutil.rmtree(out)
+
+
+def mark(out: Path, status: str, **extra) -> None:
+    """The marker: aevb wrote this folder, its status, and (when complete) the files it wrote."""
+    files = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if status == "complete" else []
+    write_json(out / MARKER, {"format": "aevb run", "status": status, "updated": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+                              **({"files": files} if files else {}), **extra})
 
 
 @contextmanager
-def run_directory(out: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty folder to write a run into; on success it becomes ``out``, on failure it vanishes.
-
-    An existing ``out`` is replaced only if it is itself an aevb run (it holds ``config.json``).
-    """
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / "config.json").exists():
-        raise UsageError(f"--out {out} exists and is not an aevb run directory; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+def locked(out: Path) -> Iterator[None]:
+    """An exclusive lock on the run ``out`` (``.NAME.lock`` in its parent, holding the owner's pid), released and
+    removed on exit; a second process fails at once. Parent folders created here and left empty are removed."""
+    created = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
     try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if out.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        out.rename(trash / out.name)
-        staging.rename(out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        staging.rename(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot create {out.parent} ({e.strerror})") from None
+    path = out.parent / f".{out.name}.lock"
+    try:
+        handle = open(path, "a+")
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot write in {out.parent} ({e.strerror})") from None
+    acquired = False
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise UsageError(f"--out {out} is being written by another aevb process (pid {handle.read().strip() or '?'}); "
+                             "wait for it or choose another --out") from None
+        acquired = True
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        if acquired:
+            path.unlink(missing_ok=True)
+        handle.close()
+        for folder in created:  # deepest first
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
 
 def default_device() -> torch.device:
@@ -75,29 +152,42 @@ def default_device() -> torch.device:
 
 
 def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
-def save_run(run_dir: Path, model: LatentVariableModel, config: dict, summary: dict) -> None:
-    """Write ``config.json``, ``summary.json`` and the checkpoint ``model.pt``."""
-    write_json(run_dir / "config.json", config)
+def save_checkpoint(out: Path, state: dict) -> None:
+    write_atomically(out / CHECKPOINT, lambda p: torch.save(state, p))
+
+
+def save_run(run_dir: Path, model: LatentVariableModel, summary: dict) -> None:
+    """The finished run: ``summary.json`` and the checkpoint ``model.pt``; then it is marked complete."""
     write_json(run_dir / "summary.json", summary)
-    torch.save(model.checkpoint(), run_dir / "model.pt")
+    write_atomically(run_dir / "model.pt", lambda p: torch.save(model.checkpoint(), p))
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    mark(run_dir, "complete")
 
 
-def load_checkpoint(path: Path, cls: type[LatentVariableModel]) -> LatentVariableModel:
-    """The model of ``cls`` a checkpoint file holds; UsageError, one line, for a missing, damaged or foreign file."""
+def load_file(path: Path) -> dict:
+    """A checkpoint file's dict, read with ``weights_only``; UsageError, one line, for a missing or damaged one."""
     if not path.is_file():
         raise UsageError(f"{path.parent} is not a finished aevb run directory (no {path.name})")
     try:
         checkpoint = torch.load(path, weights_only=True, map_location="cpu")
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as e:
         reason = "it holds code, which aevb never loads" if isinstance(e, pickle.UnpicklingError) else "unreadable"
-        raise UsageError(f"{path} is damaged or not an aevb checkpoint ({reason}); fit the run again") from None
-    if not isinstance(checkpoint, dict) or not {"config", "state_dict"} <= set(checkpoint):
-        raise UsageError(f"{path} is not an aevb checkpoint (no config and state_dict); fit the run again")
+        raise UsageError(f"{path} is damaged or not an aevb checkpoint ({reason})") from None
+    if not isinstance(checkpoint, dict):
+        raise UsageError(f"{path} is not an aevb checkpoint")
+    return checkpoint
+
+
+def load_checkpoint(path: Path, cls: type[LatentVariableModel], checkpoint: dict | None = None) -> LatentVariableModel:
+    """The model of ``cls`` a checkpoint file holds; UsageError, one line, for a missing, damaged or foreign file."""
+    checkpoint = load_file(path) if checkpoint is None else checkpoint
+    if not {"config", "state_dict"} <= set(checkpoint):
+        raise UsageError(f"{path} is not an aevb checkpoint (no config and state_dict)")
     try:
         return cls.from_checkpoint(checkpoint)
     except (TypeError, ValueError, RuntimeError, KeyError) as e:
         first = (str(e).strip().splitlines() or [""])[0]
-        raise UsageError(f"{path} does not fit {cls.__name__} ({first}); fit the run again") from None
+        raise UsageError(f"{path} does not fit {cls.__name__} ({first})") from None

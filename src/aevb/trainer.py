@@ -8,9 +8,14 @@
 Each group has its own Adam optimizer and moment estimates. A step computes gradients only for the
 groups its phase moves and steps only their optimizers, so the other group does not move at all:
 during an E-phase theta, and with it the evidence, stays exactly where it was.
+
+A trainer's ``state_dict`` is everything it needs to continue exactly where it stopped, inside an epoch
+too: both optimizers, the step and epoch, the position in the epoch's batch order and the generator that
+drew it, the global random state (draws of z, dropout, dynamic binarization) and the epoch's records so far.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from dataclasses import dataclass
@@ -20,6 +25,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from aevb.errors import Diverged, Interrupted
 from aevb.model import LatentVariableModel
 
 PHASE_GROUPS = {"joint": ("inference", "generative"), "e": ("inference",), "m": ("generative",)}
@@ -69,39 +75,67 @@ Transform = Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]]
 
 
 class Batches:
-    """Mini-batches of in-memory tensors, reshuffled each epoch from a seeded generator.
+    """Mini-batches of in-memory tensors, in an order drawn afresh for each epoch from ``generator``.
 
+    Iterating gives one epoch; ``epoch(order, start)`` gives an epoch's batches from its ``start``-th on.
     ``transform``, if given, maps each batch afresh (e.g. ``aevb.data.dynamic_binarize``).
     """
 
-    def __init__(
-        self, tensors: Sequence[Tensor], batch_size: int, seed: int = 0, transform: Transform | None = None
-    ) -> None:
+    def __init__(self, tensors: Sequence[Tensor], batch_size: int, generator: torch.Generator | int = 0,
+                 transform: Transform | None = None) -> None:
         self.tensors, self.batch_size, self.transform = tuple(tensors), batch_size, transform
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(generator) if isinstance(generator, int) else generator
 
     def __len__(self) -> int:
         return math.ceil(len(self.tensors[0]) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
-        order = torch.randperm(len(self.tensors[0]), generator=self.generator)
+        return self.epoch(self.order())
+
+    def order(self) -> Tensor:
+        """A new epoch's permutation of the examples (it advances the generator)."""
+        return torch.randperm(len(self.tensors[0]), generator=self.generator)
+
+    def epoch(self, order: Tensor, start: int = 0) -> Iterator[tuple[Tensor, ...]]:
         # The order moves to each tensor's device once per epoch: a CPU index into a GPU tensor would be
         # copied over at every batch, and that copy waits for the GPU (a host-device sync per step).
-        orders = [order.to(t.device).split(self.batch_size) for t in self.tensors]
+        orders = [order.to(t.device).split(self.batch_size)[start:] for t in self.tensors]
         for indices in zip(*orders):
             batch = tuple(t[i] for t, i in zip(self.tensors, indices))
             yield self.transform(batch) if self.transform else batch
 
 
 Evaluate = Callable[[LatentVariableModel], dict[str, Tensor]]
+Callback = Callable[[list[dict]], None]
+TERMS = ("log-likelihood", "KL", "ELBO")  # the terms a step checks for non-finite values, in this order
+
+
+@contextlib.contextmanager
+def validation_off() -> Iterator[None]:
+    """No argument validation in any distribution built inside, those that pass ``validate_args`` to an inner
+    distribution included (each check would wait for the GPU): data are validated once, at the boundary."""
+    before = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)
+    try:
+        yield
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(before)
 
 
 class Trainer:
     """Mini-batch gradient ascent on the mean ELBO, one Adam optimizer per parameter group.
 
-    ``fit`` returns the history: one record per step (``eval_every='step'``) or per epoch, each with
-    ``step``, ``epoch``, ``phase``, the training ELBO (the step's, or the epoch's mean) and whatever
-    ``evaluate(model)`` returns. ``callbacks`` are called with each finished epoch's records.
+    ``fit`` trains for more epochs or steps (call it again to train more) and returns its records: one per
+    step (``eval_every='step'``) or per epoch, each with ``step``, ``epoch``, ``phase``, the training ELBO (the
+    step's, or the epoch's mean) and whatever ``evaluate(model)`` returns. ``callbacks`` are called with each
+    finished epoch's records, and ``checkpoint(trainer)`` every ``checkpoint_every`` epochs or steps, after them.
+
+    The trainer draws from the global random generator (seed it, e.g. with ``torch.manual_seed``) and orders
+    the batches with its own generator, seeded by ``seed``. A non-finite ELBO, log-likelihood or KL, or a
+    non-finite evaluated metric, stops training with ``aevb.errors.Diverged``; it is checked when records are
+    made, so it costs no host-device synchronization in the steps between. ``clip_grad`` clips the gradient's
+    norm. ``request_stop(signal)`` (e.g. from a signal handler) stops at the next step boundary with a
+    checkpoint and ``aevb.errors.Interrupted``.
 
     ``torch_compile=True`` trains with the ELBO's forward and backward compiled by ``torch.compile`` (after
     one eager step). It is meant for a GPU, where small models spend their step launching kernels; on a CPU
@@ -118,10 +152,11 @@ class Trainer:
         seed: int = 0,
         progress: bool = True,
         torch_compile: bool = False,
+        clip_grad: float | None = None,
     ) -> None:
         self.model = model
         self.schedule = Schedule.parse(schedule) if isinstance(schedule, str) else schedule
-        self.batch_size, self.estimator, self.seed, self.progress = batch_size, estimator, seed, progress
+        self.batch_size, self.estimator, self.progress, self.clip_grad = batch_size, estimator, progress, clip_grad
         self.optimizers = {
             name: torch.optim.Adam(params, lr=lr, fused=True) for name, params in model.parameter_groups().items()
         }
@@ -129,30 +164,66 @@ class Trainer:
             phase: [p for name in groups for p in self.optimizers[name].param_groups[0]["params"]]
             for phase, groups in PHASE_GROUPS.items()
         }
-        self.step_count = 0
+        self.generator = torch.Generator().manual_seed(seed)  # the batch order
+        self.step_count = 0  # gradient steps taken
+        self.epoch = 0  # the epoch in progress (1-based), or the last one finished
+        self.position = 0  # batches of the current epoch taken; 0: the next step begins an epoch
+        self.epoch_order_state = self.generator.get_state()  # the generator when this epoch's order was drawn
+        self.pending: list[dict] = []  # this epoch's records, not yet handed to the callbacks
+        self.elbos: list[Tensor] = []  # this epoch's training ELBOs
+        self.nonfinite = torch.full((), -1)  # the first step with a non-finite term (-1: none), on the device
+        self.nonfinite_terms = torch.zeros(len(TERMS), dtype=torch.bool)
+        self.stop_signal: int | None = None
         self.torch_compile = torch_compile
         self.mean_elbo = self._mean_elbo  # compiled after the first step, with ``torch_compile``
 
     def _mean_elbo(self, batch: Sequence[Tensor]) -> Tensor:
-        """The batch's mean ELBO, 0-dim, by the trainer's estimator (None: the model's default)."""
+        """The batch's mean log-likelihood, KL and ELBO (3,), by the trainer's estimator (None: the model's default)."""
         options = {} if self.estimator is None else {"estimator": self.estimator}
-        return self.model.elbo(*batch, **options).elbo.mean()
+        terms = self.model.elbo(*batch, **options)
+        return torch.stack([terms.log_likelihood.mean(), terms.kl.mean(), terms.elbo.mean()])
 
     def step(self, batch: Sequence[Tensor], phase: str) -> Tensor:
         """One gradient step on -mean ELBO for the groups of ``phase``; returns the batch's mean ELBO."""
         groups = PHASE_GROUPS[phase]
-        elbo = self.mean_elbo(batch)
+        terms = self.mean_elbo(batch)
         for name in groups:
             self.optimizers[name].zero_grad(set_to_none=True)
-        (-elbo).backward(inputs=self.phase_parameters[phase])  # gradients only for the groups this phase moves
+        (-terms[2]).backward(inputs=self.phase_parameters[phase])  # gradients only for the groups this phase moves
+        if self.clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(self.phase_parameters[phase], self.clip_grad, foreach=True)
         for name in groups:
             self.optimizers[name].step()
+        self.note_nonfinite(terms.detach())
         self.step_count += 1
         if self.torch_compile and self.mean_elbo == self._mean_elbo:
             # Compiled only now: torch.compile cannot trace the search in torch's KL registry, which the eager
             # step has just memoized. On a GPU, "reduce-overhead" replays the forward and backward as CUDA graphs.
             self.mean_elbo = torch.compile(self._mean_elbo, mode="reduce-overhead")
-        return elbo.detach().clone()  # a copy: a CUDA graph's next replay overwrites its output in place
+        return terms[2].detach().clone()  # a copy: a CUDA graph's next replay overwrites its output in place
+
+    def note_nonfinite(self, terms: Tensor) -> None:
+        """Remember, on the device and without waiting for it, the first step whose terms are not all finite."""
+        bad = ~torch.isfinite(terms)
+        self.nonfinite = self.nonfinite.to(terms.device)
+        first = (self.nonfinite < 0) & bad.any()
+        self.nonfinite = torch.where(first, self.step_count, self.nonfinite)
+        self.nonfinite_terms = torch.where(first, bad, self.nonfinite_terms.to(terms.device))
+
+    def check_finite(self, records: list[dict]) -> None:
+        """Raise ``Diverged`` for the first non-finite step, or a non-finite number in ``records``."""
+        step = int(self.nonfinite)
+        if step >= 0:
+            term = TERMS[int(self.nonfinite_terms.int().argmax())]
+            raise Diverged(step + 1, self.epoch, f"the training ELBO's {term} term" if term != "ELBO" else "the training ELBO")
+        for record in records:
+            bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+            if bad:
+                raise Diverged(record["step"], record["epoch"], f"the evaluated {bad[0]}")
+
+    def request_stop(self, signal: int) -> None:
+        """Stop at the next step boundary: checkpoint, then raise ``Interrupted(signal)``."""
+        self.stop_signal = signal
 
     def fit(
         self,
@@ -161,45 +232,86 @@ class Trainer:
         steps: int | None = None,
         evaluate: Evaluate | None = None,
         eval_every: str = "epoch",
-        callbacks: Sequence[Callable[[list[dict]], None]] = (),
+        callbacks: Sequence[Callback] = (),
         transform: Transform | None = None,
+        checkpoint: Callable[["Trainer"], None] | None = None,
+        checkpoint_every: tuple[int, str] = (1, "epoch"),
     ) -> list[dict]:
-        """Train for ``epochs`` passes over ``data`` (a tuple of tensors) or for ``steps`` steps.
+        """Train for ``epochs`` more passes over ``data`` (a tuple of tensors) or for ``steps`` more steps.
 
-        ``transform`` maps every mini-batch before its step (see ``Batches``).
+        ``transform`` maps every mini-batch before its step (see ``Batches``). ``checkpoint(self)`` is called
+        every ``checkpoint_every = (n, 'epoch' or 'step')``, and when a stop is requested.
         """
-        torch.manual_seed(self.seed)
-        batches = Batches(data, self.batch_size, self.seed, transform)
-        total = steps if steps is not None else epochs * len(batches)
+        batches = Batches(data, self.batch_size, self.generator, transform)
+        total = self.step_count + (steps if steps is not None else epochs * len(batches))
+        every, unit = checkpoint_every
         history: list[dict] = []
         self.model.train()
-        with tqdm(total=total, disable=not self.progress, unit="step", dynamic_ncols=True, leave=False) as bar:
-            epoch = 0
+        with validation_off(), tqdm(total=total - self.step_count, disable=not self.progress, unit="step",
+                                    dynamic_ncols=True, leave=False) as bar:
             while self.step_count < total:
-                epoch += 1
-                records, elbos = [], []
-                for batch in batches:
-                    if self.step_count >= total:
-                        break
+                if self.position == 0:  # a new epoch: draw its order
+                    self.epoch, self.pending, self.elbos = self.epoch + 1, [], []
+                    self.epoch_order_state = self.generator.get_state()
+                else:  # inside an epoch, resumed: the same order again
+                    self.generator.set_state(self.epoch_order_state)
+                for batch in batches.epoch(batches.order(), self.position):
                     phase = self.schedule.phase(self.step_count)
-                    elbos.append(self.step(batch, phase))
+                    self.elbos.append(self.step(batch, phase))
+                    self.position += 1
                     if eval_every == "step":
-                        records.append(self._record(epoch, phase, elbos[-1], evaluate))
+                        self.pending.append(self._record(phase, self.elbos[-1], evaluate))
                     bar.update()
+                    if self.step_count >= total or self.stop_signal is not None:
+                        break
+                    if checkpoint and unit == "step" and self.step_count % every == 0:
+                        checkpoint(self)
+                if self.stop_signal is not None and self.step_count < total:
+                    if checkpoint:
+                        checkpoint(self)
+                    raise Interrupted(self.stop_signal, self.step_count)
                 if eval_every != "step":
-                    records.append(self._record(epoch, phase, torch.stack(elbos).mean(), evaluate))
-                records = [{k: v.item() if isinstance(v, Tensor) else v for k, v in r.items()} for r in records]
+                    self.pending.append(self._record(phase, torch.stack(self.elbos).mean(), evaluate))
+                records = [{k: v.item() if isinstance(v, Tensor) else v for k, v in r.items()} for r in self.pending]
+                self.check_finite(records)
+                self.position, self.pending = 0, []
                 history.extend(records)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in records[-1].items() if isinstance(v, float)})
                 for callback in callbacks:
                     callback(records)
+                if checkpoint and (unit == "epoch" and self.epoch % every == 0 or self.step_count >= total):
+                    checkpoint(self)
         return history
 
-    def _record(self, epoch: int, phase: str, train_elbo: Tensor, evaluate: Evaluate | None) -> dict:
-        record = {"step": self.step_count, "epoch": epoch, "phase": phase, "train_elbo": train_elbo}
+    def _record(self, phase: str, train_elbo: Tensor, evaluate: Evaluate | None) -> dict:
+        record = {"step": self.step_count, "epoch": self.epoch, "phase": phase, "train_elbo": train_elbo}
         if evaluate is not None:
             self.model.eval()
             with torch.inference_mode():
                 record.update(evaluate(self.model))
             self.model.train()
         return record
+
+    def state_dict(self) -> dict:
+        """Everything ``load_state_dict`` needs to continue exactly from here (tensors, numbers, lists, dicts)."""
+        return {
+            "optimizers": {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()},
+            "step": self.step_count, "epoch": self.epoch, "position": self.position,
+            "generator": self.generator.get_state(), "epoch_order_state": self.epoch_order_state,
+            "pending": [{k: v.item() if isinstance(v, Tensor) else v for k, v in r.items()} for r in self.pending],
+            "elbos": torch.stack(self.elbos).cpu() if self.elbos else torch.zeros(0),
+            "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        self.step_count, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+        self.generator.set_state(state["generator"])
+        self.epoch_order_state = state["epoch_order_state"]
+        self.pending = list(state["pending"])
+        device = next(self.model.parameters()).device
+        self.elbos = list(state["elbos"].to(device).unbind())
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])

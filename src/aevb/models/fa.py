@@ -29,6 +29,12 @@ POSTERIORS = get_args(Posterior)
 TUTORIAL_W = ((-0.5, -1.0), (-1.0, -1.0), (2.0, 0.5))
 TUTORIAL_NOISE_STD = (0.4, 0.2, 0.3)
 
+# The M-step floors each noise variance at NOISE_VAR_FLOOR * tr(S) / D: scikit-learn's SMALL = 1e-12, taken relative to
+# the data's mean variance. Without a floor a constant column gets Phi_dd = 0, and Phi^-1 is infinite. Relative, so that
+# the fit of c x is the fit of x scaled by c: an absolute 1e-12 swamps data whose variances are 1e-14, and next to
+# variances of 1e8 it is below float64's resolution (1e8 * eps = 2e-8). At unit mean variance the two floors coincide.
+NOISE_VAR_FLOOR = 1e-12
+
 
 def inverse_softplus(y: Tensor) -> Tensor:
     """The x with softplus(x) = y, for y > 0."""
@@ -122,9 +128,13 @@ class FactorAnalysis(LatentVariableModel):
         return self.p_x().log_prob(x)
 
     def posterior_parameters(self) -> tuple[Tensor, Tensor]:
-        """(V*, Sigma*) of the exact posterior p(z|x) = N(V* x, Sigma*)."""
+        """(V*, Sigma*) of the exact posterior p(z|x) = N(V* x, Sigma*).
+
+        Sigma* = (I + W^T Phi^-1 W)^-1 and V* = Sigma* W^T Phi^-1, on W's device and in its dtype.
+        """
         w, noise_var = self.generative.weight, self.generative.noise_std**2
-        precision = torch.eye(w.shape[1], dtype=w.dtype) + w.T @ (w / noise_var[:, None])
+        identity = torch.eye(w.shape[1], dtype=w.dtype, device=w.device)
+        precision = identity + w.T @ (w / noise_var[:, None])
         covariance = torch.linalg.inv(precision)
         return covariance @ (w.T / noise_var), covariance
 
@@ -138,9 +148,9 @@ class FactorAnalysis(LatentVariableModel):
         )
 
     def p_z_given_x(self, x: Tensor) -> MultivariateNormal:
-        """The exact posterior p(z|x), batch shape (B,)."""
+        """The exact posterior p(z|x) = N(V* x, Sigma*), batch shape (B,)."""
         v, covariance = self.posterior_parameters()
-        return MultivariateNormal(x @ v.T, covariance_matrix=covariance)
+        return MultivariateNormal(x @ v.T, covariance_matrix=covariance, validate_args=False)
 
     def expected_elbo(self, x: Tensor) -> Tensor:
         """ELBO in closed form, E_q[log p(x|z)] - KL(q || p(z)), shape (B,).
@@ -155,7 +165,10 @@ class FactorAnalysis(LatentVariableModel):
 
     @torch.no_grad()
     def e_step(self) -> None:
-        """Exact E-step: set q(z|x) to p(z|x). A diagonal family gets the KL-optimal diagonal."""
+        """Exact E-step: set q(z|x) to p(z|x), i.e. V := V*, C C^T := Sigma*.
+
+        A diagonal family gets the KL-optimal diagonal, C = diag(Sigma*^-1)^-1/2.
+        """
         v, covariance = self.posterior_parameters()
         self.inference.weight.copy_(v)
         if self.inference.full:
@@ -169,26 +182,35 @@ class FactorAnalysis(LatentVariableModel):
         """Exact M-step: W, Phi maximizing the mean ELBO over x (N, D) with q(z|x) = N(V x, Sigma) fixed.
 
         With S = X^T X / N and A = Sigma + V S V^T (the mean E_q[z z^T]):
-        W = S V^T A^-1 and Phi = diag(S - 2 W V S + W A W^T).
+        W = S V^T A^-1 and Phi = max(diag(S - 2 W V S + W A W^T), NOISE_VAR_FLOOR * tr(S) / D).
+        The floor keeps Phi invertible when a column is constant (see NOISE_VAR_FLOOR); for all-zero data,
+        where tr(S) = 0, it is the dtype's smallest normal number.
         """
         v, scale_tril = self.inference.weight, self.inference.scale_tril
         sigma = scale_tril @ scale_tril.T
-        s = x.T @ x / x.shape[0]
-        a = sigma + v @ s @ v.T
-        w = torch.linalg.solve(a, v @ s).T
-        noise_var = (s - 2 * w @ v @ s + w @ a @ w.T).diagonal()
+        s = x.T @ x / x.shape[0]  # (D, D)
+        a = sigma + v @ s @ v.T  # (L, L)
+        w = torch.linalg.solve(a, v @ s).T  # (D, L)
+        floor = (NOISE_VAR_FLOOR * s.diagonal().mean()).clamp_min(torch.finfo(s.dtype).tiny)
+        noise_var = torch.maximum((s - 2 * w @ v @ s + w @ a @ w.T).diagonal(), floor)
         self.generative.weight.copy_(w)
         self.generative.raw_noise_std.copy_(inverse_softplus(noise_var.sqrt()))
 
 
 def fit_em(x: Tensor, latent_dim: int, max_iter: int = 10_000, tol: float = 1e-9, seed: int = 0) -> FactorAnalysis:
-    """Maximum-likelihood factor analysis of zero-mean data x (N, D) by exact EM, in float64.
+    """Maximum-likelihood factor analysis of zero-mean data x (N, D) by exact EM, in float64 on x's device.
 
-    Alternates ``e_step`` and ``m_step`` until the mean log-likelihood rises by less than ``tol``.
+    Starts from the constructor's W ~ N(0, I) drawn with ``seed`` and Phi = I, then alternates ``e_step`` and
+    ``m_step`` until the mean log-likelihood (1/N) sum_n log N(x_n; 0, W W^T + Phi) rises by less than ``tol``.
+    The result depends on the arguments alone, and the caller's global random state is left as it was.
     """
-    torch.manual_seed(seed)
-    x = x.double()
-    model = FactorAnalysis(FAConfig(x.shape[1], latent_dim)).double()
+    x = x.to(torch.float64)
+    # The constructor draws from the global generator: build on the CPU, inside a fork of the CPU generator only,
+    # and seed that generator alone (torch.manual_seed would also reseed every GPU's, which the fork does not restore).
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+        torch.default_generator.manual_seed(seed)
+        model = FactorAnalysis(FAConfig(x.shape[1], latent_dim))
+    model = model.to(device=x.device, dtype=torch.float64)
     previous = -float("inf")
     for _ in range(max_iter):
         model.e_step()

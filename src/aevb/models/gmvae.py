@@ -133,19 +133,18 @@ class GMVAE(LatentVariableModel):
         self.generative = Generative(config)
         self.inference = Inference(config)
         glorot_init(self)
-        # tau, which a schedule changes between epochs, is also kept as a tensor: a compiled ELBO reads the
-        # tensor as an input, where a Python number would be compiled in, afresh for every value.
-        self.register_buffer("tau", torch.tensor(config.temperature), persistent=False)
-        self.temperature = config.temperature
+        # tau, which a schedule changes between epochs, is a tensor: a compiled ELBO reads it as an input, where a
+        # Python number would be compiled in, afresh for every value. It is part of the model's state, so a
+        # checkpoint (and a resumed fit) has the temperature the schedule had reached.
+        self.register_buffer("tau", torch.tensor(float(config.temperature)))
 
     @property
     def temperature(self) -> float:
         """The Gumbel-softmax temperature tau in use."""
-        return self._temperature
+        return self.tau.item()
 
     @temperature.setter
     def temperature(self, value: float) -> None:
-        self._temperature = value
         self.tau.fill_(value)
 
     def components(self) -> Tensor:
