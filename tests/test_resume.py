@@ -1,0 +1,187 @@
+"""Long runs: a fit killed in the middle of an epoch (SIGKILL) or stopped by SIGINT/SIGTERM, then resumed, ends
+with the same parameters, metrics and summary as the uninterrupted fit, bit for bit; diverging fits stop with
+one line; the trainer trains more when called again and leaves the global random state to its caller."""
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from aevb import runs
+from aevb.cli import main
+from aevb.errors import Diverged
+from aevb.models.vae import VAE, VAEConfig
+from aevb.trainer import Trainer
+
+# Runs `aevb ARGV` in a fresh process with one thread, sending itself SIGNAL just before gradient step AT (1-based).
+KILLER = """
+import os, signal, sys
+import torch
+torch.set_num_threads(1)
+from aevb import trainer
+from aevb.cli import main
+at, name, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+step = trainer.Trainer.step
+def step_and_maybe_signal(self, batch, phase):
+    if self.step_count + 1 == at:
+        os.kill(os.getpid(), getattr(signal, name))
+    return step(self, batch, phase)
+trainer.Trainer.step = step_and_maybe_signal
+sys.exit(main(argv))
+"""
+
+FITS = {  # name -> flags; the digits have 15 training batches of 100 per epoch, FA's synthetic data 32 of 32
+    "fa-alternate": ["fit", "fa", "--schedule", "alternate:7,5", "--epochs", "2", "--iwae", "4"],
+    "vae-dynamic-binarization": ["fit", "vae", "--transform", "dynamic-binarize", "--likelihood", "bernoulli",
+                                 "--hidden", "16", "--epochs", "2", "--iwae", "4"],
+    "gmvae-temperature-schedule": ["fit", "gmvae", "--estimator", "gumbel-relaxed", "--temperature-decay", "0.5",
+                                   "--epochs", "2", "--hidden", "16", "--latent-dim", "4"],
+    "vrnn": ["fit", "vrnn", "--hidden", "8", "--epochs", "2", "--iwae", "4"],
+}
+
+
+def run(argv: list, at: int = 0, signal_name: str = "SIGKILL") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", KILLER, str(at), signal_name, *map(str, argv), "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()
+    first, second = (json.loads((run / "summary.json").read_text()) for run in (a, b))
+    first.pop("train_seconds"), second.pop("train_seconds")
+    assert first == second
+    states = [torch.load(run / "model.pt", weights_only=True)["state_dict"] for run in (a, b)]
+    assert states[0].keys() == states[1].keys() and all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def fit(argv: list) -> int:
+    """``aevb ARGV`` in this process (one thread, as the killed processes have)."""
+    return main([*map(str, argv), "--no-progress"])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    for name, flags in FITS.items():
+        assert fit([*flags, "--out", out / name]) == 0
+    return {name: out / name for name in FITS}
+
+
+@pytest.mark.parametrize("name, at", [("fa-alternate", 45), ("vae-dynamic-binarization", 22),
+                                      ("gmvae-temperature-schedule", 23), ("vrnn", 20)])
+def test_killed_in_the_middle_of_an_epoch_and_resumed_it_ends_as_the_uninterrupted_fit(name, at, uninterrupted, tmp_path):
+    killed = run([*FITS[name], "--out", tmp_path / "run"], at=at)
+    assert killed.returncode == -signal.SIGKILL
+    assert json.loads((tmp_path / "run" / runs.MARKER).read_text())["status"] == "incomplete"
+    assert runs.load_file(tmp_path / "run" / runs.CHECKPOINT)["trainer"]["step"] < at  # the last epoch's end
+    assert fit(["resume", tmp_path / "run"]) == 0
+    assert_same_run(uninterrupted[name], tmp_path / "run")
+
+
+@pytest.mark.parametrize("signal_name, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_sigint_and_sigterm_stop_at_a_step_boundary_with_a_checkpoint_to_resume_from(signal_name, code, uninterrupted,
+                                                                                    tmp_path):
+    flags = [*FITS["gmvae-temperature-schedule"], "--out", tmp_path / "run"]
+    stopped = run(flags, at=23, signal_name=signal_name)
+    assert stopped.returncode == code
+    assert stopped.stderr.strip().splitlines() == [
+        f"aevb: interrupted by {signal_name} after step 23; the run keeps a checkpoint: continue it with "
+        f"aevb resume {tmp_path / 'run'}"]
+    trainer_state = runs.load_file(tmp_path / "run" / runs.CHECKPOINT)["trainer"]
+    assert (trainer_state["step"], trainer_state["epoch"], trainer_state["position"]) == (23, 2, 8)  # mid-epoch
+    assert fit([*flags, "--resume"]) == 0  # aevb fit ... --resume: the same as aevb resume
+    assert_same_run(uninterrupted["gmvae-temperature-schedule"], tmp_path / "run")
+
+
+def test_resume_refuses_other_settings_and_does_not_refit_a_complete_run(tmp_path, capsys):
+    flags = ["fit", "vae", "--hidden", "16", "--epochs", "2", "--iwae", "3", "--out", tmp_path / "run", "--no-progress"]
+    assert run(flags[:-1], at=20, signal_name="SIGINT").returncode == 130
+    assert main([*map(str, flags), "--lr", "0.01", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "--lr is 0.01 here but 0.0003 in the run" in err and len(err.strip().splitlines()) == 1
+    assert main([*map(str, flags), "--device", "cpu", "--resume"]) == 0  # the device does not change results
+    summary = (tmp_path / "run" / "summary.json").read_text()
+    assert main([*map(str, flags), "--resume", "--json"]) == 0  # complete: its summary, not fitted again
+    assert (tmp_path / "run" / "summary.json").read_text() == summary
+    assert main([*map(str, flags)]) == 0  # without --resume a complete run of aevb's is replaced
+    assert main(["eval", str(tmp_path / "run"), "--iwae", "2"]) == 0
+
+
+@pytest.mark.parametrize("flags, term", [
+    (["fit", "gmvae", "--lr", "100"], "KL term"),
+    (["fit", "vae", "--lr", "50", "--likelihood", "gaussian"], "log-likelihood term"),
+])
+def test_a_diverging_fit_stops_with_one_line_and_writes_nothing_non_finite(flags, term, tmp_path, capsys):
+    assert main([*flags, "--hidden", "32", "--epochs", "3", "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training diverged" in err[0] and term in err[0] and "--lr" in err[0]
+    assert not (tmp_path / "run").exists()  # it diverged before its first checkpoint: nothing is kept
+
+
+def test_divergence_after_a_checkpoint_keeps_the_last_finite_one(tmp_path, capsys, monkeypatch):
+    step = Trainer.step
+
+    def poisoned(self, batch, phase):  # from step 20 on, the decoder's output is NaN
+        if self.step_count >= 19:
+            batch = (torch.full_like(batch[0], float("nan")),)
+        return step(self, batch, phase)
+
+    monkeypatch.setattr(Trainer, "step", poisoned)
+    assert main(["fit", "vae", "--hidden", "16", "--epochs", "3", "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "is not finite at step 20 (epoch 2)" in err and "keeps its last finite checkpoint (step 15)" in err
+    checkpoint = runs.load_file(tmp_path / "run" / runs.CHECKPOINT)
+    assert all(torch.isfinite(p).all() for p in checkpoint["model"]["state_dict"].values())
+    assert all(all(isinstance(v, str) or v == v for v in json.loads(line).values())  # no NaN written
+               for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+
+
+def test_fit_trains_the_asked_for_steps_each_time_and_leaves_the_global_random_state_alone():
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(data_dim=6, latent_dim=2, hidden=(8,)))
+    x = torch.rand(50, 6)
+    trainer = Trainer(model, batch_size=10, progress=False)
+    trainer.fit((x,), epochs=2)
+    assert trainer.step_count == 10
+    state = torch.get_rng_state()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.set_rng_state(state)
+    history = trainer.fit((x,), epochs=2)
+    assert trainer.step_count == 20 and [r["epoch"] for r in history] == [3, 4]
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(3), expected)  # fit did not reseed: the caller's seed still decides
+
+
+def test_no_argument_validation_runs_in_a_training_step(monkeypatch):
+    """Validation is switched off for the step, for distributions that ask for it inside (OneHotCategorical's
+    Categorical) too: on a GPU every check waits for the device."""
+    from aevb.models.gmvae import GMVAE, GMVAEConfig
+
+    checks = []
+    original = torch.distributions.Distribution._validate_sample
+    monkeypatch.setattr(torch.distributions.Distribution, "_validate_sample",
+                        lambda self, value: checks.append(type(self).__name__) or original(self, value))
+    monkeypatch.setattr(torch.distributions.Distribution, "_validate_args", True)  # as if the user asked for checks
+    torch.manual_seed(0)
+    model = GMVAE(GMVAEConfig(data_dim=8, num_components=3, latent_dim=2, hidden=(8, 8)))
+    x = (torch.rand(20, 8) > 0.5).float()
+    for estimator in ("marginal", "gumbel-relaxed"):
+        Trainer(model, batch_size=10, estimator=estimator, progress=False).fit((x,), epochs=1)
+    assert checks == []
+    assert torch.distributions.Distribution._validate_args  # restored after
+
+
+def test_the_nonfinite_check_costs_no_host_device_synchronization_per_step():
+    """The first non-finite step is remembered in a tensor, not read back at every step."""
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(data_dim=6, latent_dim=2, hidden=(8,)))
+    trainer = Trainer(model, batch_size=10, progress=False)
+    trainer.step((torch.rand(10, 6),), "joint")
+    trainer.step((torch.full((10, 6), float("nan")),), "joint")
+    assert isinstance(trainer.nonfinite, torch.Tensor) and int(trainer.nonfinite) == 1
+    with pytest.raises(Diverged, match="step 2"):
+        trainer.check_finite([])
