@@ -79,6 +79,7 @@ def test_elbo_traces_into_one_graph_for_torch_compile(name):
     assert explanation.graph_count == 1 and explanation.graph_break_count == 0, explanation.break_reasons
 
 
+@pytest.mark.compile
 @pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="torch.compile on a CPU needs a C++ compiler")
 @pytest.mark.parametrize("name", ["gmvae-gmm", "vrnn-bernoulli"])
 def test_compiled_training_matches_eager_in_one_graph(name):

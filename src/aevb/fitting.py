@@ -246,6 +246,9 @@ def add_generic_arguments(parser: argparse.ArgumentParser, cls: type, hooks: typ
                           help="clip the gradient's norm to NORM at every step (default: no clipping)")
     training.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:N or mps "
                                                            "(default auto)")
+    training.add_argument("--tensorboard", action="store_true",
+                          help="also write TensorBoard event files into the run directory: the ELBO, the phase, the "
+                               "test metrics and the figures (needs pip install 'aevb[tensorboard]')")
     training.add_argument("--checkpoint-every", type=checkpoint_interval, default=(1, "epoch"), metavar="N[steps]",
                           help="write the checkpoint an interrupted run resumes from every N epochs, or every N steps "
                                "with the suffix 'steps', e.g. 500steps (default 1: every epoch)")
@@ -399,6 +402,7 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
         runs.mark(out, "incomplete", model=registry.reference(cls))
         runs.write_json(out / "config.json", run_config(cls, model, flags, data))
     start = time.perf_counter()
+    logged = [tensorboard_logger(out, resume, progress_so_far["lines"])] if args.tensorboard else []
 
     def evaluate(model: LatentVariableModel) -> dict:
         return {"test_elbo": evaluation.test_elbo(model, data.test), **hooks.metrics(model, data, trainer.step_count)}
@@ -417,9 +421,11 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
     with stop_on_signals(trainer):
         try:
             trainer.fit(data.train, steps=total - trainer.step_count, evaluate=evaluate, eval_every=hooks.eval_every,
-                        transform=data.transform, callbacks=[write_metrics, *hooks.callbacks(model)],
+                        transform=data.transform, callbacks=[write_metrics, *logged, *hooks.callbacks(model)],
                         checkpoint=checkpoint, checkpoint_every=args.checkpoint_every)
         except BaseException as e:
+            for logger in logged:
+                logger.close()
             kept = (out / runs.CHECKPOINT).is_file()
             if not kept:  # stopped before its first checkpoint: nothing to resume from, nothing is kept
                 runs.remove_run(out)
@@ -440,8 +446,19 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
     summary.update(hooks.summary(model, data, history, summary))
     summary.update(train_seconds=seconds, device=device_name(device), threads=torch.get_num_threads())
     hooks.figures(model, history, data, out)
+    for logger in logged:
+        logger.add_figures(trainer.step_count)
+        logger.close()
     runs.save_run(out, model.cpu(), summary)
     return summary
+
+
+def tensorboard_logger(out: Path, resume: bool, kept_lines: int):
+    """TensorBoard's writer into the run directory; on resume, what was logged after the checkpoint is purged."""
+    from aevb.tensorboard import TensorBoardLogger
+
+    kept = (out / "metrics.jsonl").read_text().splitlines()[:kept_lines] if resume else []
+    return TensorBoardLogger(out, purge_step=json.loads(kept[-1])["step"] + 1 if kept else None)
 
 
 @contextlib.contextmanager

@@ -1,15 +1,33 @@
-"""How many CPU threads to train with: one for small steps, torch's default for large ones.
+"""How many CPU threads to train with: one, unless a training step holds a great deal of arithmetic.
 
-A training step of a small model is a chain of small operations. Split over two threads, each operation
-pays a fork and a barrier, and on a machine busy with other work the second thread is often not running:
-the barrier waits for the scheduler. A small VAE (2000 x 50) trained in 41.1 s with torch's default of
-two threads and in 3.7 s with one, to the same ELBOs. A second thread pays only when the step holds enough
-arithmetic. ``default_threads`` measures that arithmetic, the floating-point operations of one forward and
-backward of the model's ELBO on the batch (torch's ``FlopCounterMode``: 2 per multiply-add of the matrix
-products and convolutions), and compares it with ``THRESHOLD_FLOPS``.
+Split over two threads, every operation of a step pays a fork and a barrier, and on a machine busy with
+other work the second thread is often not running when the first waits for it: the barrier waits for the
+scheduler. A small VAE (2000 x 50) trained in 41.1 s with torch's default of two threads and in 3.7 s with
+one, to the same ELBOs. ``default_threads`` measures the work of one step, the floating-point operations of
+one forward and backward of the model's ELBO on the batch (``step_flops``: 2 per multiply-add of the
+matrix products, convolutions and recurrent layers), and gives the machine's threads only above
+``THRESHOLD_FLOPS``; the ``--threads`` flag overrides it.
 
-The threshold comes from ``benchmarks/threads.py``, run on this project's machine (2-core AMD EPYC
-virtual machine, torch 2.13 CPU build, OpenMP, busy with other work); see ``THRESHOLD_FLOPS``.
+The rule and its numbers (``benchmarks/threads.py``: 1 thread against 2, alternated in one process, median
+time per step of aevb's ``Trainer``; this project's machine, a 2-core AMD EPYC virtual machine, torch 2.13
+CPU build with OpenMP, busy with other work: load average 1.5 to 3.7 during the runs). t2/t1, the time per
+step with two threads over that with one, over 4 runs of the grid and 4 of larger VAEs:
+
+* below 1 GFLOP per step (VAEs of hidden widths 32 to 500, batches 32 to 500, D = 50 or 784; FA): two
+  threads were slower in 66 of 68 measurements, by a median 7 times and up to 85 times (at load 2 to 3,
+  with a core or more taken); the two wins were 0.65 and 0.91;
+* 1.7 to 11 GFLOP (VAE D=50 or 784, h=500, B=500; the GMVAE at its defaults, 6.8; VAE h=1000 B=500):
+  slower in all 13, 2.5 to 11 times (geometric mean 5.4);
+* 22 and 33 GFLOP (VAE h=1000 B=1000; the VRNN at its defaults, its 33 GFLOP in some 5000 small operations):
+  slower in 6 of 7 (3.4, 2.5, 3.2; VRNN 5.9, 4.1, 0.68, 12.9);
+* 68 GFLOP (VAE h=2000 B=1000, 1.3 s a step with one thread): 1.87, 0.65, 1.79 (geometric mean 1.3);
+* 231 GFLOP (VAE h=4000 B=1000, 4 s a step with one thread): 0.62, 1.24, 1.30 (geometric mean 1.0).
+
+So the penalty shrinks as the work grows, and the geometric mean of t2/t1 reaches 1 only at about 200 GFLOP,
+the threshold: below it the loss when the machine is busy (several times, at worst tens of times)
+outweighs the gain when it is not (at best about 1.6 times); above it the two are of a size. Every built-in
+model at its default sizes (VAE and CVAE 0.8, GMVAE 6.8, VRNN 33 GFLOP at batch 100) trains with one
+thread. On a larger or quiet machine more threads pay for smaller steps: pass ``--threads`` there.
 """
 from __future__ import annotations
 
@@ -20,11 +38,12 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-THRESHOLD_FLOPS = 1e9  # placeholder, set from the measurements below
-SAMPLE_ROWS = 4  # the examples the ELBO is measured on; the count is scaled linearly to the batch
+THRESHOLD_FLOPS = 200e9  # FLOPs of one ELBO forward and backward above which a second thread pays
+SAMPLE_ROWS = 4  # the examples the ELBO is run on; the count is scaled linearly to the batch
 
-THREADS_HELP = ("CPU threads for torch (default: 1 when one ELBO forward and backward on a batch costs under "
-                f"{THRESHOLD_FLOPS / 1e9:g} GFLOP, torch's default of {torch.get_num_threads()} above)")
+THREADS_HELP = (f"CPU threads for torch (default: {torch.get_num_threads()}, torch's default, when one ELBO "
+                f"forward and backward on a batch costs over {THRESHOLD_FLOPS / 1e9:g} GFLOP, else 1: "
+                "below that a second thread was slower on a busy machine)")
 
 
 def _parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -34,14 +53,18 @@ def _parameters(model: nn.Module) -> list[nn.Parameter]:
 def _fallback_flops(model: nn.Module, batch: Sequence[Tensor]) -> float:
     """6 x (weights in matrices) x (positions in the batch): forward and backward through every weight matrix
     once per example, or once per position of a sequence (B, T, D). For models whose ELBO cannot be measured."""
-    x = batch[0]
-    positions = math.prod(x.shape[:-1]) if x.dim() > 1 else len(x)
-    weights = sum(p.numel() for p in _parameters(model) if p.dim() >= 2)
-    return 6.0 * weights * positions
+    try:
+        x = batch[0]
+        positions = math.prod(x.shape[:-1]) if x.dim() > 1 else len(x)
+        weights = sum(p.numel() for p in _parameters(model) if p.dim() >= 2)
+        return 6.0 * weights * positions
+    except Exception:  # not even that: no work known, one thread
+        return 0.0
 
 
-class _Enough(Exception):
-    """Raised inside the count once it passes ``stop_at``: the rest of the forward need not run."""
+class _Enough(BaseException):
+    """Raised inside the count once it passes ``stop_at``: the rest of the forward need not run. A
+    ``BaseException``, so that a model's own ``except Exception`` does not swallow it."""
 
 
 def _contraction(args: tuple, out: Tensor, operand: int = 0) -> float:
@@ -128,11 +151,14 @@ def step_flops(model: nn.Module, batch: Sequence[Tensor], estimator: str | None 
     If the ELBO cannot be run this way (an exception: an unusual model or batch), the estimate
     ``6 x (weights in matrices) x (positions in the batch)`` stands in.
     """
-    size = len(batch[0])
+    try:
+        size = len(batch[0])
+        taken = min(size, rows)
+        sample = tuple(t[:taken] for t in batch)
+    except Exception:  # not a batch of tensors
+        return _fallback_flops(model, batch)
     if size == 0:
         return 0.0
-    taken = min(size, rows)
-    sample = tuple(t[:taken] for t in batch)
     options = {} if estimator is None else {"estimator": estimator}
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     count = _FlopCount(BACKWARD_FACTOR * size / taken, stop_at)
@@ -157,14 +183,18 @@ def default_threads(model: nn.Module, batch: Sequence[Tensor], estimator: str | 
     """The number of CPU threads to train ``model`` on batches like ``batch`` with.
 
     1 when one forward and backward of the ELBO on ``batch`` costs under ``THRESHOLD_FLOPS`` (see
-    ``step_flops``), otherwise ``torch.get_num_threads()`` (torch's default, the machine's cores, unless
-    changed). A model on a GPU gets ``torch.get_num_threads()`` unmeasured: its CPU threads hardly work.
+    ``step_flops`` and the module's docstring for the measurements behind it), otherwise
+    ``torch.get_num_threads()`` (torch's default, the machine's cores, unless changed). A model on a GPU
+    gets ``torch.get_num_threads()`` unmeasured: its CPU threads hardly work. It costs a forward of the
+    ELBO on 4 examples (milliseconds; less for large models, whose count stops at the threshold), and
+    leaves the random state, the parameters, their gradients and the buffers as they were.
     """
     available = torch.get_num_threads()
     if available <= 1:
         return 1
     tensor = next(iter(model.parameters()), None)
-    device = tensor.device if tensor is not None else batch[0].device
-    if device.type != "cpu":
+    if tensor is None and batch and isinstance(batch[0], Tensor):
+        tensor = batch[0]
+    if tensor is not None and tensor.device.type != "cpu":
         return available
     return 1 if step_flops(model, batch, estimator, stop_at=THRESHOLD_FLOPS) < THRESHOLD_FLOPS else available

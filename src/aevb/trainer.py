@@ -126,8 +126,9 @@ class Trainer:
     """Mini-batch gradient ascent on the mean ELBO, one Adam optimizer per parameter group.
 
     ``fit`` trains for more epochs or steps (call it again to train more) and returns its records: one per
-    step (``eval_every='step'``) or per epoch, each with ``step``, ``epoch``, ``phase``, the training ELBO (the
-    step's, or the epoch's mean) and whatever ``evaluate(model)`` returns. ``callbacks`` are called with each
+    step (``eval_every='step'``) or per epoch, each with ``step``, ``epoch``, ``phase``, the training ELBO and
+    its terms (``train_elbo``, ``train_log_likelihood``, ``train_kl``: the step's, or the epoch's means) and
+    whatever ``evaluate(model)`` returns. ``callbacks`` are called with each
     finished epoch's records, and ``checkpoint(trainer)`` every ``checkpoint_every`` epochs or steps, after them.
 
     The trainer draws from the global random generator (seed it, e.g. with ``torch.manual_seed``) and orders
@@ -170,7 +171,7 @@ class Trainer:
         self.position = 0  # batches of the current epoch taken; 0: the next step begins an epoch
         self.epoch_order_state = self.generator.get_state()  # the generator when this epoch's order was drawn
         self.pending: list[dict] = []  # this epoch's records, not yet handed to the callbacks
-        self.elbos: list[Tensor] = []  # this epoch's training ELBOs
+        self.terms: list[Tensor] = []  # this epoch's training log-likelihoods, KLs and ELBOs, (3,) per step
         self.nonfinite = torch.full((), -1)  # the first step with a non-finite term (-1: none), on the device
         self.nonfinite_terms = torch.zeros(len(TERMS), dtype=torch.bool)
         self.stop_signal: int | None = None
@@ -184,7 +185,8 @@ class Trainer:
         return torch.stack([terms.log_likelihood.mean(), terms.kl.mean(), terms.elbo.mean()])
 
     def step(self, batch: Sequence[Tensor], phase: str) -> Tensor:
-        """One gradient step on -mean ELBO for the groups of ``phase``; returns the batch's mean ELBO."""
+        """One gradient step on -mean ELBO for the groups of ``phase``; returns the batch's mean log-likelihood,
+        KL and ELBO (3,)."""
         groups = PHASE_GROUPS[phase]
         terms = self.mean_elbo(batch)
         for name in groups:
@@ -200,7 +202,7 @@ class Trainer:
             # Compiled only now: torch.compile cannot trace the search in torch's KL registry, which the eager
             # step has just memoized. On a GPU, "reduce-overhead" replays the forward and backward as CUDA graphs.
             self.mean_elbo = torch.compile(self._mean_elbo, mode="reduce-overhead")
-        return terms[2].detach().clone()  # a copy: a CUDA graph's next replay overwrites its output in place
+        return terms.detach().clone()  # a copy: a CUDA graph's next replay overwrites its output in place
 
     def note_nonfinite(self, terms: Tensor) -> None:
         """Remember, on the device and without waiting for it, the first step whose terms are not all finite."""
@@ -251,16 +253,16 @@ class Trainer:
                                     dynamic_ncols=True, leave=False) as bar:
             while self.step_count < total:
                 if self.position == 0:  # a new epoch: draw its order
-                    self.epoch, self.pending, self.elbos = self.epoch + 1, [], []
+                    self.epoch, self.pending, self.terms = self.epoch + 1, [], []
                     self.epoch_order_state = self.generator.get_state()
                 else:  # inside an epoch, resumed: the same order again
                     self.generator.set_state(self.epoch_order_state)
                 for batch in batches.epoch(batches.order(), self.position):
                     phase = self.schedule.phase(self.step_count)
-                    self.elbos.append(self.step(batch, phase))
+                    self.terms.append(self.step(batch, phase))
                     self.position += 1
                     if eval_every == "step":
-                        self.pending.append(self._record(phase, self.elbos[-1], evaluate))
+                        self.pending.append(self._record(phase, self.terms[-1], evaluate))
                     bar.update()
                     if self.step_count >= total or self.stop_signal is not None:
                         break
@@ -271,7 +273,7 @@ class Trainer:
                         checkpoint(self)
                     raise Interrupted(self.stop_signal, self.step_count)
                 if eval_every != "step":
-                    self.pending.append(self._record(phase, torch.stack(self.elbos).mean(), evaluate))
+                    self.pending.append(self._record(phase, torch.stack(self.terms).mean(0), evaluate))
                 records = [{k: v.item() if isinstance(v, Tensor) else v for k, v in r.items()} for r in self.pending]
                 self.check_finite(records)
                 self.position, self.pending = 0, []
@@ -283,8 +285,10 @@ class Trainer:
                     checkpoint(self)
         return history
 
-    def _record(self, phase: str, train_elbo: Tensor, evaluate: Evaluate | None) -> dict:
-        record = {"step": self.step_count, "epoch": self.epoch, "phase": phase, "train_elbo": train_elbo}
+    def _record(self, phase: str, terms: Tensor, evaluate: Evaluate | None) -> dict:
+        """The record of a step or epoch: its training ELBO and terms (means) and the evaluated metrics."""
+        record = {"step": self.step_count, "epoch": self.epoch, "phase": phase, "train_elbo": terms[2],
+                  "train_log_likelihood": terms[0], "train_kl": terms[1]}
         if evaluate is not None:
             self.model.eval()
             with torch.inference_mode():
@@ -299,7 +303,7 @@ class Trainer:
             "step": self.step_count, "epoch": self.epoch, "position": self.position,
             "generator": self.generator.get_state(), "epoch_order_state": self.epoch_order_state,
             "pending": [{k: v.item() if isinstance(v, Tensor) else v for k, v in r.items()} for r in self.pending],
-            "elbos": torch.stack(self.elbos).cpu() if self.elbos else torch.zeros(0),
+            "terms": torch.stack(self.terms).cpu() if self.terms else torch.zeros(0, len(TERMS)),
             "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
 
@@ -311,7 +315,7 @@ class Trainer:
         self.epoch_order_state = state["epoch_order_state"]
         self.pending = list(state["pending"])
         device = next(self.model.parameters()).device
-        self.elbos = list(state["elbos"].to(device).unbind())
+        self.terms = list(state["terms"].to(device).unbind())
         torch.set_rng_state(state["rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
