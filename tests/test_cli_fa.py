@@ -57,7 +57,7 @@ def test_user_data_from_a_file(tmp_path):
 
 BAD_INPUT_CASES = (
     "missing file", "NaNs", "wrong dimensionality", "corrupt file", "latent dim above data dim",
-    "latent dim above synthetic dim", "malformed schedule", "unknown flag", "negative epochs",
+    "latent dim above synthetic dim", "malformed schedule", "unknown flag", "negative epochs", "constant column",
 )
 
 
@@ -66,6 +66,9 @@ def bad_inputs(tmp_path) -> dict[str, list[str]]:
     np.save(tmp_path / "flat.npy", np.ones(10))
     np.save(tmp_path / "ok.npy", np.random.default_rng(0).normal(size=(50, 3)))
     (tmp_path / "broken.npz").write_bytes(b"not a zip file")
+    constant = np.random.default_rng(0).normal(size=(50, 3))
+    constant[:, 1] = 2.0  # its likelihood is unbounded
+    np.save(tmp_path / "constant.npy", constant)
     return {
         "missing file": ["--dataset", str(tmp_path / "missing.npy")],
         "NaNs": ["--dataset", str(tmp_path / "nan.npy")],
@@ -76,6 +79,7 @@ def bad_inputs(tmp_path) -> dict[str, list[str]]:
         "malformed schedule": ["--schedule", "alternate:10"],
         "unknown flag": ["--epoch", "3"],
         "negative epochs": ["--epochs", "-1"],
+        "constant column": ["--dataset", str(tmp_path / "constant.npy")],
     }
 
 

@@ -191,8 +191,7 @@ def tour_command(args: argparse.Namespace) -> dict:
     """Every experiment afresh into ``OUT/<experiment>`` with the tour's budget, then the report."""
     from aevb import report, reproduce
 
-    # one CPU thread: the tour's models are small, and on a busy machine a second thread slows them down up to 10x
-    statuses = reproduce.run(reproduce.tour(args.quick, args.seed), args.out, args.progress, resume=False, threads=1)
+    statuses = reproduce.run(reproduce.tour(args.quick, args.seed), args.out, args.progress, resume=False)
     command = f"aevb tour{' --quick' if args.quick else ''} --seed {args.seed}"
     return {"runs": statuses, **report.write_report(args.out, statuses, command)}
 

@@ -40,6 +40,7 @@ from aevb.likelihoods import LIKELIHOODS
 from aevb.model import LatentVariableModel
 from aevb import runs
 from aevb.runs import default_device, device_name, read_json
+from aevb.threads import THREADS_HELP, default_threads
 from aevb.trainer import SCHEDULE_HELP, Schedule, Trainer
 
 DATA_FIELDS = ("data_dim", "seq_len", "num_classes")  # config fields filled from the data, not from flags
@@ -244,6 +245,7 @@ def add_generic_arguments(parser: argparse.ArgumentParser, cls: type, hooks: typ
                           help="compile the training step with torch.compile (CUDA graphs on a GPU, where it pays)")
     training.add_argument("--clip-grad", type=positive_float, default=None, metavar="NORM",
                           help="clip the gradient's norm to NORM at every step (default: no clipping)")
+    training.add_argument("--threads", type=positive_int, default=None, metavar="N", help=THREADS_HELP)
     training.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:N or mps "
                                                            "(default auto)")
     training.add_argument("--tensorboard", action="store_true",
@@ -330,7 +332,7 @@ def check_first_batch(model: LatentVariableModel, data: Data, args: argparse.Nam
                          f"{tuple(data.shape)}): {registry.first_line(e)}") from None
 
 
-NOT_SETTINGS = ("device", "checkpoint_every", "compile")  # what a resumed run may change: not its results
+NOT_SETTINGS = ("device", "threads", "checkpoint_every", "compile", "tensorboard")  # what a resumed run may change
 
 
 def flags_of(args: argparse.Namespace) -> dict:
@@ -369,7 +371,11 @@ def run_fit(cls: type, args: argparse.Namespace, out: Path, progress: bool = Tru
             if not (out / runs.CHECKPOINT).is_file():  # stopped before its first checkpoint: it starts over
                 runs.remove_run(out)
                 state = None
-        return fit_into(cls, args, out, requested, progress, resume and state == "incomplete")
+        threads = torch.get_num_threads()
+        try:
+            return fit_into(cls, args, out, requested, progress, resume and state == "incomplete")
+        finally:
+            torch.set_num_threads(threads)
 
 
 def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progress: bool, resume: bool) -> dict:
@@ -384,6 +390,9 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
                                test=tuple(t.to(device) for t in data.test))
     with torch.no_grad():
         hooks.initialize(model, data)
+    # one thread unless the step holds enough work (aevb.threads); run_fit restores the caller's count
+    torch.set_num_threads(args.threads or default_threads(model, tuple(t[:args.batch_size] for t in data.train),
+                                                          args.estimator))
     trainer = Trainer(model, args.schedule, args.lr, args.batch_size, args.estimator, args.seed, progress,
                       torch_compile=args.compile, clip_grad=args.clip_grad)
     total = args.steps or args.epochs * math.ceil(len(data.train[0]) / args.batch_size)

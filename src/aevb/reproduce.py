@@ -298,14 +298,13 @@ def comparable(flags: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in flags.items() if k != "--data-dir"}
 
 
-def run(planned: list[Planned], out: Path, progress: bool = True, resume: bool = True,
-        threads: int | None = None) -> dict[str, str]:
+def run(planned: list[Planned], out: Path, progress: bool = True, resume: bool = True) -> dict[str, str]:
     """Fit every planned experiment into ``out/<name>``; returns name -> status for the report.
 
     Status is 'fitted', 'kept' (``resume``: a complete run with the same settings was there) or
     'unavailable' (its model is not installed). With ``resume``, an interrupted run is continued from its
     checkpoint, and a complete run with other settings is an error, raised before anything is fitted; without,
-    every run is fitted afresh. ``threads`` sets torch's CPU threads while fitting.
+    every run is fitted afresh.
     """
     from aevb import runs
 
@@ -326,19 +325,12 @@ def run(planned: list[Planned], out: Path, progress: bool = True, resume: bool =
                              "use another --out, or delete that folder to fit it again")
         else:
             todo.append(p)
-    import torch
-
-    default_threads = torch.get_num_threads()
-    torch.set_num_threads(threads or default_threads)
-    try:
-        for n, p in enumerate(todo, start=1):
-            log(f"[{n}/{len(todo)}] {p.name} (tutorial {p.experiment.section}): {p.command} --out {out / p.name}")
-            summary = fit(p, out / p.name, progress, resume)
-            statuses[p.name] = "fitted"
-            log(f"      done in {complete(out / p.name)['wall_seconds']:.1f} s: "
-                + ", ".join(f"{k} {summary[k]:.4g}" for k in p.experiment.headline if isinstance(summary.get(k), float)))
-    finally:
-        torch.set_num_threads(default_threads)
+    for n, p in enumerate(todo, start=1):
+        log(f"[{n}/{len(todo)}] {p.name} (tutorial {p.experiment.section}): {p.command} --out {out / p.name}")
+        summary = fit(p, out / p.name, progress, resume)
+        statuses[p.name] = "fitted"
+        log(f"      done in {complete(out / p.name)['wall_seconds']:.1f} s: "
+            + ", ".join(f"{k} {summary[k]:.4g}" for k in p.experiment.headline if isinstance(summary.get(k), float)))
     return {p.name: statuses[p.name] for p in planned}
 
 

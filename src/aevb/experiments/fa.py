@@ -13,6 +13,7 @@ import dataclasses
 
 import torch
 
+from aevb.errors import DataError
 from aevb.fitting import Data, Hooks, load_data
 from aevb.models.fa import FactorAnalysis, fit_em, synthetic_data
 from aevb.trainer import Schedule
@@ -47,6 +48,12 @@ class FAHooks(Hooks):
             self.true_model, x_train, x_test = synthetic_data(seed=self.args.seed)
             return Data((x_train,), (x_test,), None, (3,), "vectors")
         data = load_data(self.args, FactorAnalysis)
+        x_train = data.train[0].flatten(1)
+        constant = (x_train == x_train[0]).all(0).nonzero().flatten().tolist()
+        if constant:  # its density is unbounded there: no maximum likelihood, and no evidence worth reporting
+            raise DataError(f"{self.args.dataset}: column{'s' * (len(constant) > 1)} "
+                            f"{', '.join(map(str, constant[:5]))} of the training data {'are' if len(constant) > 1 else 'is'}"
+                            " constant, so the likelihood of factor analysis is unbounded; drop constant columns")
         mean = data.train[0].mean(0)
         return dataclasses.replace(data, train=(data.train[0] - mean,), test=(data.test[0] - mean,))
 
