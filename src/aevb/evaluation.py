@@ -74,13 +74,14 @@ def evaluate(
     """Summary keys ``test_elbo``, ``iwae_log_likelihood`` and ``iwae_samples`` (K = 0: no IWAE), and
     ``bits_per_dim`` given ``levels`` (D is the size of one example, all of a sequence's steps).
 
-    Seeded, so the same model, data and K give the same numbers.
+    Seeded, so the same model, data and K give the same numbers; the caller's random state is left as it was.
     """
-    torch.manual_seed(seed)
-    summary = {"test_elbo": test_elbo(model, tensors).item()}
-    if num_samples:
-        summary.update(iwae_log_likelihood=iwae_log_likelihood(model, tensors, num_samples).item(),
-                       iwae_samples=num_samples)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        summary = {"test_elbo": test_elbo(model, tensors).item()}
+        if num_samples:
+            summary.update(iwae_log_likelihood=iwae_log_likelihood(model, tensors, num_samples).item(),
+                           iwae_samples=num_samples)
     if levels is not None and num_samples:
         summary["bits_per_dim"] = bits_per_dim(summary["iwae_log_likelihood"], tensors[0][0].numel(), levels)
     return summary

@@ -234,9 +234,10 @@ def tutorial_model(dtype: torch.dtype = torch.float32) -> FactorAnalysis:
 
 
 def synthetic_data(num_train: int = 1000, num_test: int = 1000, seed: int = 0) -> tuple[FactorAnalysis, Tensor, Tensor]:
-    """(true model, x_train (N, 3), x_test (M, 3)) drawn from the tutorial's FA model."""
-    torch.manual_seed(seed)
-    true_model = tutorial_model()
-    with torch.no_grad():
+    """(true model, x_train (N, 3), x_test (M, 3)) drawn from the tutorial's FA model, seeded by ``seed`` (the
+    caller's global random state is left as it was)."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.default_generator.manual_seed(seed)
+        true_model = tutorial_model()
         x = true_model.sample(num_train + num_test)
     return true_model, x[:num_train], x[num_train:]
