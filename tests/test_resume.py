@@ -175,13 +175,14 @@ def test_no_argument_validation_runs_in_a_training_step(monkeypatch):
     assert torch.distributions.Distribution._validate_args  # restored after
 
 
-def test_the_nonfinite_check_costs_no_host_device_synchronization_per_step():
-    """The first non-finite step is remembered in a tensor, not read back at every step."""
+def test_the_nonfinite_check_names_the_first_bad_step_from_the_epochs_terms(monkeypatch):
+    """The steps' terms stay tensors until the epoch's check: no host-device synchronization per step."""
     torch.manual_seed(0)
     model = VAE(VAEConfig(data_dim=6, latent_dim=2, hidden=(8,)))
+    x = torch.rand(40, 6)
+    x[25:] = float("nan")
+    monkeypatch.setattr(torch, "randperm", lambda n, generator=None: torch.arange(n))  # the batches in order
     trainer = Trainer(model, batch_size=10, progress=False)
-    trainer.step((torch.rand(10, 6),), "joint")
-    trainer.step((torch.full((10, 6), float("nan")),), "joint")
-    assert isinstance(trainer.nonfinite, torch.Tensor) and int(trainer.nonfinite) == 1
-    with pytest.raises(Diverged, match="step 2"):
-        trainer.check_finite([])
+    with pytest.raises(Diverged, match=r"log-likelihood term is not finite at step 3 \(epoch 1\)"):
+        trainer.fit((x,), epochs=1)
+    assert len(trainer.terms) == 4 and all(isinstance(t, torch.Tensor) for t in trainer.terms)

@@ -172,8 +172,6 @@ class Trainer:
         self.epoch_order_state = self.generator.get_state()  # the generator when this epoch's order was drawn
         self.pending: list[dict] = []  # this epoch's records, not yet handed to the callbacks
         self.terms: list[Tensor] = []  # this epoch's training log-likelihoods, KLs and ELBOs, (3,) per step
-        self.nonfinite = torch.full((), -1)  # the first step with a non-finite term (-1: none), on the device
-        self.nonfinite_terms = torch.zeros(len(TERMS), dtype=torch.bool)
         self.stop_signal: int | None = None
         self.torch_compile = torch_compile
         self.mean_elbo = self._mean_elbo  # compiled after the first step, with ``torch_compile``
@@ -182,7 +180,7 @@ class Trainer:
         """The batch's mean log-likelihood, KL and ELBO (3,), by the trainer's estimator (None: the model's default)."""
         options = {} if self.estimator is None else {"estimator": self.estimator}
         terms = self.model.elbo(*batch, **options)
-        return torch.stack([terms.log_likelihood.mean(), terms.kl.mean(), terms.elbo.mean()])
+        return torch.stack([terms.log_likelihood, terms.kl, terms.elbo]).mean(-1)
 
     def step(self, batch: Sequence[Tensor], phase: str) -> Tensor:
         """One gradient step on -mean ELBO for the groups of ``phase``; returns the batch's mean log-likelihood,
@@ -196,7 +194,6 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.phase_parameters[phase], self.clip_grad, foreach=True)
         for name in groups:
             self.optimizers[name].step()
-        self.note_nonfinite(terms.detach())
         self.step_count += 1
         if self.torch_compile and self.mean_elbo == self._mean_elbo:
             # Compiled only now: torch.compile cannot trace the search in torch's KL registry, which the eager
@@ -204,20 +201,19 @@ class Trainer:
             self.mean_elbo = torch.compile(self._mean_elbo, mode="reduce-overhead")
         return terms.detach().clone()  # a copy: a CUDA graph's next replay overwrites its output in place
 
-    def note_nonfinite(self, terms: Tensor) -> None:
-        """Remember, on the device and without waiting for it, the first step whose terms are not all finite."""
-        bad = ~torch.isfinite(terms)
-        self.nonfinite = self.nonfinite.to(terms.device)
-        first = (self.nonfinite < 0) & bad.any()
-        self.nonfinite = torch.where(first, self.step_count, self.nonfinite)
-        self.nonfinite_terms = torch.where(first, bad, self.nonfinite_terms.to(terms.device))
-
     def check_finite(self, records: list[dict]) -> None:
-        """Raise ``Diverged`` for the first non-finite step, or a non-finite number in ``records``."""
-        step = int(self.nonfinite)
-        if step >= 0:
-            term = TERMS[int(self.nonfinite_terms.int().argmax())]
-            raise Diverged(step + 1, self.epoch, f"the training ELBO's {term} term" if term != "ELBO" else "the training ELBO")
+        """Raise ``Diverged`` for the epoch's first step with a non-finite term, or a non-finite number in ``records``.
+
+        The steps' terms stay on the device until here (once per epoch): checking costs the steps no
+        host-device synchronization."""
+        if self.terms:
+            bad = ~torch.isfinite(torch.stack(self.terms))  # (steps of the epoch so far, 3)
+            rows = bad.any(1).nonzero()
+            if len(rows):
+                row = int(rows[0])
+                term = TERMS[int(bad[row].int().argmax())]
+                step = self.step_count - len(self.terms) + row + 1
+                raise Diverged(step, self.epoch, f"the training ELBO's {term} term" if term != "ELBO" else "the training ELBO")
         for record in records:
             bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
             if bad:
