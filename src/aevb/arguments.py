@@ -1,8 +1,26 @@
-"""Types of command-line values, shared by the ``aevb`` command and the fit path (imports nothing heavy)."""
+"""Types of command-line values, shared by the ``aevb`` command and the fit path (imports nothing heavy).
+
+Values at the edges are refused here, when the command line is parsed, in one line:
+
+* seeds lie in [0, ``SEED_MAX``] = [0, 2^32 - 1], what every generator a fit draws from accepts (torch's up to
+  2^64 - 1, numpy's legacy ``RandomState`` behind scikit-learn's t-SNE and k-means up to 2^32 - 1);
+* importance samples K of the IWAE bound at most ``MAX_IWAE_SAMPLES`` = 10^5, 20 times the literature's 5000:
+  K forward passes per test example, days for MNIST beyond it;
+* samples drawn by ``aevb sample`` at most ``MAX_SAMPLES`` = 1000 (per class): a figure of them stays within
+  what matplotlib draws (2^16 pixels a side);
+* floats finite (no nan or inf), and an output folder never the working directory or one above it.
+"""
 from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
+from typing import Callable
+
+SEED_MAX = 2**32 - 1
+MAX_IWAE_SAMPLES = 100_000
+MAX_SAMPLES = 1000
+MAX_EPOCHS_SCALE = 100
 
 
 def positive_int(text: str) -> int:
@@ -19,6 +37,13 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0 or math.isinf(value):
@@ -26,8 +51,50 @@ def positive_float(text: str) -> float:
     return value
 
 
+def at_most(parse: Callable[[str], float], bound: float, why: str) -> Callable[[str], float]:
+    """``parse``, refusing values above ``bound`` (``why`` says why there is one)."""
+    def bounded(text: str):
+        value = parse(text)
+        if value > bound:
+            raise argparse.ArgumentTypeError(f"must be at most {bound:,} ({why}), got {text}")
+        return value
+
+    bounded.__name__ = parse.__name__  # argparse names the type in "invalid positive_int value: 'x'"
+    return bounded
+
+
+random_seed = at_most(non_negative_int, SEED_MAX, "2^32 - 1: what numpy's and scikit-learn's generators accept")
+iwae_samples = at_most(non_negative_int, MAX_IWAE_SAMPLES, "K forward passes per test example")
+positive_iwae_samples = at_most(positive_int, MAX_IWAE_SAMPLES, "K forward passes per test example")
+epochs_scale = at_most(positive_float, MAX_EPOCHS_SCALE, "100 times the tutorial's training")
+sample_count = at_most(positive_int, MAX_SAMPLES, "a figure of them stays drawable; draw more from Python")
+
+
 def int_tuple(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(s) for s in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 500,500, got {text!r}") from None
+
+
+def output_problem(path: Path) -> str | None:
+    """What makes ``path`` unfit to be written as a folder of aevb's, or None: the working directory or a folder
+    above it (replacing it would remove the user's files), or an existing file."""
+    try:
+        resolved, here = path.expanduser().resolve(), Path.cwd().resolve()
+        if resolved == here or resolved in here.parents:
+            return f"{path} is the current folder or holds it; name a folder for aevb to write, e.g. runs/NAME"
+        existing = next(p for p in [path, *path.parents] if p.exists())  # "." or "/" at the latest
+        if existing.exists() and not existing.is_dir():
+            return f"{existing} is a file, not a folder; choose another --out"
+    except OSError as e:  # a name too long, a loop of links
+        return f"{path}: {e.strerror}; choose another --out"
+    return None
+
+
+def output_folder(text: str) -> Path:
+    """``--out`` of fit, tour and reproduce: a folder aevb writes (``output_problem`` says which it refuses)."""
+    problem = output_problem(Path(text))
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return Path(text)

@@ -20,11 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from aevb.arguments import positive_float, positive_int
+from aevb.arguments import (MAX_IWAE_SAMPLES, MAX_SAMPLES, epochs_scale, output_folder, positive_iwae_samples,
+                            random_seed, sample_count)
 from aevb.errors import Interrupted, UsageError
 from aevb.reproduce import EXPERIMENTS
-
-SAMPLE_SUFFIXES = (".png", ".npy", ".npz")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -52,20 +51,21 @@ def build_parser() -> ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="test ELBO, IWAE log-likelihood (and bits/dim) of a run")
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run directory")
-    evaluate.add_argument("--iwae", type=positive_int, default=1000, metavar="K",
-                          help="importance samples per test example (default 1000)")
+    evaluate.add_argument("--iwae", type=positive_iwae_samples, default=1000, metavar="K",
+                          help=f"importance samples per test example, at most {MAX_IWAE_SAMPLES:,} (default 1000)")
     evaluate.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
     evaluate.set_defaults(handler=eval_command)
 
     sample = commands.add_parser("sample", help="draw from a run's model into a PNG, or into .npy/.npz arrays")
     sample.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run directory")
-    sample.add_argument("--n", type=positive_int, default=30,
-                        help="samples (per class for a conditional model without --label) (default 30)")
+    sample.add_argument("--n", type=sample_count, default=30,
+                        help=f"samples (per class for a conditional model without --label), at most {MAX_SAMPLES} "
+                             "(default 30)")
     sample.add_argument("--label", type=int, default=None, help="the class y to draw x ~ p(x|y) for (conditional models)")
     sample.add_argument("--out", type=Path, default=None,
                         help="a .png figure, or the samples as arrays: .npy (x) or .npz (x, and y for a conditional "
                              "model) (default RUN_DIR/samples.png)")
-    sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sample.add_argument("--seed", type=random_seed, default=0, help="random seed, 0 to 2^32 - 1 (default 0)")
     sample.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
     sample.set_defaults(handler=sample_command)
 
@@ -73,7 +73,7 @@ def build_parser() -> ArgumentParser:
                                description="Fit every experiment of the tutorial briefly on data that ship with the "
                                            "project (no network), then write OUT/report.html and OUT/report.md.")
     add_output_arguments(tour, default_out=Path("runs/tour"))
-    tour.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    tour.add_argument("--seed", type=random_seed, default=0, help="random seed, 0 to 2^32 - 1 (default 0)")
     tour.add_argument("--quick", action="store_true", help="a tiny budget (seconds, not minutes), e.g. for tests")
     tour.set_defaults(handler=tour_command)
 
@@ -87,9 +87,10 @@ def build_parser() -> ArgumentParser:
     again.add_argument("--dataset", default="mnist",
                        help="data of the image experiments: mnist (the tutorial's), digits (offline) or idx:DIR (default mnist)")
     again.add_argument("--data-dir", default=None, help="folder of the MNIST IDX files (else $AEVB_DATA_DIR, else download)")
-    again.add_argument("--epochs-scale", type=positive_float, default=1.0, metavar="F",
-                       help="multiply the tutorial's training lengths by F (at least 1 epoch or step) (default 1)")
-    again.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    again.add_argument("--epochs-scale", type=epochs_scale, default=1.0, metavar="F",
+                       help="multiply the tutorial's training lengths by F, at most 100 (at least 1 epoch or step) "
+                            "(default 1)")
+    again.add_argument("--seed", type=random_seed, default=0, help="random seed, 0 to 2^32 - 1 (default 0)")
     add_output_arguments(again, default_out=Path("runs/reproduce"))
     again.set_defaults(handler=reproduce_command)
     return parser
@@ -97,7 +98,7 @@ def build_parser() -> ArgumentParser:
 
 def add_output_arguments(parser: argparse.ArgumentParser, default_out: Path | None) -> None:
     group = parser.add_argument_group("output")
-    group.add_argument("--out", type=Path, default=default_out,
+    group.add_argument("--out", type=output_folder, default=default_out,
                        help=f"run directory (default: {default_out or 'runs/MODEL-DATE-TIME'})")
     group.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
     group.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
@@ -120,9 +121,12 @@ def parse_fit(argv: list[str]) -> argparse.Namespace:
     """``aevb fit [MODEL | --model REF] [flags]``: the model's own parser, built only for the model asked for."""
     from aevb import registry
 
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:
+        raise UsageError("name a model: aevb fit MODEL [flags] or aevb fit --model REF [flags] (aevb fit --help lists "
+                         "the models)")
+    if argv[0] in ("-h", "--help"):
         print(FIT_HELP.format(names=", ".join(registry.names())))
-        raise SystemExit(0 if argv else 2)
+        raise SystemExit(0)
     if "--model" in argv[:-1]:
         at = argv.index("--model")
         ref, flags = argv[at + 1], argv[:at] + argv[at + 2:]
@@ -157,14 +161,13 @@ def fit_command(args: argparse.Namespace) -> dict:
 
 
 def resume_command(args: argparse.Namespace) -> dict:
-    from aevb import fitting, registry
-    from aevb.runs import read_json
+    from aevb import fitting
 
-    config = read_json(args.run_dir / "config.json", f"{args.run_dir} is not an aevb run directory")
-    if not isinstance(config, dict) or not isinstance(config.get("args"), dict) or "model" not in config:
-        raise UsageError(f"{args.run_dir / 'config.json'} is not an aevb run's config (no model or args)")
-    cls = registry.resolve(config["model"])
-    summary = fitting.run_fit(cls, fitting.parse_recorded_args(config["args"]), args.run_dir, args.progress, resume=True)
+    fitting.run_status(args.run_dir)
+    record = fitting.run_record(args.run_dir)
+    cls = fitting.recorded_class(record, args.run_dir / "config.json")
+    recorded = fitting.parse_recorded_args(cls, record["args"], args.run_dir / "config.json")
+    summary = fitting.run_fit(cls, recorded, args.run_dir, args.progress, resume=True)
     return {**summary, "run_dir": str(args.run_dir)}
 
 
@@ -177,14 +180,7 @@ def eval_command(args: argparse.Namespace) -> dict:
 def sample_command(args: argparse.Namespace) -> dict:
     from aevb import fitting
 
-    out = args.out or args.run_dir / "samples.png"
-    if out.suffix not in SAMPLE_SUFFIXES:
-        raise UsageError(f"--out {out}: use a {', '.join(SAMPLE_SUFFIXES)} file")
-    if not out.parent.is_dir():
-        raise UsageError(f"--out {out}: no folder {out.parent}; create it first")
-    if out.is_dir():
-        raise UsageError(f"--out {out} is a folder; name a file")
-    return fitting.sample_run(args.run_dir, out, args.n, args.label, args.seed)
+    return fitting.sample_run(args.run_dir, args.out or args.run_dir / "samples.png", args.n, args.label, args.seed)
 
 
 def tour_command(args: argparse.Namespace) -> dict:
@@ -218,7 +214,7 @@ def print_summary(summary: dict, indent: str = "") -> None:
 
 def run_of(args: argparse.Namespace) -> Path | None:
     """The run directory a command writes (fit, resume), else None."""
-    return getattr(args, "out", None) if args.handler is fit_command else getattr(args, "run_dir", None)
+    return {fit_command: getattr(args, "out", None), resume_command: getattr(args, "run_dir", None)}.get(args.handler)
 
 
 def compile_error(error: Exception) -> bool:
@@ -250,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"aevb: error: --compile failed: {str(e).strip().splitlines()[0]}; run without --compile", file=sys.stderr)
         return 2
+    for warning in summary.get("warnings", []):
+        print(f"aevb: warning: {warning}", file=sys.stderr)
     print_summary(summary)
     if args.json:
         print(json.dumps(summary))

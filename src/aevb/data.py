@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ ARRAY_SUFFIXES = (".npy", ".npz", ".csv")
 USER_KEYS = ("x", "y", "x_test", "y_test")
 TRANSFORMS = ("dequantize", "binarize", "dynamic-binarize", "none")
 TEST_FRACTION = 1 / 6  # held out from the digits, and from user data that bring no test set
+MAX_PIXEL_LEVELS = 2**16  # integer data with more levels than 16-bit pixels are not pixels: save them as floats
 IDX_LAYOUT = {  # split -> (images, labels): IDX file names of the MNIST layout, each raw or .gz
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -63,9 +65,14 @@ def load_array(path: str | Path, ndim: int | None = None) -> dict[str, np.ndarra
             if "x" not in arrays and len(arrays) == 1:
                 arrays = {"x": next(iter(arrays.values()))}
         else:
-            arrays = {"x": np.loadtxt(path, delimiter=",", ndmin=2)}
+            with warnings.catch_warnings():  # an empty file: "holds no examples" below, not a warning as well
+                warnings.simplefilter("ignore")
+                arrays = {"x": np.loadtxt(path, delimiter=",", ndmin=2)}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{path}: cannot read it as {path.suffix} ({e})") from None
+    unread = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]  # an .npz member that is not .npy
+    if unread:
+        raise DataError(f"{path}: cannot read {unread[0]!r} as an array; save the file with numpy.savez")
     if "x" not in arrays:
         raise DataError(f"{path}: an .npz needs its data under the key 'x' (found {', '.join(arrays)})")
     x = arrays["x"]
@@ -81,6 +88,8 @@ def check_examples(x: np.ndarray, path: str | Path, name: str) -> None:
         raise DataError(f"{path}: {name} must be real numbers, got dtype {x.dtype}")
     if x.ndim == 0 or len(x) == 0:
         raise DataError(f"{path}: {name} holds no examples")
+    if x[0].size == 0:
+        raise DataError(f"{path}: the examples of {name} are empty, shape {x.shape}")
     if not np.isfinite(x).all():
         raise DataError(f"{path}: {name} contains NaN or infinite values; remove or impute them first")
 
@@ -233,11 +242,15 @@ def load_user_data(path: str | Path, seed: int = 0) -> ImageData:
 
 
 def pixel_levels(x: np.ndarray, path: str | Path) -> int | None:
-    """Levels of integer pixels: 256 for uint8, else the largest value + 1; None for float data."""
+    """Levels of integer pixels: 256 for uint8, else the largest value + 1, at most ``MAX_PIXEL_LEVELS``; None for
+    float data."""
     if not np.issubdtype(x.dtype, np.integer):
         return None
     if x.min() < 0:
         raise DataError(f"{path}: integer pixel values must be >= 0, found {x.min()}; save continuous data as floats")
+    if x.max() >= MAX_PIXEL_LEVELS:
+        raise DataError(f"{path}: integer data are read as pixels, and {x.max()} is above the {MAX_PIXEL_LEVELS - 1} of "
+                        "16-bit pixels; save continuous data as floats")
     return 256 if x.dtype == np.uint8 else max(2, int(x.max()) + 1)
 
 

@@ -33,17 +33,21 @@ import torch
 from torch import Tensor
 
 from aevb import evaluation, registry
-from aevb.arguments import int_tuple, non_negative_int, positive_float, positive_int
+from aevb.arguments import (MAX_IWAE_SAMPLES, finite_float, int_tuple, iwae_samples, positive_float, positive_int,
+                            random_seed)
 from aevb.data import ARRAY_SUFFIXES, TRANSFORMS, as_sequences, dynamic_binarize, load_dataset, prepare, validate_support
 from aevb.errors import DataError, Diverged, UsageError
 from aevb.likelihoods import LIKELIHOODS
-from aevb.model import LatentVariableModel
+from aevb.model import LatentVariableModel, build
 from aevb import runs
 from aevb.runs import default_device, device_name, read_json
 from aevb.threads import THREADS_HELP, default_threads
 from aevb.trainer import SCHEDULE_HELP, Schedule, Trainer
 
 DATA_FIELDS = ("data_dim", "seq_len", "num_classes")  # config fields filled from the data, not from flags
+SAMPLE_SUFFIXES = (".png", ".npy", ".npz")  # what aevb sample writes
+KINDS = ("images", "vectors", "sequences")  # of data: what Data.kind and a run's config.json say
+IMPLAUSIBLE_NATS_PER_DIMENSION = -1e6  # a test ELBO below this per dimension of x is a failed fit, not a result
 DEFAULT_TRANSFORMS = {"cb": "dequantize", "bernoulli": "binarize", "gaussian": "dequantize"}  # for integer pixels
 GRID_COLUMNS = 10
 SAMPLES_PLOTTED = 30
@@ -57,7 +61,7 @@ class Data:
     test: tuple[Tensor, ...]
     y_test: Tensor | None  # the test labels, when the data set has them (for figures and metrics)
     shape: tuple[int, ...]  # one example's: (H, W) an image, (D,) a vector, (T, D) a sequence
-    kind: str  # "images", "vectors" or "sequences"
+    kind: str  # one of KINDS: "images", "vectors" or "sequences"
     levels: int | None = None  # the pixel levels behind dequantized data (for bits/dim), else None
     num_classes: int | None = None
     transform: Callable | None = None  # applied to every training batch (dynamic binarization)
@@ -170,7 +174,8 @@ def schedule_type(text: str) -> Schedule:
 
 
 def checkpoint_interval(text: str) -> tuple[int, str]:
-    """'N' (epochs) or 'Nsteps' -> (N, 'epoch' or 'step')."""
+    """'N' (epochs) or 'Nsteps' -> (N, 'epoch' or 'step'); also its form in config.json, 'N,epoch' or 'N,step'."""
+    text = text.replace(",step", "steps").removesuffix(",epoch")
     unit = "step" if text.endswith("steps") else "epoch"
     try:
         return positive_int(text.removesuffix("steps")), unit
@@ -207,7 +212,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             options["type"] = int_tuple
             default = tuple(default)
         else:
-            options["type"] = kind
+            options["type"] = finite_float if kind is float else kind  # no nan or inf, whatever the model checks
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         help_text = field.metadata.get("help", field.name.replace("_", " "))
         if kind is not bool:
@@ -239,8 +244,8 @@ def add_generic_arguments(parser: argparse.ArgumentParser, cls: type, hooks: typ
     training.add_argument("--estimator", choices=estimators, default=None,
                           help="the ELBO estimator of training (default: the model's"
                                + (f", {estimators[0]}" if estimators else "") + ")")
-    training.add_argument("--seed", type=non_negative_int, default=0,
-                          help="random seed: data, initialization, batches (default 0)")
+    training.add_argument("--seed", type=random_seed, default=0,
+                          help="random seed: data, initialization, batches; 0 to 2^32 - 1 (default 0)")
     training.add_argument("--compile", action="store_true",
                           help="compile the training step with torch.compile (CUDA graphs on a GPU, where it pays)")
     training.add_argument("--clip-grad", type=positive_float, default=None, metavar="NORM",
@@ -255,8 +260,9 @@ def add_generic_arguments(parser: argparse.ArgumentParser, cls: type, hooks: typ
                           help="write the checkpoint an interrupted run resumes from every N epochs, or every N steps "
                                "with the suffix 'steps', e.g. 500steps (default 1: every epoch)")
     evaluate = parser.add_argument_group("evaluation and output")
-    evaluate.add_argument("--iwae", type=non_negative_int, default=hooks.iwae, metavar="K",
-                          help=f"importance samples for the test log-likelihood bound; 0 skips it (default {hooks.iwae})")
+    evaluate.add_argument("--iwae", type=iwae_samples, default=hooks.iwae, metavar="K",
+                          help=f"importance samples for the test log-likelihood bound, at most {MAX_IWAE_SAMPLES:,}; "
+                               f"0 skips it (default {hooks.iwae})")
 
 
 def fit_parser(cls: type, prog: str, parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser):
@@ -309,13 +315,32 @@ def load_data(args: argparse.Namespace, cls: type) -> Data:
 
 # Fitting ----------------------------------------------------------------------------------------------
 def build_model(cls: type, args: argparse.Namespace, data: Data) -> LatentVariableModel:
-    """``cls(Config(...))`` from the config flags and the data; a config the model refuses is a UsageError."""
+    """``cls(Config(...))`` from the config flags and the data; a config the model refuses, or one too large to
+    build (``aevb.model.build``), is a UsageError."""
     values = {f.name: getattr(args, f"config_{f.name}") for f in config_fields(cls)}
     values.update(data.config_values([f.name for f in dataclasses.fields(cls.Config)]))
     try:
-        return cls(cls.Config(**values))
+        return build(cls, cls.Config(**values))
     except ValueError as e:
         raise UsageError(f"{cls.name}: {e}") from None
+
+
+def check_batch_size(args: argparse.Namespace, data: Data) -> None:
+    """A batch larger than the training set would be the whole set under another name: refused, with the size."""
+    examples = len(data.train[0])
+    if args.batch_size > examples:
+        raise UsageError(f"--batch-size {args.batch_size} exceeds the {examples} training examples; use --batch-size "
+                         f"{examples} or less")
+
+
+def implausible(summary: dict, data: Data) -> list[str]:
+    """A warning if the test ELBO is finite but cannot be right: below ``IMPLAUSIBLE_NATS_PER_DIMENSION`` nats per
+    dimension of x (a VAE with --lr 1e3 reaches -1e31). There is no reference to compare with, only this floor."""
+    floor = IMPLAUSIBLE_NATS_PER_DIMENSION * data.test[0][0].numel()
+    if summary["test_elbo"] >= floor:
+        return []
+    return [f"the test ELBO is {summary['test_elbo']:.4g} nats, below {IMPLAUSIBLE_NATS_PER_DIMENSION:g} per "
+            "dimension of x: the fit failed; fit again with a lower --lr or with --clip-grad NORM"]
 
 
 def check_first_batch(model: LatentVariableModel, data: Data, args: argparse.Namespace) -> None:
@@ -333,6 +358,7 @@ def check_first_batch(model: LatentVariableModel, data: Data, args: argparse.Nam
 
 
 NOT_SETTINGS = ("device", "threads", "checkpoint_every", "compile", "tensorboard")  # what a resumed run may change
+RESTART = "delete it to start the run over, or fit into another --out"  # what to do about a damaged checkpoint
 
 
 def flags_of(args: argparse.Namespace) -> dict:
@@ -365,9 +391,9 @@ def run_fit(cls: type, args: argparse.Namespace, out: Path, progress: bool = Tru
             raise UsageError(f"--out {out} holds an interrupted run; continue it with --resume (or aevb resume {out}), "
                              "or choose another --out")
         if resume and state == "complete":
-            return read_json(out / "summary.json", f"{out} is damaged")
+            return read_json(out / "summary.json")
         if resume and state == "incomplete":
-            compare_flags(read_json(out / "config.json", f"{out} is damaged").get("args", {}), requested, out)
+            compare_flags(run_record(out)["args"], requested, out)
             if not (out / runs.CHECKPOINT).is_file():  # stopped before its first checkpoint: it starts over
                 runs.remove_run(out)
                 state = None
@@ -382,6 +408,7 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
     hooks = hooks_class(cls)(args)
     args.schedule = args.schedule or Schedule.parse("joint")
     data = hooks.data() or load_data(args, cls)
+    check_batch_size(args, data)
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     model = build_model(cls, args, data).to(device)
@@ -399,10 +426,7 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
     metrics_path = out / "metrics.jsonl"
     progress_so_far = {"lines": 0, "seconds": 0.0}
     if resume:
-        checkpoint = runs.load_file(out / runs.CHECKPOINT)
-        model.load_state_dict(checkpoint["model"]["state_dict"])
-        trainer.load_state_dict(checkpoint["trainer"])
-        progress_so_far.update(checkpoint["progress"])
+        progress_so_far.update(resume_from(out / runs.CHECKPOINT, model, trainer))
         runs.keep_lines(metrics_path, progress_so_far["lines"])
     else:
         if out.exists() and any(out.iterdir()):
@@ -453,6 +477,8 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
                "train_elbo": history[-1]["train_elbo"],
                **evaluation.evaluate(model, data.test, args.iwae, data.levels, args.seed)}
     summary.update(hooks.summary(model, data, history, summary))
+    warnings = [*summary.pop("warnings", []), *implausible(summary, data)]  # the model's own, then the generic one
+    summary.update({"warnings": warnings} if warnings else {})
     summary.update(train_seconds=seconds, device=device_name(device), threads=torch.get_num_threads())
     hooks.figures(model, history, data, out)
     for logger in logged:
@@ -460,6 +486,18 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
         logger.close()
     runs.save_run(out, model.cpu(), summary)
     return summary
+
+
+def resume_from(path: Path, model: LatentVariableModel, trainer: Trainer) -> dict:
+    """Load the checkpoint ``path`` of an interrupted run into the model and the trainer; returns its progress
+    (``lines`` of metrics.jsonl and ``seconds`` of training). One that does not fit them is damaged: UsageError."""
+    checkpoint = runs.load_file(path, advice=RESTART)
+    try:
+        model.load_state_dict(checkpoint["model"]["state_dict"])
+        trainer.load_state_dict(checkpoint["trainer"])
+        return {"lines": int(checkpoint["progress"]["lines"]), "seconds": float(checkpoint["progress"]["seconds"])}
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+        raise UsageError(f"{path} is damaged ({type(e).__name__}: {registry.first_line(e)}); {RESTART}") from None
 
 
 def tensorboard_logger(out: Path, resume: bool, kept_lines: int):
@@ -566,26 +604,94 @@ class Run:
 
 
 def load_run(run_dir: str | Path) -> Run:
-    """The model and settings of a finished run directory; UsageError if it is not one or is damaged."""
+    """The model and settings of a finished run directory; UsageError, naming the file, if it is not one or is
+    damaged (its config.json and model.pt must agree)."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UsageError(f"{run_dir}: no such run directory")
-    if runs.status(run_dir) != "complete":
+    if run_status(run_dir) != "complete":
         raise UsageError(f"{run_dir} is an interrupted run, not a finished one; finish it with aevb resume {run_dir}")
-    config = read_json(run_dir / "config.json", f"{run_dir} is not a finished aevb run directory")
-    if not isinstance(config, dict) or not {"model", "args"} <= set(config) or not isinstance(config["args"], dict):
-        raise UsageError(f"{run_dir / 'config.json'} is not an aevb run's config (no model or args); fit the run again")
-    cls = registry.resolve(config["model"])
+    record = run_record(run_dir)
+    cls = recorded_class(record, run_dir / "config.json")
+    args = parse_recorded_args(cls, record["args"], run_dir / "config.json")
     model = runs.load_checkpoint(run_dir / "model.pt", cls)
-    return Run(model.eval(), cls, parse_recorded_args(config["args"]), config)
+    saved = json.loads(json.dumps(dataclasses.asdict(model.config), default=str))  # as config.json records it
+    differing = sorted(k for k in set(saved) | set(record["config"]) if saved.get(k) != record["config"].get(k))
+    if differing:
+        raise UsageError(f"{run_dir / 'config.json'} disagrees with model.pt ({differing[0]} is "
+                         f"{record['config'].get(differing[0])!r} there, {saved.get(differing[0])!r} in model.pt); "
+                         f"{runs.REFIT}")
+    return Run(model.eval(), cls, args, record)
 
 
-def parse_recorded_args(flags: dict) -> argparse.Namespace:
-    """A run's recorded flags (config.json's args) as the namespace the fit parsed."""
-    args = argparse.Namespace(**flags)
-    args.schedule = None if args.schedule is None else Schedule.parse(args.schedule)
-    args.checkpoint_every = tuple(args.checkpoint_every)
-    return args
+def run_status(run_dir: Path) -> str:
+    """'complete' or 'incomplete': the status of the run directory ``run_dir`` that a command reads; UsageError if
+    there is none, or it is not an aevb run directory."""
+    advice = "fit the run again, or name another run directory"
+    state = runs.status(run_dir, advice)
+    if state is None:
+        raise UsageError(f"{run_dir}: {'an empty folder' if run_dir.exists() else 'no such run directory'}; {advice}")
+    return state
+
+
+def run_record(run_dir: Path) -> dict:
+    """config.json of a run (``run_config``): its model, config, flags and data; UsageError naming the file if it
+    is missing or damaged."""
+    path = run_dir / "config.json"
+    record = read_json(path)
+    fields = {"model": str, "config": dict, "args": dict, "data": dict}
+    wrong = [k for k, kind in fields.items() if not isinstance(record, dict) or not isinstance(record.get(k), kind)]
+    if wrong:
+        raise UsageError(f"{path} is damaged ({wrong[0]!r} is missing or not a {fields[wrong[0]].__name__}); "
+                         f"{runs.REFIT}")
+    data = record["data"]
+    shape = data.get("shape")
+    if not (isinstance(shape, list) and 1 <= len(shape) <= 2 and all(isinstance(n, int) and n > 0 for n in shape)
+            and data.get("kind") in KINDS and isinstance(data.get("num_classes"), (int, type(None)))):
+        raise UsageError(f"{path} is damaged (its data are not a shape, kind and number of classes); {runs.REFIT}")
+    return record
+
+
+def recorded_class(record: dict, path: Path) -> type:
+    """The model class a run's config.json names; UsageError naming the file if it cannot be found or imported."""
+    try:
+        return registry.resolve(record["model"])
+    except UsageError as e:
+        raise UsageError(f"{path}: {e}") from None
+
+
+def parse_recorded_args(cls: type, flags: dict, path: Path) -> argparse.Namespace:
+    """A run's recorded flags (config.json's args) as the namespace the fit parsed: every value goes through its
+    flag's type again. UsageError naming ``path`` if they are not ``cls``'s flags or a value is one its flag refuses."""
+    actions = {a.dest: a for a in fit_parser(cls, f"aevb fit {cls.name}")._actions if a.dest != "help"}
+    missing, unknown = sorted(actions.keys() - flags.keys()), sorted(flags.keys() - actions.keys())
+    if missing or unknown:
+        which = f"lack {missing[0]}" if missing else f"have an unknown {unknown[0]}"
+        raise UsageError(f"{path} is damaged (its args {which}, not the flags of {cls.name}); {runs.REFIT}")
+    values = {}
+    for dest, value in flags.items():
+        try:
+            values[dest] = recorded_value(actions[dest], value)
+        except (ValueError, TypeError, argparse.ArgumentTypeError):
+            raise UsageError(f"{path} is damaged ({actions[dest].option_strings[0]} is {value!r}, not a value the flag "
+                             f"takes); {runs.REFIT}") from None
+    return argparse.Namespace(**values)
+
+
+def recorded_value(action: argparse.Action, value: Any) -> Any:
+    """The value ``action`` parsed, from its JSON in config.json: its type applied to the value's text again (a list
+    is its comma-separated items); TypeError or ValueError for a value it would not have given."""
+    if value is None and action.default is None:
+        return None
+    if isinstance(value, list) != isinstance(action.default, tuple):  # only a tuple flag's value is a list
+        raise TypeError(value)
+    if action.nargs == 0 or action.type is None:  # a switch, or a string flag: the value as it is
+        if not isinstance(value, bool if action.nargs == 0 else str):
+            raise TypeError(value)
+        parsed = value
+    else:
+        parsed = action.type(",".join(map(str, value)) if isinstance(value, list) else str(value))
+    if action.choices is not None and parsed not in action.choices:
+        raise ValueError(value)
+    return parsed
 
 
 def evaluate_run(run_dir: str | Path, num_samples: int) -> dict:
@@ -593,13 +699,21 @@ def evaluate_run(run_dir: str | Path, num_samples: int) -> dict:
     the model's own test metrics."""
     run = load_run(run_dir)
     data = run.data()
+    fields = [f.name for f in dataclasses.fields(run.cls.Config)]
+    changed = {k: v for k, v in data.config_values(fields).items() if getattr(run.model.config, k) != v}
+    if changed:
+        name, value = next(iter(changed.items()))
+        raise DataError(f"--dataset {run.args.dataset} has changed since {run_dir} was fitted: its {name} is now {value}, "
+                        f"the model's {getattr(run.model.config, name)}; evaluate on the data it was fitted to")
     run.model.to(default_device())
     summary = {"model": run.config["model"], **evaluation.evaluate(run.model, data.test, num_samples, data.levels,
                                                                    run.args.seed)}
     with evaluation.eval_mode(run.model):
         extra = run.hooks.metrics(run.model, data, None)
     extra = {k: v.item() if isinstance(v, Tensor) and v.numel() == 1 else v for k, v in extra.items()}
-    return {**summary, **{k: v for k, v in extra.items() if isinstance(v, (int, float, str))}}
+    summary.update({k: v for k, v in extra.items() if isinstance(v, (int, float, str))})
+    warnings = implausible(summary, data)
+    return {**summary, **({"warnings": warnings} if warnings else {})}
 
 
 def draw(model: LatentVariableModel, num_classes: int | None, num_samples: int,
@@ -633,19 +747,35 @@ def plot_examples(x: Tensor, rows: list[str] | None, shape: Sequence[int], kind:
 
 
 def sample_run(run_dir: str | Path, out: Path, num_samples: int, label: int | None = None, seed: int = 0) -> dict:
-    """Draw from a run's model into ``out``: a figure (.png) or the arrays (.npy: x; .npz: x and labels y)."""
+    """Draw from a run's model into ``out``: a figure (.png) or the arrays (.npy: x; .npz: x and labels y), written
+    whole or not at all."""
     run = load_run(run_dir)
+    out = Path(out)
+    if out.suffix not in SAMPLE_SUFFIXES:
+        raise UsageError(f"--out {out}: use a {', '.join(SAMPLE_SUFFIXES)} file")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: no folder {out.parent}; create it first")
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; name a file")
     num_classes = run.config["data"]["num_classes"] if is_conditional(run.cls) else None
     torch.manual_seed(seed)
     x, rows = draw(run.model, num_classes, num_samples, label)
     x = x.cpu()
-    if out.suffix == ".png":
-        plot_examples(x, rows, run.config["data"]["shape"], run.config["data"]["kind"], out, title=f"samples from {run_dir}")
-    else:
+
+    def write(path: Path) -> None:
+        if out.suffix == ".png":
+            plot_examples(x, rows, run.config["data"]["shape"], run.config["data"]["kind"], path,
+                          title=f"samples from {run_dir}")
+            return
         import numpy as np
 
         arrays = {"x": x.numpy()}
         if rows:
             arrays["y"] = np.repeat(np.array([int(r) for r in rows]), num_samples)
-        np.save(out, arrays["x"]) if out.suffix == ".npy" else np.savez(out, **arrays)
+        np.save(path, arrays["x"]) if out.suffix == ".npy" else np.savez(path, **arrays)
+
+    try:
+        runs.write_atomically(out, write)
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot write in {out.parent} ({e.strerror}); choose another --out") from None
     return {"samples": len(x), "out": str(out)}

@@ -34,12 +34,32 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, is_dataclass
 from typing import Callable, ClassVar
 
+import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from aevb import elbo as estimators
 
 PARAMETER_GROUPS = ("generative", "inference")
+MAX_PARAMETERS = 2**31  # 8 GiB of float32 weights (and as much again for each of Adam's two moments)
+
+
+def build(cls: type["LatentVariableModel"], config) -> "LatentVariableModel":
+    """``cls(config)``, its size checked first on the meta device, where nothing is allocated: a config from the
+    command line or a run directory is untrusted, and a width of 10^11 must be one line, not an attempt to
+    allocate it. ValueError above ``MAX_PARAMETERS``. A model that cannot be built on the meta device (its
+    constructor reads a tensor's value) is built without the check."""
+    try:
+        with torch.device("meta"):
+            count = sum(p.numel() for p in cls(config).parameters())
+    except (RuntimeError, NotImplementedError) as e:
+        if "overflow" in str(e):  # a layer beyond even int64's count of elements
+            raise ValueError("this config asks for layers whose sizes overflow int64; choose smaller sizes") from None
+        count = 0
+    if count > MAX_PARAMETERS:
+        raise ValueError(f"this config has {count:,} parameters, more than the {MAX_PARAMETERS:,} (2^31) aevb builds; "
+                         "choose smaller sizes")
+    return cls(config)
 
 
 class LatentVariableModel(nn.Module, ABC):
@@ -108,6 +128,6 @@ class LatentVariableModel(nn.Module, ABC):
     @classmethod
     def from_checkpoint(cls, checkpoint: dict) -> "LatentVariableModel":
         """The model ``checkpoint()`` saved (a config that came back from JSON included)."""
-        model = cls(cls.Config(**checkpoint["config"]))
+        model = build(cls, cls.Config(**checkpoint["config"]))
         model.load_state_dict(checkpoint["state_dict"], assign=True)  # assign: the saved dtypes, not the defaults
         return model

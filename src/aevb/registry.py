@@ -123,4 +123,6 @@ def load_checkpoint(checkpoint: dict, ref: str):
 
 
 def first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [""])[0]
+    """The error's message on one line: its first line, and the next when the first only announces it ('...:')."""
+    lines = [line.strip() for line in str(error).strip().splitlines()] or [""]
+    return " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]

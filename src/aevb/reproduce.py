@@ -325,6 +325,7 @@ def run(planned: list[Planned], out: Path, progress: bool = True, resume: bool =
                              "use another --out, or delete that folder to fit it again")
         else:
             todo.append(p)
+    check_data(todo)
     for n, p in enumerate(todo, start=1):
         log(f"[{n}/{len(todo)}] {p.name} (tutorial {p.experiment.section}): {p.command} --out {out / p.name}")
         summary = fit(p, out / p.name, progress, resume)
@@ -332,6 +333,16 @@ def run(planned: list[Planned], out: Path, progress: bool = True, resume: bool =
         log(f"      done in {complete(out / p.name)['wall_seconds']:.1f} s: "
             + ", ".join(f"{k} {summary[k]:.4g}" for k in p.experiment.headline if isinstance(summary.get(k), float)))
     return {p.name: statuses[p.name] for p in planned}
+
+
+def check_data(planned: list[Planned]) -> None:
+    """Read each data set the planned fits train on, once, before any is fitted: a missing or damaged one is one
+    line (DataError) at the start, not an error after hours of other fits."""
+    from aevb.data import load_dataset
+
+    for dataset, data_dir in dict.fromkeys((p.flags["--dataset"], p.flags.get("--data-dir")) for p in planned
+                                           if "--dataset" in p.flags):
+        load_dataset(dataset, data_dir)
 
 
 def fit(planned: Planned, run_dir: Path, progress: bool, resume: bool) -> dict:

@@ -18,6 +18,7 @@ import pickle
 import shutil
 import tempfile
 import time
+import warnings
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,19 +26,25 @@ from typing import Iterator
 
 import torch
 
+from aevb.arguments import output_problem
 from aevb.errors import UsageError
 from aevb.model import LatentVariableModel
+from aevb.registry import first_line
 
 MARKER = "aevb-run.json"
 CHECKPOINT = "checkpoint.pt"
 WRITTEN = {MARKER, CHECKPOINT, "config.json", "metrics.jsonl", "summary.json", "model.pt", "provenance.json",
            "samples.png"}  # the files of every run (and what aevb reproduce and aevb sample add by default)
 EVENTS_PREFIX = "events.out.tfevents."  # TensorBoard's event files, written while training
+REFIT = "fit the run again"  # what to do about a damaged run
 
 
 def write_atomically(path: Path, write) -> None:
-    """``write(temporary_path)``, then rename it to ``path``: ``path`` is the old file or the new one, whole."""
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """``write(temporary_path)``, then rename it to ``path``: ``path`` is the old file or the new one, whole.
+
+    The temporary file ends with ``path``'s suffix, so that writers that go by it (matplotlib, numpy) write that
+    format."""
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     try:
         write(Path(temporary))
@@ -52,14 +59,16 @@ def write_json(path: Path, obj) -> None:
     write_atomically(path, lambda p: p.write_text(json.dumps(obj, indent=2, default=str) + "\n"))
 
 
-def read_json(path: Path, missing: str):
-    """The JSON in ``path``; UsageError (``missing``, or what is wrong with the file) if it cannot be read."""
+def read_json(path: Path, advice: str = REFIT):
+    """The JSON in ``path``; UsageError (what is wrong with the file, then ``advice``) if it cannot be read."""
     if not path.is_file():
-        raise UsageError(f"{missing} (no {path.name})")
+        raise UsageError(f"no {path}; {advice}")
     try:
         return json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path} is damaged: not JSON ({e})") from None
+        raise UsageError(f"{path} is damaged (not JSON: {e}); {advice}") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path} ({e.strerror}); {advice}") from None
 
 
 def append_jsonl(path: Path, records: list[dict]) -> None:
@@ -74,33 +83,40 @@ def keep_lines(path: Path, count: int) -> None:
     write_atomically(path, lambda p: p.write_text("".join(lines)))
 
 
-def status(out: Path) -> str | None:
+def status(out: Path, advice: str = "choose another --out") -> str | None:
     """'complete' or 'incomplete' for an aevb run directory, None for a folder that is absent or empty.
 
-    UsageError for anything else: a file, or a folder that aevb did not write.
+    UsageError, ending with ``advice``, for anything else: a file, a folder that aevb did not write (no marker), a
+    damaged marker, or one of a run's files that is not a file.
     """
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a folder; choose another --out")
+        raise UsageError(f"{out} is a file, not a folder; {advice}")
     if not out.exists() or not any(out.iterdir()):
         return None
     marker = out / MARKER
     if not marker.is_file():
-        raise UsageError(f"--out {out} exists and is not an aevb run directory; choose another --out")
-    state = read_json(marker, f"{out} is not an aevb run directory")
+        raise UsageError(f"{out} exists and is not an aevb run directory (no {MARKER}); {advice}")
+    state = read_json(marker, advice)
     if not isinstance(state, dict) or state.get("status") not in ("complete", "incomplete"):
-        raise UsageError(f"{marker} is damaged (no status); choose another --out")
+        raise UsageError(f"{marker} is damaged (no status complete or incomplete); {advice}")
+    odd = [name for name in sorted(WRITTEN) if (out / name).exists() and not (out / name).is_file()]
+    if odd:
+        raise UsageError(f"{out / odd[0]} is damaged (not a file); {advice}")
     return state["status"]
 
 
 def remove_run(out: Path) -> None:
     """Delete an aevb run directory, refusing if it holds anything aevb did not write (the marker lists it)."""
-    state = read_json(out / MARKER, f"{out} is not an aevb run directory")
+    state = read_json(out / MARKER)
     written = set(state.get("files", [])) | WRITTEN
     foreign = sorted(p.name for p in out.iterdir() if p.name not in written and not p.name.startswith(EVENTS_PREFIX))
     if foreign:
         raise UsageError(f"--out {out} holds files aevb did not write ({', '.join(foreign[:3])}); move them or "
                          "choose another --out")
-    shutil.rmtree(out)
+    try:  # a run is flat: its files go together, or (without write permission in it) none of them
+        shutil.rmtree(out)
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot remove the run there ({e.strerror}); choose another --out") from None
 
 
 def mark(out: Path, status: str, **extra) -> None:
@@ -113,7 +129,13 @@ def mark(out: Path, status: str, **extra) -> None:
 @contextmanager
 def locked(out: Path) -> Iterator[None]:
     """An exclusive lock on the run ``out`` (``.NAME.lock`` in its parent, holding the owner's pid), released and
-    removed on exit; a second process fails at once. Parent folders created here and left empty are removed."""
+    removed on exit; a second process fails at once. Parent folders created here and left empty are removed.
+
+    ``out`` is checked first (``arguments.output_problem``): never the working directory or a folder above it,
+    never a file."""
+    problem = output_problem(out)
+    if problem:
+        raise UsageError(f"--out {problem}")
     created = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -167,27 +189,37 @@ def save_run(run_dir: Path, model: LatentVariableModel, summary: dict) -> None:
     mark(run_dir, "complete")
 
 
-def load_file(path: Path) -> dict:
-    """A checkpoint file's dict, read with ``weights_only``; UsageError, one line, for a missing or damaged one."""
+def load_file(path: Path, advice: str = REFIT) -> dict:
+    """A checkpoint file's dict, read with ``weights_only``; UsageError, one line ending with ``advice``, for a
+    missing, unreadable or damaged one."""
     if not path.is_file():
-        raise UsageError(f"{path.parent} is not a finished aevb run directory (no {path.name})")
+        raise UsageError(f"no {path}; {advice}")
     try:
-        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # torch's warnings about a damaged file: it is reported below, in one line
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+    except PermissionError as e:
+        raise UsageError(f"cannot read {path} ({e.strerror}); {advice}") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as e:
-        reason = "it holds code, which aevb never loads" if isinstance(e, pickle.UnpicklingError) else "unreadable"
-        raise UsageError(f"{path} is damaged or not an aevb checkpoint ({reason})") from None
+        code = isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e)  # a class or function
+        reason = "it holds code, which aevb never loads" if code else "unreadable"
+        raise UsageError(f"{path} is damaged or not an aevb checkpoint ({reason}); {advice}") from None
     if not isinstance(checkpoint, dict):
-        raise UsageError(f"{path} is not an aevb checkpoint")
+        raise UsageError(f"{path} is not an aevb checkpoint (not a dict); {advice}")
     return checkpoint
 
 
 def load_checkpoint(path: Path, cls: type[LatentVariableModel], checkpoint: dict | None = None) -> LatentVariableModel:
-    """The model of ``cls`` a checkpoint file holds; UsageError, one line, for a missing, damaged or foreign file."""
+    """The model of ``cls`` a checkpoint file holds; UsageError, one line, for a missing, damaged or foreign file,
+    one whose config asks for more than ``aevb.model.MAX_PARAMETERS`` (refused before anything is allocated), or
+    one with non-finite weights."""
     checkpoint = load_file(path) if checkpoint is None else checkpoint
-    if not {"config", "state_dict"} <= set(checkpoint):
-        raise UsageError(f"{path} is not an aevb checkpoint (no config and state_dict)")
+    if not isinstance(checkpoint.get("config"), dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise UsageError(f"{path} is not an aevb checkpoint (no config and state_dict); {REFIT}")
     try:
-        return cls.from_checkpoint(checkpoint)
-    except (TypeError, ValueError, RuntimeError, KeyError) as e:
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise UsageError(f"{path} does not fit {cls.__name__} ({first})") from None
+        model = cls.from_checkpoint(checkpoint)
+    except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as e:
+        raise UsageError(f"{path} does not fit {cls.__name__} ({first_line(e)}); {REFIT}") from None
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise UsageError(f"{path} holds non-finite weights (NaN or infinite); {REFIT}")
+    return model

@@ -306,7 +306,7 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
-        self.step_count, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+        self.step_count, self.epoch, self.position = int(state["step"]), int(state["epoch"]), int(state["position"])
         self.generator.set_state(state["generator"])
         self.epoch_order_state = state["epoch_order_state"]
         self.pending = list(state["pending"])

@@ -68,6 +68,14 @@ class GMVAEHooks(Hooks):
             raise UsageError("--straight-through is for the Gumbel estimators; add --estimator gumbel-relaxed or "
                              "gumbel-analytic")
 
+    def initialize(self, model: GMVAE, data: Data) -> None:
+        """Nothing to set from the data, but a mixture with more components than training examples is refused here,
+        before training: some components could hold no example at all."""
+        examples, components = len(data.train[0]), model.config.num_components
+        if components > examples:
+            raise UsageError(f"--components {components}: {components} components exceed the {examples} training "
+                             f"examples; use --components {examples} or less")
+
     def callbacks(self, model: GMVAE) -> list:
         args = self.args
         return [TemperatureSchedule(args.config_temperature, args.temperature_decay, args.temperature_min).callback(model)]

@@ -44,6 +44,8 @@ class VAEConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.likelihood_scale is not None and self.likelihood != "gaussian":
             raise ValueError(f"a fixed scale (--gaussian-scale) is for the gaussian likelihood, not {self.likelihood}")
+        if self.likelihood_scale is not None and not self.likelihood_scale > 0:
+            raise ValueError(f"the gaussian likelihood's scale must be positive, got {self.likelihood_scale}")
 
 
 def mlp(sizes: Sequence[int], dropout: float) -> nn.Sequential:

@@ -133,6 +133,10 @@ class VRNN(LatentVariableModel):
     def __init__(self, config: VRNNConfig = VRNNConfig()) -> None:
         if config.likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {config.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
+        sizes = {"data": config.data_dim, "steps": config.seq_len, "latent": config.latent_dim,
+                 "hidden": config.hidden_dim, "MLP": config.mlp_dim}
+        if min(sizes.values()) < 1:
+            raise ValueError("dimensions must be positive: " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
         super().__init__(config)
         self.generative = Generative(config)
         self.inference = Posterior(config)
