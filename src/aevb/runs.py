@@ -109,7 +109,8 @@ def remove_run(out: Path) -> None:
     """Delete an aevb run directory, refusing if it holds anything aevb did not write (the marker lists it)."""
     state = read_json(out / MARKER)
     written = set(state.get("files", [])) | WRITTEN
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in written and not p.name.startswith(EVENTS_PREFIX))
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in written and not p.name.startswith(EVENTS_PREFIX)
+                     and not (p.name.startswith(".") and ".tmp" in p.name))  # write_atomically's, left by a kill
     if foreign:
         raise UsageError(f"--out {out} holds files aevb did not write ({', '.join(foreign[:3])}); move them or "
                          "choose another --out")
