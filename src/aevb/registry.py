@@ -117,11 +117,6 @@ def reference(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def load_checkpoint(checkpoint: dict, ref: str):
-    """Rebuild the model of ``checkpoint`` (``LatentVariableModel.checkpoint()``) whose class ``ref`` names."""
-    return resolve(ref).from_checkpoint(checkpoint)
-
-
 def first_line(error: BaseException) -> str:
     """The error's message on one line: its first line, and the next when the first only announces it ('...:')."""
     lines = [line.strip() for line in str(error).strip().splitlines()] or [""]
