@@ -107,7 +107,8 @@ class FAHooks(Hooks):
         if summary["gap_to_mle"] > tolerance:
             summary["warnings"] = [f"the test log evidence {test_log_evidence:.4g} is {summary['gap_to_mle']:.4g} nats "
                                    f"below the exact-EM fit's {self.mle_log_evidence:.4g}, more than {MLE_TOLERANCE:g} "
-                                   "per dimension: the fit has not converged; fit longer (--epochs) or with another --lr"]
+                                   "per dimension: the fit has not converged to it; fit longer (more --epochs or "
+                                   "--steps) or with another --lr"]
         return summary
 
     def figures(self, model: FactorAnalysis, history: list[dict], data: Data, run_dir) -> None:
