@@ -246,6 +246,8 @@ FLAGS = [
     *flag_cases("vae", "--steps", "0", "-3", "x"),
     *flag_cases("vae", "--batch-size", "0", "-1", "x"),
     *flag_cases("vae", "--lr", "0", "-1", "inf", "-inf", "nan", "x", ""),
+    *flag_cases("vae", "--lr-milestones", "0", "-1", "350,200", "5,5", "x", "1,,2", says="increasing positive epochs"),
+    *flag_cases("vae", "--lr-gamma", "0", "-0.5", "1.5", "nan", "inf", says="(0, 1]"),
     *flag_cases("vae", "--seed", "-1", str(SEED_MAX + 1), str(2**64), "x", "1.5"),
     *flag_cases("vae", "--iwae", "-1", str(MAX_IWAE_SAMPLES + 1), "x"),
     *flag_cases("vae", "--schedule", "nonesuch", "alternate:0,5", "alternate:5,0", "alternate:5", "alternate:",
@@ -316,6 +318,8 @@ DATASETS = [
     data_case("non-binary.npy", array("non-binary.npy", X), "exactly 0 or 1", flags=("--likelihood", "bernoulli")),
     data_case("dynamic-binarize.npy", array("dynamic-binarize.npy", X * 5), "[0, 1]",
               flags=("--transform", "dynamic-binarize")),
+    data_case("static-binarize.npy", array("static-binarize.npy", X * 5), "[0, 1]",
+              flags=("--transform", "static-binarize", "--likelihood", "bernoulli")),
     data_case("wrong-keys.npz", arrays("wrong-keys.npz", a=X, b=X), "'x'"),
     data_case("extra-key.npz", arrays("extra-key.npz", x=X, z=X), "unexpected"),
     data_case("no-arrays.npz", arrays("no-arrays.npz"), "'x'"),
@@ -684,13 +688,12 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def test_two_fits_into_one_folder_the_second_fails_at_once(tmp_path, capsys):
+def test_two_fits_into_one_folder_the_second_fails_at_once(tmp_path, capsys, preloaded_python):
     work, training = tmp_path / "work", tmp_path / "training"
     work.mkdir()
     np.save(work / "x.npy", X)
     argv = ["fit", "vae", "--dataset", str(work / "x.npy"), *TINY, "--out", str(work / "run")]
-    first = subprocess.Popen([sys.executable, "-c", BLOCKED_FIT, training, *argv], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    first = preloaded_python.start(["-c", BLOCKED_FIT, training, *argv])  # a process of its own (see conftest.py)
     try:
         deadline = time.monotonic() + 120
         while not training.exists():
@@ -802,17 +805,18 @@ LONG_STEPS = {  # a long step after training: (module, function), flags
 
 
 @pytest.fixture(scope="module")
-def interrupted_late(tmp_path_factory) -> dict[str, tuple]:
-    """Each fit of ``LONG_STEPS`` sent SIGINT a second into its long step, all at once (each in a process of its own);
-    name -> (exit code, stderr, seconds from the signal to the exit, run directory)."""
+def interrupted_late(tmp_path_factory, preloaded_python) -> dict[str, tuple]:
+    """Each fit of ``LONG_STEPS`` sent SIGINT a second into its long step, all at once (each in a process of its own,
+    forked from one that has imported aevb: see conftest.py); name -> (exit code, stderr, seconds from the signal
+    to the exit, run directory)."""
     root = tmp_path_factory.mktemp("interrupted")
     np.save(root / "x.npy", np.random.default_rng(0).uniform(size=(3000, 8, 8)).astype(np.float32))
     running = {}
     for name, ((module, function), flags) in LONG_STEPS.items():
         argv = ["fit", "vae", "--dataset", root / "x.npy", *TINY, "--latent-dim", "8", "--steps", "1", "--batch-size",
                 "100", *flags, "--out", root / name]
-        running[name] = subprocess.Popen([sys.executable, "-c", INTERRUPTED_LATE.format(module=module, function=function),
-                                          root / f"{name}.signalled", *argv], stderr=subprocess.PIPE, text=True)
+        running[name] = preloaded_python.start(["-c", INTERRUPTED_LATE.format(module=module, function=function),
+                                                root / f"{name}.signalled", *argv])
     finished = {}
     deadline = time.monotonic() + 300
     while len(finished) < len(running) and time.monotonic() < deadline:
@@ -821,7 +825,7 @@ def interrupted_late(tmp_path_factory) -> dict[str, tuple]:
         time.sleep(0.05)
     for process in running.values():
         process.kill()
-    return {name: (process.wait(), process.stderr.read(),
+    return {name: (process.wait(), process.stderr,
                    finished.get(name, math.inf) - float((root / f"{name}.signalled").read_text()), root / name)
             for name, process in running.items()}
 
@@ -848,8 +852,36 @@ def test_a_keyboard_interrupt_while_importing_torch_in_a_fresh_process_is_one_li
 
 
 UNPRIVILEGED = """
-import contextlib, io, json, os, sys
+import contextlib, ctypes, io, json, os, sys
 from aevb.cli import main
+
+
+def drop_permission_overrides():
+    \"\"\"As root, drop CAP_DAC_OVERRIDE (1) and CAP_DAC_READ_SEARCH (2) from this process's effective, permitted and
+    inheritable sets (capset) and from its bounding set (for any program it would run): from here on, this process
+    is bound by file permissions, as any user is.\"\"\"
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3: capabilities 0-63
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    for field in ("effective", "permitted", "inheritable"):
+        setattr(data[0], field, getattr(data[0], field) & ~0b110)
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+if os.geteuid() == 0:
+    drop_permission_overrides()
 results = {}
 for name, cwd, argv in json.loads(sys.argv[1]):
     os.chdir(cwd)
@@ -862,17 +894,6 @@ for name, cwd, argv in json.loads(sys.argv[1]):
     results[name] = [code, err.getvalue()]
 print(json.dumps(results))
 """
-
-
-def drop_permission_overrides() -> None:
-    """As root, drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set before exec: the process that
-    follows is bound by file permissions, as any user is."""
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    for capability in (1, 2):
-        if prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
 
 
 PERMISSIONS = {  # name: (argv, the mode of paths in the case's folder, a fragment of the error line)
@@ -889,9 +910,10 @@ PERMISSIONS = {  # name: (argv, the mode of paths in the case's folder, a fragme
 
 
 @pytest.fixture(scope="module")
-def unprivileged(tmp_path_factory, fitted) -> dict[str, tuple]:
+def unprivileged(tmp_path_factory, fitted, preloaded_python) -> dict[str, tuple]:
     """Every case of ``PERMISSIONS`` in a folder of its own, run in one process that file permissions bind (as root:
-    without the capabilities that override them); name -> (exit code, stderr, snapshot before, snapshot after)."""
+    without the capabilities that override them; the process is forked from one that has imported aevb, see
+    conftest.py); name -> (exit code, stderr, snapshot before, snapshot after)."""
     if not sys.platform.startswith("linux"):
         pytest.skip("needs Linux: as root, to drop the capabilities that override file permissions")
     root = tmp_path_factory.mktemp("unprivileged")
@@ -904,8 +926,7 @@ def unprivileged(tmp_path_factory, fitted) -> dict[str, tuple]:
         for path, mode in modes.items():
             (root / name / path).chmod(mode)
     cases = [[name, str(root / name), argv] for name, (argv, modes, says) in PERMISSIONS.items()]
-    result = subprocess.run([sys.executable, "-c", UNPRIVILEGED, json.dumps(cases)], capture_output=True, text=True,
-                            timeout=300, preexec_fn=drop_permission_overrides if os.geteuid() == 0 else None)
+    result = preloaded_python.run(["-c", UNPRIVILEGED, json.dumps(cases)], timeout=300)
     assert result.returncode == 0, result.stderr
     for name, (argv, modes, says) in PERMISSIONS.items():
         for path in modes:

@@ -183,7 +183,7 @@ BROKEN = {
     "buffer-updated-in-an-e-step": (
         NormalizedDecoder, r"^isolation: two steps with schedule 'e-step' changed model.generative's "
                            r"net.1.num_batches_tracked, net.1.running_mean, net.1.running_var;"),
-    "importance-weights-without-the-prior": (WeightsWithoutPrior, r"^iwae: over 200 draws iwae_bound\(num_samples=1\)"),
+    "importance-weights-without-the-prior": (WeightsWithoutPrior, r"^iwae: over 200 draws log_importance_weights\(num_samples=1\)"),
     "sample-of-z": (SamplesLatents, r"^sample: sample\(6\) has shape \(6, 2\); expected shape \(6, 4\)"),
 }
 

@@ -56,10 +56,13 @@ def test_experiment_2_e_phases_tighten_the_bound_and_m_phases_raise_the_evidence
 
 
 def test_user_data_from_a_file(tmp_path):
-    rng = np.random.default_rng(0)
+    # seed 2: the exact-EM reference fit converges in a few hundred iterations (on seed 0's data it ran all 10,000 of
+    # fit_em's, over half of this test's time); 30 epochs at --lr 0.03 end 0.01 nats from it, as 100 at 0.01 did
+    rng = np.random.default_rng(2)
     x = rng.normal(size=(400, 2)) @ rng.normal(size=(2, 5)) + 0.3 * rng.normal(size=(400, 5)) + 7.0
     np.save(tmp_path / "x.npy", x)
-    summary, _ = fit(tmp_path, "--dataset", str(tmp_path / "x.npy"), "--latent-dim", "2", "--epochs", "100")
+    summary, _ = fit(tmp_path, "--dataset", str(tmp_path / "x.npy"), "--latent-dim", "2", "--epochs", "30", "--lr",
+                     "0.03")
     assert "true_log_evidence" not in summary
     assert abs(summary["test_log_evidence"] - summary["mle_log_evidence"]) < 0.2
 

@@ -1,8 +1,6 @@
 """The README's "Your own model" example runs as written: checked, fitted with an EM schedule, evaluated, loaded back."""
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 from aevb.cli import main
@@ -10,12 +8,13 @@ from aevb.cli import main
 README = Path(__file__).parents[1] / "README.md"
 
 
-def test_your_own_model_runs_as_written(tmp_path, capsys, monkeypatch):
+def test_your_own_model_runs_as_written(tmp_path, capsys, monkeypatch, preloaded_python):
     section = README.read_text().split("## Your own model", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.DOTALL)[1]
     assert len(code.strip().splitlines()) <= 40
     (tmp_path / "my_model.py").write_text(code)
-    result = subprocess.run([sys.executable, "my_model.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    # `python my_model.py` in a process of its own, forked from one that has imported torch and aevb (conftest.py)
+    result = preloaded_python.run(["my_model.py"], cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr
     evaluated = eval(result.stdout.splitlines()[0])  # the dict evaluate_run returned
     assert evaluated["iwae_samples"] == 1000 and evaluated["test_elbo"] <= evaluated["iwae_log_likelihood"] + 0.05

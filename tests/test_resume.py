@@ -4,9 +4,9 @@ one line; the trainer trains more when called again and leaves the global random
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,7 +16,7 @@ from aevb.errors import Diverged
 from aevb.models.vae import VAE, VAEConfig
 from aevb.trainer import Trainer
 
-# Runs `aevb ARGV` in a fresh process with one thread, sending itself SIGNAL just before gradient step AT (1-based).
+# Runs `aevb ARGV` in a process of its own with one thread, sending itself SIGNAL just before gradient step AT (1-based).
 KILLER = """
 import os, signal, sys
 import torch
@@ -34,18 +34,32 @@ sys.exit(main(argv))
 """
 
 FITS = {  # name -> flags; the digits have 15 training batches of 100 per epoch, FA's synthetic data 32 of 32
+    # (a VAE with --latent-dim 2 draws its codes as they are: no t-SNE, which took most of its fit's time)
     "fa-alternate": ["fit", "fa", "--schedule", "alternate:7,5", "--epochs", "2", "--iwae", "4"],
     "vae-dynamic-binarization": ["fit", "vae", "--transform", "dynamic-binarize", "--likelihood", "bernoulli",
-                                 "--hidden", "16", "--epochs", "2", "--iwae", "4"],
+                                 "--hidden", "16", "--latent-dim", "2", "--epochs", "2", "--iwae", "4",
+                                 "--lr-milestones", "1", "--lr-gamma", "0.5"],  # killed in epoch 2: decayed
     "gmvae-temperature-schedule": ["fit", "gmvae", "--estimator", "gumbel-relaxed", "--temperature-decay", "0.5",
                                    "--epochs", "2", "--hidden", "16", "--latent-dim", "4"],
-    "vrnn": ["fit", "vrnn", "--hidden", "8", "--epochs", "2", "--iwae", "4"],
+    "vrnn": ["fit", "vrnn", "--hidden", "8", "--epochs", "2", "--iwae", "4"],  # and --dataset: see `fits`
 }
 
 
-def run(argv: list, at: int = 0, signal_name: str = "SIGKILL") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", KILLER, str(at), signal_name, *map(str, argv), "--no-progress"],
-                          capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def fits(tmp_path_factory) -> dict[str, list]:
+    """FITS, the VRNN's on the first 600 of the digits from a file: 500 training examples, 5 batches of 100 per
+    epoch (on all 1797, its two fits took a third of this module's time)."""
+    from sklearn.datasets import load_digits
+
+    path = tmp_path_factory.mktemp("data") / "digits.npy"
+    np.save(path, load_digits().images[:600].astype(np.uint8))  # pixels 0..16, binarized as the digits' are
+    return {**FITS, "vrnn": [*FITS["vrnn"], "--dataset", path]}
+
+
+def run(python, argv: list, at: int = 0, signal_name: str = "SIGKILL") -> subprocess.CompletedProcess:
+    """``python -c KILLER``: in a process of its own, forked from one that has imported torch and aevb already
+    (``preloaded_python`` in conftest.py), so that each run does not pay for the imports."""
+    return python.run(["-c", KILLER, str(at), signal_name, *map(str, argv), "--no-progress"], timeout=300)
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -63,17 +77,18 @@ def fit(argv: list) -> int:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> dict[str, Path]:
+def uninterrupted(tmp_path_factory, fits) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("uninterrupted")
-    for name, flags in FITS.items():
+    for name, flags in fits.items():
         assert fit([*flags, "--out", out / name]) == 0
-    return {name: out / name for name in FITS}
+    return {name: out / name for name in fits}
 
 
 @pytest.mark.parametrize("name, at", [("fa-alternate", 45), ("vae-dynamic-binarization", 22),
-                                      ("gmvae-temperature-schedule", 23), ("vrnn", 20)])
-def test_killed_in_the_middle_of_an_epoch_and_resumed_it_ends_as_the_uninterrupted_fit(name, at, uninterrupted, tmp_path):
-    killed = run([*FITS[name], "--out", tmp_path / "run"], at=at)
+                                      ("gmvae-temperature-schedule", 23), ("vrnn", 8)])
+def test_killed_in_the_middle_of_an_epoch_and_resumed_it_ends_as_the_uninterrupted_fit(name, at, fits, uninterrupted,
+                                                                                        tmp_path, preloaded_python):
+    killed = run(preloaded_python, [*fits[name], "--out", tmp_path / "run"], at=at)
     assert killed.returncode == -signal.SIGKILL
     assert json.loads((tmp_path / "run" / runs.MARKER).read_text())["status"] == "incomplete"
     assert runs.load_file(tmp_path / "run" / runs.CHECKPOINT)["trainer"]["step"] < at  # the last epoch's end
@@ -83,9 +98,9 @@ def test_killed_in_the_middle_of_an_epoch_and_resumed_it_ends_as_the_uninterrupt
 
 @pytest.mark.parametrize("signal_name, code", [("SIGINT", 130), ("SIGTERM", 143)])
 def test_sigint_and_sigterm_stop_at_a_step_boundary_with_a_checkpoint_to_resume_from(signal_name, code, uninterrupted,
-                                                                                    tmp_path):
+                                                                                    tmp_path, preloaded_python):
     flags = [*FITS["gmvae-temperature-schedule"], "--out", tmp_path / "run"]
-    stopped = run(flags, at=23, signal_name=signal_name)
+    stopped = run(preloaded_python, flags, at=23, signal_name=signal_name)
     assert stopped.returncode == code
     assert stopped.stderr.strip().splitlines() == [
         f"aevb: interrupted by {signal_name} after step 23; the run keeps a checkpoint: continue it with "
@@ -97,7 +112,8 @@ def test_sigint_and_sigterm_stop_at_a_step_boundary_with_a_checkpoint_to_resume_
 
 
 def test_resume_refuses_other_settings_and_does_not_refit_a_complete_run(tmp_path, capsys, monkeypatch):
-    flags = ["fit", "vae", "--hidden", "16", "--epochs", "2", "--iwae", "3", "--out", tmp_path / "run", "--no-progress"]
+    flags = ["fit", "vae", "--hidden", "16", "--latent-dim", "2", "--epochs", "2", "--iwae", "3", "--out", tmp_path / "run",
+             "--no-progress"]
     step = Trainer.step
 
     def stop_at_20(self, batch, phase):  # what the SIGINT handler does, in this process
@@ -164,6 +180,20 @@ def test_fit_trains_the_asked_for_steps_each_time_and_leaves_the_global_random_s
     assert trainer.step_count == 20 and [r["epoch"] for r in history] == [3, 4]
     torch.manual_seed(123)
     assert torch.equal(torch.rand(3), expected)  # fit did not reseed: the caller's seed still decides
+
+
+def test_the_learning_rate_decays_after_each_milestone_epoch():
+    """lr * gamma^(milestones passed), as torch's MultiStepLR stepped once per epoch gives."""
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(data_dim=6, latent_dim=2, hidden=(8,)))
+    x = torch.rand(20, 6)
+    trainer = Trainer(model, lr=0.1, batch_size=10, progress=False, lr_milestones=(1, 3), lr_gamma=0.5)
+    reference = torch.optim.lr_scheduler.MultiStepLR(torch.optim.SGD([torch.zeros(1)], lr=0.1), [1, 3], gamma=0.5)
+    for epoch in range(1, 6):
+        trainer.fit((x,), epochs=1)
+        assert {o.param_groups[0]["lr"] for o in trainer.optimizers.values()} == {reference.get_last_lr()[0]}, epoch
+        reference.optimizer.step()
+        reference.step()
 
 
 def test_no_argument_validation_runs_in_a_training_step(monkeypatch):

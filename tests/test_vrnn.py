@@ -172,3 +172,17 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, array, flags, m
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("aevb: error:") and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_bits_per_dim_of_sequences_count_every_step_of_every_row():
+    """Dequantized digits read row by row, (N, T, D) = (N, 8, 8): bits/dim divides by T * D = 64 dimensions."""
+    from aevb import evaluation
+
+    data, transform = load("digits", "--likelihood", "cb")
+    assert transform == "dequantize" and data.levels == 17 and data.test[0].shape[1:] == (8, 8)
+    torch.manual_seed(0)
+    model = VRNN(VRNNConfig(data_dim=8, seq_len=8, latent_dim=2, hidden_dim=16, mlp_dim=24, likelihood="cb"))
+    test = tuple(t[:40] for t in data.test)
+    summary = evaluation.evaluate(model, test, num_samples=4, levels=data.levels)
+    assert summary["bits_per_dim"] == pytest.approx(
+        -(summary["iwae_log_likelihood"] - 64 * np.log(17)) / (64 * np.log(2)))

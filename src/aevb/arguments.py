@@ -77,6 +77,26 @@ def int_tuple(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 500,500, got {text!r}") from None
 
 
+def epoch_list(text: str) -> tuple[int, ...]:
+    """Increasing positive epochs, comma-separated: 200,350 (nothing: none)."""
+    if not text:
+        return ()
+    try:
+        epochs = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        epochs = ()
+    if not epochs or min(epochs) < 1 or list(epochs) != sorted(set(epochs)):
+        raise argparse.ArgumentTypeError(f"expected increasing positive epochs such as 200,350, got {text!r}")
+    return epochs
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def output_problem(path: Path) -> str | None:
     """What makes ``path`` unfit to be written as a folder of aevb's, or None: the working directory or a folder
     above it (replacing it would remove the user's files), or an existing file."""

@@ -83,7 +83,8 @@ def build_parser() -> ArgumentParser:
                                             "interrupted reproduce continues where it stopped, inside an experiment "
                                             "from its last checkpoint (complete runs are kept).")
     again.add_argument("experiments", nargs="+", choices=[*EXPERIMENTS, "all"], metavar="EXPERIMENT",
-                       help=f"all, or some of {', '.join(EXPERIMENTS)}")
+                       help=f"all (the tutorial's), or some of {', '.join(EXPERIMENTS)} (vae-nll: a VAE on statically "
+                            "binarized MNIST beside the literature's test NLL, not in the tutorial)")
     again.add_argument("--dataset", default="mnist",
                        help="data of the image experiments: mnist (the tutorial's), digits (offline) or idx:DIR (default mnist)")
     again.add_argument("--data-dir", default=None, help="folder of the MNIST IDX files (else $AEVB_DATA_DIR, else download)")

@@ -9,6 +9,9 @@ tutorial's transforms and returns float32 (N, D) tensors:
   p of u bounds the discrete data's, log P(x) >= E_u[log p(u)] - D log(levels);
 * ``binarize``: u > 0.5, the dequantization drawn once from a seeded generator (tutorial §5.5; with
   256 levels this is x >= 128 whatever the seed);
+* ``static-binarize``: b ~ Bernoulli(x / (levels - 1)), drawn once from a seeded generator for the
+  training and test sets alike (the standard statically binarized MNIST of the literature, e.g. Larochelle &
+  Murray 2011; unlike thresholding, grey pixels are sometimes on, sometimes off);
 * ``dynamic-binarize``: b ~ Bernoulli(x / (levels - 1)) afresh for every batch, by passing
   ``dynamic_binarize`` as the trainer's ``transform``; the test set is binarized once, seeded;
 * ``none``: the values as they are.
@@ -34,7 +37,7 @@ from aevb.errors import DataError
 
 ARRAY_SUFFIXES = (".npy", ".npz", ".csv")
 USER_KEYS = ("x", "y", "x_test", "y_test")
-TRANSFORMS = ("dequantize", "binarize", "dynamic-binarize", "none")
+TRANSFORMS = ("dequantize", "binarize", "static-binarize", "dynamic-binarize", "none")
 TEST_FRACTION = 1 / 6  # held out from the digits, and from user data that bring no test set
 MAX_PIXEL_LEVELS = 2**16  # integer data with more levels than 16-bit pixels are not pixels: save them as floats
 IDX_LAYOUT = {  # split -> (images, labels): IDX file names of the MNIST layout, each raw or .gz
@@ -294,12 +297,14 @@ def prepare(data: ImageData, transform: str, seed: int) -> tuple[Tensor, Tensor 
         raise ValueError(f"unknown transform {transform!r}; use one of {', '.join(TRANSFORMS)}")
     generator = torch.Generator().manual_seed(seed)
     x_train, x_test = data.x_train.flatten(1), data.x_test.flatten(1)  # (N, D), (M, D)
-    if transform == "dynamic-binarize":
+    if transform in ("static-binarize", "dynamic-binarize"):
         scale = data.levels - 1 if data.levels else 1
         x_train, x_test = x_train.float() / scale, x_test.float() / scale
         if min(x_train.min(), x_test.min()) < 0 or max(x_train.max(), x_test.max()) > 1:
-            raise DataError("dynamic binarization draws Bernoulli(x): values must lie in [0, 1]; rescale the data")
-        x_test = torch.bernoulli(x_test, generator=generator)  # x_train stays probabilities, drawn per batch
+            raise DataError(f"{transform} draws Bernoulli(x): values must lie in [0, 1]; rescale the data")
+        if transform == "static-binarize":
+            x_train = torch.bernoulli(x_train, generator=generator)
+        x_test = torch.bernoulli(x_test, generator=generator)  # dynamic: x_train stays probabilities, drawn per batch
     elif transform in ("dequantize", "binarize") and data.levels:
         x_train, x_test = dequantize(x_train, data.levels, generator), dequantize(x_test, data.levels, generator)
     if transform == "binarize":
@@ -317,11 +322,11 @@ def as_sequences(x: Tensor, shape: tuple[int, ...]) -> Tensor:
 def validate_support(x: Tensor, likelihood: str, source: str) -> None:
     """Raise DataError unless every value of ``x`` lies in the support of the likelihood.
 
-    ``cb`` (continuous Bernoulli): [0, 1]; ``bernoulli``: {0, 1}; ``gaussian``: any finite value.
+    ``cb`` and ``cb-clamped`` (continuous Bernoulli): [0, 1]; ``bernoulli``: {0, 1}; ``gaussian``: any finite value.
     """
     if not torch.isfinite(x).all():
         raise DataError(f"{source}: the data contains NaN or infinite values; remove or impute them first")
-    if likelihood == "cb":
+    if likelihood in ("cb", "cb-clamped"):
         low, high = x.min().item(), x.max().item()
         if low < 0 or high > 1:
             raise DataError(f"{source}: values must lie in [0, 1] for the continuous Bernoulli likelihood; found "
@@ -332,4 +337,4 @@ def validate_support(x: Tensor, likelihood: str, source: str) -> None:
             raise DataError(f"{source}: values must be exactly 0 or 1 for the Bernoulli likelihood; {other} of "
                             f"{x.numel()} are not (binarize the data, or use --likelihood cb)")
     elif likelihood != "gaussian":
-        raise ValueError(f"unknown likelihood {likelihood!r}; use cb, bernoulli or gaussian")
+        raise ValueError(f"unknown likelihood {likelihood!r}; use cb, cb-clamped, bernoulli or gaussian")

@@ -71,8 +71,8 @@ def bits_per_dim(log_density: float, data_dim: int, levels: int) -> float:
 def evaluate(
     model: LatentVariableModel, tensors: Sequence[Tensor], num_samples: int, levels: int | None = None, seed: int = 0
 ) -> dict:
-    """Summary keys ``test_elbo``, ``iwae_log_likelihood`` and ``iwae_samples`` (K = 0: no IWAE), and
-    ``bits_per_dim`` given ``levels`` (D is the size of one example, all of a sequence's steps).
+    """Summary keys ``test_elbo``, ``iwae_log_likelihood`` and ``iwae_samples`` (K = 0: no IWAE),
+    and ``bits_per_dim`` given ``levels`` (D is the size of one example, all of a sequence's steps).
 
     Seeded, so the same model, data and K give the same numbers; the caller's random state is left as it was.
     """

@@ -33,8 +33,8 @@ import torch
 from torch import Tensor
 
 from aevb import evaluation, registry
-from aevb.arguments import (MAX_IWAE_SAMPLES, finite_float, int_tuple, iwae_samples, positive_float, positive_int,
-                            random_seed)
+from aevb.arguments import (MAX_IWAE_SAMPLES, epoch_list, finite_float, fraction, int_tuple, iwae_samples,
+                            positive_float, positive_int, random_seed)
 from aevb.data import ARRAY_SUFFIXES, TRANSFORMS, as_sequences, dynamic_binarize, load_dataset, prepare, validate_support
 from aevb.errors import DataError, Diverged, UsageError
 from aevb.likelihoods import LIKELIHOODS
@@ -48,7 +48,7 @@ DATA_FIELDS = ("data_dim", "seq_len", "num_classes")  # config fields filled fro
 SAMPLE_SUFFIXES = (".png", ".npy", ".npz")  # what aevb sample writes
 KINDS = ("images", "vectors", "sequences")  # of data: what Data.kind and a run's config.json say
 IMPLAUSIBLE_NATS_PER_DIMENSION = -1e6  # a test ELBO below this per dimension of x is a failed fit, not a result
-DEFAULT_TRANSFORMS = {"cb": "dequantize", "bernoulli": "binarize", "gaussian": "dequantize"}  # for integer pixels
+DEFAULT_TRANSFORMS = {"cb": "dequantize", "cb-clamped": "dequantize", "bernoulli": "binarize", "gaussian": "dequantize"}  # for integer pixels
 GRID_COLUMNS = 10
 SAMPLES_PLOTTED = 30
 
@@ -229,7 +229,8 @@ def add_generic_arguments(parser: argparse.ArgumentParser, cls: type, hooks: typ
     data.add_argument("--data-dir", default=None, help="folder of the MNIST IDX files (else $AEVB_DATA_DIR, else download)")
     data.add_argument("--transform", choices=TRANSFORMS, default=hooks.transform,
                       help="integer pixels: dequantize, binarize (threshold the dequantized value at 0.5), "
-                           "dynamic-binarize, or none (default: binarize for a Bernoulli likelihood, dequantize "
+                           "static-binarize (draw each pixel once from Bernoulli(intensity), seeded), "
+                           "dynamic-binarize (draw afresh every batch), or none (default: binarize for a Bernoulli likelihood, dequantize "
                            "for others; none for float or 0/1 data and for models without a likelihood setting)")
     training = parser.add_argument_group("training (approximate EM)")
     training.add_argument("--schedule", type=schedule_type, default=None,
@@ -240,6 +241,10 @@ def add_generic_arguments(parser: argparse.ArgumentParser, cls: type, hooks: typ
     training.add_argument("--batch-size", type=positive_int, default=hooks.batch_size,
                           help=f"mini-batch size (default {hooks.batch_size})")
     training.add_argument("--lr", type=positive_float, default=hooks.lr, help=f"Adam learning rate (default {hooks.lr:g})")
+    training.add_argument("--lr-milestones", type=epoch_list, default=(), metavar="E1,E2,...",
+                          help="multiply the learning rate by --lr-gamma after each of these epochs (default: constant)")
+    training.add_argument("--lr-gamma", type=fraction, default=0.1,
+                          help="the factor of each learning-rate decay, in (0, 1] (default 0.1)")
     estimators = getattr(cls, "estimators", None)
     training.add_argument("--estimator", choices=estimators, default=None,
                           help="the ELBO estimator of training (default: the model's"
@@ -421,7 +426,8 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
     torch.set_num_threads(args.threads or default_threads(model, tuple(t[:args.batch_size] for t in data.train),
                                                           args.estimator))
     trainer = Trainer(model, args.schedule, args.lr, args.batch_size, args.estimator, args.seed, progress,
-                      torch_compile=args.compile, clip_grad=args.clip_grad)
+                      torch_compile=args.compile, clip_grad=args.clip_grad, lr_milestones=args.lr_milestones,
+                      lr_gamma=args.lr_gamma)
     total = args.steps or args.epochs * math.ceil(len(data.train[0]) / args.batch_size)
     metrics_path = out / "metrics.jsonl"
     progress_so_far = {"lines": 0, "seconds": 0.0}

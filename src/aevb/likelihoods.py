@@ -1,7 +1,12 @@
 """Likelihood heads p(x | ·): a decoder network's D raw outputs turned into a distribution over x in R^D.
 
 * ``cb``: x in [0, 1]^D ~ prod_d ContinuousBernoulli(lambda_d), lambda = sigmoid(output) (tutorial §5.3,
-  for dequantized images; its log-density is often positive, so image ELBOs in nats are positive);
+  for dequantized images; its log-density is often positive, so image ELBOs in nats are positive), with the
+  exact normalizer of ``aevb.continuous_bernoulli``;
+* ``cb-clamped``: the same with torch's ``ContinuousBernoulli``, whose normalizer is computed from lambda clamped to
+  [eps, 1 - eps] in float32 (stuck beyond |output| ~ 16.6, with zero gradient there): the tutorial's density,
+  for comparison with its numbers. Its density integrates to less than 1 where clamped, so its log-densities
+  still bound the data's, loosely;
 * ``bernoulli``: x in {0, 1}^D ~ prod_d Bernoulli(p_d), p = sigmoid(output) (binarized images, §5.5);
 * ``gaussian``: x in R^D ~ N(output, diag(sigma^2)), sigma a learned per-pixel vector (independent of z)
   or, with ``scale`` given, that fixed number.
@@ -17,9 +22,12 @@ from typing import Literal, get_args
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, ContinuousBernoulli, Distribution, Independent, Normal
+from torch.distributions import Bernoulli, Distribution, Independent, Normal
+from torch.distributions import ContinuousBernoulli as ClampedContinuousBernoulli
 
-Likelihood = Literal["cb", "bernoulli", "gaussian"]
+from aevb.continuous_bernoulli import ContinuousBernoulli
+
+Likelihood = Literal["cb", "cb-clamped", "bernoulli", "gaussian"]
 LIKELIHOODS = get_args(Likelihood)
 
 
@@ -43,6 +51,8 @@ class LikelihoodHead(nn.Module):
     def forward(self, output: Tensor) -> Independent:
         if self.likelihood == "cb":
             base = ContinuousBernoulli(logits=output, validate_args=False)
+        elif self.likelihood == "cb-clamped":
+            base = ClampedContinuousBernoulli(logits=output, validate_args=False)
         elif self.likelihood == "bernoulli":
             base = Bernoulli(logits=output, validate_args=False)
         else:

@@ -1,8 +1,9 @@
 """The report of a tour or reproduce folder: ``report.md`` and a self-contained ``report.html``.
 
-For every experiment with a complete run in the folder: our numbers beside the tutorial's (with its
-section, and where our settings differ from its), the test ELBO per epoch beside its published curve,
-the run's settings, seed, time taken and software versions, and its figures. The HTML embeds the
+For every experiment with a complete run in the folder: what it fitted, in a sentence generated from the
+run's own settings; our numbers, beside the source's only where the settings are comparable (otherwise the
+differences, and the command that runs the source's setting); a verdict by a stated rule; the test ELBO per
+epoch; the run's settings, seed, device, time taken and software versions; and its figures. The HTML embeds the
 figures as data URIs, so it needs no network and no other file; the Markdown links them relatively.
 The report is built as a list of blocks, and each format renders the same blocks.
 """
@@ -17,9 +18,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from aevb.reproduce import EXPERIMENTS, Experiment, complete, software_versions
+from aevb.reproduce import EXPERIMENTS, Experiment, Published, Settings, complete, software_versions
 
 IMAGE_SUFFIXES = (".png", ".gif", ".jpg", ".svg")
+VERDICT_RULE = ("Verdicts: a row is *reproduced* when ours is within the stated tolerance of the source's number (or the "
+                "source's statement holds of ours), *better* or *worse* beyond it; an experiment is worse if any of its "
+                "judged rows is, reproduced if all are, better otherwise; *not comparable* when its settings or data "
+                "differ from the source's, or its run is shorter or longer than the source's for a number stated at the "
+                "end of training.")
 STATUS = {"fitted": "fitted now", "kept": "kept: complete from an earlier run with the same settings",
           "unavailable": "not run: its model is not installed", "earlier": "from an earlier run (not requested this time)"}
 
@@ -28,6 +34,7 @@ STATUS = {"fitted": "fitted now", "kept": "kept: complete from an earlier run wi
 class Heading:
     level: int
     text: str
+    anchor: str | None = None  # a link target for the table of contents
 
 
 @dataclass
@@ -82,45 +89,94 @@ def at_epoch(history: list[dict], epoch: int, key: str = "test_elbo"):
     return next((r[key] for r in reversed(history) if r["epoch"] == epoch and key in r), None)
 
 
+def run_settings(run_dir: Path, summary: dict) -> Settings:
+    """What a run fitted: its flags and model config (config.json), with the values the fit resolved."""
+    record = json.loads((run_dir / "config.json").read_text())
+    resolved = {k: summary[k] for k in ("dataset", "transform", "schedule", "epochs", "steps") if k in summary}
+    return {**record["args"], **record["config"], **resolved}
+
+
 def differences(experiment: Experiment, flags: dict[str, str]) -> list[str]:
-    """A note for every setting of the run that is not the tutorial's."""
-    notes = [f"`{flag} {flags[flag]}` here, `{flag} {value}` in the tutorial" for flag, value in experiment.settings.items()
-             if flags.get(flag) != value]
-    if flags.get("--dataset", "mnist") != experiment.settings.get("--dataset", "mnist"):
-        notes.append(f"Different data ({flags['--dataset']}, not the tutorial's MNIST): the numbers are not comparable "
-                     "with its numbers, only the trends are.")
+    """Every setting of the run, other than its length, that is not the source's (data first)."""
+    notes = []
+    if "--dataset" in experiment.settings and flags.get("--dataset") != experiment.settings["--dataset"]:
+        notes.append(f"data: {flags.get('--dataset')} here, {experiment.settings['--dataset']} in {experiment.source}")
+    notes += [f"`{flag} {flags.get(flag, '(default)')}` here, `{flag} {value}` in {experiment.source}"
+              for flag, value in experiment.settings.items()
+              if flag not in ("--dataset", experiment.length) and flags.get(flag) != value]
     return notes
 
 
-def experiment_blocks(name: str, experiment: Experiment, run_dir: Path, provenance: dict) -> list[Block]:
-    summary = json.loads((run_dir / "summary.json").read_text())
+def length_difference(experiment: Experiment, flags: dict[str, str]) -> str | None:
+    flag, value = experiment.length, experiment.settings[experiment.length]
+    return None if flags.get(flag) == value else f"`{flag} {flags.get(flag)}` here, `{flag} {value}` in {experiment.source}"
+
+
+def reproduce_command(name: str, experiment: Experiment) -> str:
+    return f"aevb reproduce {name}" + (" --data-dir DIR" if "--dataset" in experiment.settings else "")
+
+
+def comparable(published: Published, different: list[str], length: str | None) -> bool:
+    return not different and not (published.final and length)
+
+
+def overall_verdict(verdicts: list[str | None], different: list[str]) -> str:
+    """The experiment's verdict from its rows' (VERDICT_RULE)."""
+    judged = [v for v in verdicts if v not in (None, "not comparable")]
+    if different or not judged:
+        return "not comparable" if different or "not comparable" in verdicts else "not judged (no number with a rule)"
+    return "worse" if "worse" in judged else "reproduced" if set(judged) == {"reproduced"} else "better"
+
+
+def experiment_blocks(name: str, experiment: Experiment, run_dir: Path, provenance: dict) -> tuple[list[Block], str]:
+    """The experiment's section of the report, and its verdict."""
+    summary = {**json.loads((run_dir / "summary.json").read_text()), **provenance.get("evaluations", {})}
     history = read_history(run_dir)
     flags = provenance["flags"]
+    different, length = differences(experiment, flags), length_difference(experiment, flags)
+    rows, verdicts = [], []
+    for p in experiment.published:
+        ours = p.ours(summary, history)
+        if comparable(p, different, length):
+            verdict = p.verdict(ours)
+            rows.append([p.quantity, number(ours), p.tutorial, verdict or "—", p.rule])
+        else:
+            verdict = "not comparable" if p.verdict(ours) is not None else None
+            rows.append([p.quantity, number(ours), "not comparable", "not comparable", p.rule])
+        verdicts.append(verdict)
+    verdict = overall_verdict(verdicts, different)
     blocks: list[Block] = [
-        Heading(2, f"{name}: {experiment.title} (tutorial {experiment.section})"),
-        Text(experiment.summary),
-        Heading(3, "Our numbers beside the tutorial's"),
-        Table(["quantity", "ours", f"tutorial ({experiment.section})"],
-              [[p.quantity, number(p.ours(summary, history)), p.tutorial] for p in experiment.published]),
+        Heading(2, f"{name}: {experiment.title} ({experiment.origin})", anchor=name),
+        Text(experiment.describe(run_settings(run_dir, summary))),
+        Text(f"Verdict: **{verdict}**."),
+        Heading(3, f"Our numbers and {experiment.source}'s"),
+        Table(["quantity", "ours", f"{experiment.source} ({experiment.section})", "verdict", "rule"], rows),
     ]
-    notes = differences(experiment, flags) + list(experiment.notes)
-    if notes:
-        blocks += [Text("Notes, and where our settings differ from the tutorial's:"), Bullets(notes)]
+    reasons = different + ([length] if length else [])
+    if reasons:
+        blocks += [Text(f"Where this run differs from {experiment.source} (its numbers stand beside ours only where "
+                        f"none of these matter; `{reproduce_command(name, experiment)}` runs its setting):"),
+                   Bullets(reasons)]
+    if experiment.notes:
+        blocks += [Text("Notes:"), Bullets(list(experiment.notes))]
     if experiment.curve:
         last = history[-1]["epoch"] if history else 0
         epochs = sorted(set(experiment.curve) | {last})
-        blocks += [Heading(3, "Test ELBO per epoch"),
-                   Table(["epoch", "ours", f"tutorial ({experiment.section})"],
-                         [[str(e), number(at_epoch(history, e)) if e <= last else f"not reached (ran {last})",
-                           number(experiment.curve.get(e))] for e in epochs])]
+        key = experiment.curve_key
+        header = ["epoch", f"ours (`{key}`)"] + ([] if different else [f"{experiment.source} ({experiment.section})"])
+        table = [[str(e), number(at_epoch(history, e, key)) if e <= last else f"not reached (ran {last})"]
+                 + ([] if different else [number(experiment.curve.get(e))]) for e in epochs]
+        blocks += [Heading(3, "Test ELBO per epoch"), Table(header, table)]
     versions = provenance["versions"]
+    threads = summary.get("threads")
     blocks += [
         Heading(3, "Settings"),
         Code(f"{provenance['command']} --out {run_dir}"),
         Table(["setting", "value"], [
             ["seed", flags["--seed"]],
             ["trained", f"epochs: {summary.get('epochs')}, gradient steps: {summary.get('steps')}"],
-            ["device", versions["device"]],
+            ["device", f"{summary.get('device', '—')}" + (f", {threads} torch thread{'s' * (threads != 1)}"
+                                                          if threads is not None else "")],
             ["training time", duration(summary["train_seconds"]) if "train_seconds" in summary else "—"],
             ["wall time (training, evaluation, figures)", duration(provenance["wall_seconds"])],
             ["finished", provenance["finished"]],
@@ -134,35 +190,38 @@ def experiment_blocks(name: str, experiment: Experiment, run_dir: Path, provenan
     missing = [f for f in experiment.figures if f not in images]
     if missing:
         blocks.append(Text(f"Not written by this run: {', '.join(missing)}."))
-    return blocks
+    return blocks, verdict
 
 
 def report_blocks(out: Path, statuses: dict[str, str], command: str) -> list[Block]:
     """The report of the runs in ``out``: those of ``statuses``, then other complete experiments there."""
     statuses = {**statuses, **{n: "earlier" for n in EXPERIMENTS if n not in statuses and complete(out / n)}}
-    rows, sections, seconds = [], [], 0.0
+    rows, sections, contents, seconds = [], [], [], 0.0
     for name in [n for n in EXPERIMENTS if n in statuses]:
         experiment, provenance = EXPERIMENTS[name], complete(out / name)
         if provenance is None:
-            rows.append([name, experiment.title, experiment.section, STATUS[statuses[name]], "—", "—"])
+            rows.append([name, experiment.title, experiment.origin, STATUS[statuses[name]], "—", "—", "—"])
             continue
-        summary = json.loads((out / name / "summary.json").read_text())
+        summary = {**json.loads((out / name / "summary.json").read_text()), **provenance.get("evaluations", {})}
         headline = ", ".join(f"`{k}` {number(summary[k])}" for k in experiment.headline if summary.get(k) is not None)
         seconds += provenance["wall_seconds"] if statuses[name] == "fitted" else 0.0
-        rows.append([name, experiment.title, experiment.section, STATUS[statuses[name]],
-                     duration(provenance["wall_seconds"]), headline])
-        sections += experiment_blocks(name, experiment, out / name, provenance)
-    versions = software_versions()
+        blocks, verdict = experiment_blocks(name, experiment, out / name, provenance)
+        rows.append([name, experiment.title, experiment.origin, STATUS[statuses[name]],
+                     duration(provenance["wall_seconds"]), headline, verdict])
+        contents.append(f"[{name}: {experiment.title}](#{name})")
+        sections += blocks
     return [
         Heading(1, f"aevb: the tutorial's experiments ({command})"),
         Text(f"Written {time.strftime('%Y-%m-%d %H:%M:%S %z')} by `{command}` into {out}. The tutorial is Yang, "
              "'Training Latent Variable Models with Auto-encoding Variational Bayes: A Tutorial' (arXiv 2208.07818); "
              "section numbers are its. Numbers are per test example in nats unless stated."),
-        Heading(2, "What ran"),
-        Table(["experiment", "what", "tutorial", "status", "wall time", "headline numbers"], rows),
-        Text(f"Fitted now: {duration(seconds)} in all."),
-        Heading(2, "Software"),
-        Table(["", "version"], [[k, v] for k, v in versions.items()]),
+        Heading(2, "Contents", anchor="contents"),
+        Bullets(["[What ran](#what-ran)", *contents, "[Software](#software)"]),
+        Heading(2, "What ran", anchor="what-ran"),
+        Table(["experiment", "what", "source", "status", "wall time", "headline numbers", "verdict"], rows),
+        Text(f"Fitted now: {duration(seconds)} in all. {VERDICT_RULE}"),
+        Heading(2, "Software", anchor="software"),
+        Table(["", "version"], [[k, v] for k, v in software_versions().items()]),
         *sections,
     ]
 
@@ -172,7 +231,7 @@ def markdown(blocks: list[Block], base: Path) -> str:
     parts = []
     for b in blocks:
         if isinstance(b, Heading):
-            parts.append(f"{'#' * b.level} {b.text}")
+            parts.append((f'<a id="{b.anchor}"></a>\n\n' if b.anchor else "") + f"{'#' * b.level} {b.text}")
         elif isinstance(b, Text):
             parts.append(b.text)
         elif isinstance(b, Code):
@@ -207,8 +266,10 @@ figcaption { font-size: .9em; color: #555; }
 
 
 def inline(text: str) -> str:
-    """Escaped text, with Markdown's `code` spans as <code>."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+    """Escaped text, with Markdown's `code` spans as <code>, **strong** as <strong> and in-page [links](#anchor)."""
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+    text = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"\[([^\]]+)\]\(#([\w-]+)\)", r'<a href="#\2">\1</a>', text)
 
 
 def to_html(blocks: list[Block], title: str) -> str:
@@ -216,7 +277,8 @@ def to_html(blocks: list[Block], title: str) -> str:
     parts = []
     for b in blocks:
         if isinstance(b, Heading):
-            parts.append(f"<h{b.level}>{inline(b.text)}</h{b.level}>")
+            anchor = f' id="{b.anchor}"' if b.anchor else ""
+            parts.append(f"<h{b.level}{anchor}>{inline(b.text)}</h{b.level}>")
         elif isinstance(b, Text):
             parts.append(f"<p>{inline(b.text)}</p>")
         elif isinstance(b, Code):

@@ -135,7 +135,8 @@ class Trainer:
     the batches with its own generator, seeded by ``seed``. A non-finite ELBO, log-likelihood or KL, or a
     non-finite evaluated metric, stops training with ``aevb.errors.Diverged``; it is checked when records are
     made, so it costs no host-device synchronization in the steps between. ``clip_grad`` clips the gradient's
-    norm. ``request_stop(signal)`` (e.g. from a signal handler) stops at the next step boundary with a
+    norm. ``lr_milestones`` (epochs) and ``lr_gamma`` decay the learning rate: see ``learning_rate``.
+    ``request_stop(signal)`` (e.g. from a signal handler) stops at the next step boundary with a
     checkpoint and ``aevb.errors.Interrupted``.
 
     ``torch_compile=True`` trains with the ELBO's forward and backward compiled by ``torch.compile`` (after
@@ -154,8 +155,11 @@ class Trainer:
         progress: bool = True,
         torch_compile: bool = False,
         clip_grad: float | None = None,
+        lr_milestones: Sequence[int] = (),
+        lr_gamma: float = 0.1,
     ) -> None:
         self.model = model
+        self.lr, self.lr_milestones, self.lr_gamma = lr, tuple(lr_milestones), lr_gamma
         self.schedule = Schedule.parse(schedule) if isinstance(schedule, str) else schedule
         self.batch_size, self.estimator, self.progress, self.clip_grad = batch_size, estimator, progress, clip_grad
         self.optimizers = {
@@ -175,6 +179,11 @@ class Trainer:
         self.stop_signal: int | None = None
         self.torch_compile = torch_compile
         self.mean_elbo = self._mean_elbo  # compiled after the first step, with ``torch_compile``
+
+    def learning_rate(self, epoch: int) -> float:
+        """Adam's step size in ``epoch`` (1-based): lr * gamma^(number of milestones before it), as torch's
+        ``MultiStepLR`` stepped once per epoch gives; a function of the epoch alone, so a resumed run has it too."""
+        return self.lr * self.lr_gamma ** sum(m < epoch for m in self.lr_milestones)
 
     def _mean_elbo(self, batch: Sequence[Tensor]) -> Tensor:
         """The batch's mean log-likelihood, KL and ELBO (3,), by the trainer's estimator (None: the model's default)."""
@@ -253,6 +262,8 @@ class Trainer:
                     self.epoch_order_state = self.generator.get_state()
                 else:  # inside an epoch, resumed: the same order again
                     self.generator.set_state(self.epoch_order_state)
+                for optimizer in self.optimizers.values():
+                    optimizer.param_groups[0]["lr"] = self.learning_rate(self.epoch)
                 for batch in batches.epoch(batches.order(), self.position):
                     phase = self.schedule.phase(self.step_count)
                     self.terms.append(self.step(batch, phase))

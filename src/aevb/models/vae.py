@@ -2,7 +2,8 @@
 
 Generative model (theta = decoder MLP, and the Gaussian likelihood's scale if learned):
     z ~ N(0, I_L),    x | z ~ p_theta(x | z) = prod_d ContinuousBernoulli(x_d; lambda_theta(z)_d)
-(or Bernoulli / Gaussian, ``aevb.likelihoods``), lambda_theta an MLP z -> 500 -> 500 -> D.
+(exact; or torch's clamped one, Bernoulli or Gaussian: ``aevb.likelihoods``), lambda_theta an MLP
+z -> 500 -> 500 -> D.
 Variational family (phi = encoder MLP):
     q_phi(z | x) = N(mu_phi(x), diag(sigma_phi(x)^2)),  mu linear and sigma softplus-linear in an MLP
     x -> 500 -> 500 of x.
@@ -30,7 +31,8 @@ class VAEConfig:
     latent_dim: int = field(default=20, metadata={"help": "latent dimension L"})
     hidden: Sequence[int] = field(default=(500, 500), metadata={"help": "hidden layer widths of both MLPs"})
     likelihood: Likelihood = field(
-        default="cb", metadata={"help": "p(x|z): cb (continuous Bernoulli), bernoulli or gaussian"})
+        default="cb", metadata={"help": "p(x|z): cb (continuous Bernoulli), cb-clamped (torch's, the "
+                                    "tutorial's: its normalizer clamped in float32), bernoulli or gaussian"})
     likelihood_scale: float | None = field(default=None, metadata={
         "flag": "gaussian-scale", "help": "a fixed sigma for the gaussian likelihood (None: learned per pixel)"})
     dropout: float = field(default=0.1, metadata={"help": "dropout rate of both MLPs"})

@@ -1,0 +1,104 @@
+"""The continuous Bernoulli distribution on [0, 1] (Loaiza-Ganem & Cunningham 2019), exact in float32.
+
+    p(x | l) = C(l) exp(-BCE(l, x)) = C(l) lambda^x (1 - lambda)^(1 - x),    lambda = sigmoid(l),
+
+with the normalizer C(l) = 2 artanh(1 - 2 lambda) / (1 - 2 lambda). Since 1 - 2 sigmoid(l) = -tanh(l / 2) and
+artanh(tanh(a)) = a, this is C(l) = l / tanh(l / 2), even in l, so
+
+    log C(l) = log |l| - log tanh(|l| / 2)                         (|l| >= SMALL)
+             = log |l| - log(-expm1(-|l|)) + log1p(exp(-|l|))     (tanh a = (1 - e^-2a) / (1 + e^-2a))
+             = log 2 + l^2 / 12 - 7 l^4 / 1440 + O(l^6)          (|l| < SMALL: the two logs above cancel)
+
+Every term is finite and accurate in float32 for any finite logit: log C grows like log |l| and its gradient
+is 1/l - 1/sinh(l), never zero. torch's ``ContinuousBernoulli`` computes C from lambda clamped to
+[eps, 1 - eps] (float32 eps = 1.19e-7), so beyond |l| ~ 16.6 its log C is stuck at log C(16.6) (off by -3.45
+nats at l = 500) and has zero gradient: a decoder that needs a pixel's lambda near 0 or 1 cannot get there.
+
+In the natural parameterization p(x | l) = exp(l x) / Z(l) with Z(l) = expm1(l) / l, which gives the
+mean (d log Z / dl) and the inverse CDF for ``rsample``; see ``mean`` and ``icdf``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.distributions import Distribution, constraints
+from torch.distributions.utils import broadcast_all, lazy_property
+
+SMALL = 0.1  # below it, the Taylor series: the first term left out, 31 l^6 / 90720, is under 4e-10 there
+UNIFORM = 1e-6  # below it, a draw is u + l u (1 - u) / 2: the O(l^2) left out is under 1e-13
+
+
+def log_normalizer(logits: Tensor) -> Tensor:
+    """log C(l) elementwise: log |l| - log tanh(|l| / 2), or its Taylor series near 0 (module docstring)."""
+    a = logits.abs()
+    small = a < SMALL
+    # each branch gets inputs it is finite at, so the branch not taken passes no NaN to the gradient
+    large, near_zero = torch.where(small, SMALL, a), torch.where(small, logits, 0.0)
+    exact = large.log() - torch.log(-torch.expm1(-large)) + torch.log1p(torch.exp(-large))
+    square = near_zero * near_zero
+    taylor = math.log(2.0) + square / 12 - 7 * square * square / 1440
+    return torch.where(small, taylor, exact)
+
+
+class ContinuousBernoulli(Distribution):
+    """Continuous Bernoulli with logits l (any real; lambda = sigmoid(l) is ``probs``), exact for every float32 l.
+
+    ``log_prob(x)`` = -BCE(l, x) + log C(l), elementwise: shape broadcast(batch, x). ``mean``, ``sample``
+    and ``rsample`` (the reparameterized inverse-CDF draw) as in torch's distribution of the same name.
+    """
+
+    arg_constraints = {"logits": constraints.real}
+    support = constraints.unit_interval
+    has_rsample = True
+
+    def __init__(self, logits: Tensor, validate_args: bool | None = None) -> None:
+        (self.logits,) = broadcast_all(logits)
+        super().__init__(self.logits.shape, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(ContinuousBernoulli, _instance)
+        new.logits = self.logits.expand(batch_shape)
+        super(ContinuousBernoulli, new).__init__(torch.Size(batch_shape), validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    @lazy_property
+    def probs(self) -> Tensor:
+        """lambda = sigmoid(l): the parameter the tutorial's figures draw (not the mean)."""
+        return torch.sigmoid(self.logits)
+
+    @property
+    def mean(self) -> Tensor:
+        """E[x] = d log Z / dl = 1 / (1 - e^-l) - 1/l: with a = |l|, -1/expm1(-a) - 1/a for l > 0 and
+        exp(-a)/expm1(-a) + 1/a for l < 0 (neither overflows, and a mean near 0 keeps its digits);
+        1/2 + l/12 - l^3/720 near 0, where the two terms cancel."""
+        small = self.logits.abs() < SMALL
+        a, near_zero = torch.where(small, SMALL, self.logits.abs()), torch.where(small, self.logits, 0.0)
+        exact = torch.where(self.logits < 0, torch.exp(-a) / torch.expm1(-a) + 1 / a, -1 / torch.expm1(-a) - 1 / a)
+        taylor = 0.5 + near_zero / 12 - near_zero ** 3 / 720
+        return torch.where(small, taylor, exact)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        logits, value = broadcast_all(self.logits, value)
+        return -F.binary_cross_entropy_with_logits(logits, value, reduction="none") + log_normalizer(logits)
+
+    def icdf(self, u: Tensor) -> Tensor:
+        """The x with CDF u: log1p(u expm1(l)) / l for l < 0, and by the symmetry x(l, u) = 1 - x(-l, 1 - u) for
+        l > 0 (so exp never overflows); u + l u (1 - u) / 2 for |l| < UNIFORM, near the uniform distribution."""
+        negative = self.logits < 0
+        a = self.logits.abs()
+        near_uniform = a < UNIFORM
+        large, near_zero = torch.where(near_uniform, 1.0, a), torch.where(near_uniform, self.logits, 0.0)
+        v = torch.where(negative, u, 1 - u)
+        x = torch.log1p(v * torch.expm1(-large)) / -large  # the draw for logit -|l| and uniform v
+        x = torch.where(negative, x, 1 - x)
+        return torch.where(near_uniform, u + near_zero * u * (1 - u) / 2, x)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        shape = self._extended_shape(sample_shape)
+        return self.icdf(torch.rand(shape, dtype=self.logits.dtype, device=self.logits.device))
