@@ -48,7 +48,8 @@ DATA_FIELDS = ("data_dim", "seq_len", "num_classes")  # config fields filled fro
 SAMPLE_SUFFIXES = (".png", ".npy", ".npz")  # what aevb sample writes
 KINDS = ("images", "vectors", "sequences")  # of data: what Data.kind and a run's config.json say
 IMPLAUSIBLE_NATS_PER_DIMENSION = -1e6  # a test ELBO below this per dimension of x is a failed fit, not a result
-DEFAULT_TRANSFORMS = {"cb": "dequantize", "cb-clamped": "dequantize", "bernoulli": "binarize", "gaussian": "dequantize"}  # for integer pixels
+DEFAULT_TRANSFORMS = {  # for integer pixels
+    "cb": "dequantize", "cb-clamped": "dequantize", "bernoulli": "binarize", "gaussian": "dequantize"}
 GRID_COLUMNS = 10
 SAMPLES_PLOTTED = 30
 
@@ -230,8 +231,9 @@ def add_generic_arguments(parser: argparse.ArgumentParser, cls: type, hooks: typ
     data.add_argument("--transform", choices=TRANSFORMS, default=hooks.transform,
                       help="integer pixels: dequantize, binarize (threshold the dequantized value at 0.5), "
                            "static-binarize (draw each pixel once from Bernoulli(intensity), seeded), "
-                           "dynamic-binarize (draw afresh every batch), or none (default: binarize for a Bernoulli likelihood, dequantize "
-                           "for others; none for float or 0/1 data and for models without a likelihood setting)")
+                           "dynamic-binarize (draw afresh every batch), or none (default: binarize for a Bernoulli "
+                           "likelihood, dequantize for others; none for float or 0/1 data and for models without a "
+                           "likelihood setting)")
     training = parser.add_argument_group("training (approximate EM)")
     training.add_argument("--schedule", type=schedule_type, default=None,
                           help=f"{SCHEDULE_HELP} (default joint)")
