@@ -14,8 +14,8 @@ is 1/l - 1/sinh(l), never zero. torch's ``ContinuousBernoulli`` computes C from 
 [eps, 1 - eps] (float32 eps = 1.19e-7), so beyond |l| ~ 16.6 its log C is stuck at log C(16.6) (off by -3.45
 nats at l = 500) and has zero gradient: a decoder that needs a pixel's lambda near 0 or 1 cannot get there.
 
-In the natural parameterization p(x | l) = exp(l x) / Z(l) with Z(l) = expm1(l) / l, which gives the
-mean (d log Z / dl) and the inverse CDF for ``rsample``; see ``mean`` and ``icdf``.
+In the natural parameterization, p(x | l) = exp(l x) / Z(l) with Z(l) = expm1(l) / l; this gives the mean
+(d log Z / dl) and the inverse CDF that ``rsample`` uses: see ``mean`` and ``icdf``.
 """
 from __future__ import annotations
 
