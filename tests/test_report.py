@@ -132,7 +132,8 @@ def test_a_run_with_the_tutorials_settings_stands_beside_its_numbers_with_a_verd
     experiment = EXPERIMENTS["fa-2"]
     provenance = json.loads((tour / "fa-2" / "provenance.json").read_text())
     provenance["flags"] = {**experiment.settings, "--seed": "0"}
-    blocks, verdict = report.experiment_blocks("fa-2", experiment, tour / "fa-2", provenance)
+    blocks, verdict = report.experiment_blocks("fa-2", experiment, tour / "fa-2", provenance,
+                                               report.run_summary(tour / "fa-2", provenance))
     table = next(b for b in blocks if isinstance(b, report.Table))
     summary = json.loads((tour / "fa-2" / "summary.json").read_text())
     history = [json.loads(line) for line in (tour / "fa-2" / "metrics.jsonl").read_text().splitlines()]

@@ -128,9 +128,14 @@ def overall_verdict(verdicts: list[str | None], different: list[str]) -> str:
     return "worse" if "worse" in judged else "reproduced" if set(judged) == {"reproduced"} else "better"
 
 
-def experiment_blocks(name: str, experiment: Experiment, run_dir: Path, provenance: dict) -> tuple[list[Block], str]:
-    """The experiment's section of the report, and its verdict."""
-    summary = {**json.loads((run_dir / "summary.json").read_text()), **provenance.get("evaluations", {})}
+def run_summary(run_dir: Path, provenance: dict) -> dict:
+    """A complete run's summary, with the bounds ``aevb reproduce`` evaluated after its fit."""
+    return {**json.loads((run_dir / "summary.json").read_text()), **provenance.get("evaluations", {})}
+
+
+def experiment_blocks(name: str, experiment: Experiment, run_dir: Path, provenance: dict,
+                      summary: dict) -> tuple[list[Block], str]:
+    """The experiment's section of the report, and its verdict, from the run's ``run_summary``."""
     history = read_history(run_dir)
     flags = provenance["flags"]
     different, length = differences(experiment, flags), length_difference(experiment, flags)
@@ -202,10 +207,10 @@ def report_blocks(out: Path, statuses: dict[str, str], command: str) -> list[Blo
         if provenance is None:
             rows.append([name, experiment.title, experiment.origin, STATUS[statuses[name]], "—", "—", "—"])
             continue
-        summary = {**json.loads((out / name / "summary.json").read_text()), **provenance.get("evaluations", {})}
+        summary = run_summary(out / name, provenance)
         headline = ", ".join(f"`{k}` {number(summary[k])}" for k in experiment.headline if summary.get(k) is not None)
         seconds += provenance["wall_seconds"] if statuses[name] == "fitted" else 0.0
-        blocks, verdict = experiment_blocks(name, experiment, out / name, provenance)
+        blocks, verdict = experiment_blocks(name, experiment, out / name, provenance, summary)
         rows.append([name, experiment.title, experiment.origin, STATUS[statuses[name]],
                      duration(provenance["wall_seconds"]), headline, verdict])
         contents.append(f"[{name}: {experiment.title}](#{name})")
