@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from aevb.arguments import MAX_IWAE_SAMPLES, MAX_SAMPLES, SEED_MAX
+from aevb.arguments import MAX_DRAWS, MAX_IWAE_SAMPLES, MAX_LOCAL_STEPS, MAX_SAMPLES, SEED_MAX
 from aevb.cli import main
 from aevb.data import MAX_PIXEL_LEVELS
 from aevb.model import MAX_PARAMETERS
@@ -471,6 +471,24 @@ RUN_ARGS = [
     Case("eval-iwae-negative", ["eval", "run", "--iwae", "-1"], a_run()),
     Case("eval-iwae-above-the-bound", ["eval", "run", "--iwae", str(MAX_IWAE_SAMPLES + 1)], a_run(), says="--iwae"),
     Case("eval-iwae-text", ["eval", "run", "--iwae", "x"], a_run()),
+    Case("eval-refine-negative", ["eval", "run", "--refine", "-1"], a_run(), says="--refine"),
+    Case("eval-refine-text", ["eval", "run", "--refine", "x"], a_run(), says="--refine"),
+    Case("eval-refine-above-the-bound", ["eval", "run", "--refine", str(MAX_LOCAL_STEPS + 1)], a_run(),
+         says=f"{MAX_LOCAL_STEPS:,}"),
+    Case("diagnose-missing-run", ["diagnose", "missing"], says="no such run directory"),
+    Case("diagnose-interrupted-run", ["diagnose", "run"], a_run("interrupted"), says="aevb resume"),
+    Case("diagnose-examples-0", ["diagnose", "run", "--examples", "0"], a_run(), says="--examples"),
+    Case("diagnose-iwae-0", ["diagnose", "run", "--iwae", "0"], a_run(), says="--iwae"),
+    Case("diagnose-steps-negative", ["diagnose", "run", "--steps", "-2"], a_run(), says="--steps"),
+    Case("diagnose-steps-above-the-bound", ["diagnose", "run", "--steps", str(MAX_LOCAL_STEPS + 1)], a_run(),
+         says=f"{MAX_LOCAL_STEPS:,}"),
+    Case("diagnose-samples-0", ["diagnose", "run", "--samples", "0"], a_run(), says="--samples"),
+    Case("diagnose-samples-above-the-bound", ["diagnose", "run", "--samples", str(MAX_DRAWS + 1)], a_run(),
+         says=f"{MAX_DRAWS:,}"),
+    Case("diagnose-eval-samples-0", ["diagnose", "run", "--eval-samples", "0"], a_run(), says="--eval-samples"),
+    Case("diagnose-lr-0", ["diagnose", "run", "--lr", "0"], a_run(), says="--lr"),
+    Case("diagnose-lr-nan", ["diagnose", "run", "--lr", "nan"], a_run(), says="--lr"),
+    Case("diagnose-seed-negative", ["diagnose", "run", "--seed", "-1"], a_run(), says="--seed"),
     Case("sample-missing-run", ["sample", "missing"], says="no such run directory"),
     Case("sample-n-0", ["sample", "run", "--n", "0"], a_run()),
     Case("sample-n-negative", ["sample", "run", "--n", "-1"], a_run()),
@@ -538,6 +556,8 @@ INTERRUPTIONS = [
          interrupt=("aevb.fitting", "check_first_batch")),
     Case("interrupt-eval-loading", ["eval", "run"], a_run(), code=130, interrupt=("aevb.runs", "load_checkpoint")),
     Case("interrupt-eval-evaluating", ["eval", "run"], a_run(), code=130, interrupt=("aevb.evaluation", "evaluate")),
+    Case("interrupt-diagnose-diagnosing", ["diagnose", "run"], a_run(), code=130,
+         interrupt=("aevb.diagnostics", "diagnose")),
     Case("interrupt-sample-drawing", ["sample", "run", "--out", "s.png"], a_run(), code=130,
          interrupt=("aevb.fitting", "draw")),
     Case("interrupt-resume-loading", ["resume", "run", "--no-progress"], a_run("interrupted"), code=130,
@@ -547,6 +567,7 @@ INTERRUPTIONS = [
 ]
 
 CASES = [*PARSE, *FLAGS, *DATASETS, *OUTPUTS, *RUN_ARGS, *run_cases(["eval"]), *run_cases(["sample"]),
+         *run_cases(["diagnose"])[::4],
          *run_cases(["sample"], "cvae")[:6], *RESUMES, *INTERRUPTIONS]
 
 
@@ -635,7 +656,7 @@ def fitted(tmp_path_factory) -> dict[str, Path]:
 
 def test_the_table_covers_every_command_with_at_least_150_cases():
     assert len(CASES) >= 150 and len({c.name for c in CASES}) == len(CASES)
-    assert {c.argv[0] for c in CASES if c.argv} >= {"fit", "eval", "sample", "resume", "tour", "reproduce"}
+    assert {c.argv[0] for c in CASES if c.argv} >= {"fit", "eval", "sample", "resume", "tour", "reproduce", "diagnose"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)

@@ -8,12 +8,15 @@ Values at the edges are refused here, when the command line is parsed, in one li
   K forward passes per test example, days for MNIST beyond it;
 * samples drawn by ``aevb sample`` at most ``MAX_SAMPLES`` = 1000 (per class): a figure of them stays within
   what matplotlib draws (2^16 pixels a side);
+* local E-steps (``aevb diagnose``, ``aevb eval --refine``) at most ``MAX_LOCAL_STEPS`` = 10^5 per example, and
+  draws of z per example at most ``MAX_DRAWS`` = 10^4 (each a decoder pass per example, in memory at once);
 * floats finite (no nan or inf), and an output folder never the working directory or one above it.
 """
 from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +24,8 @@ SEED_MAX = 2**32 - 1
 MAX_IWAE_SAMPLES = 100_000
 MAX_SAMPLES = 1000
 MAX_EPOCHS_SCALE = 100
+MAX_LOCAL_STEPS = 100_000
+MAX_DRAWS = 10_000
 
 
 def positive_int(text: str) -> int:
@@ -63,11 +68,24 @@ def at_most(parse: Callable[[str], float], bound: float, why: str) -> Callable[[
     return bounded
 
 
+@dataclass(frozen=True)
+class LocalEStep:
+    """Settings of the local E-steps of ``aevb.diagnostics`` (``aevb diagnose``, ``aevb eval --refine``): Adam steps,
+    draws of z per gradient, initial learning rate (cosine decay to 0), and draws per example for the final ELBOs."""
+
+    steps: int = 100
+    samples: int = 10
+    lr: float = 0.05
+    eval_samples: int = 100
+
+
 random_seed = at_most(non_negative_int, SEED_MAX, "2^32 - 1: what numpy's and scikit-learn's generators accept")
 iwae_samples = at_most(non_negative_int, MAX_IWAE_SAMPLES, "K forward passes per test example")
 positive_iwae_samples = at_most(positive_int, MAX_IWAE_SAMPLES, "K forward passes per test example")
 epochs_scale = at_most(positive_float, MAX_EPOCHS_SCALE, "100 times the tutorial's training")
 sample_count = at_most(positive_int, MAX_SAMPLES, "a figure of them stays drawable; draw more from Python")
+local_steps = at_most(non_negative_int, MAX_LOCAL_STEPS, "each is a forward and backward pass per example")
+draws = at_most(positive_int, MAX_DRAWS, "each is a decoder pass per example")
 
 
 def int_tuple(text: str) -> tuple[int, ...]:

@@ -6,6 +6,7 @@
     aevb resume RUN_DIR        continue an interrupted fit from its last checkpoint
     aevb eval RUN_DIR          test ELBO, importance-weighted log-likelihood (and bits/dim) of a run
     aevb sample RUN_DIR        draw from a run's model into a PNG (or .npy/.npz arrays)
+    aevb diagnose RUN_DIR      how far inference is from exact: amortization and approximation gaps, collapse
     aevb tour                  the main job: every model briefly, on data that ships with the project, and a report
     aevb reproduce EXP|all     the tutorial's experiments with its settings, and a report
 
@@ -20,8 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from aevb.arguments import (MAX_IWAE_SAMPLES, MAX_SAMPLES, epochs_scale, output_folder, positive_iwae_samples,
-                            random_seed, sample_count)
+from aevb.arguments import (MAX_IWAE_SAMPLES, MAX_SAMPLES, LocalEStep, draws, epochs_scale, local_steps,
+                            output_folder, positive_float, positive_int, positive_iwae_samples, random_seed,
+                            sample_count)
 from aevb.errors import Interrupted, UsageError
 from aevb.reproduce import EXPERIMENTS
 
@@ -53,8 +55,39 @@ def build_parser() -> ArgumentParser:
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run directory")
     evaluate.add_argument("--iwae", type=positive_iwae_samples, default=1000, metavar="K",
                           help=f"importance samples per test example, at most {MAX_IWAE_SAMPLES:,} (default 1000)")
+    evaluate.add_argument("--refine", type=local_steps, default=0, metavar="N",
+                          help="also the test ELBO after N local E-steps from the amortized q (semi-amortized "
+                               "inference; aevb diagnose says more) (default 0: none)")
     evaluate.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
+    evaluate.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     evaluate.set_defaults(handler=eval_command)
+
+    diagnose = commands.add_parser(
+        "diagnose", help="how far inference is from exact: amortization and approximation gaps, posterior collapse",
+        description="On a seeded subset of a run's test set: log p(x), the ELBO of the amortized q_phi(z|x) and of "
+                    "q*, the best of its family for each example (found by local E-steps from q_phi), the gaps "
+                    "log p(x) - ELBO[q*] (approximation) and ELBO[q*] - ELBO[q_phi] (amortization) with standard "
+                    "errors, and posterior collapse: KL per latent dimension, active units, I(x; z). Writes "
+                    "RUN_DIR/diagnostics.json and RUN_DIR/diagnostics.png.")
+    diagnose.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run directory")
+    diagnose.add_argument("--examples", type=positive_int, default=1000, metavar="N",
+                          help="test examples, drawn with --seed (default 1000; all if the test set is smaller)")
+    diagnose.add_argument("--iwae", type=positive_iwae_samples, default=5000, metavar="K",
+                          help=f"importance samples of the log p(x) estimate where it is not exact, at most "
+                               f"{MAX_IWAE_SAMPLES:,} (default 5000)")
+    defaults = LocalEStep()
+    diagnose.add_argument("--steps", type=local_steps, default=defaults.steps,
+                          help=f"local E-steps per example (Adam) (default {defaults.steps})")
+    diagnose.add_argument("--samples", type=draws, default=defaults.samples,
+                          help=f"draws of z per example for each local E-step's gradient (default {defaults.samples})")
+    diagnose.add_argument("--lr", type=positive_float, default=defaults.lr,
+                          help=f"the local E-steps' initial learning rate, decayed to 0 (cosine) (default {defaults.lr})")
+    diagnose.add_argument("--eval-samples", type=draws, default=defaults.eval_samples, metavar="S",
+                          help=f"draws per example for the ELBOs of q_phi and q* (default {defaults.eval_samples})")
+    diagnose.add_argument("--seed", type=random_seed, default=0, help="random seed, 0 to 2^32 - 1 (default 0)")
+    diagnose.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
+    diagnose.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    diagnose.set_defaults(handler=diagnose_command)
 
     sample = commands.add_parser("sample", help="draw from a run's model into a PNG, or into .npy/.npz arrays")
     sample.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run directory")
@@ -175,7 +208,15 @@ def resume_command(args: argparse.Namespace) -> dict:
 def eval_command(args: argparse.Namespace) -> dict:
     from aevb import fitting
 
-    return {**fitting.evaluate_run(args.run_dir, args.iwae), "run_dir": str(args.run_dir)}
+    return {**fitting.evaluate_run(args.run_dir, args.iwae, args.refine, args.progress), "run_dir": str(args.run_dir)}
+
+
+def diagnose_command(args: argparse.Namespace) -> dict:
+    from aevb import fitting
+
+    settings = LocalEStep(args.steps, args.samples, args.lr, args.eval_samples)
+    return {**fitting.diagnose_run(args.run_dir, args.examples, args.iwae, settings, args.seed, args.progress),
+            "run_dir": str(args.run_dir)}
 
 
 def sample_command(args: argparse.Namespace) -> dict:
@@ -209,6 +250,8 @@ def print_summary(summary: dict, indent: str = "") -> None:
         if isinstance(value, dict):
             print(f"{indent}{key}:")
             print_summary(value, indent + "  ")
+        elif isinstance(value, list):
+            print(f"{indent}{key:<34} {len(value)} values (--json shows them)")
         else:
             print(f"{indent}{key:<34} {value:.4f}" if isinstance(value, float) else f"{indent}{key:<34} {value}")
 

@@ -49,11 +49,16 @@ def elbo(
     p_z: Distribution,
     p_x_given_z: Callable[[Tensor], Distribution],
     estimator: str = "aevb",
+    num_samples: int = 1,
 ) -> ELBO:
-    """One-sample estimate of log p(x|z) - KL(q(z|x) || p(z)) with z = q_z.rsample(); shapes (B,)."""
-    z = q_z.rsample()  # (B, L)
+    """Estimate of E_q[log p(x|z)] - KL(q(z|x) || p(z)) averaged over S = ``num_samples`` reparameterized draws
+    z_s = q_z.rsample() (one for training; more for a lower-variance estimate); shapes (B,)."""
+    sample_shape = (num_samples,) if num_samples > 1 else ()  # one draw keeps z (B, L), as a training step has it
+    z = q_z.rsample(sample_shape)  # (S, B, L) or (B, L)
     log_likelihood = p_x_given_z(z).log_prob(x)
     kl = kl_term(q_z, p_z, z, estimator)
+    if sample_shape:  # the analytic KL is (B,), the same for every draw
+        log_likelihood, kl = log_likelihood.mean(0), kl.expand(num_samples, *q_z.batch_shape).mean(0)
     return ELBO(log_likelihood - kl, log_likelihood, kl)
 
 

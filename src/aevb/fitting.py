@@ -32,7 +32,7 @@ from typing import Any, Callable, ClassVar, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from aevb import evaluation, registry
+from aevb import diagnostics, evaluation, registry
 from aevb.arguments import (MAX_IWAE_SAMPLES, epoch_list, finite_float, fraction, int_tuple, iwae_samples,
                             positive_float, positive_int, random_seed)
 from aevb.data import ARRAY_SUFFIXES, TRANSFORMS, as_sequences, dynamic_binarize, load_dataset, prepare, validate_support
@@ -702,9 +702,8 @@ def recorded_value(action: argparse.Action, value: Any) -> Any:
     return parsed
 
 
-def evaluate_run(run_dir: str | Path, num_samples: int) -> dict:
-    """Test ELBO, the K-sample IWAE bound (and bits/dim) of a run on its own test set, seeded by its seed, with
-    the model's own test metrics."""
+def run_and_data(run_dir: str | Path) -> tuple[Run, Data]:
+    """A finished run and its data, on the default device; DataError if the data have changed since the fit."""
     run = load_run(run_dir)
     data = run.data()
     fields = [f.name for f in dataclasses.fields(run.cls.Config)]
@@ -714,14 +713,50 @@ def evaluate_run(run_dir: str | Path, num_samples: int) -> dict:
         raise DataError(f"--dataset {run.args.dataset} has changed since {run_dir} was fitted: its {name} is now {value}, "
                         f"the model's {getattr(run.model.config, name)}; evaluate on the data it was fitted to")
     run.model.to(default_device())
+    return run, data
+
+
+def evaluate_run(run_dir: str | Path, num_samples: int, refine_steps: int = 0, progress: bool = False) -> dict:
+    """Test ELBO, the K-sample IWAE bound (and bits/dim) of a run on its own test set, seeded by its seed, with
+    the model's own test metrics; with ``refine_steps``, also the test ELBO after that many local E-steps from
+    q_phi (semi-amortized inference, ``aevb.diagnostics``) beside the amortized one, with the same draws."""
+    run, data = run_and_data(run_dir)
     summary = {"model": run.config["model"], **evaluation.evaluate(run.model, data.test, num_samples, data.levels,
                                                                    run.args.seed)}
     with evaluation.eval_mode(run.model):
         extra = run.hooks.metrics(run.model, data, None)
     extra = {k: v.item() if isinstance(v, Tensor) and v.numel() == 1 else v for k, v in extra.items()}
     summary.update({k: v for k, v in extra.items() if isinstance(v, (int, float, str))})
+    if refine_steps:
+        settings = diagnostics.LocalEStep(steps=refine_steps)
+        with torch.random.fork_rng():
+            torch.manual_seed(run.args.seed)
+            columns, curve = diagnostics.per_example(run.model, data.test, settings, progress=progress)
+        if curve is None:
+            raise UsageError(f"--refine: {run.cls.name} defines no e_step_problem, so it has no local E-steps; "
+                             "evaluate it without --refine")
+        summary.update(refine_steps=refine_steps, test_elbo_amortized=columns["elbo_amortized"].mean().item(),
+                       test_elbo_refined=columns["elbo_optimal"].mean().item())
     warnings = implausible(summary, data)
     return {**summary, **({"warnings": warnings} if warnings else {})}
+
+
+def diagnose_run(run_dir: str | Path, examples: int, num_samples: int, settings: diagnostics.LocalEStep,
+                 seed: int = 0, progress: bool = False) -> dict:
+    """``aevb.diagnostics.diagnose`` on ``examples`` test examples of a run (a permutation drawn from ``seed``;
+    all of them if the test set is smaller), written to RUN_DIR/diagnostics.json and diagnostics.png."""
+    from aevb import plotting
+
+    run, data = run_and_data(run_dir)
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(len(data.test[0]), generator=generator)[:examples]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        result = diagnostics.diagnose(run.model, [t[chosen] for t in data.test], settings, num_samples,
+                                      progress=progress)
+    runs.write_json(Path(run_dir) / "diagnostics.json", result)
+    figure = plotting.e_step_diagnostics(result, Path(run_dir) / "diagnostics.png")
+    return {**result, "figure": str(figure)}
 
 
 def draw(model: LatentVariableModel, num_classes: int | None, num_samples: int,

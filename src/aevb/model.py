@@ -21,9 +21,11 @@ What a model declares (``docs/models.md`` says it at length, with an example):
   a code per example (by default the posterior mean E_q[z | x] of ``factors``).
 
 Optional: ``estimators``, the names ``elbo(x, estimator=...)`` takes (a model that overrides ``elbo`` sets
-them, ``()`` for none), and ``hooks``, what the model adds to the fit path (``aevb.fitting.Hooks``: its own
-data, metrics, summary entries, figures and flags). Everything else is derived: ``name`` (the class name in lower case), ``parameter_groups``, the estimators,
-``encode``, ``checkpoint`` and ``from_checkpoint``. Batches are tuples ``(x, *context)``; the context of a model with a
+them, ``()`` for none), ``hooks``, what the model adds to the fit path (``aevb.fitting.Hooks``: its own
+data, metrics, summary entries, figures and flags), ``e_step_problem`` for a model that overrides ``elbo``
+(what ``aevb diagnose`` optimizes per example), and ``log_evidence(x)`` where log p(x) is exact. Everything else
+is derived: ``name`` (the class name in lower case), ``parameter_groups``, the estimators, ``encode``,
+``e_step_problem`` (from ``factors``), ``checkpoint`` and ``from_checkpoint``. Batches are tuples ``(x, *context)``; the context of a model with a
 ``num_classes`` field is the label y, integer class indices (B,). A model may raise ``ValueError`` for data it
 cannot model (e.g. values outside its likelihood's support); ``aevb fit`` reports it as one line.
 ``aevb.testing.check_model`` holds a model to this contract.
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import asdict, is_dataclass
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +43,16 @@ from torch.distributions import Distribution
 from aevb import elbo as estimators
 
 PARAMETER_GROUPS = ("generative", "inference")
+
+
+class EStepProblem(NamedTuple):
+    """The E-step's problem at a batch x, theta fixed: q_phi's factors at x by name (each batch (B,) or more), and
+    two functions of any q of the same family: an S-sample estimate of ELBO(x; q) and the K-sample IWAE bound on
+    log p(x) with q as proposal, both shape (B,)."""
+
+    q: dict[str, Distribution]
+    elbo: Callable[[dict[str, Distribution], int], Tensor]
+    iwae_bound: Callable[[dict[str, Distribution], int], Tensor]
 MAX_PARAMETERS = 2**31  # 8 GiB of float32 weights (and as much again for each of Adam's two moments)
 
 
@@ -101,6 +113,22 @@ class LatentVariableModel(nn.Module, ABC):
         """Per-example ELBO estimate and its terms, shapes (B,)."""
         q_z, p_z, p_x_given_z = self.factors(x, *context)
         return estimators.elbo(x, q_z, p_z, p_x_given_z, estimator)
+
+    def e_step_problem(self, x: Tensor, *context: Tensor) -> EStepProblem:
+        """The E-step's problem at x with theta fixed (``EStepProblem``), which ``aevb.diagnostics`` solves per example.
+
+        From ``factors``: q = {"z": q(z|x)}, ELBO(x; q) = E_q[log p(x|z)] - KL(q || p(z)), and the IWAE bound with
+        q as proposal. A structured model overrides it (the GMVAE: {"y": q(y|x), "z": q(z|x,y)} with y summed
+        out), or leaves it undefined where its family has no per-example parameters (the VRNN's q(z_t | h_t, x_t)
+        reads the sampled z_<t through h_t).
+        """
+        q_z, p_z, p_x_given_z = self.factors(x, *context)
+        return EStepProblem(
+            {"z": q_z},
+            lambda q, num_samples: estimators.elbo(x, q["z"], p_z, p_x_given_z, "aevb", num_samples).elbo,
+            lambda q, num_samples: estimators.iwae_bound(
+                lambda k: estimators.log_importance_weights(x, q["z"], p_z, p_x_given_z, k), num_samples),
+        )
 
     def log_importance_weights(self, x: Tensor, *context: Tensor, num_samples: int) -> Tensor:
         """log p(x, z_k) - log q(z_k|x) for z_k ~ q(z|x), shape (K, B)."""

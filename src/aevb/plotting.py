@@ -224,3 +224,62 @@ def tsne(codes: np.ndarray, labels: np.ndarray | None, path: Path, seed: int = 0
     ax.set_yticks([])
     ax.set_title(title, fontsize=9)
     return save(fig, path)
+
+
+def gap_bars(ax, results: dict[str, dict]) -> None:
+    """One stacked bar per model: the amortization gap on the approximation gap, whose sum is
+    log p(x) - ELBO[q_phi]; a model whose local E-step is not covered gets its total gap, hatched."""
+    names = list(results)
+    for i, name in enumerate(names):
+        r = results[name]
+        if "amortization_gap" in r:
+            ax.bar(i, r["approximation_gap"], yerr=r["approximation_gap_se"], color="tab:blue",
+                   label="approximation gap" if i == 0 else None)
+            ax.bar(i, r["amortization_gap"], bottom=r["approximation_gap"], yerr=r["amortization_gap_se"],
+                   color="tab:orange", label="amortization gap" if i == 0 else None)
+        else:
+            ax.bar(i, r["total_gap"], yerr=r["total_gap_se"], color="none", edgecolor="tab:gray", hatch="//",
+                   label="total gap (not split)")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("nats per example")
+    ax.set_title("log p(x) - ELBO[q_phi]")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=8)
+
+
+def gap_comparison(results: dict[str, dict], path: Path) -> Path:
+    """The gap decomposition of several models side by side (``gap_bars``)."""
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(results), 3.6))
+    gap_bars(ax, results)
+    return save(fig, path)
+
+
+def e_step_diagnostics(result: dict, path: Path) -> Path:
+    """``aevb diagnose``'s figure: the gap decomposition, the ELBO against local E-step iterations (with log p(x)
+    and ELBO[q_phi] as lines), and KL(q(z_d|x) || p(z_d)) per latent dimension, as far as the result has them."""
+    panels = ["gaps"] + ["curve"] * ("e_step_curve" in result) + ["kl"] * ("kl_per_dimension" in result)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.6), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        if panel == "gaps":
+            gap_bars(ax, {result["model"]: result})
+        elif panel == "curve":
+            curve = result["e_step_curve"]
+            ax.plot(range(len(curve)), curve, lw=1.2, label="ELBO during local E-steps")
+            ax.axhline(result["log_px"], color="k", ls="--", lw=1, label=f"log p(x) ({result['log_evidence']})")
+            ax.axhline(result["elbo_optimal"], color="tab:orange", ls=":", lw=1, label="ELBO[q*]")
+            ax.axhline(result["elbo_amortized"], color="tab:gray", ls="-.", lw=1, label="ELBO[q_phi]")
+            low, high = result["elbo_amortized"], result["log_px"]
+            ax.set_ylim(low - 0.15 * (high - low) - 0.01, high + 0.1 * (high - low) + 0.01)
+            ax.set_xlabel("local E-step")
+            ax.set_ylabel("nats per example")
+            ax.legend(fontsize=7)
+        else:
+            kl = sorted(result["kl_per_dimension"], reverse=True)
+            ax.bar(range(len(kl)), kl, color="tab:green")
+            ax.set_xlabel("latent dimension (sorted by KL)")
+            ax.set_ylabel("E_x KL(q(z_d|x) || p(z_d))")
+            ax.set_title(f"{result['active_units']} of {result['latent_dim']} units active")
+    fig.suptitle(f"{result['model']}: the E-step on {result['examples']} test examples", fontsize=10)
+    fig.tight_layout()
+    return save(fig, path)

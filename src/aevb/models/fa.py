@@ -5,7 +5,7 @@ Generative model (theta = W, noise_std):
 so the evidence is exact, x ~ N(0, W W^T + Phi), and so is the posterior,
     p(z|x) = N(V* x, Sigma*),    Sigma* = (I + W^T Phi^-1 W)^-1,    V* = Sigma* W^T Phi^-1.
 Approximate posterior (phi = V, Sigma): q(z|x) = N(V x, Sigma), Sigma = C C^T through a learned
-Cholesky factor C (or diagonal), a family that contains the exact posterior.
+Cholesky factor C, a family that contains the exact posterior; or the mean-field family, C diagonal.
 
 Beside the AEVB machinery the model has the closed-form E-step (q := p(z|x)) and M-step
 (theta := argmax ELBO), so ``fit_em`` is exact EM and the reference every AEVB fit is measured against.
@@ -82,8 +82,12 @@ class LinearGaussianEncoder(nn.Module):
         strictly_lower = self.raw_scale.tril(-1) if self.full else 0.0
         return strictly_lower + torch.diag_embed(diagonal)
 
-    def forward(self, x: Tensor) -> MultivariateNormal:
-        return MultivariateNormal(x @ self.weight.T, scale_tril=self.scale_tril, validate_args=False)
+    def forward(self, x: Tensor) -> MultivariateNormal | Independent:
+        """N(V x, C C^T), batch (B,); the diagonal family as the product of its univariate Gaussians."""
+        if self.full:
+            return MultivariateNormal(x @ self.weight.T, scale_tril=self.scale_tril, validate_args=False)
+        return Independent(Normal(x @ self.weight.T, F.softplus(self.raw_scale), validate_args=False), 1,
+                           validate_args=False)
 
 
 class FactorAnalysis(LatentVariableModel):
@@ -161,7 +165,7 @@ class FactorAnalysis(LatentVariableModel):
         q = self.inference(x)
         w, noise_std = self.generative.weight, self.generative.noise_std
         trace = ((w @ self.inference.scale_tril / noise_std[:, None]) ** 2).sum()  # S = C C^T is shared by all x
-        expected_log_likelihood = self.generative(q.loc).log_prob(x) - trace / 2
+        expected_log_likelihood = self.generative(q.mean).log_prob(x) - trace / 2
         return expected_log_likelihood - kl_divergence(q, self.p_z())
 
     @torch.no_grad()

@@ -38,7 +38,7 @@ from torch.distributions import Independent, OneHotCategorical, kl_divergence
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 
 from aevb.elbo import ELBO, iwae_bound
-from aevb.model import LatentVariableModel
+from aevb.model import EStepProblem, LatentVariableModel
 from aevb.models.cvae import LabelPrior
 from aevb.models.vae import Decoder, GaussianEncoder, mlp, standard_normal
 
@@ -176,16 +176,32 @@ class GMVAE(LatentVariableModel):
         z = q_z.rsample()  # (..., B, L)
         return self.generative.p_x_given_z(z, y).log_prob(x), kl_divergence(q_z, self.generative.p_z_given_y(y))
 
+    def marginal_elbo(self, x: Tensor, q_y: OneHotCategorical, q_z: Independent, num_samples: int = 1) -> ELBO:
+        """sum_y q(y|x) [(1/S) sum_s log p(x|z_ys) - KL(q(z|x,y) || p(z|y))] - KL(q(y|x) || p(y)), z_ys ~ q(z|x,y),
+        for q_y of batch (B,) and q_z of batch (C, B), one per value of y; shapes (B,)."""
+        y = self.components()
+        z = q_z.rsample((num_samples,))  # (S, C, B, L)
+        log_likelihood = self.generative.p_x_given_z(z, y).log_prob(x).mean(0)  # (C, B)
+        kl_z = kl_divergence(q_z, self.generative.p_z_given_y(y))  # (C, B)
+        weights = q_y.probs.T  # (C, B)
+        log_likelihood = (weights * log_likelihood).sum(0)
+        kl = (weights * kl_z).sum(0) + self.kl_y(q_y)
+        return ELBO(log_likelihood - kl, log_likelihood, kl)
+
+    def e_step_problem(self, x: Tensor) -> EStepProblem:
+        """q = {"y": q(y|x), "z": q(z|x,y) for every y (batch (C, B))}, the marginal ELBO, and the IWAE bound
+        with y summed out (q(y|x) drops out of it)."""
+        q = {"y": self.inference.q_y_given_x(x),
+             "z": self.inference.q_z_given_x_y(self.inference.z_from_x(x), self.components())}
+        return EStepProblem(q, lambda q, num_samples: self.marginal_elbo(x, q["y"], q["z"], num_samples).elbo,
+                            lambda q, num_samples: self.iwae_bound(x, num_samples, q_z=q["z"]))
+
     def elbo(self, x: Tensor, estimator: str = "marginal") -> ELBO:
         """Per-example ELBO estimate, shapes (B,), by one of ``ESTIMATORS`` (see the module docstring)."""
         q_y = self.inference.q_y_given_x(x)
         x_part = self.inference.z_from_x(x)  # (B, H), once per example
         if estimator == "marginal":
-            log_likelihood, kl_z = self.given_y(x, x_part, self.components())  # (C, B) each
-            weights = q_y.probs.T  # (C, B)
-            log_likelihood = (weights * log_likelihood).sum(0)
-            kl = (weights * kl_z).sum(0) + self.kl_y(q_y)
-            return ELBO(log_likelihood - kl, log_likelihood, kl)
+            return self.marginal_elbo(x, q_y, self.inference.q_z_given_x_y(x_part, self.components()))
         if estimator not in ESTIMATORS:
             raise ValueError(f"unknown GMVAE estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
         # Concrete samples and densities in log space (ExpRelaxedCategorical): stable for confident logits,
@@ -213,17 +229,19 @@ class GMVAE(LatentVariableModel):
                      + self.p_y().log_prob(y))
         return log_joint - q_y.log_prob(y) - q_z.log_prob(z)
 
-    def log_importance_weights_given_y(self, x: Tensor, num_samples: int) -> Tensor:
-        """log p(x|z_k) + log p(z_k|y) - log q(z_k|x,y), z_k ~ q(z|x,y), for every y; shape (K, C, B)."""
+    def log_importance_weights_given_y(self, x: Tensor, num_samples: int, q_z: Independent | None = None) -> Tensor:
+        """log p(x|z_k) + log p(z_k|y) - log q(z_k|x,y), z_k ~ q(z|x,y), for every y; shape (K, C, B).
+        ``q_z`` (batch (C, B)) replaces q_phi(z|x,y) as the proposal."""
         y = self.components()  # (C, 1, C)
-        q_z = self.inference.q_z_given_x_y(self.inference.z_from_x(x), y)  # batch (C, B)
+        if q_z is None:
+            q_z = self.inference.q_z_given_x_y(self.inference.z_from_x(x), y)  # batch (C, B)
         z = q_z.rsample((num_samples,))  # (K, C, B, L)
         return self.generative.p_x_given_z(z, y).log_prob(x) + self.generative.p_z_given_y(y).log_prob(z) - q_z.log_prob(z)
 
-    def iwae_bound(self, x: Tensor, num_samples: int, chunk_size: int = 100) -> Tensor:
+    def iwae_bound(self, x: Tensor, num_samples: int, chunk_size: int = 100, q_z: Independent | None = None) -> Tensor:
         """log sum_y p(y) (1/K) sum_k p(x, z_k | y) / q(z_k | x, y), K draws of z for each y (module docstring);
         shape (B,). Chunks of ``chunk_size`` // C draws keep the memory of the sampled-y bound's chunks."""
-        per_y = iwae_bound(lambda k: self.log_importance_weights_given_y(x, k), num_samples,
+        per_y = iwae_bound(lambda k: self.log_importance_weights_given_y(x, k, q_z), num_samples,
                            max(1, chunk_size // self.config.num_components))  # log p(x|y) bounds, (C, B)
         return torch.logsumexp(per_y + self.p_y().logits.log_softmax(-1)[:, None], dim=0)
 

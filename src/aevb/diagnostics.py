@@ -1,0 +1,234 @@
+"""Diagnostics of the E-step: how loose a fitted model's bound is, and why (``aevb diagnose``).
+
+For an example x and theta fixed, with q_phi(z|x) the amortized posterior and q*(z|x) the best member of its
+family for this x alone (Cremer, Li & Duvenaud 2018, *Inference Suboptimality in Variational Autoencoders*):
+
+    log p(x) - ELBO[q_phi] = (log p(x) - ELBO[q*])  +  (ELBO[q*] - ELBO[q_phi])
+                           =  approximation gap     +  amortization gap.
+
+* q* comes from local E-steps, the non-amortized E-step: gradient ascent on ELBO(x; q) over q's own parameters,
+  started at q_phi(z|x), with theta fixed. The parameters are those of q's ``torch.distributions`` objects,
+  optimized unconstrained through ``transform_to`` of their constraints (a scale through exp, a Cholesky factor
+  through its exp-diagonal). Adam is elementwise and each example's ELBO involves only its own parameters, so a
+  batch of examples is optimized at once without any example's steps depending on the others'. The learning
+  rate decays to 0 (cosine), so the last steps average out the Monte Carlo noise of the S-sample gradients.
+* ELBO[q_phi] and ELBO[q*] are estimated with the same ``eval_samples`` draws per example.
+* log p(x) is exact where the model has ``log_evidence`` (factor analysis), else the K-sample IWAE bound with
+  q* as proposal: q_phi can be so much narrower or further off than p(z|x) that its IWAE bound stays below
+  ELBO[q*] even at K = 1000 (a VAE on MNIST, 11 nats below). The bound is below log p(x), so the approximation
+  gap it gives is a lower bound too.
+* Posterior collapse: KL(q(z|x) || p(z)) per latent dimension (for a factorized q and p), the active units of
+  Burda et al. (2016) (dimension d is active when Cov_x(E_q[z_d | x]) > 0.01), and I_q(x; z), the mutual
+  information under q(x, z) = p_data(x) q(z|x), estimated as in Hoffman & Johnson (2016):
+  I = E_x E_q(z|x) [log q(z|x) - log q(z)], with the aggregate q(z) = (1/N) sum_n q(z | x_n) over the N
+  examples (so the estimate is at most log N).
+
+What a model needs: ``e_step_problem`` (derived from ``factors``; the GMVAE defines its own, with q(y|x) and
+q(z|x,y) for every y as the local parameters). A model without one (the VRNN: its q(z_t | h_t, x_t) reads the
+sampled z_<t through h_t, so no set of per-example parameters describes a member of its family) gets log p(x),
+ELBO[q_phi] and their gap, and its active units.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, Independent, Normal, kl_divergence, transform_to
+from tqdm.auto import tqdm
+
+from aevb.arguments import LocalEStep
+from aevb.evaluation import eval_mode, in_batches
+from aevb.model import EStepProblem, LatentVariableModel
+
+ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2016)
+
+
+@contextmanager
+def theta_fixed(model: LatentVariableModel) -> Iterator[None]:
+    """Eval mode (dropout off) and gradients on, with no parameter of the model tracked; restored after."""
+    was_training, flags = model.training, [p.requires_grad for p in model.parameters()]
+    model.eval().requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def free_parameters(q: Distribution) -> tuple[dict[str, Tensor], Callable[[dict[str, Tensor]], Distribution]]:
+    """q's parameters in unconstrained space, as new leaf tensors, and the map from such values to the member
+    of q's family they define (``Independent`` wrappers kept). Logits are preferred to probabilities."""
+    if isinstance(q, Independent):
+        free, build = free_parameters(q.base_dist)
+        return free, lambda u: Independent(build(u), q.reinterpreted_batch_ndims, validate_args=False)
+    constraints = q.arg_constraints
+    names = ["logits"] if "logits" in constraints else [name for name in constraints if name in vars(q)]
+    if not names:
+        raise ValueError(f"{type(q).__name__} declares no parameters (arg_constraints) to optimize")
+    free = {name: transform_to(constraints[name]).inv(getattr(q, name).detach()).clone().requires_grad_()
+            for name in names}
+    return free, lambda u: type(q)(**{name: transform_to(constraints[name])(u[name]) for name in names},
+                                   validate_args=False)
+
+
+def estimate(elbo: Callable[[dict[str, Distribution], int], Tensor], q: dict[str, Distribution],
+             num_samples: int, chunk: int = 10) -> Tensor:
+    """ELBO(x; q) averaged over ``num_samples`` draws, ``chunk`` at a time (bounded memory); shape (B,)."""
+    with torch.no_grad():
+        sizes = [min(chunk, num_samples - start) for start in range(0, num_samples, chunk)]
+        return sum(elbo(q, size) * size for size in sizes) / num_samples
+
+
+def local_e_step(problem: EStepProblem, settings: LocalEStep) -> tuple[dict[str, Distribution], Tensor]:
+    """q*, ``settings.steps`` Adam steps of ascent on sum_x ELBO(x; q) from q_phi, and the mean ELBO estimate
+    before each step, shape (steps,)."""
+    free, build = {}, {}
+    for name, q in problem.q.items():
+        free[name], build[name] = free_parameters(q)
+    leaves = [u for values in free.values() for u in values.values()]
+    optimizer = torch.optim.Adam(leaves, lr=settings.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(settings.steps, 1))
+    curve = []
+    for _ in range(settings.steps):
+        elbo = problem.elbo({name: build[name](free[name]) for name in free}, settings.samples)  # (B,)
+        for leaf, grad in zip(leaves, torch.autograd.grad(-elbo.sum(), leaves)):
+            leaf.grad = grad
+        optimizer.step()
+        schedule.step()
+        curve.append(elbo.detach().mean())
+    with torch.no_grad():
+        q_star = {name: build[name](free[name]) for name in free}
+    return q_star, torch.stack(curve) if curve else torch.empty(0)
+
+
+def refine(model: LatentVariableModel, batch: Sequence[Tensor], settings: LocalEStep,
+           iwae_samples: int = 0) -> dict[str, Tensor]:
+    """Local E-steps on one batch (x, *context) on the model's device, theta fixed: per example (B,) the ELBO of
+    q_phi and of q* ("elbo_amortized", "elbo_optimal"), with ``iwae_samples`` the IWAE bound with q* as proposal
+    ("iwae"), and the steps' mean curve ("curve", (steps,)). NotImplementedError for a model without
+    ``e_step_problem``."""
+    with theta_fixed(model):
+        problem = model.e_step_problem(*batch)
+        q_star, curve = local_e_step(problem, settings)
+        result = {"elbo_amortized": estimate(problem.elbo, problem.q, settings.eval_samples),
+                  "elbo_optimal": estimate(problem.elbo, q_star, settings.eval_samples), "curve": curve}
+        if iwae_samples:
+            with torch.no_grad():
+                result["iwae"] = problem.iwae_bound(q_star, iwae_samples)
+    return result
+
+
+def mean_and_se(values: Tensor) -> tuple[float, float]:
+    """The mean over examples and its standard error."""
+    values = values.double()
+    return values.mean().item(), (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else float("nan")
+
+
+def active_units(codes: Tensor) -> int:
+    """Dimensions d with Cov_x(E_q[z_d | x]) > 0.01, for codes (N, L)."""
+    return int((codes.double().var(0) > ACTIVE_UNIT_THRESHOLD).sum())
+
+
+def mutual_information(q_z: Distribution, num_samples: int = 10, chunk: int = 100) -> float:
+    """I_q(x; z) = E_x E_q(z|x)[log q(z|x) - log q(z)], q(z) = (1/N) sum_n q(z|x_n), for q_z of batch (N,);
+    ``num_samples`` draws per example, ``chunk`` examples' draws against all N densities at a time."""
+    n, event = q_z.batch_shape[0], len(q_z.event_shape)
+    total = 0.0
+    for _ in range(num_samples):
+        z = q_z.sample()  # (N, L)
+        log_q_aggregate = torch.cat([  # row n: log (1/N) sum_m q(z_n | x_m)
+            torch.logsumexp(q_z.log_prob(rows.unsqueeze(-1 - event)), dim=-1) for rows in z.split(chunk)
+        ]) - math.log(n)
+        total += (q_z.log_prob(z) - log_q_aggregate).mean().item()
+    return total / num_samples
+
+
+def kl_per_dimension(q_z: Distribution, p_z: Distribution) -> list[float] | None:
+    """E_x KL(q(z_d|x) || p(z_d)) for each d, for factorized Gaussians q and p (else None)."""
+    factorized = [isinstance(d, Independent) and isinstance(d.base_dist, Normal) for d in (q_z, p_z)]
+    if not all(factorized):
+        return None
+    kl = kl_divergence(q_z.base_dist, p_z.base_dist)  # (N, L)
+    return kl.reshape(-1, kl.shape[-1]).mean(0).tolist()
+
+
+def per_example(model: LatentVariableModel, tensors: Sequence[Tensor], settings: LocalEStep, iwae_samples: int = 0,
+                batch_size: int = 100, progress: bool = False) -> tuple[dict[str, Tensor], Tensor | None]:
+    """``refine`` over the rows of ``tensors`` = (x, *context) in batches: per example (N,) "elbo_amortized",
+    "elbo_optimal" and (with ``iwae_samples``) "iwae", and the mean curve of the local E-steps (steps,). A model
+    without ``e_step_problem`` gets its own estimator's amortized ELBO and IWAE bound, and no curve (None)."""
+    device = next(model.parameters()).device
+    batches = tqdm(list(in_batches(tensors, batch_size, device)), desc=f"local E-steps ({settings.steps} each)",
+                   unit="batch", leave=False, disable=None if progress else True)
+    columns, curve = {}, 0.0
+    for batch in batches:
+        try:
+            found = refine(model, batch, settings, iwae_samples)
+            curve = curve + found.pop("curve") * len(batch[0]) / len(tensors[0])
+        except NotImplementedError:
+            curve = None
+            with eval_mode(model):
+                found = {"elbo_amortized": torch.stack([model.elbo(*batch).elbo
+                                                        for _ in range(settings.eval_samples)]).mean(0)}
+                if iwae_samples:
+                    found["iwae"] = model.iwae_bound(*batch, num_samples=iwae_samples)
+        for key, values in found.items():
+            columns.setdefault(key, []).append(values.cpu())
+    return {key: torch.cat(values) for key, values in columns.items()}, curve
+
+
+def diagnose(model: LatentVariableModel, tensors: Sequence[Tensor], settings: LocalEStep = LocalEStep(),
+             iwae_samples: int = 5000, batch_size: int = 100, progress: bool = False) -> dict:
+    """The gaps, their standard errors, the local E-steps' curve and the collapse diagnostics of ``model`` on the
+    rows of ``tensors`` = (x, *context) (all of them: the caller chooses the subset and seeds the generator).
+
+    log p(x) is ``model.log_evidence`` where the model has it, else the IWAE bound with q* as proposal (closer to
+    p(z|x) than q_phi, so a tighter bound), or with q_phi for a model without ``e_step_problem``."""
+    exact = callable(getattr(model, "log_evidence", None))
+    columns, curve = per_example(model, tensors, settings, 0 if exact else iwae_samples, batch_size, progress)
+    if exact:
+        with eval_mode(model) as device:
+            columns["iwae"] = torch.cat([model.log_evidence(*batch).cpu()
+                                         for batch in in_batches(tensors, batch_size, device)])
+    covered = curve is not None
+    log_px, amortized = columns["iwae"], columns["elbo_amortized"]
+    result = {"model": model.name, "examples": len(tensors[0]),
+              "log_evidence": "exact" if exact else f"IWAE, K = {iwae_samples}, proposal {'q*' if covered else 'q_phi'}",
+              "local_e_step": asdict(settings) if covered else
+              f"not covered: {model.name} defines no e_step_problem (see aevb.diagnostics)"}
+    gaps = {"log_px": log_px, "elbo_amortized": amortized, "total_gap": log_px - amortized}
+    if covered:
+        optimal = columns["elbo_optimal"]
+        gaps.update(elbo_optimal=optimal, approximation_gap=log_px - optimal, amortization_gap=optimal - amortized)
+    for key, values in gaps.items():
+        result[key], result[key + "_se"] = mean_and_se(values)
+    if covered:
+        result["e_step_curve"] = curve.tolist()
+    result.update(collapse(model, tensors))
+    return result
+
+
+def collapse(model: LatentVariableModel, tensors: Sequence[Tensor]) -> dict:
+    """Active units (any model, from ``encode``), and for a model with ``factors`` the KL per dimension and
+    I_q(x; z) over the rows of ``tensors``."""
+    with eval_mode(model) as device:
+        batch = [t.to(device) for t in tensors]
+        codes = model.encode(*batch)
+        result = {"latent_dim": codes.shape[-1], "active_units": active_units(codes)}
+        try:
+            q_z, p_z, _ = model.factors(*batch)
+        except NotImplementedError:
+            return result
+        per_dimension = kl_per_dimension(q_z, p_z)
+        result["kl"] = kl_divergence(q_z, p_z).mean().item()
+        if per_dimension is not None:
+            result["kl_per_dimension"] = per_dimension
+        result["mutual_information"] = mutual_information(q_z)
+        result["mutual_information_bound"] = math.log(len(codes))
+    return result

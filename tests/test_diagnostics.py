@@ -1,0 +1,152 @@
+"""aevb.diagnostics (``aevb diagnose``, ``aevb eval --refine``) against the closed forms of factor analysis.
+
+For FA every quantity is exact: log p(x) = log N(x; 0, W W^T + Phi), and for any Gaussian q,
+ELBO(x; q) = log p(x) - KL(q || p(z|x)) in closed form. So q* must reach the exact posterior with a full
+covariance (approximation gap 0, amortization gap = KL(q_phi || p(z|x))), and the mean-field optimum (the exact
+mean, precisions diag(Sigma*^-1), which ``FactorAnalysis.e_step`` sets) with a diagonal one.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+from torch.distributions import Independent, MultivariateNormal, Normal, OneHotCategorical, kl_divergence
+
+from aevb.arguments import LocalEStep
+from aevb.cli import main
+from aevb.diagnostics import (active_units, diagnose, free_parameters, local_e_step, mutual_information,
+                              per_example)
+from aevb.models.fa import FactorAnalysis, FAConfig
+from aevb.models.gmvae import GMVAE, GMVAEConfig
+from aevb.models.vrnn import VRNN, VRNNConfig
+
+SETTINGS = LocalEStep(steps=300, samples=50, lr=0.05, eval_samples=2000)
+
+
+def fa_model(posterior: str, seed: int = 0) -> tuple[FactorAnalysis, torch.Tensor]:
+    """A float64 FA model with q_phi a few nats from its optimum (the exact E-step, then V perturbed), and data."""
+    torch.manual_seed(seed)
+    model = FactorAnalysis(FAConfig(5, 2, posterior)).double()
+    with torch.no_grad():
+        for p in model.generative.parameters():
+            p.copy_(torch.randn_like(p))
+        model.e_step()
+        model.inference.weight.add_(0.3 * torch.randn_like(model.inference.weight))
+        model.inference.raw_scale.add_(0.5)
+    return model, model.sample(60)
+
+
+def closed_form_elbo(model: FactorAnalysis, x: torch.Tensor, q) -> torch.Tensor:
+    """ELBO(x; q) = log p(x) - KL(q || p(z|x)), exact; shape (B,)."""
+    return model.log_evidence(x) - kl_divergence(q, model.p_z_given_x(x))
+
+
+@pytest.mark.parametrize("posterior", ["full", "diagonal"])
+def test_local_e_steps_reach_the_best_member_of_the_family_and_never_lower_the_bound(posterior):
+    model, x = fa_model(posterior)
+    problem = model.e_step_problem(x)
+    q_star, curve = local_e_step(problem, SETTINGS)
+    optimum = copy.deepcopy(model)
+    optimum.e_step()  # the exact posterior, or the mean-field optimum
+    with torch.no_grad():
+        before = closed_form_elbo(model, x, problem.q["z"])
+        after = closed_form_elbo(model, x, q_star["z"])
+        best = closed_form_elbo(model, x, optimum.inference(x))
+    assert (best - before > 0.1).all()  # q_phi starts well away from the optimum
+    assert (after >= before).all()  # refinement never lowers an example's bound
+    assert (best - after).abs().max() < 5e-3  # and converges to the exact optimum, example by example
+    assert curve.shape == (SETTINGS.steps,) and curve[-10:].mean() > curve[0]
+
+
+@pytest.mark.parametrize("posterior", ["full", "diagonal"])
+def test_the_gaps_equal_their_closed_forms(posterior):
+    model, x = fa_model(posterior)
+    torch.manual_seed(0)
+    result = diagnose(model, (x,), SETTINGS)
+    optimum = copy.deepcopy(model)
+    optimum.e_step()
+    with torch.no_grad():
+        log_px = model.log_evidence(x)
+        amortization = kl_divergence(model.inference(x), model.p_z_given_x(x)) - \
+            kl_divergence(optimum.inference(x), model.p_z_given_x(x))
+        approximation = log_px - closed_form_elbo(model, x, optimum.inference(x))
+    assert result["log_evidence"] == "exact"
+    assert result["log_px"] == pytest.approx(log_px.mean().item(), abs=1e-9)
+    # The ELBOs are 2000-draw estimates for each of 60 examples (Monte Carlo error about 0.01 nats in the mean), and
+    # q* is within 2e-3 of the optimum (the test above): 0.03 nats.
+    assert result["amortization_gap"] == pytest.approx(amortization.mean().item(), abs=0.03)
+    assert result["approximation_gap"] == pytest.approx(approximation.mean().item(), abs=0.03)
+    if posterior == "full":
+        assert approximation.abs().max() < 1e-9  # the family holds the exact posterior
+    else:
+        assert approximation.min() > 0.01  # the mean-field family does not
+    assert result["total_gap"] == pytest.approx(result["amortization_gap"] + result["approximation_gap"], abs=1e-9)
+    assert result["active_units"] == 2
+    assert len(result["kl_per_dimension"]) == 2 if posterior == "diagonal" else "kl_per_dimension" not in result
+
+
+def test_free_parameters_rebuild_the_same_distribution():
+    torch.manual_seed(0)
+    a = torch.randn(4, 3, 3)
+    cases = [
+        Independent(Normal(torch.randn(4, 3), torch.rand(4, 3) + 0.1), 1),
+        MultivariateNormal(torch.randn(4, 3), scale_tril=a.tril(-1) + torch.diag_embed(a.diagonal(dim1=-2, dim2=-1).exp())),
+        OneHotCategorical(logits=torch.randn(4, 5)),
+    ]
+    for q in cases:
+        free, build = free_parameters(q)
+        rebuilt = build(free)
+        assert type(rebuilt) is type(q) and all(u.is_leaf and u.requires_grad for u in free.values())
+        value = q.sample((7,))
+        torch.testing.assert_close(rebuilt.log_prob(value), q.log_prob(value))
+
+
+def test_gmvae_local_e_steps_tighten_its_marginal_bound():
+    torch.manual_seed(0)
+    model = GMVAE(GMVAEConfig(data_dim=12, latent_dim=3, hidden=(16, 16)))
+    x = torch.rand(40, 12).round()
+    columns, curve = per_example(model, (x,), LocalEStep(steps=60, eval_samples=200), iwae_samples=200)
+    assert (columns["elbo_optimal"] > columns["elbo_amortized"]).float().mean() > 0.9
+    assert columns["elbo_optimal"].mean() - columns["elbo_amortized"].mean() > 0.5
+    assert (columns["iwae"] > columns["elbo_optimal"] - 0.05).all()  # the bound with q* as proposal, K = 200
+    assert curve[-5:].mean() > curve[0]
+
+
+def test_a_model_without_an_e_step_problem_says_what_is_not_covered():
+    torch.manual_seed(0)
+    model = VRNN(VRNNConfig(data_dim=5, seq_len=4))
+    result = diagnose(model, (torch.rand(20, 4, 5).round(),), LocalEStep(steps=5, eval_samples=5), iwae_samples=20)
+    assert result["local_e_step"].startswith("not covered: vrnn defines no e_step_problem")
+    assert "amortization_gap" not in result and "e_step_curve" not in result
+    assert result["total_gap"] == pytest.approx(result["log_px"] - result["elbo_amortized"])
+
+
+def test_active_units_and_mutual_information():
+    codes = torch.cat([torch.randn(500, 2), 0.05 * torch.randn(500, 3)], 1)  # variances 1, 1 and 0.0025
+    assert active_units(codes) == 2
+    torch.manual_seed(0)
+    shared = Independent(Normal(torch.zeros(300, 2), torch.ones(300, 2)), 1)  # q(z|x) the same for every x
+    assert abs(mutual_information(shared)) < 0.05
+    apart = Independent(Normal(100 * torch.randn(300, 4), torch.ones(300, 4)), 1)  # each x its own region of z
+    assert mutual_information(apart) == pytest.approx(math.log(300), abs=0.01)
+
+
+def test_diagnose_and_refine_from_the_command_line(tmp_path, capsys):
+    run = tmp_path / "fa"
+    assert main(["fit", "fa", "--posterior", "diagonal", "--steps", "300", "--iwae", "0", "--out", run,
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["diagnose", run, "--examples", "50", "--steps", "40", "--no-progress", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    saved = json.loads((run / "diagnostics.json").read_text())
+    assert printed["examples"] == saved["examples"] == 50 and saved["local_e_step"]["steps"] == 40
+    assert (run / "diagnostics.png").stat().st_size > 10_000
+    assert main(["diagnose", run, "--examples", "50", "--steps", "40", "--no-progress", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["amortization_gap"] == printed["amortization_gap"]  # seeded
+    assert main(["eval", run, "--refine", "30", "--iwae", "10", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["refine_steps"] == 30 and summary["test_elbo_refined"] > summary["test_elbo_amortized"]
