@@ -234,6 +234,7 @@ PARSE = [
     Case("reproduce-epochs-scale-negative", ["reproduce", "fa-1", "--epochs-scale", "-1"]),
     Case("reproduce-epochs-scale-huge", ["reproduce", "fa-1", "--epochs-scale", "1e300"], says="--epochs-scale"),
     Case("reproduce-seed-negative", ["reproduce", "fa-1", "--seed", "-1"]),
+    Case("reproduce-diagnose-negative", ["reproduce", "fa-1", "--diagnose", "-1"], says="--diagnose"),
     Case("reproduce-seed-too-large", ["reproduce", "fa-1", "--seed", str(SEED_MAX + 1)]),
     Case("tour-seed-negative", ["tour", "--quick", "--seed", "-1"]),
     Case("tour-seed-text", ["tour", "--quick", "--seed", "x"]),

@@ -64,6 +64,7 @@ def test_quick_tour_fits_every_experiment_and_writes_every_section(tour, capsys)
     for software in ("python", "torch", "numpy", "platform"):
         assert f"| {software} |" in markdown
     assert "leaves out the constant −log C" in markdown
+    assert "- [The E-step across experiments](#e-step)" in markdown and "](e_step_gaps.png)" in markdown
     assert "`--epochs 1` here, `--epochs 100` in the tutorial" in markdown  # the GMVAE's settings differ, and it says so
 
 
@@ -109,6 +110,13 @@ def test_report_states_each_runs_own_settings_and_numbers(tour):
         history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         for fact in facts[name]:
             assert fact in text, (name, fact)
+        diagnosis = json.loads((run_dir / "diagnostics.json").read_text())
+        assert f"On {reproduce.QUICK_DIAGNOSIS.examples} test examples: log p(x) {diagnosis['log_evidence']};" in text
+        for quantity, key in [("log p(x)", "log_px"), ("ELBO[q_phi] (amortized)", "elbo_amortized"),
+                              ("total gap log p(x) - ELBO[q_phi]", "total_gap")]:
+            assert f"| {quantity} | {number(diagnosis[key])} ± {number(diagnosis[key + '_se'])} |" in text
+        covered = name != "vrnn"  # its q(z_t | h_t, x_t) has no per-example parameters
+        assert ("| amortization gap ELBO[q*] - ELBO[q_phi] | not covered |" in text) != covered
         threads = summary["threads"]
         assert f"| device | {summary['device']}, {threads} torch thread{'s' * (threads != 1)} |" in text
         assert f"| trained | epochs: {summary['epochs']}, gradient steps: {summary['steps']} |" in text
@@ -165,7 +173,8 @@ def test_html_parses_and_embeds_every_image(tour):
     page.close()
     assert page.open == []
     images = [attrs for tag, attrs in page.tags if tag == "img"]
-    assert len(images) == sum(len(EXPERIMENTS[n].figures) for n in TUTORIAL)
+    # each experiment's figures, its diagnosis (aevb diagnose) and the gaps of all experiments side by side
+    assert len(images) == sum(len(EXPERIMENTS[n].figures) + 1 for n in TUTORIAL) + 1
     for image in images:
         mime, _, payload = image["src"].removeprefix("data:").partition(";base64,")
         assert base64.b64decode(payload).startswith(MAGIC[mime]) and image["alt"]
@@ -174,14 +183,15 @@ def test_html_parses_and_embeds_every_image(tour):
     anchors = {attrs["id"] for _, attrs in page.tags if "id" in attrs}
     assert {v[1:] for v in references if v.startswith("#")} <= anchors  # every contents link has its target
     assert not {"script", "link", "iframe", "object"} & {tag for tag, _ in page.tags}
-    assert sum(tag == "h2" for tag, _ in page.tags) == len(TUTORIAL) + 3
+    assert sum(tag == "h2" for tag, _ in page.tags) == len(TUTORIAL) + 4  # contents, what ran, the E-step, software
 
 
 def test_reproduce_continues_where_an_interruption_stopped(tmp_path, monkeypatch, capsys):
     """Ctrl-C in the middle of an experiment's training; the same command again continues inside it, from its
     checkpoint, and ends as an uninterrupted fit would."""
     out = tmp_path / "reproduce"
-    command = ["reproduce", "fa-1", "vae", "--dataset", "digits", "--epochs-scale", "0.03", "--out", str(out), "--no-progress"]
+    command = ["reproduce", "fa-1", "vae", "--dataset", "digits", "--epochs-scale", "0.03", "--diagnose", "0",
+               "--out", str(out), "--no-progress"]
     step = Trainer.step
 
     def interrupt_at_step_8(self, batch, phase):
@@ -238,8 +248,10 @@ def test_plan_scales_the_tutorials_lengths():
 def test_the_literature_anchor_runs_end_to_end_with_its_extra_bound(tmp_path, capsys):
     """vae-nll at a tiny scale on the digits: its K = 200 bound is evaluated after the fit and reported as an NLL."""
     out = tmp_path / "anchor"
-    assert main(["reproduce", "vae-nll", "--dataset", "digits", "--epochs-scale", "0.002", "--out", str(out),
-                 "--no-progress"]) == 0
+    assert main(["reproduce", "vae-nll", "--dataset", "digits", "--epochs-scale", "0.002", "--diagnose", "30",
+                 "--out", str(out), "--no-progress"]) == 0
+    diagnosis = json.loads((out / "vae-nll" / "diagnostics.json").read_text())
+    assert diagnosis["examples"] == 30 and diagnosis["log_evidence"] == f"IWAE, K = {reproduce.DIAGNOSIS.iwae}, proposal q*"
     provenance = json.loads((out / "vae-nll" / "provenance.json").read_text())
     summary = json.loads((out / "vae-nll" / "summary.json").read_text())
     k200 = provenance["evaluations"]["iwae_log_likelihood_k200"]

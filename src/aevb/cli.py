@@ -15,6 +15,7 @@ Errors in the user's input print one line, ``aevb: error: ...``, and exit with c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
@@ -22,10 +23,10 @@ import time
 from pathlib import Path
 
 from aevb.arguments import (MAX_IWAE_SAMPLES, MAX_SAMPLES, LocalEStep, draws, epochs_scale, local_steps,
-                            output_folder, positive_float, positive_int, positive_iwae_samples, random_seed,
+                            non_negative_int, output_folder, positive_float, positive_int, positive_iwae_samples, random_seed,
                             sample_count)
 from aevb.errors import Interrupted, UsageError
-from aevb.reproduce import EXPERIMENTS
+from aevb.reproduce import DIAGNOSIS, EXPERIMENTS
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -125,6 +126,9 @@ def build_parser() -> ArgumentParser:
                        help="multiply the tutorial's training lengths by F, at most 100 (at least 1 epoch or step) "
                             "(default 1)")
     again.add_argument("--seed", type=random_seed, default=0, help="random seed, 0 to 2^32 - 1 (default 0)")
+    again.add_argument("--diagnose", type=non_negative_int, default=DIAGNOSIS.examples, metavar="N",
+                       help=f"test examples of aevb diagnose after each fit, with K = {DIAGNOSIS.iwae} and "
+                            f"{DIAGNOSIS.settings.steps} local E-steps (default {DIAGNOSIS.examples}; 0: none)")
     add_output_arguments(again, default_out=Path("runs/reproduce"))
     again.set_defaults(handler=reproduce_command)
     return parser
@@ -238,7 +242,9 @@ def reproduce_command(args: argparse.Namespace) -> dict:
     """The chosen experiments into ``OUT/<experiment>``, keeping complete ones, then the report."""
     from aevb import report, reproduce
 
-    planned = reproduce.plan(args.experiments, args.dataset, args.data_dir, args.epochs_scale, args.seed)
+    diagnosis = dataclasses.replace(reproduce.DIAGNOSIS, examples=args.diagnose) if args.diagnose else None
+    planned = reproduce.plan(args.experiments, args.dataset, args.data_dir, args.epochs_scale, args.seed,
+                             diagnosis=diagnosis)
     statuses = reproduce.run(planned, args.out, args.progress, resume=True)
     command = (f"aevb reproduce {' '.join(args.experiments)} --dataset {args.dataset} "
                f"--epochs-scale {args.epochs_scale:g} --seed {args.seed}")

@@ -3,7 +3,8 @@
 For every experiment with a complete run in the folder: what it fitted, in a sentence generated from the
 run's own settings; our numbers, beside the source's only where the settings are comparable (otherwise the
 differences, and the command that runs the source's setting); a verdict by a stated rule; the test ELBO per
-epoch; the run's settings, seed, device, time taken and software versions; and its figures. The HTML embeds the
+epoch; its E-step diagnosis (``aevb diagnose``: the approximation and amortization gaps, also side by side for
+all experiments); the run's settings, seed, device, time taken and software versions; and its figures. The HTML embeds the
 figures as data URIs, so it needs no network and no other file; the Markdown links them relatively.
 The report is built as a list of blocks, and each format renders the same blocks.
 """
@@ -21,6 +22,9 @@ from pathlib import Path
 from aevb.reproduce import EXPERIMENTS, Experiment, Published, Settings, complete, software_versions
 
 IMAGE_SUFFIXES = (".png", ".gif", ".jpg", ".svg")
+CAPTIONS = {"diagnostics.png": "The E-step (aevb diagnose): log p(x) - ELBO[q_phi] split into the approximation and "
+                               "amortization gaps, the ELBO against local E-steps, and KL(q(z_d|x) || p(z_d)) per latent "
+                               "dimension."}
 VERDICT_RULE = ("Verdicts: a row is *reproduced* when ours is within the stated tolerance of the source's number (or the "
                 "source's statement holds of ours), *better* or *worse* beyond it; an experiment is worse if any of its "
                 "judged rows is, reproduced if all are, better otherwise; *not comparable* when its settings or data "
@@ -172,6 +176,9 @@ def experiment_blocks(name: str, experiment: Experiment, run_dir: Path, provenan
         table = [[str(e), number(at_epoch(history, e, key)) if e <= last else f"not reached (ran {last})"]
                  + ([] if different else [number(experiment.curve.get(e))]) for e in epochs]
         blocks += [Heading(3, "Test ELBO per epoch"), Table(header, table)]
+    diagnosis = read_diagnosis(run_dir)
+    if diagnosis:
+        blocks += [Heading(3, "The E-step"), *e_step_blocks(diagnosis, provenance.get("diagnosis"))]
     versions = provenance["versions"]
     threads = summary.get("threads")
     blocks += [
@@ -191,17 +198,72 @@ def experiment_blocks(name: str, experiment: Experiment, run_dir: Path, provenan
     ]
     images = sorted(p.name for p in run_dir.iterdir() if p.suffix in IMAGE_SUFFIXES)
     ordered = [f for f in experiment.figures if f in images] + [f for f in images if f not in experiment.figures]
-    blocks += [Figure(run_dir / f, experiment.figures.get(f, f)) for f in ordered]
+    blocks += [Figure(run_dir / f, experiment.figures.get(f, CAPTIONS.get(f, f))) for f in ordered]
     missing = [f for f in experiment.figures if f not in images]
     if missing:
         blocks.append(Text(f"Not written by this run: {', '.join(missing)}."))
     return blocks, verdict
 
 
+def read_diagnosis(run_dir: Path) -> dict | None:
+    """The run's diagnostics.json (``aevb diagnose``), or None."""
+    path = run_dir / "diagnostics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def with_se(result: dict, key: str) -> str:
+    return f"{number(result[key])} ± {number(result[key + '_se'])}" if key in result else "not covered"
+
+
+def e_step_blocks(result: dict, command: str | None) -> list[Block]:
+    """What ``aevb diagnose`` found for one run: the sentence saying how, and its numbers (± standard errors)."""
+    steps = result["local_e_step"]
+    how = (f"{steps['steps']} local E-steps (Adam from learning rate {steps['lr']:g}, cosine decay, {steps['samples']} "
+           f"draws per gradient) from q_phi for each example, and ELBOs from {steps['eval_samples']} draws"
+           if isinstance(steps, dict) else f"local E-steps {steps}")
+    mutual = (f"{number(result['mutual_information'])} (at most log N = {number(result['mutual_information_bound'])})"
+              if "mutual_information" in result else "not covered (q(z|x) is not one distribution per example)")
+    return [
+        Text(f"On {result['examples']} test examples: log p(x) {result['log_evidence']}; {how}."
+             + (f" Command: `{command}`." if command else "")),
+        Table(["quantity (nats per example)", "mean ± standard error"], [
+            ["log p(x)", with_se(result, "log_px")],
+            ["ELBO[q_phi] (amortized)", with_se(result, "elbo_amortized")],
+            ["ELBO[q*] (optimized per example)", with_se(result, "elbo_optimal")],
+            ["approximation gap log p(x) - ELBO[q*]", with_se(result, "approximation_gap")],
+            ["amortization gap ELBO[q*] - ELBO[q_phi]", with_se(result, "amortization_gap")],
+            ["total gap log p(x) - ELBO[q_phi]", with_se(result, "total_gap")],
+            ["active units (Cov_x E[z_d|x] > 0.01)", f"{result['active_units']} of {result['latent_dim']}"],
+            ["I(x; z)", mutual],
+        ]),
+    ]
+
+
+def e_step_section(out: Path, diagnoses: dict[str, dict]) -> list[Block]:
+    """The gaps of every diagnosed experiment side by side: a table and a figure (written to out/e_step_gaps.png)."""
+    from aevb import plotting
+
+    figure = plotting.gap_comparison(diagnoses, out / "e_step_gaps.png")
+    rows = [[name, str(r["examples"]), with_se(r, "log_px"), with_se(r, "elbo_amortized"),
+             with_se(r, "approximation_gap"), with_se(r, "amortization_gap"), f"{r['active_units']} of {r['latent_dim']}"]
+            for name, r in diagnoses.items()]
+    return [
+        Heading(2, "The E-step across experiments", anchor="e-step"),
+        Text("How far each fitted model's amortized posterior q_phi is from exact (Cremer, Li & Duvenaud 2018): the "
+             "approximation gap is the family's (the best member for each example, q*, against log p(x)), the "
+             "amortization gap the encoder's (q_phi against q*). Each experiment's section says how they were "
+             "computed."),
+        Table(["experiment", "examples", "log p(x)", "ELBO[q_phi]", "approximation gap", "amortization gap",
+               "active units"], rows),
+        Figure(figure, "log p(x) - ELBO[q_phi] per experiment, split into the approximation gap (blue) and the "
+                       "amortization gap (orange); hatched where the model's local E-step is not covered."),
+    ]
+
+
 def report_blocks(out: Path, statuses: dict[str, str], command: str) -> list[Block]:
     """The report of the runs in ``out``: those of ``statuses``, then other complete experiments there."""
     statuses = {**statuses, **{n: "earlier" for n in EXPERIMENTS if n not in statuses and complete(out / n)}}
-    rows, sections, contents, seconds = [], [], [], 0.0
+    rows, sections, contents, seconds, diagnoses = [], [], [], 0.0, {}
     for name in [n for n in EXPERIMENTS if n in statuses]:
         experiment, provenance = EXPERIMENTS[name], complete(out / name)
         if provenance is None:
@@ -215,16 +277,22 @@ def report_blocks(out: Path, statuses: dict[str, str], command: str) -> list[Blo
                      duration(provenance["wall_seconds"]), headline, verdict])
         contents.append(f"[{name}: {experiment.title}](#{name})")
         sections += blocks
+        diagnosis = read_diagnosis(out / name)
+        if diagnosis:
+            diagnoses[name] = diagnosis
+    e_step = e_step_section(out, diagnoses) if diagnoses else []
     return [
         Heading(1, f"aevb: the tutorial's experiments ({command})"),
         Text(f"Written {time.strftime('%Y-%m-%d %H:%M:%S %z')} by `{command}` into {out}. The tutorial is Yang, "
              "'Training Latent Variable Models with Auto-encoding Variational Bayes: A Tutorial' (arXiv 2208.07818); "
              "section numbers are its. Numbers are per test example in nats unless stated."),
         Heading(2, "Contents", anchor="contents"),
-        Bullets(["[What ran](#what-ran)", *contents, "[Software](#software)"]),
+        Bullets(["[What ran](#what-ran)", *(["[The E-step across experiments](#e-step)"] if e_step else []), *contents,
+                 "[Software](#software)"]),
         Heading(2, "What ran", anchor="what-ran"),
         Table(["experiment", "what", "source", "status", "wall time", "headline numbers", "verdict"], rows),
         Text(f"Fitted now: {duration(seconds)} in all. {VERDICT_RULE}"),
+        *e_step,
         Heading(2, "Software", anchor="software"),
         Table(["", "version"], [[k, v] for k, v in software_versions().items()]),
         *sections,

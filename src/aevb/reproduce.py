@@ -4,7 +4,8 @@
 the model, the ``aevb fit`` flags that are the source's settings, the numbers it published (with the rule
 that judges ours against them) and the figures it shows. ``plan`` turns a selection into
 ``aevb fit`` command lines (at a scale of the tutorial's length, on a chosen data set, or with the tour's
-budget); ``run`` fits them one after the other, each into ``OUT/<experiment>``. Called again with
+budget); ``run`` fits them one after the other, each into ``OUT/<experiment>``, and diagnoses each fitted model's
+E-step (``aevb diagnose``, with the plan's ``Diagnosis``). Called again with
 ``resume``, an interrupted ``run`` continues where it stopped, inside the experiment it was fitting (from
 its last checkpoint); a complete run with the same settings is kept, not fitted again.
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from aevb.arguments import LocalEStep
 from aevb.errors import UsageError
 
 PROVENANCE = "provenance.json"  # written into each run directory: the command, its flags, wall time, versions
@@ -375,12 +377,34 @@ QUICK_TOUR = {"fa-1": {"--epochs": "1"}, "fa-2": {"--schedule": "alternate:10,10
 
 
 @dataclass(frozen=True)
+class Diagnosis:
+    """What ``aevb diagnose`` runs with after each fit: test examples, importance samples K of log p(x) (where it is
+    not exact), and the local E-steps."""
+
+    examples: int
+    iwae: int
+    settings: LocalEStep = LocalEStep()
+
+    @property
+    def command(self) -> str:
+        s = self.settings
+        return (f"aevb diagnose RUN_DIR --examples {self.examples} --iwae {self.iwae} --steps {s.steps} "
+                f"--samples {s.samples} --lr {s.lr:g} --eval-samples {s.eval_samples}")
+
+
+DIAGNOSIS = Diagnosis(1000, 1000)  # K = 1000, not diagnose's 5000: a GMVAE's bound costs C = 10 decoder passes per draw
+TOUR_DIAGNOSIS = Diagnosis(200, 500, LocalEStep(steps=50))
+QUICK_DIAGNOSIS = Diagnosis(20, 8, LocalEStep(steps=3, samples=2, eval_samples=4))
+
+
+@dataclass(frozen=True)
 class Planned:
-    """An experiment with the flags it will run with."""
+    """An experiment with the flags it will run with, and the diagnosis after its fit."""
 
     name: str
     experiment: Experiment
     flags: dict[str, str]
+    diagnosis: Diagnosis | None = DIAGNOSIS
 
     @property
     def argv(self) -> list[str]:
@@ -392,11 +416,11 @@ class Planned:
 
 
 def plan(names: list[str], dataset: str = "mnist", data_dir: str | None = None, scale: float = 1.0, seed: int = 0,
-         budget: dict[str, dict[str, str]] | None = None) -> list[Planned]:
+         budget: dict[str, dict[str, str]] | None = None, diagnosis: Diagnosis | None = DIAGNOSIS) -> list[Planned]:
     """The experiments ``names`` ('all': the tutorial's) with their settings, their length scaled by ``scale``.
 
     Image experiments run on ``dataset`` (with ``data_dir``); ``budget`` maps an experiment to flags
-    that replace the tutorial's (the tour's).
+    that replace the tutorial's (the tour's); ``diagnosis`` is run after each fit (None: no diagnosis).
     """
     names = list(dict.fromkeys(n for name in names for n in (TUTORIAL if name == "all" else [name])))
     unknown = [n for n in names if n not in EXPERIMENTS]
@@ -413,13 +437,14 @@ def plan(names: list[str], dataset: str = "mnist", data_dir: str | None = None, 
                 flags["--data-dir"] = data_dir
         flags.update((budget or {}).get(name, {}))
         flags["--seed"] = str(seed)
-        planned.append(Planned(name, experiment, flags))
+        planned.append(Planned(name, experiment, flags, diagnosis))
     return planned
 
 
 def tour(quick: bool = False, seed: int = 0) -> list[Planned]:
     """Every tutorial experiment briefly on scikit-learn's digits (``quick``: a tiny budget, for tests)."""
-    return plan(["all"], dataset="digits", seed=seed, budget=QUICK_TOUR if quick else TOUR)
+    return plan(["all"], dataset="digits", seed=seed, budget=QUICK_TOUR if quick else TOUR,
+                diagnosis=QUICK_DIAGNOSIS if quick else TOUR_DIAGNOSIS)
 
 
 def available_models() -> set[str]:
@@ -487,8 +512,8 @@ def check_data(planned: list[Planned]) -> None:
 
 
 def fit(planned: Planned, run_dir: Path, progress: bool, resume: bool) -> dict:
-    """``aevb fit`` one planned experiment into ``run_dir`` (``resume``: continuing an interrupted run there),
-    then its provenance; returns the summary."""
+    """``aevb fit`` one planned experiment into ``run_dir`` (``resume``: continuing an interrupted run there), its
+    evaluations and diagnosis (``aevb diagnose``), then its provenance; returns the summary."""
     from aevb import fitting, registry
     from aevb.runs import write_json
 
@@ -497,8 +522,12 @@ def fit(planned: Planned, run_dir: Path, progress: bool, resume: bool) -> dict:
     summary = fitting.run_fit(cls, fitting.parse_fit_args(cls, planned.argv), run_dir, progress, resume=resume)
     evaluations = {f"iwae_log_likelihood_k{k}": fitting.evaluate_run(run_dir, k)["iwae_log_likelihood"]
                    for k in planned.experiment.evaluations}
+    d = planned.diagnosis
+    if d:
+        fitting.diagnose_run(run_dir, d.examples, d.iwae, d.settings, progress=progress)
     write_json(run_dir / PROVENANCE, {
         "experiment": planned.name, "command": planned.command, "flags": planned.flags, "evaluations": evaluations,
+        "diagnosis": d.command if d else None,
         "wall_seconds": time.perf_counter() - start, "finished": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "versions": software_versions(),
     })
