@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from aevb import distributed
 from aevb.model import LatentVariableModel
 
 
@@ -42,11 +43,25 @@ def in_batches(tensors: Sequence[Tensor], batch_size: int, device: torch.device)
         yield tuple(t[start:start + batch_size].to(device) for t in tensors)
 
 
+def mean_over_ranks(total: Tensor, count: int) -> Tensor:
+    """A sum over this rank's shard of ``count`` rows, summed over the ranks and divided by ``count``; 0-dim."""
+    total = total.reshape(1)
+    distributed.all_reduce_sum([total])
+    return total[0] / count
+
+
+def shard(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """This rank's rows of ``tensors`` (all of them in one process)."""
+    return [t[distributed.shard(len(t))] for t in tensors]
+
+
 def test_elbo(model: LatentVariableModel, tensors: Sequence[Tensor], batch_size: int = 1000) -> Tensor:
-    """Mean one-sample ELBO over the rows of ``tensors`` = (x, *context); a 0-dim tensor, nats per example."""
+    """Mean one-sample ELBO over the rows of ``tensors`` = (x, *context); a 0-dim tensor, nats per example.
+    Under torch.distributed each rank takes its shard of the rows."""
     with eval_mode(model) as device:
-        total = sum(model.elbo(*batch).elbo.sum() for batch in in_batches(tensors, batch_size, device))
-    return total / len(tensors[0])
+        total = sum((model.elbo(*batch).elbo.sum() for batch in in_batches(shard(tensors), batch_size, device)),
+                    torch.zeros((), device=device))
+    return mean_over_ranks(total, len(tensors[0]))
 
 
 def iwae_log_likelihood(
@@ -54,13 +69,17 @@ def iwae_log_likelihood(
 ) -> Tensor:
     """Mean K-sample importance-weighted bound on log p(x) (or log p(x | context)); a 0-dim tensor.
 
-    Shows a progress bar in a terminal (K forward passes over the test set can take minutes on a CPU).
+    Shows a progress bar in a terminal (K forward passes over the test set can take minutes on a CPU). Under
+    torch.distributed each rank takes its shard of the rows.
     """
+    mine = shard(tensors)
     with eval_mode(model) as device:
-        batches = tqdm(in_batches(tensors, batch_size, device), total=math.ceil(len(tensors[0]) / batch_size),
-                       desc=f"IWAE bound, K = {num_samples}", unit="batch", leave=False, disable=None)
-        total = sum(model.iwae_bound(*batch, num_samples=num_samples, chunk_size=chunk_size).sum() for batch in batches)
-    return total / len(tensors[0])
+        batches = tqdm(in_batches(mine, batch_size, device), total=math.ceil(len(mine[0]) / batch_size),
+                       desc=f"IWAE bound, K = {num_samples}", unit="batch", leave=False,
+                       disable=None if distributed.rank() == 0 else True)
+        total = sum((model.iwae_bound(*batch, num_samples=num_samples, chunk_size=chunk_size).sum() for batch in batches),
+                    torch.zeros((), device=device))
+    return mean_over_ranks(total, len(tensors[0]))
 
 
 def bits_per_dim(log_density: float, data_dim: int, levels: int) -> float:

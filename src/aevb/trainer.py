@@ -12,6 +12,13 @@ during an E-phase theta, and with it the evidence, stays exactly where it was.
 A trainer's ``state_dict`` is everything it needs to continue exactly where it stopped, inside an epoch
 too: both optimizers, the step and epoch, the position in the epoch's batch order and the generator that
 drew it, the global random state (draws of z, dropout, dynamic binarization) and the epoch's records so far.
+
+Under torch.distributed (``torchrun``; ``aevb.distributed``) the batch size is the global batch: each rank
+steps on its slice of every batch, and the ranks' gradients are summed before each step, so every rank takes
+the same step, the one a single process takes on the whole batch (up to float summation order and the draws
+of z). Seed each rank's global generator differently after building the model (its draws of z and dropout);
+the batch-order generator is the trainer's own, seeded alike on every rank. A state_dict holds every rank's
+random state; resumed on another number of processes, each rank draws afresh from a seed of the step and rank.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from aevb import distributed
 from aevb.errors import Diverged, Interrupted
 from aevb.model import LatentVariableModel
 
@@ -99,9 +107,10 @@ class Batches:
     def epoch(self, order: Tensor, start: int = 0) -> Iterator[tuple[Tensor, ...]]:
         # The order moves to each tensor's device once per epoch: a CPU index into a GPU tensor would be
         # copied over at every batch, and that copy waits for the GPU (a host-device sync per step).
+        # Under torch.distributed every rank draws the same order and takes its slice of each batch.
         orders = [order.to(t.device).split(self.batch_size)[start:] for t in self.tensors]
         for indices in zip(*orders):
-            batch = tuple(t[i] for t, i in zip(self.tensors, indices))
+            batch = tuple(t[i[distributed.shard(len(i))]] for t, i in zip(self.tensors, indices))
             yield self.transform(batch) if self.transform else batch
 
 
@@ -178,37 +187,55 @@ class Trainer:
         self.terms: list[Tensor] = []  # this epoch's training log-likelihoods, KLs and ELBOs, (3,) per step
         self.stop_signal: int | None = None
         self.torch_compile = torch_compile
-        self.mean_elbo = self._mean_elbo  # compiled after the first step, with ``torch_compile``
+        self.sum_elbo = self._sum_elbo  # compiled after the first step, with ``torch_compile``
 
     def learning_rate(self, epoch: int) -> float:
         """Adam's step size in ``epoch`` (1-based): lr * gamma^(number of milestones before it), as torch's
         ``MultiStepLR`` stepped once per epoch gives; a function of the epoch alone, so a resumed run has it too."""
         return self.lr * self.lr_gamma ** sum(m < epoch for m in self.lr_milestones)
 
-    def _mean_elbo(self, batch: Sequence[Tensor]) -> Tensor:
-        """The batch's mean log-likelihood, KL and ELBO (3,), by the trainer's estimator (None: the model's default)."""
+    def _sum_elbo(self, batch: Sequence[Tensor]) -> Tensor:
+        """The batch's summed log-likelihood, KL and ELBO (3,), by the trainer's estimator (None: the model's
+        default)."""
         options = {} if self.estimator is None else {"estimator": self.estimator}
         terms = self.model.elbo(*batch, **options)
-        return torch.stack([terms.log_likelihood, terms.kl, terms.elbo]).mean(-1)
+        return torch.stack([terms.log_likelihood, terms.kl, terms.elbo]).sum(-1)
 
     def step(self, batch: Sequence[Tensor], phase: str) -> Tensor:
-        """One gradient step on -mean ELBO for the groups of ``phase``; returns the batch's mean log-likelihood,
-        KL and ELBO (3,)."""
-        groups = PHASE_GROUPS[phase]
-        terms = self.mean_elbo(batch)
+        """One gradient step on -mean ELBO over the (global) batch for the groups of ``phase``; returns the batch's
+        mean log-likelihood, KL and ELBO (3,).
+
+        The gradient of -sum ELBO, the summed terms and the row count are summed over the ranks in one collective
+        (``aevb.distributed``; nothing to sum in one process), then divided by the count: the mean over the
+        global batch."""
+        groups, parameters = PHASE_GROUPS[phase], self.phase_parameters[phase]
         for name in groups:
             self.optimizers[name].zero_grad(set_to_none=True)
-        (-terms[2]).backward(inputs=self.phase_parameters[phase])  # gradients only for the groups this phase moves
+        count = torch.tensor([float(len(batch[0]))], device=parameters[0].device)
+        if len(batch[0]):
+            terms = self.sum_elbo(batch)
+            (-terms[2]).backward(inputs=parameters)  # gradients only for the groups this phase moves
+        else:  # this rank's slice of a short last batch is empty
+            terms = torch.zeros(len(TERMS), device=count.device)
+        terms = terms.detach().clone()  # a copy: a CUDA graph's next replay overwrites its output in place
+        if distributed.active():
+            for p in parameters:  # unused by this rank's rows (or no rows): zero, so that every rank reduces alike
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            distributed.all_reduce_sum([*(p.grad for p in parameters), terms, count])
+        for p in parameters:
+            if p.grad is not None:
+                p.grad.div_(count)
         if self.clip_grad is not None:
             torch.nn.utils.clip_grad_norm_(self.phase_parameters[phase], self.clip_grad, foreach=True)
         for name in groups:
             self.optimizers[name].step()
         self.step_count += 1
-        if self.torch_compile and self.mean_elbo == self._mean_elbo:
+        if self.torch_compile and self.sum_elbo == self._sum_elbo:
             # Compiled only now: torch.compile cannot trace the search in torch's KL registry, which the eager
             # step has just memoized. On a GPU, "reduce-overhead" replays the forward and backward as CUDA graphs.
-            self.mean_elbo = torch.compile(self._mean_elbo, mode="reduce-overhead")
-        return terms.detach().clone()  # a copy: a CUDA graph's next replay overwrites its output in place
+            self.sum_elbo = torch.compile(self._sum_elbo, mode="reduce-overhead")
+        return terms / count
 
     def check_finite(self, records: list[dict]) -> None:
         """Raise ``Diverged`` for the epoch's first step with a non-finite term, or a non-finite number in ``records``.
@@ -282,6 +309,7 @@ class Trainer:
                 if eval_every != "step":
                     self.pending.append(self._record(phase, torch.stack(self.terms).mean(0), evaluate))
                 records = [{k: v.item() if isinstance(v, Tensor) else v for k, v in r.items()} for r in self.pending]
+                records = distributed.broadcast(records)  # rank 0's: every rank logs and judges the same numbers
                 self.check_finite(records)
                 self.position, self.pending = 0, []
                 history.extend(records)
@@ -312,6 +340,7 @@ class Trainer:
             "pending": [{k: v.item() if isinstance(v, Tensor) else v for k, v in r.items()} for r in self.pending],
             "terms": torch.stack(self.terms).cpu() if self.terms else torch.zeros(0, len(TERMS)),
             "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rank_rngs": distributed.all_gather(torch.get_rng_state()),  # every rank's draws of z, dropout, ...
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -323,6 +352,10 @@ class Trainer:
         self.pending = list(state["pending"])
         device = next(self.model.parameters()).device
         self.terms = list(state["terms"].to(device).unbind())
-        torch.set_rng_state(state["rng"])
+        rank_rngs = state.get("rank_rngs", [state["rng"]])
+        if len(rank_rngs) == distributed.world_size():
+            torch.set_rng_state(rank_rngs[distributed.rank()])
+        else:  # resumed on another number of processes: fresh draws for each rank, seeded by the step and the rank
+            torch.manual_seed(self.step_count * 1_000_003 + distributed.rank())
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
