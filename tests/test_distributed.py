@@ -6,6 +6,8 @@ on the same global batch, up to float summation order.
 """
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import sys
 import textwrap
@@ -90,3 +92,75 @@ def test_ranks_with_their_own_draws_stay_identical(tmp_path):
     first, second = torchrun(tmp_path, "vae", 2)
     for name, value in first["state"].items():
         assert torch.equal(value, second["state"][name]), name
+
+
+# The command line under torchrun ----------------------------------------------------------------------------------
+TINY_VAE = ["vae", "--hidden", "8", "--latent-dim", "2", "--batch-size", "20", "--iwae", "5", "--no-progress"]
+FAILING_ON_RANK_1 = textwrap.dedent('''
+    import os
+    from aevb.models.vae import VAE
+
+
+    class Picky(VAE):
+        """A VAE whose data check fails on rank 1 only, as a rank whose shard of the data were bad."""
+
+        def factors(self, x, *context):
+            if os.environ.get("RANK") == "1":
+                raise ValueError("rank 1 cannot model these values")
+            return super().factors(x, *context)
+''')
+
+
+def aevb_torchrun(args: list[str], cwd, processes: int = 2) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
+               "-m", "aevb", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=cwd)
+
+
+def aevb_lines(stderr: str) -> list[str]:
+    """aevb's own lines on stderr (torchrun adds a banner and, for a failed worker, its launcher's report)."""
+    return [line for line in stderr.splitlines() if line.startswith("aevb:") or "aevb/" in line]
+
+
+def test_torchrun_resumes_a_fit_on_another_number_of_processes(tmp_path, capsys, monkeypatch):
+    from aevb.cli import main
+    from aevb.trainer import Trainer
+
+    flags = ["fit", *TINY_VAE, "--epochs", "3", "--out", tmp_path / "run"]
+    step = Trainer.step
+
+    def stop_in_epoch_2(self, batch, phase):  # what the SIGINT handler does, in this one process
+        if self.step_count + 1 == 120:
+            self.request_stop(signal.SIGINT)
+        return step(self, batch, phase)
+
+    monkeypatch.setattr(Trainer, "step", stop_in_epoch_2)
+    assert main(flags) == 130
+    capsys.readouterr()
+    done = aevb_torchrun(["resume", "run", "--no-progress", "--json"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])  # printed once, by rank 0
+    assert done.stdout.count('"model": "vae"') == 1 and summary["processes"] == 2 and summary["epochs"] == 3
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1, 2, 3] and history[-1]["step"] == summary["steps"]
+    assert json.loads((tmp_path / "run" / "aevb-run.json").read_text())["status"] == "complete"
+
+
+def test_a_rank_that_fails_ends_every_rank_with_one_line(tmp_path):
+    (tmp_path / "picky.py").write_text(FAILING_ON_RANK_1)
+    done = aevb_torchrun(["fit", "--model", "picky.py:Picky", *TINY_VAE[1:], "--epochs", "1", "--out", "run"], tmp_path)
+    assert done.returncode != 0
+    lines = aevb_lines(done.stderr)  # rank 0 reports rank 1's error; no traceback of aevb's
+    assert len(lines) == 1 and lines[0].startswith("aevb: error: ") and "rank 1 cannot model these values" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["fit", *TINY_VAE, "--batch-size", "5", "--epochs", "1", "--out", "run"], "must divide among the 2 processes"),
+    (["eval", "run"], "runs in one process"),
+])
+def test_what_torchrun_cannot_run_is_one_line(args, says, tmp_path):
+    done = aevb_torchrun(args, tmp_path)
+    lines = aevb_lines(done.stderr)
+    assert done.returncode != 0 and len(lines) == 1 and says in lines[0], done.stderr[-2000:]
+    assert not (tmp_path / "run").exists()

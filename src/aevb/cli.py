@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import signal
 import sys
 import time
@@ -275,16 +276,22 @@ def compile_error(error: Exception) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))
+    reporting = ranks == 1 or os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 reports
     try:
+        if ranks > 1:
+            join_processes(argv)
         args = parse_fit(argv[1:]) if argv[:1] == ["fit"] else build_parser().parse_args(argv)
         summary = args.handler(args)
     except UsageError as e:
-        print(f"aevb: error: {e}", file=sys.stderr)
+        if reporting or not getattr(e, "agreed", False):
+            print(f"aevb: error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:
         name = "SIGINT" if e.signal == signal.SIGINT else "SIGTERM" if e.signal == signal.SIGTERM else f"signal {e.signal}"
-        print(f"aevb: interrupted by {name} after step {e.step}; the run keeps a checkpoint: continue it with "
-              f"aevb resume {run_of(args)}", file=sys.stderr)
+        if reporting:
+            print(f"aevb: interrupted by {name} after step {e.step}; the run keeps a checkpoint: continue it with "
+                  f"aevb resume {run_of(args)}", file=sys.stderr)
         return 128 + e.signal
     except KeyboardInterrupt:
         run = run_of(args) if "args" in locals() else None
@@ -296,12 +303,32 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"aevb: error: --compile failed: {str(e).strip().splitlines()[0]}; run without --compile", file=sys.stderr)
         return 2
+    finally:
+        if ranks > 1:
+            from aevb import distributed
+
+            distributed.finish()
+    if not reporting:
+        return 0
     for warning in summary.get("warnings", []):
         print(f"aevb: warning: {warning}", file=sys.stderr)
     print_summary(summary)
     if args.json:
         print(json.dumps(summary))
     return 0
+
+
+def join_processes(argv: list[str]) -> None:
+    """Under torchrun (WORLD_SIZE > 1): join the process group for ``fit`` and ``resume``, the commands that train
+    on several processes; any other command is one process's work, refused in one line."""
+    if argv[:1] not in (["fit"], ["resume"]):
+        error = UsageError(f"aevb {argv[0] if argv else ''} runs in one process; under torchrun only fit and resume "
+                           "train on several: run it without torchrun")
+        error.agreed = True  # every rank refuses alike: rank 0 says so
+        raise error
+    from aevb import distributed
+
+    distributed.init_from_environment()
 
 
 if __name__ == "__main__":

@@ -14,9 +14,34 @@ With no process group initialized (one process) every function here is the ident
 """
 from __future__ import annotations
 
+import os
+from datetime import timedelta
+from typing import Callable, TypeVar
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from aevb.errors import UsageError
+
+T = TypeVar("T")
+TIMEOUT = timedelta(minutes=10)  # a rank that stops answering (a crash outside a collective) fails the others then
+
+
+def init_from_environment() -> bool:
+    """Join the process group that ``torchrun`` describes in the environment (WORLD_SIZE > 1): NCCL with this
+    rank's GPU (LOCAL_RANK) where CUDA is available, gloo on CPUs. False, and nothing done, in one process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=TIMEOUT)
+    return True
+
+
+def finish() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def active() -> bool:
@@ -67,3 +92,24 @@ def all_gather(obj) -> list:
     gathered = [None] * world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+def together(fn: Callable[[], T]) -> T:
+    """``fn()`` on every rank; if it raises on any, every rank raises: the failing rank its own error, the others a
+    ``UsageError`` with its message (or a RuntimeError naming the rank, for an error that is not the user's), so
+    that no rank goes on to wait for the others in a collective. The raised error has ``agreed = True``: one rank
+    (rank 0) reports it."""
+    if not active():
+        return fn()
+    try:
+        result, failure = fn(), None
+    except Exception as e:  # noqa: BLE001  (re-raised below, on every rank)
+        result, failure = None, e
+    described = None if failure is None else (isinstance(failure, UsageError), type(failure).__name__, str(failure))
+    failures = [(r, f) for r, f in enumerate(all_gather(described)) if f is not None]
+    if not failures:
+        return result
+    r, (usage, name, message) = failures[0]
+    error = failure if r == rank() else UsageError(message) if usage else RuntimeError(f"rank {r}: {name}: {message}")
+    error.agreed = True
+    raise error

@@ -32,7 +32,7 @@ from typing import Any, Callable, ClassVar, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from aevb import diagnostics, evaluation, registry
+from aevb import diagnostics, distributed, evaluation, registry
 from aevb.arguments import (MAX_IWAE_SAMPLES, epoch_list, finite_float, fraction, int_tuple, iwae_samples,
                             positive_float, positive_int, random_seed)
 from aevb.data import ARRAY_SUFFIXES, TRANSFORMS, as_sequences, dynamic_binarize, load_dataset, prepare, validate_support
@@ -334,7 +334,10 @@ def build_model(cls: type, args: argparse.Namespace, data: Data) -> LatentVariab
 
 def check_batch_size(args: argparse.Namespace, data: Data) -> None:
     """A batch larger than the training set would be the whole set under another name: refused, with the size."""
-    examples = len(data.train[0])
+    examples, processes = len(data.train[0]), distributed.world_size()
+    if args.batch_size % processes:
+        raise UsageError(f"--batch-size {args.batch_size} is the global batch and must divide among the {processes} "
+                         f"processes; use a multiple of {processes}, e.g. {args.batch_size - args.batch_size % processes or processes}")
     if args.batch_size > examples:
         raise UsageError(f"--batch-size {args.batch_size} exceeds the {examples} training examples; use --batch-size "
                          f"{examples} or less")
@@ -392,26 +395,37 @@ def run_fit(cls: type, args: argparse.Namespace, out: Path, progress: bool = Tru
     """
     out = Path(out)
     requested = flags_of(args)
-    with runs.locked(out):
-        state = runs.status(out)
-        if state == "incomplete" and not resume:
-            raise UsageError(f"--out {out} holds an interrupted run; continue it with --resume (or aevb resume {out}), "
-                             "or choose another --out")
+    main = distributed.rank() == 0
+    with runs.locked(out) if main else contextlib.nullcontext():  # under torchrun, rank 0 writes the run directory
+        state = distributed.together(lambda: check_run_dir(out, requested, resume))
         if resume and state == "complete":
             return read_json(out / "summary.json")
-        if resume and state == "incomplete":
-            compare_flags(run_record(out)["args"], requested, out)
-            if not (out / runs.CHECKPOINT).is_file():  # stopped before its first checkpoint: it starts over
-                runs.remove_run(out)
-                state = None
+        if resume and state == "incomplete" and not (out / runs.CHECKPOINT).is_file():
+            # stopped before its first checkpoint: it starts over
+            distributed.together(lambda: runs.remove_run(out) if main else None)
+            state = None
         threads = torch.get_num_threads()
         try:
-            return fit_into(cls, args, out, requested, progress, resume and state == "incomplete")
+            return fit_into(cls, args, out, requested, progress and main, resume and state == "incomplete")
         finally:
             torch.set_num_threads(threads)
 
 
-def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progress: bool, resume: bool) -> dict:
+def check_run_dir(out: Path, requested: dict, resume: bool) -> str | None:
+    """The status of ``out`` (None, 'incomplete' or 'complete'), refused in one line where it cannot take this fit:
+    an interrupted run without ``resume``, or with other flags."""
+    state = runs.status(out)
+    if state == "incomplete" and not resume:
+        raise UsageError(f"--out {out} holds an interrupted run; continue it with --resume (or aevb resume {out}), "
+                         "or choose another --out")
+    if resume and state == "incomplete":
+        compare_flags(run_record(out)["args"], requested, out)
+    return state
+
+
+def prepare_fit(cls: type, args: argparse.Namespace) -> tuple[Hooks, Data, torch.device, LatentVariableModel]:
+    """The hooks, data, device and model of a fit, everything checked; the model's initialization drawn from
+    ``--seed`` (the same on every rank)."""
     hooks = hooks_class(cls)(args)
     args.schedule = args.schedule or Schedule.parse("joint")
     data = hooks.data() or load_data(args, cls)
@@ -420,10 +434,18 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
     torch.manual_seed(args.seed)
     model = build_model(cls, args, data).to(device)
     check_first_batch(model, data, args)
+    return hooks, data, device, model
+
+
+def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progress: bool, resume: bool) -> dict:
+    main = distributed.rank() == 0
+    hooks, data, device, model = distributed.together(lambda: prepare_fit(cls, args))
     data = dataclasses.replace(data, train=tuple(t.to(device) for t in data.train),
                                test=tuple(t.to(device) for t in data.test))
     with torch.no_grad():
         hooks.initialize(model, data)
+    if distributed.rank():  # each rank its own draws of z, dropout and binarization; rank 0 those of one process
+        torch.manual_seed(args.seed + 1_000_003 * distributed.rank())
     # one thread unless the step holds enough work (aevb.threads); run_fit restores the caller's count
     torch.set_num_threads(args.threads or default_threads(model, tuple(t[:args.batch_size] for t in data.train),
                                                           args.estimator))
@@ -434,30 +456,34 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
     metrics_path = out / "metrics.jsonl"
     progress_so_far = {"lines": 0, "seconds": 0.0}
     if resume:
-        progress_so_far.update(resume_from(out / runs.CHECKPOINT, model, trainer))
-        runs.keep_lines(metrics_path, progress_so_far["lines"])
-    else:
+        progress_so_far.update(distributed.together(lambda: resume_from(out / runs.CHECKPOINT, model, trainer)))
+        if main:
+            runs.keep_lines(metrics_path, progress_so_far["lines"])
+    elif main:
         if out.exists() and any(out.iterdir()):
             runs.remove_run(out)
         out.mkdir(exist_ok=True)
         runs.mark(out, "incomplete", model=registry.reference(cls))
         runs.write_json(out / "config.json", run_config(cls, model, flags, data))
     start = time.perf_counter()
-    logged = [tensorboard_logger(out, resume, progress_so_far["lines"])] if args.tensorboard else []
+    logged = [tensorboard_logger(out, resume, progress_so_far["lines"])] if args.tensorboard and main else []
 
     def evaluate(model: LatentVariableModel) -> dict:
         return {"test_elbo": evaluation.test_elbo(model, data.test), **hooks.metrics(model, data, trainer.step_count)}
 
     def write_metrics(records: list[dict]) -> None:
-        runs.append_jsonl(metrics_path, records)
+        if main:
+            runs.append_jsonl(metrics_path, records)
         progress_so_far["lines"] += len(records)
 
     def checkpoint(trainer: Trainer) -> None:
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             raise Diverged(trainer.step_count, trainer.epoch, "a parameter")
         seconds = progress_so_far["seconds"] + time.perf_counter() - start
-        runs.save_checkpoint(out, {"model": model.checkpoint(), "trainer": trainer.state_dict(),
-                                   "progress": {"lines": progress_so_far["lines"], "seconds": seconds}})
+        state = trainer.state_dict()  # on every rank: it gathers their random states
+        if main:
+            runs.save_checkpoint(out, {"model": model.checkpoint(), "trainer": state,
+                                       "progress": {"lines": progress_so_far["lines"], "seconds": seconds}})
 
     with stop_on_signals(trainer):
         try:
@@ -468,18 +494,21 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
             for logger in logged:
                 logger.close()
             kept = (out / runs.CHECKPOINT).is_file()
-            if not kept:  # stopped before its first checkpoint: nothing to resume from, nothing is kept
+            if not kept and main:  # stopped before its first checkpoint: nothing to resume from, nothing is kept
                 runs.remove_run(out)
             if not isinstance(e, Diverged):
                 raise
             advice = f"fit again with a lower --lr (now {args.lr:g}) or with --clip-grad NORM"
             if not kept:
-                raise UsageError(f"training diverged: {e}; nothing was kept; {advice}") from None
-            step = runs.load_file(out / runs.CHECKPOINT)["trainer"]["step"]
-            raise UsageError(f"training diverged: {e}; {out} keeps its last finite checkpoint (step {step}); {advice}, "
-                             "into another --out") from None
+                error = UsageError(f"training diverged: {e}; nothing was kept; {advice}")
+            else:
+                step = runs.load_file(out / runs.CHECKPOINT)["trainer"]["step"]
+                error = UsageError(f"training diverged: {e}; {out} keeps its last finite checkpoint (step {step}); "
+                                   f"{advice}, into another --out")
+            error.agreed = True  # every rank diverges at the same step: their summed terms are the same numbers
+            raise error from None
     seconds = progress_so_far["seconds"] + time.perf_counter() - start
-    history = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    history = distributed.broadcast([json.loads(line) for line in metrics_path.read_text().splitlines()] if main else None)
     summary = {"model": registry.reference(cls), "dataset": args.dataset, "transform": args.transform or "none",
                "schedule": str(args.schedule), "epochs": history[-1]["epoch"], "steps": trainer.step_count,
                "train_elbo": history[-1]["train_elbo"],
@@ -487,12 +516,14 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
     summary.update(hooks.summary(model, data, history, summary))
     warnings = [*summary.pop("warnings", []), *implausible(summary, data)]  # the model's own, then the generic one
     summary.update({"warnings": warnings} if warnings else {})
-    summary.update(train_seconds=seconds, device=device_name(device), threads=torch.get_num_threads())
-    hooks.figures(model, history, data, out)
-    for logger in logged:
-        logger.add_figures(trainer.step_count)
-        logger.close()
-    runs.save_run(out, model.cpu(), summary)
+    summary.update(train_seconds=seconds, device=device_name(device), threads=torch.get_num_threads(),
+                   **({"processes": distributed.world_size()} if distributed.active() else {}))
+    if main:
+        hooks.figures(model, history, data, out)
+        for logger in logged:
+            logger.add_figures(trainer.step_count)
+            logger.close()
+        runs.save_run(out, model.cpu(), summary)
     return summary
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import signal
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -222,7 +223,10 @@ class Trainer:
             for p in parameters:  # unused by this rank's rows (or no rows): zero, so that every rank reduces alike
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
-            distributed.all_reduce_sum([*(p.grad for p in parameters), terms, count])
+            stop = torch.tensor([float(self.stop_signal is not None)], device=count.device)
+            distributed.all_reduce_sum([*(p.grad for p in parameters), terms, count, stop])
+            if stop.item() and self.stop_signal is None:  # another rank was signalled: every rank stops after this step
+                self.stop_signal = signal.SIGTERM
         for p in parameters:
             if p.grad is not None:
                 p.grad.div_(count)
