@@ -212,7 +212,7 @@ class Trainer:
         groups, parameters = PHASE_GROUPS[phase], self.phase_parameters[phase]
         for name in groups:
             self.optimizers[name].zero_grad(set_to_none=True)
-        count = torch.tensor([float(len(batch[0]))], device=parameters[0].device)
+        count = torch.tensor(float(len(batch[0])), device=parameters[0].device)
         if len(batch[0]):
             terms = self.sum_elbo(batch)
             (-terms[2]).backward(inputs=parameters)  # gradients only for the groups this phase moves
@@ -343,8 +343,8 @@ class Trainer:
             "generator": self.generator.get_state(), "epoch_order_state": self.epoch_order_state,
             "pending": [{k: v.item() if isinstance(v, Tensor) else v for k, v in r.items()} for r in self.pending],
             "terms": torch.stack(self.terms).cpu() if self.terms else torch.zeros(0, len(TERMS)),
-            "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "rank_rngs": distributed.all_gather(torch.get_rng_state()),  # every rank's draws of z, dropout, ...
+            "rng": distributed.all_gather(torch.get_rng_state()),  # every rank's (draws of z, dropout, ...)
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -356,9 +356,10 @@ class Trainer:
         self.pending = list(state["pending"])
         device = next(self.model.parameters()).device
         self.terms = list(state["terms"].to(device).unbind())
-        rank_rngs = state.get("rank_rngs", [state["rng"]])
-        if len(rank_rngs) == distributed.world_size():
-            torch.set_rng_state(rank_rngs[distributed.rank()])
+        if not isinstance(state["rng"], list):
+            raise TypeError("rng is not a list of the ranks' random states")
+        if len(state["rng"]) == distributed.world_size():
+            torch.set_rng_state(state["rng"][distributed.rank()])
         else:  # resumed on another number of processes: fresh draws for each rank, seeded by the step and the rank
             torch.manual_seed(self.step_count * 1_000_003 + distributed.rank())
         if state["cuda_rng"] and torch.cuda.is_available():
