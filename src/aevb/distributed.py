@@ -8,7 +8,8 @@ Data-parallel with DistributedDataParallel's semantics, on torch.distributed's o
   gradients (one ``all_reduce``) is the single-process gradient of the mean ELBO over the global batch, up to
   float summation order. Only the parameters of the groups the phase moves are reduced: an E-phase neither
   waits for theta's gradients nor moves theta (DDP's wrapper would reduce every parameter that requires one);
-* metrics are sums over each rank's shard of the test set, reduced the same way.
+* metrics are sums over each rank's shard of the test set, reduced the same way, or per-example values (the
+  GMVAE's q(y|x)) computed in shards and gathered.
 
 With no process group initialized (one process) every function here is the identity of the one-process case.
 """

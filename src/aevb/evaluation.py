@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -53,6 +53,14 @@ def mean_over_ranks(total: Tensor, count: int) -> Tensor:
 def shard(tensors: Sequence[Tensor]) -> list[Tensor]:
     """This rank's rows of ``tensors`` (all of them in one process)."""
     return [t[distributed.shard(len(t))] for t in tensors]
+
+
+def rows_over_ranks(fn: Callable[..., Tensor], tensors: Sequence[Tensor], batch_size: int,
+                    device: torch.device) -> Tensor:
+    """``fn(*batch)`` for every row of ``tensors``, concatenated in order on the CPU; under torch.distributed each
+    rank computes its shard and the shards are gathered."""
+    mine = torch.cat([fn(*batch).cpu() for batch in in_batches(shard(tensors), batch_size, device)])
+    return torch.cat(distributed.all_gather(mine))
 
 
 def test_elbo(model: LatentVariableModel, tensors: Sequence[Tensor], batch_size: int = 1000) -> Tensor:

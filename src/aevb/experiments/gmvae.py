@@ -20,7 +20,7 @@ from torch.distributions import Categorical
 
 from aevb import clustering
 from aevb.errors import UsageError
-from aevb.evaluation import eval_mode, in_batches
+from aevb.evaluation import eval_mode, rows_over_ranks
 from aevb.arguments import positive_float
 from aevb.fitting import Data, Hooks
 from aevb.models.gmvae import GMVAE, TemperatureSchedule
@@ -38,7 +38,7 @@ def decay_factor(text: str) -> float:
 def cluster_metrics(model: GMVAE, data: Data) -> dict:
     """Test-set clustering: mean H(q(y|x)), the argmax clusters, and (with labels) accuracy, NMI, matching."""
     with eval_mode(model) as device:
-        probs = torch.cat([model.cluster_probs(x) for x, in in_batches(data.test[:1], 1000, device)])  # (M, C)
+        probs = rows_over_ranks(model.cluster_probs, data.test[:1], 1000, device)  # (M, C)
     clusters = probs.argmax(1).cpu().numpy()
     c = model.config.num_components
     metrics = {"conditional_entropy": Categorical(probs=probs).entropy().mean().item(), "clusters": clusters,
