@@ -55,30 +55,34 @@ SCRIPT = textwrap.dedent('''
 
 
     if __name__ == "__main__":
-        if len(sys.argv) > 3:
+        if len(sys.argv) > 2:
             dist.init_process_group("gloo")
-        train(sys.argv[1], sys.argv[2])
+        for kind in ("fa", "vae"):
+            train(kind, f"{sys.argv[1]}-{kind}")
 ''')
 
 
-def torchrun(tmp_path, kind: str, processes: int) -> list[dict]:
-    """Run the script with ``processes`` ranks (1: without torch.distributed); every rank's saved result."""
-    script = tmp_path / "train.py"
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[tuple[str, int], list[dict]]:
+    """(model, processes) -> every rank's saved result: the script in one process, and under torchrun in two."""
+    folder = tmp_path_factory.mktemp("distributed")
+    script = folder / "train.py"
     script.write_text(SCRIPT)
-    out = tmp_path / f"{kind}-{processes}"
-    if processes == 1:
-        command = [sys.executable, str(script), kind, str(out)]
-    else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
-                   "--standalone", str(script), kind, str(out), "distributed"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=tmp_path)  # a hang fails here
-    assert done.returncode == 0, done.stderr[-3000:]
-    return [torch.load(f"{out}-{rank}.pt", weights_only=False) for rank in range(processes)]
+    results = {}
+    for processes in (1, 2):
+        out = folder / str(processes)
+        command = ([sys.executable, str(script), str(out)] if processes == 1 else
+                   [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", str(script),
+                    str(out), "distributed"])
+        done = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=folder)  # a hang fails here
+        assert done.returncode == 0, done.stderr[-3000:]
+        for kind in ("fa", "vae"):
+            results[kind, processes] = [torch.load(f"{out}-{kind}-{rank}.pt") for rank in range(processes)]
+    return results
 
 
-def test_two_ranks_take_the_one_process_step_on_the_global_batch(tmp_path):
-    one, = torchrun(tmp_path, "fa", 1)
-    first, second = torchrun(tmp_path, "fa", 2)
+def test_two_ranks_take_the_one_process_step_on_the_global_batch(trained):
+    (one,), (first, second) = trained["fa", 1], trained["fa", 2]
     for name, value in first["state"].items():
         assert torch.equal(value, second["state"][name]), name  # the ranks stay identical, bit for bit
         torch.testing.assert_close(value, one["state"][name], rtol=1e-5, atol=1e-6)  # float summation order
@@ -88,8 +92,8 @@ def test_two_ranks_take_the_one_process_step_on_the_global_batch(tmp_path):
     assert first["records"][-1]["train_elbo"] == pytest.approx(one["records"][-1]["train_elbo"], rel=1e-5)
 
 
-def test_ranks_with_their_own_draws_stay_identical(tmp_path):
-    first, second = torchrun(tmp_path, "vae", 2)
+def test_ranks_with_their_own_draws_stay_identical(trained):
+    first, second = trained["vae", 2]
     for name, value in first["state"].items():
         assert torch.equal(value, second["state"][name]), name
 
@@ -155,12 +159,22 @@ def test_a_rank_that_fails_ends_every_rank_with_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("args, says", [
-    (["fit", *TINY_VAE, "--batch-size", "5", "--epochs", "1", "--out", "run"], "must divide among the 2 processes"),
-    (["eval", "run"], "runs in one process"),
-])
-def test_what_torchrun_cannot_run_is_one_line(args, says, tmp_path):
-    done = aevb_torchrun(args, tmp_path)
-    lines = aevb_lines(done.stderr)
-    assert done.returncode != 0 and len(lines) == 1 and says in lines[0], done.stderr[-2000:]
+def test_what_several_processes_cannot_run_is_one_line(tmp_path, monkeypatch, capsys):
+    """Decided before any process group exists (from the environment torchrun sets) or from its size alone."""
+    from aevb import distributed
+    from aevb.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main(["eval", "run"]) == 2
+    assert capsys.readouterr().err == ""  # every rank refuses alike: rank 0 alone says so
+    monkeypatch.setenv("RANK", "0")
+    assert main(["eval", "run"]) == 2
+    assert "aevb eval runs in one process" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    assert main(["fit", *TINY_VAE, "--batch-size", "5", "--epochs", "1", "--out", "run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--batch-size 5 is the global batch and must divide among the 2 processes" in err[0]
     assert not (tmp_path / "run").exists()
