@@ -124,10 +124,10 @@ def refine(model: LatentVariableModel, batch: Sequence[Tensor], settings: LocalE
     return result
 
 
-def mean_and_se(values: Tensor) -> tuple[float, float]:
-    """The mean over examples and its standard error."""
+def mean_and_se(values: Tensor) -> tuple[float, float | None]:
+    """The mean over examples and its standard error (None for one example)."""
     values = values.double()
-    return values.mean().item(), (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else float("nan")
+    return values.mean().item(), (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else None
 
 
 def active_units(codes: Tensor) -> int:
