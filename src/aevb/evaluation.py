@@ -22,6 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from aevb import distributed
+from aevb.elbo import IWAE_CHUNK
 from aevb.model import LatentVariableModel
 
 
@@ -73,7 +74,7 @@ def test_elbo(model: LatentVariableModel, tensors: Sequence[Tensor], batch_size:
 
 
 def iwae_log_likelihood(
-    model: LatentVariableModel, tensors: Sequence[Tensor], num_samples: int, batch_size: int = 100, chunk_size: int = 100
+    model: LatentVariableModel, tensors: Sequence[Tensor], num_samples: int, batch_size: int = 100, chunk_size: int = IWAE_CHUNK
 ) -> Tensor:
     """Mean K-sample importance-weighted bound on log p(x) (or log p(x | context)); a 0-dim tensor.
 

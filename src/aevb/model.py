@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from aevb import elbo as estimators
+from aevb.elbo import IWAE_CHUNK
 
 PARAMETER_GROUPS = ("generative", "inference")
 
@@ -135,7 +136,7 @@ class LatentVariableModel(nn.Module, ABC):
         q_z, p_z, p_x_given_z = self.factors(x, *context)
         return estimators.log_importance_weights(x, q_z, p_z, p_x_given_z, num_samples)
 
-    def iwae_bound(self, x: Tensor, *context: Tensor, num_samples: int, chunk_size: int = 100) -> Tensor:
+    def iwae_bound(self, x: Tensor, *context: Tensor, num_samples: int, chunk_size: int = IWAE_CHUNK) -> Tensor:
         """K-sample importance-weighted lower bound on log p(x), shape (B,)."""
         return estimators.iwae_bound(
             lambda k: self.log_importance_weights(x, *context, num_samples=k), num_samples, chunk_size

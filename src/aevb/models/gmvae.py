@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.distributions import Independent, OneHotCategorical, kl_divergence
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 
-from aevb.elbo import ELBO, iwae_bound
+from aevb.elbo import ELBO, IWAE_CHUNK, iwae_bound
 from aevb.model import EStepProblem, LatentVariableModel
 from aevb.models.cvae import LabelPrior
 from aevb.models.vae import Decoder, GaussianEncoder, mlp, standard_normal
@@ -238,7 +238,7 @@ class GMVAE(LatentVariableModel):
         z = q_z.rsample((num_samples,))  # (K, C, B, L)
         return self.generative.p_x_given_z(z, y).log_prob(x) + self.generative.p_z_given_y(y).log_prob(z) - q_z.log_prob(z)
 
-    def iwae_bound(self, x: Tensor, num_samples: int, chunk_size: int = 100, q_z: Independent | None = None) -> Tensor:
+    def iwae_bound(self, x: Tensor, num_samples: int, chunk_size: int = IWAE_CHUNK, q_z: Independent | None = None) -> Tensor:
         """log sum_y p(y) (1/K) sum_k p(x, z_k | y) / q(z_k | x, y), K draws of z for each y (module docstring);
         shape (B,). Chunks of ``chunk_size`` // C draws keep the memory of the sampled-y bound's chunks."""
         per_y = iwae_bound(lambda k: self.log_importance_weights_given_y(x, k, q_z), num_samples,
