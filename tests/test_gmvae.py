@@ -78,7 +78,7 @@ def test_iwae_bound_sums_y_out_exactly(variant):
     model, x = small_model(variant), binary_data(5)
     with torch.no_grad():
         torch.manual_seed(3)
-        bound = model.iwae_bound(x, num_samples=7)
+        bound = model.iwae_bound(x, num_samples=7, chunk_size=7 * C)  # the 7 draws of each y in one chunk
         torch.manual_seed(3)
         weights = model.log_importance_weights_given_y(x, 7)  # (K, C, B): the same draws
         loop = torch.logsumexp(torch.stack([torch.logsumexp(weights[:, c], 0) - math.log(7) - math.log(C)

@@ -248,10 +248,9 @@ def test_plan_scales_the_tutorials_lengths():
 def test_the_literature_anchor_runs_end_to_end_with_its_extra_bound(tmp_path, capsys):
     """vae-nll at a tiny scale on the digits: its K = 200 bound is evaluated after the fit and reported as an NLL."""
     out = tmp_path / "anchor"
-    assert main(["reproduce", "vae-nll", "--dataset", "digits", "--epochs-scale", "0.002", "--diagnose", "30",
+    assert main(["reproduce", "vae-nll", "--dataset", "digits", "--epochs-scale", "0.002", "--diagnose", "0",
                  "--out", str(out), "--no-progress"]) == 0
-    diagnosis = json.loads((out / "vae-nll" / "diagnostics.json").read_text())
-    assert diagnosis["examples"] == 30 and diagnosis["log_evidence"] == f"IWAE, K = {reproduce.DIAGNOSIS.iwae}, proposal q*"
+    assert not (out / "vae-nll" / "diagnostics.json").exists()  # --diagnose 0: none (the tour's runs have theirs)
     provenance = json.loads((out / "vae-nll" / "provenance.json").read_text())
     summary = json.loads((out / "vae-nll" / "summary.json").read_text())
     k200 = provenance["evaluations"]["iwae_log_likelihood_k200"]
