@@ -34,6 +34,8 @@ def init_from_environment() -> bool:
     rank's GPU (LOCAL_RANK) where CUDA is available, gloo on CPUs. False, and nothing done, in one process."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
+    if dist.is_initialized():  # joined already (a script that calls aevb.cli.main)
+        return True
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=TIMEOUT)
