@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from aevb.arguments import (MAX_IWAE_SAMPLES, MAX_SAMPLES, LocalEStep, draws, epochs_scale, local_steps,
-                            non_negative_int, output_folder, positive_float, positive_int, positive_iwae_samples, random_seed,
-                            sample_count)
+                            non_negative_int, output_folder, positive_float, positive_int, positive_iwae_samples,
+                            random_seed, sample_count)
 from aevb.errors import Interrupted, UsageError
 from aevb.reproduce import DIAGNOSIS, EXPERIMENTS
 
@@ -83,7 +83,8 @@ def build_parser() -> ArgumentParser:
     diagnose.add_argument("--samples", type=draws, default=defaults.samples,
                           help=f"draws of z per example for each local E-step's gradient (default {defaults.samples})")
     diagnose.add_argument("--lr", type=positive_float, default=defaults.lr,
-                          help=f"the local E-steps' initial learning rate, decayed to 0 (cosine) (default {defaults.lr})")
+                          help=f"the local E-steps' initial learning rate, decayed to 0 (cosine) "
+                               f"(default {defaults.lr})")
     diagnose.add_argument("--eval-samples", type=draws, default=defaults.eval_samples, metavar="S",
                           help=f"draws per example for the ELBOs of q_phi and q* (default {defaults.eval_samples})")
     diagnose.add_argument("--seed", type=random_seed, default=0, help="random seed, 0 to 2^32 - 1 (default 0)")

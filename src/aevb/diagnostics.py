@@ -198,8 +198,9 @@ def diagnose(model: LatentVariableModel, tensors: Sequence[Tensor], settings: Lo
                                          for batch in in_batches(tensors, batch_size, device)])
     covered = curve is not None
     log_px, amortized = columns["iwae"], columns["elbo_amortized"]
+    proposal = "q*" if covered else "q_phi"
     result = {"model": model.name, "examples": len(tensors[0]),
-              "log_evidence": "exact" if exact else f"IWAE, K = {iwae_samples}, proposal {'q*' if covered else 'q_phi'}",
+              "log_evidence": "exact" if exact else f"IWAE, K = {iwae_samples}, proposal {proposal}",
               "local_e_step": asdict(settings) if covered else
               f"not covered: {model.name} defines no e_step_problem (see aevb.diagnostics)"}
     gaps = {"log_px": log_px, "elbo_amortized": amortized, "total_gap": log_px - amortized}
