@@ -4,9 +4,9 @@ Data-parallel with DistributedDataParallel's semantics, on torch.distributed's o
 
 * every rank holds the whole model and draws the same seeded permutation of the examples each epoch, so the
   global batches agree; rank r takes the r-th of W near-equal slices of each global batch (``shard``);
-* a step's loss on a rank is -(sum of its slice's ELBOs) / (global batch size), so the sum over ranks of the
-  gradients (one ``all_reduce``) is the single-process gradient of the mean ELBO over the global batch, up to
-  float summation order. Only the parameters of the groups the phase moves are reduced: an E-phase neither
+* a rank backpropagates -(sum of its slice's ELBOs); the gradients and row counts, summed over the ranks in one
+  ``all_reduce``, give the gradient sum over the global batch, divided by its size: the single-process gradient
+  of the mean ELBO, up to float summation order. Only the parameters of the groups the phase moves are reduced: an E-phase neither
   waits for theta's gradients nor moves theta (DDP's wrapper would reduce every parameter that requires one);
 * metrics are sums over each rank's shard of the test set, reduced the same way, or per-example values (the
   GMVAE's q(y|x)) computed in shards and gathered.
