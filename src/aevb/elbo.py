@@ -57,8 +57,8 @@ def elbo(
     z = q_z.rsample(sample_shape)  # (S, B, L) or (B, L)
     log_likelihood = p_x_given_z(z).log_prob(x)
     kl = kl_term(q_z, p_z, z, estimator)
-    if sample_shape:  # the analytic KL is (B,), the same for every draw
-        log_likelihood, kl = log_likelihood.mean(0), kl.expand(num_samples, *q_z.batch_shape).mean(0)
+    if sample_shape:  # the analytic KL is (B,) already; the sampled one has a value per draw
+        log_likelihood, kl = log_likelihood.mean(0), kl.mean(0) if estimator == "sgvb" else kl
     return ELBO(log_likelihood - kl, log_likelihood, kl)
 
 

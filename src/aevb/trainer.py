@@ -206,20 +206,21 @@ class Trainer:
         """One gradient step on -mean ELBO over the (global) batch for the groups of ``phase``; returns the batch's
         mean log-likelihood, KL and ELBO (3,).
 
-        The gradient of -sum ELBO, the summed terms and the row count are summed over the ranks in one collective
-        (``aevb.distributed``; nothing to sum in one process), then divided by the count: the mean over the
-        global batch."""
+        Under torch.distributed, the gradient of -sum ELBO, the summed terms and the row count are summed over the
+        ranks in one collective (``aevb.distributed``), then divided by the count: the mean over the global batch."""
         groups, parameters = PHASE_GROUPS[phase], self.phase_parameters[phase]
         for name in groups:
             self.optimizers[name].zero_grad(set_to_none=True)
         count = torch.tensor(float(len(batch[0])), device=parameters[0].device)
+        several = distributed.active()
         if len(batch[0]):
             terms = self.sum_elbo(batch)
-            (-terms[2]).backward(inputs=parameters)  # gradients only for the groups this phase moves
+            # gradients only for the groups this phase moves; one process: of the mean at once
+            (-terms[2] if several else -terms[2] / count).backward(inputs=parameters)
         else:  # this rank's slice of a short last batch is empty
             terms = torch.zeros(len(TERMS), device=count.device)
         terms = terms.detach().clone()  # a copy: a CUDA graph's next replay overwrites its output in place
-        if distributed.active():
+        if several:
             for p in parameters:  # unused by this rank's rows (or no rows): zero, so that every rank reduces alike
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
@@ -227,8 +228,7 @@ class Trainer:
             distributed.all_reduce_sum([*(p.grad for p in parameters), terms, count, stop])
             if stop.item() and self.stop_signal is None:  # another rank was signalled: every rank stops after this step
                 self.stop_signal = signal.SIGTERM
-        for p in parameters:
-            if p.grad is not None:
+            for p in parameters:
                 p.grad.div_(count)
         if self.clip_grad is not None:
             torch.nn.utils.clip_grad_norm_(self.phase_parameters[phase], self.clip_grad, foreach=True)

@@ -170,19 +170,20 @@ class GMVAE(LatentVariableModel):
         """
         return (q_y.probs * (q_y.logits - self.p_y().logits)).sum(-1)
 
-    def given_y(self, x: Tensor, x_part: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """log p(x|z) at z ~ q(z|x,y), and KL(q(z|x,y) || p(z|y)), for y (..., B or 1, C); shapes (..., B)."""
-        q_z = self.inference.q_z_given_x_y(x_part, y)
-        z = q_z.rsample()  # (..., B, L)
-        return self.generative.p_x_given_z(z, y).log_prob(x), kl_divergence(q_z, self.generative.p_z_given_y(y))
+    def given_y(self, x: Tensor, q_z: Independent, y: Tensor, num_samples: int = 1) -> tuple[Tensor, Tensor]:
+        """log p(x|z) at z ~ q(z|x,y) (averaged over ``num_samples`` draws) and KL(q(z|x,y) || p(z|y)), for y
+        (..., B or 1, C) and q_z of batch (..., B); shapes (..., B)."""
+        sample_shape = (num_samples,) if num_samples > 1 else ()
+        z = q_z.rsample(sample_shape)  # (S, ..., B, L) or (..., B, L)
+        log_likelihood = self.generative.p_x_given_z(z, y).log_prob(x)
+        if sample_shape:
+            log_likelihood = log_likelihood.mean(0)
+        return log_likelihood, kl_divergence(q_z, self.generative.p_z_given_y(y))
 
     def marginal_elbo(self, x: Tensor, q_y: OneHotCategorical, q_z: Independent, num_samples: int = 1) -> ELBO:
         """sum_y q(y|x) [(1/S) sum_s log p(x|z_ys) - KL(q(z|x,y) || p(z|y))] - KL(q(y|x) || p(y)), z_ys ~ q(z|x,y),
         for q_y of batch (B,) and q_z of batch (C, B), one per value of y; shapes (B,)."""
-        y = self.components()
-        z = q_z.rsample((num_samples,))  # (S, C, B, L)
-        log_likelihood = self.generative.p_x_given_z(z, y).log_prob(x).mean(0)  # (C, B)
-        kl_z = kl_divergence(q_z, self.generative.p_z_given_y(y))  # (C, B)
+        log_likelihood, kl_z = self.given_y(x, q_z, self.components(), num_samples)  # (C, B) each
         weights = q_y.probs.T  # (C, B)
         log_likelihood = (weights * log_likelihood).sum(0)
         kl = (weights * kl_z).sum(0) + self.kl_y(q_y)
@@ -211,7 +212,7 @@ class GMVAE(LatentVariableModel):
         y = log_y.exp()
         if self.config.straight_through:
             y = y + (F.one_hot(y.argmax(-1), y.shape[-1]).to(y) - y).detach()
-        log_likelihood, kl_z = self.given_y(x, x_part, y)
+        log_likelihood, kl_z = self.given_y(x, self.inference.q_z_given_x_y(x_part, y), y)
         if estimator == "gumbel-analytic":
             kl_y = self.kl_y(q_y)
         else:
