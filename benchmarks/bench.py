@@ -1,12 +1,16 @@
 """Training speed: aevb's training loop against a plain PyTorch loop written the way the tutorial's code is.
 
-    PYTHONPATH=src python benchmarks/bench.py --models vae,cvae --data-dir ../shared/data/mnist [--epochs N | --steps N] [--json]
+    PYTHONPATH=src python benchmarks/bench.py --models vae,cvae --data-dir ../shared/data/mnist \
+        [--epochs N | --steps N] [--modes eager,compiled] [--json]
 
-Each model has a module ``bench_<model>.py`` beside this file exposing ``time_model(args) -> dict`` with
-at least ``ours_seconds``, ``plain_seconds`` and ``ratio`` (ours / plain); both loops are timed in the
+Each model has a module ``bench_<model>.py`` beside this file exposing ``time_model(args) -> list[dict]``,
+one row per mode (eager; compiled: aevb's trainer with ``torch_compile=True``), each with at least ``device``,
+``compiled``, ``ours_seconds``, ``plain_seconds`` and ``ratio`` (ours / plain). The loops are timed in the
 same process, on the same device, data, architecture, batch size and initial parameters. This driver runs
-the models asked for, prints the ratio per model, writes all results as JSON to ``--out`` and, with
-``--json``, prints them as one JSON object (keyed by model) on the last line.
+the models asked for, prints the ratio per row, and writes each row as a JSON line to ``--out`` as soon as it
+is measured (and, with ``--json``, to the standard output), so that a run cut short keeps what it measured.
+On a GPU a row also counts host-device synchronizations per step, and a compiled row the CUDA-graph replays
+per step, graph breaks, skipped CUDA graphs and generated kernels, with the compile time of its warm-up steps.
 
 The helpers below (device synchronization, the two timed loops, the parameter and number checks) are
 shared by the ``bench_<model>`` modules.
@@ -14,17 +18,21 @@ shared by the ``bench_<model>`` modules.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import itertools
 import json
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch._dynamo.utils import counters
+from torch._inductor import metrics
 from torch.utils.data import DataLoader, TensorDataset
 
 from aevb.data import load_dataset, prepare
@@ -33,6 +41,7 @@ from aevb.trainer import Trainer
 
 WARMUP_STEPS = 3  # the first steps set up the allocator, kernels and optimizer state: run, not timed
 COMPILE_WARMUP_STEPS = 5  # with torch_compile: an eager step, compiling, CUDA-graph warm-up and recording
+SYNC_STEPS = 20  # host-device synchronizations per step: those of 2n steps less those of n, over n
 
 
 def synchronize(device: torch.device) -> None:
@@ -51,21 +60,80 @@ def load_tensors(args: argparse.Namespace, transform: str, labels: bool = False)
     return (x_train, y_train) if labels else (x_train,)
 
 
-def time_ours(model: LatentVariableModel, tensors: Sequence[Tensor], args: argparse.Namespace, lr: float,
-              steps: int | None = None, **fit_options) -> tuple[float, list[dict]]:
-    """Seconds and history of ``Trainer.fit`` on tensors already on the device (``args.epochs`` or ``steps``).
+class GraphReplays:
+    """Counts CUDA-graph replays inside ``with``: torch.compile's CUDA graphs are ``torch.cuda.CUDAGraph``s."""
 
-    With ``args.compile`` the trainer compiles its step; compiling happens in warm-up steps, not timed.
+    def __enter__(self) -> "GraphReplays":
+        self.count, self.replay = 0, torch.cuda.CUDAGraph.replay
+
+        def counted(graph: torch.cuda.CUDAGraph) -> None:
+            self.count += 1
+            self.replay(graph)
+
+        torch.cuda.CUDAGraph.replay = counted
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        torch.cuda.CUDAGraph.replay = self.replay
+
+
+def syncs_per_step(train: Callable[[int], object]) -> float:
+    """Host-device synchronizations per step of ``train(steps)`` (CUDA's sync-debug warnings, counted).
+
+    Those of ``2 n`` steps less those of ``n``, over ``n``: what a call does once (a record at its end) cancels."""
+    counts = []
+    for steps in (SYNC_STEPS, 2 * SYNC_STEPS):
+        torch.cuda.set_sync_debug_mode("warn")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train(steps)
+        torch.cuda.set_sync_debug_mode("default")
+        counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    return (counts[1] - counts[0]) / SYNC_STEPS
+
+
+def compile_counters() -> dict:
+    """torch.compile's counts since the last ``torch._dynamo.reset()``: graphs compiled, graph breaks, CUDA graphs
+    skipped (inductor's "skipping cudagraphs"), and the kernels inductor generated (Triton's on a GPU)."""
+    return {"graphs": counters["stats"]["unique_graphs"], "graph_breaks": sum(counters["graph_break"].values()),
+            "cudagraph_skips": counters["inductor"]["cudagraph_skips"], "generated_kernels": metrics.generated_kernel_count}
+
+
+def time_ours(model: LatentVariableModel, tensors: Sequence[Tensor], args: argparse.Namespace, lr: float,
+              steps: int | None, compiled: bool, **fit_options) -> tuple[float, list[dict], dict]:
+    """Seconds and history of ``Trainer.fit`` on tensors already on the device (``args.epochs`` or ``steps``),
+    after warm-up steps on the same trainer, and what else was measured (a dict).
+
+    With ``compiled`` the trainer compiles its step (``torch_compile=True``) in the warm-up, whose seconds are
+    ``compile_seconds``; the timed steps' CUDA-graph replays are counted. On a GPU, the host-device
+    synchronizations per step are counted after the timed steps (``syncs_per_step``).
     """
     device = tensors[0].device
-    trainer = Trainer(model, lr=lr, batch_size=args.batch_size, seed=args.seed, progress=False, torch_compile=args.compile)
-    if args.compile:
-        trainer.fit(tensors, steps=COMPILE_WARMUP_STEPS, **fit_options)  # fit trains more: the timed run is as long
-    synchronize(device)
+    trainer = Trainer(model, lr=lr, batch_size=args.batch_size, seed=args.seed, progress=False, torch_compile=compiled)
+    measured: dict = {}
+    if compiled:
+        torch._dynamo.reset()  # one compilation per model: no earlier model's code counts against the recompile limit
+        counters.clear()
+        metrics.reset()
     start = time.perf_counter()
-    history = trainer.fit(tensors, epochs=None if steps else args.epochs, steps=steps, **fit_options)
+    trainer.fit(tensors, steps=COMPILE_WARMUP_STEPS if compiled else WARMUP_STEPS, **fit_options)
     synchronize(device)
-    return time.perf_counter() - start, history
+    if compiled:
+        measured["compile_seconds"] = time.perf_counter() - start  # the warm-up steps, compiling included
+    first = trainer.step_count
+    with GraphReplays() if device.type == "cuda" else contextlib.nullcontext() as replays:
+        start = time.perf_counter()
+        history = trainer.fit(tensors, epochs=None if steps else args.epochs, steps=steps, **fit_options)
+        synchronize(device)
+        seconds = time.perf_counter() - start
+    measured["steps"] = trainer.step_count - first
+    if replays is not None:
+        measured["graph_replays_per_step"] = replays.count / measured["steps"]
+    if compiled:
+        measured.update(compile_counters())
+    if device.type == "cuda":
+        measured["syncs_per_step"] = syncs_per_step(lambda n: trainer.fit(tensors, steps=n, **fit_options))
+    return seconds, history, measured
 
 
 def time_plain(elbo: Callable[..., Tensor], module: nn.Module, tensors: Sequence[Tensor], args: argparse.Namespace,
@@ -130,35 +198,35 @@ def check_same_numbers(ours: tuple[nn.Module, Callable[[], Tensor]], plain: tupl
             "grad_norm_rel_diff": abs(ours_grad - plain_grad) / plain_grad}
 
 
-def compare(ours: Callable[[int | None], tuple[float, float]], plain: Callable[[int | None], tuple[float, float]],
-            args: argparse.Namespace) -> dict:
-    """Warm both loops up, then time each over ``args.steps`` steps (or ``args.epochs`` epochs).
+def compare(ours: Callable[[int | None, bool], tuple[float, float, dict]], plain: Callable[[int | None], tuple[float, float]],
+            args: argparse.Namespace) -> list[dict]:
+    """Time the plain loop over ``args.steps`` steps (or ``args.epochs`` epochs) after warm-up steps, then ours in each
+    of ``args.modes`` (eager, compiled) as long: one row per mode, each against the same plain time.
 
-    ``ours(steps)`` and ``plain(steps)`` train a fresh model (the same initial parameters in both) and
-    return (seconds, mean training ELBO of the last epoch), the ELBO showing both loops learn alike.
+    ``plain(steps)`` and ``ours(steps, compiled)`` train a fresh model (the same initial parameters in all) and
+    return (seconds, mean training ELBO of the last epoch), the ELBO showing the loops learn alike (ours' epoch
+    includes its warm-up steps); ``ours`` also returns what else it measured (``time_ours``). A mode that fails
+    gives a row with its ``error``.
     """
-    if not args.compile:  # a compiled run warms itself up, compiling (see ``time_ours``)
-        ours(WARMUP_STEPS)
     plain(WARMUP_STEPS)
-    ours_seconds, ours_elbo = ours(args.steps)
     plain_seconds, plain_elbo = plain(args.steps)
-    return {"ours_seconds": ours_seconds, "plain_seconds": plain_seconds, "ratio": ours_seconds / plain_seconds,
-            "ours_train_elbo": ours_elbo, "plain_train_elbo": plain_elbo}
-
-
-def count_syncs(train: Callable[[int], object], steps: int) -> int:
-    """Host-device synchronizations while ``train(steps)`` runs (CUDA's sync-debug warnings, counted)."""
-    torch.cuda.set_sync_debug_mode("warn")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        train(steps)
-    torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
+    rows = []
+    for mode in args.modes:
+        try:
+            ours_seconds, ours_elbo, measured = ours(args.steps, mode == "compiled")
+        except Exception as error:  # e.g. compiling failed: the row says so, and the other modes and models still run
+            traceback.print_exc()
+            rows.append({"compiled": mode == "compiled", "error": f"{type(error).__name__}: {error}"})
+            continue
+        rows.append({"compiled": mode == "compiled", "ours_seconds": ours_seconds, "plain_seconds": plain_seconds,
+                     "ratio": ours_seconds / plain_seconds, "ours_train_elbo": ours_elbo, "plain_train_elbo": plain_elbo,
+                     **measured})
+    return rows
 
 
 def compare_models(fresh: Callable[[], tuple[LatentVariableModel, nn.Module]], train: Sequence[Tensor],
-                   args: argparse.Namespace, lr: float) -> dict:
-    """The whole comparison for one model: same numbers first, then both loops timed (see ``compare``).
+                   args: argparse.Namespace, lr: float) -> list[dict]:
+    """The whole comparison for one model: same numbers first, then the loops timed (see ``compare``).
 
     ``fresh()`` returns (ours, plain) on the device with the same initial parameters, ``plain.elbo(*batch)``
     being the batch's mean ELBO; ``train`` are the training tensors (x, *context) on the CPU.
@@ -168,21 +236,21 @@ def compare_models(fresh: Callable[[], tuple[LatentVariableModel, nn.Module]], t
     on_device = tuple(t.to(device) for t in train)
     batch = tuple(t[:args.batch_size] for t in on_device)
     numbers = check_same_numbers((ours, lambda: ours.elbo(*batch).elbo.mean()), (plain, lambda: plain.elbo(*batch)), args.seed)
+    per_epoch = -(-len(train[0]) // args.batch_size)
 
-    def run_ours(steps: int | None) -> tuple[float, float]:
-        seconds, history = time_ours(fresh()[0], on_device, args, lr, steps)
-        return seconds, history[-1]["train_elbo"]
+    def run_ours(steps: int | None, compiled: bool) -> tuple[float, float, dict]:
+        seconds, history, measured = time_ours(fresh()[0], on_device, args, lr, steps, compiled)
+        return seconds, history[-1]["train_elbo"], measured
 
     def run_plain(steps: int | None) -> tuple[float, float]:
         plain = fresh()[1]
         seconds, elbos = time_plain(plain.elbo, plain, train, args, lr, steps)
-        per_epoch = -(-len(train[0]) // args.batch_size)
         return seconds, sum(elbos[-per_epoch:]) / len(elbos[-per_epoch:])
 
-    if device.type == "cuda" and not args.compile:  # a sync makes the CPU wait for the GPU's queue to drain
-        numbers.update(ours_syncs_in_20_steps=count_syncs(run_ours, 20), plain_syncs_in_20_steps=count_syncs(run_plain, 20))
-    return {**compare(run_ours, run_plain, args), "device": device_name(device), "batch_size": args.batch_size,
-            "compiled": args.compile, **numbers}
+    if device.type == "cuda":  # a sync makes the CPU wait for the GPU's queue to drain
+        numbers["plain_syncs_per_step"] = syncs_per_step(run_plain)
+    common = {"device": device_name(device), "batch_size": args.batch_size, **numbers}
+    return [{**row, **common} for row in compare(run_ours, run_plain, args)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,29 +265,46 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--compile", action="store_true", help="time aevb's trainer with torch_compile=True")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench.json"), help="JSON results file (default runs/bench.json)")
-    parser.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
+    parser.add_argument("--modes", default="eager", type=lambda text: text.split(","),
+                        help="comma-separated: eager, compiled (aevb's trainer with torch_compile=True); default eager")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench.jsonl"),
+                        help="JSON Lines results file, a row written as each finishes (default runs/bench.jsonl)")
+    parser.add_argument("--json", action="store_true", help="print each row as one JSON line too")
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.modes or set(args.modes) - {"eager", "compiled"}:
+        parser.error(f"--modes takes eager, compiled or both, not {','.join(args.modes)!r}")
     sys.path.insert(0, str(Path(__file__).parent))  # the bench_<model> modules, whatever the working folder
-    results = {}
-    for name in args.models.split(","):
-        module = importlib.import_module(f"bench_{name}")
-        results[name] = module.time_model(args)
-        r = results[name]
-        print(f"{name:<6} ours {r['ours_seconds']:8.3f} s   plain {r['plain_seconds']:8.3f} s   "
-              f"ratio ours/plain {r['ratio']:.3f}   ({r.get('device', args.device)}{', compiled' if args.compile else ''})",
-              flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    rows = []
+    with args.out.open("w") as out:
+        for name in args.models.split(","):
+            try:
+                model_rows = importlib.import_module(f"bench_{name}").time_model(args)
+            except Exception as error:  # the other models still run
+                traceback.print_exc()
+                model_rows = [{"error": f"{type(error).__name__}: {error}"}]
+            for row in model_rows:
+                row = {"model": name, **row}
+                rows.append(row)
+                if "error" in row:
+                    print(f"{name:<6} failed: {row['error']}", flush=True)
+                else:
+                    print(f"{name:<6} ours {row['ours_seconds']:8.3f} s   plain {row['plain_seconds']:8.3f} s   "
+                          f"ratio ours/plain {row['ratio']:.3f}   ({row['device']}{', compiled' if row['compiled'] else ''})",
+                          flush=True)
+                if args.json:
+                    print(json.dumps(row), flush=True)
+                out.write(json.dumps(row) + "\n")
+                out.flush()
     print(f"results written to {args.out}")
-    if args.json:
-        print(json.dumps(results))
-    return results
+    if any("error" in row for row in rows):
+        sys.exit(1)
+    return rows
 
 
 if __name__ == "__main__":

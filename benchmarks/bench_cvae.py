@@ -49,7 +49,7 @@ class PlainCVAE(nn.Module):
         return (self.decoder(torch.cat([z, y], dim=1)).log_prob(x) - kl_divergence(q_z, self.prior(y))).mean()
 
 
-def time_model(args: argparse.Namespace) -> dict:
+def time_model(args: argparse.Namespace) -> list[dict]:
     """Seconds for ``args.epochs`` epochs (or ``args.steps`` steps), ours and the plain loop's."""
     device = torch.device(args.device)
     x_train, y_train = load_tensors(args, "dequantize", labels=True)

@@ -48,7 +48,7 @@ class PlainFA(nn.Module):
         return MultivariateNormal(torch.zeros(len(covariance)), covariance).log_prob(x).mean()
 
 
-def time_model(args: argparse.Namespace) -> dict:
+def time_model(args: argparse.Namespace) -> list[dict]:
     """Seconds for Experiment 1 (or ``args.steps`` steps), evaluated after every step, ours and the plain loop's."""
     fa_args = argparse.Namespace(**{**vars(args), "batch_size": BATCH_SIZE, "epochs": EPOCHS})
     _, x_train, x_test = synthetic_data(seed=args.seed)
@@ -65,9 +65,10 @@ def time_model(args: argparse.Namespace) -> dict:
     def evaluate(model: FactorAnalysis) -> dict[str, Tensor]:  # Experiment 1's per-step metrics
         return {"test_elbo": model.elbo(x_test).elbo.mean(), "test_log_evidence": model.log_evidence(x_test).mean()}
 
-    def ours(steps: int | None) -> tuple[float, float]:
-        seconds, history = time_ours(fresh_model(), (x_train,), fa_args, LR, steps, evaluate=evaluate, eval_every="step")
-        return seconds, sum(r["train_elbo"] for r in history[-STEPS_PER_EPOCH:]) / len(history[-STEPS_PER_EPOCH:])
+    def ours(steps: int | None, compiled: bool) -> tuple[float, float, dict]:
+        seconds, history, measured = time_ours(fresh_model(), (x_train,), fa_args, LR, steps, compiled,
+                                               evaluate=evaluate, eval_every="step")
+        return seconds, sum(r["train_elbo"] for r in history[-STEPS_PER_EPOCH:]) / len(history[-STEPS_PER_EPOCH:]), measured
 
     def plain(steps: int | None) -> tuple[float, float]:
         model = plain_copy()
@@ -78,5 +79,4 @@ def time_model(args: argparse.Namespace) -> dict:
     model, plain_model = fresh_model(), plain_copy()
     same = check_same_numbers((model, lambda: model.elbo(x_test).elbo.mean()), (plain_model, lambda: plain_model.elbo(x_test)),
                               args.seed)
-    return {**compare(ours, plain, fa_args), **same, "device": device_name(torch.device("cpu")),
-            "steps": args.steps or EPOCHS * STEPS_PER_EPOCH}
+    return [{**row, **same, "device": device_name(torch.device("cpu"))} for row in compare(ours, plain, fa_args)]

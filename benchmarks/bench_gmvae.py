@@ -85,7 +85,7 @@ class PlainGMVAE(nn.Module):
         return self
 
 
-def time_model(args: argparse.Namespace) -> dict:
+def time_model(args: argparse.Namespace) -> list[dict]:
     """Seconds for ``args.epochs`` epochs (or ``args.steps`` steps), ours and the plain loop's, on binarized images."""
     device = torch.device(args.device)
     (x_train,) = load_tensors(args, "binarize")

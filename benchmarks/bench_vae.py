@@ -73,7 +73,7 @@ class PlainVAE(nn.Module):
         return (self.decoder(z).log_prob(x) - kl_divergence(q_z, standard_normal(self.z_dim, x.device))).mean()
 
 
-def time_model(args: argparse.Namespace) -> dict:
+def time_model(args: argparse.Namespace) -> list[dict]:
     """Seconds for ``args.epochs`` epochs (or ``args.steps`` steps), ours and the plain loop's, on MNIST-like data."""
     device = torch.device(args.device)
     (x_train,) = load_tensors(args, "dequantize")

@@ -80,7 +80,7 @@ class PlainVRNN(nn.Module):
         return self
 
 
-def time_model(args: argparse.Namespace) -> dict:
+def time_model(args: argparse.Namespace) -> list[dict]:
     """Seconds for ``args.epochs`` epochs (or ``args.steps`` steps), ours and the plain loop's, same data and start."""
     device = torch.device(args.device)
     flags = ["--dataset", args.dataset, "--seed", str(args.seed)] + (["--data-dir", args.data_dir] if args.data_dir else [])

@@ -1,9 +1,11 @@
-"""Scoring a clustering against reference labels: Hungarian-matched accuracy, NMI, cluster proportions.
+"""Scoring a clustering against reference labels: Hungarian-matched accuracy, majority-label accuracy, NMI,
+cluster proportions.
 
 Cluster indices are arbitrary, so accuracy first finds the one-to-one matching of clusters to labels
 that maximizes the number of agreements (the assignment problem, solved by scipy's
 ``linear_sum_assignment``), then counts the agreements. With more clusters than labels, unmatched
-clusters count as errors.
+clusters count as errors. The majority-label accuracy is many-to-one instead: each cluster is read as its
+most frequent label, several clusters may share one, and it can only grow with the number of clusters.
 """
 from __future__ import annotations
 
@@ -32,6 +34,13 @@ def cluster_accuracy(clusters: ArrayLike, labels: ArrayLike, num_clusters: int, 
     """Fraction of examples whose cluster is matched to their label, under the best one-to-one matching."""
     matched = match_clusters(clusters, labels, num_clusters, num_labels)
     return float(np.mean(matched[np.asarray(clusters)] == np.asarray(labels)))
+
+
+def majority_accuracy(clusters: ArrayLike, labels: ArrayLike, num_clusters: int, num_labels: int) -> float:
+    """Fraction of examples whose label is the most frequent label of their cluster (many-to-one), the accuracy
+    of Rui Shu's GMVAE runs; at least ``cluster_accuracy``."""
+    counts = contingency(clusters, labels, num_clusters, num_labels)
+    return float(counts.max(1).sum() / counts.sum())
 
 
 def nmi(clusters: ArrayLike, labels: ArrayLike) -> float:

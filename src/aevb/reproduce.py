@@ -393,7 +393,7 @@ class Diagnosis:
 
 
 DIAGNOSIS = Diagnosis(1000, 1000)  # K = 1000, not diagnose's 5000: a GMVAE's bound costs C = 10 decoder passes per draw
-TOUR_DIAGNOSIS = Diagnosis(200, 500, LocalEStep(steps=50))
+TOUR_DIAGNOSIS = Diagnosis(200, 100, LocalEStep(steps=50, samples=4, eval_samples=20))
 QUICK_DIAGNOSIS = Diagnosis(20, 8, LocalEStep(steps=3, samples=2, eval_samples=4))
 
 

@@ -151,7 +151,7 @@ class Trainer:
 
     ``torch_compile=True`` trains with the ELBO's forward and backward compiled by ``torch.compile`` (after
     one eager step). It is meant for a GPU, where small models spend their step launching kernels; on a CPU
-    the step is bound by arithmetic, and compiling (seconds to a minute) gains little or nothing.
+    the step is bound by arithmetic, and compiling (seconds to minutes) gains little or nothing.
     """
 
     def __init__(
@@ -211,7 +211,8 @@ class Trainer:
         groups, parameters = PHASE_GROUPS[phase], self.phase_parameters[phase]
         for name in groups:
             self.optimizers[name].zero_grad(set_to_none=True)
-        count = torch.tensor(float(len(batch[0])), device=parameters[0].device)
+        # torch.full launches a fill; torch.tensor would copy from the host and wait for the GPU at every step
+        count = torch.full((), float(len(batch[0])), device=parameters[0].device)
         several = distributed.active()
         if len(batch[0]):
             terms = self.sum_elbo(batch)
@@ -224,7 +225,7 @@ class Trainer:
             for p in parameters:  # unused by this rank's rows (or no rows): zero, so that every rank reduces alike
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
-            stop = torch.tensor([float(self.stop_signal is not None)], device=count.device)
+            stop = torch.full((1,), float(self.stop_signal is not None), device=count.device)
             distributed.all_reduce_sum([*(p.grad for p in parameters), terms, count, stop])
             if stop.item() and self.stop_signal is None:  # another rank was signalled: every rank stops after this step
                 self.stop_signal = signal.SIGTERM

@@ -46,6 +46,7 @@ def cluster_metrics(model: GMVAE, data: Data) -> dict:
     if data.y_test is not None:
         labels = data.y_test.numpy()
         metrics.update(cluster_accuracy=clustering.cluster_accuracy(clusters, labels, c, data.num_classes),
+                       majority_accuracy=clustering.majority_accuracy(clusters, labels, c, data.num_classes),
                        nmi=clustering.nmi(clusters, labels),
                        matched_labels=clustering.match_clusters(clusters, labels, c, data.num_classes))
     return metrics
@@ -82,7 +83,8 @@ class GMVAEHooks(Hooks):
 
     def metrics(self, model: GMVAE, data: Data, step: int | None) -> dict:
         metrics = cluster_metrics(model, data)
-        scalars = {k: metrics[k] for k in ("conditional_entropy", "cluster_accuracy", "nmi") if k in metrics}
+        scalars = {k: metrics[k] for k in ("conditional_entropy", "cluster_accuracy", "majority_accuracy", "nmi")
+                   if k in metrics}
         gumbel = {} if self.args.estimator in (None, "marginal") else {"temperature": model.temperature}  # this epoch's
         return {**scalars, **gumbel}
 
@@ -95,6 +97,7 @@ class GMVAEHooks(Hooks):
             "test_elbo_without_log_c": generic["test_elbo"] + math.log(model.config.num_components),
             "conditional_entropy": self.final["conditional_entropy"],
             "cluster_accuracy": self.final.get("cluster_accuracy"),
+            "majority_accuracy": self.final.get("majority_accuracy"),
             "nmi": self.final.get("nmi"),
             "cluster_proportions": [round(float(p), 4) for p in self.final["cluster_proportions"]],
         }
