@@ -67,6 +67,15 @@ def arrays(name: str, **xs) -> Setup:
     return lambda folder, fitted: np.savez(folder / name, **xs)
 
 
+def shards(name: str, **xs) -> Setup:
+    """A folder of .npy shards (``aevb.disk``), ``NAME.npy`` for each keyword."""
+    def setup(folder: Path, fitted: dict) -> None:
+        (folder / name).mkdir()
+        for file, x in xs.items():
+            np.save(folder / name / f"{file}.npy", x)
+    return setup
+
+
 def folder_with(name: str, *files: str) -> Setup:
     def setup(folder: Path, fitted: dict) -> None:
         (folder / name).mkdir()
@@ -296,7 +305,7 @@ OBJECTS = np.array([{"a": 1}] * 60, dtype=object).reshape(60, 1)
 DATASETS = [
     data_case("missing.npy", None, "no such file"),
     data_case("x.txt", write("x.txt", "1,2\n"), "unknown dataset"),
-    data_case("folder.npy", lambda f, r: (f / "folder.npy").mkdir(), "no such file"),
+    data_case("folder.npy", lambda f, r: (f / "folder.npy").mkdir(), "holds none"),
     data_case("random.npy", write("random.npy", noise(500)), "cannot read"),
     data_case("truncated.npy", lambda f, r: (np.save(f / "t.npy", X), (f / "truncated.npy").write_bytes(
         (f / "t.npy").read_bytes()[:300]), (f / "t.npy").unlink()), "cannot read"),
@@ -343,6 +352,21 @@ DATASETS = [
     data_case("ragged.csv", write("ragged.csv", "1,2\n3\n"), "cannot read"),
     data_case("nan.csv", write("nan.csv", "0.1,nan\n0.2,0.3\n"), "NaN"),
     data_case("one-class.npz", arrays("one-class.npz", x=X, y=np.zeros(60, int)), "at least 2 classes", model="cvae"),
+    data_case("shards-empty", lambda f, r: (f / "shards-empty").mkdir(), "holds none"),
+    data_case("shards-other-types", shards("shards-other-types", a=X, b=X.astype(np.float64)), "rows alike"),
+    data_case("shards-other-shapes", shards("shards-other-shapes", a=X, b=X[:, :3]), "rows alike"),
+    data_case("shards-nan", shards("shards-nan", a=X, b=np.where(X > 0.9, np.nan, X)), f"b.npy: row {int(np.argmax((X > 0.9).any(1)))} contains NaN"),
+    data_case("shards-fortran", shards("shards-fortran", a=np.asfortranarray(X)), "Fortran order"),
+    data_case("shards-random", both(shards("shards-random", a=X), write("shards-random/b.npy", noise(500))),
+              "cannot read"),
+    data_case("shards-one-row", shards("shards-one-row", a=X[:1]), "at least 2"),
+    data_case("shards-strings", shards("shards-strings", a=X.astype(str)), "real numbers"),
+    data_case("shards-above-one", shards("shards-above-one", a=X, b=X * 5), "[0, 1]"),
+    data_case("shards-non-binary", shards("shards-non-binary", a=X), "exactly 0 or 1", flags=("--likelihood", "bernoulli")),
+    data_case("shards-static-binarize", shards("shards-static-binarize", a=X), "dynamic-binarize",
+              flags=("--transform", "static-binarize", "--likelihood", "bernoulli")),
+    Case("data-shards-fa", ["fit", "fa", "--dataset", "shards-fa", "--epochs", "1", "--no-progress"],
+         shards("shards-fa", a=X), says="standardizes its training data in memory"),
     data_case("idx:missing", None, "no such folder"),
     data_case("idx:empty", lambda f, r: (f / "empty").mkdir(), "no train-images"),
     data_case("idx:corrupt", lambda f, r: [write(f"corrupt/{n}", noise(100))(f, r) for n in (

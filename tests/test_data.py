@@ -5,6 +5,8 @@ import functools
 import gzip
 import hashlib
 import http.server
+import json
+import math
 import socket
 import threading
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from aevb import download
+from aevb import cli, disk, download
 from aevb.data import (
     DataError,
     as_sequences,
@@ -369,3 +371,69 @@ def test_validate_support_accepts():
     validate_support(torch.tensor([0.0, 0.3, 1.0]), "cb", "digits")
     validate_support(torch.tensor([0.0, 1.0, 1.0]), "bernoulli", "digits")
     validate_support(torch.tensor([-3.0, 1e6]), "gaussian", "digits")
+
+
+# Data larger than memory (aevb.disk) --------------------------------------------------------------------------
+def test_rows_on_disk_are_the_rows_asked_for_in_any_order_across_shards(tmp_path):
+    x = np.arange(30 * 4, dtype=np.float32).reshape(30, 4)
+    for name, rows in (("a", slice(0, 7)), ("b", slice(7, 8)), ("c", slice(8, 30))):  # one shard of a single row
+        np.save(tmp_path / f"{name}.npy", x[rows])
+    array = disk.DiskArray(disk.shard_paths(tmp_path))
+    positions = np.random.default_rng(0).permutation(30)
+    rows = disk.DiskRows(array, positions, transform=lambda t: 2 * t)
+    assert len(rows) == 30 and rows.shape == (30, 4)
+    asked = torch.tensor([29, 0, 7, 7, 8, 6])  # repeated, unordered, across shards
+    torch.testing.assert_close(rows[asked], torch.from_numpy(2 * x[positions[asked.numpy()]]))
+    torch.testing.assert_close(rows[3:5], torch.from_numpy(2 * x[positions[3:5]]))
+    torch.testing.assert_close(rows[4], torch.from_numpy(2 * x[positions[4]]))
+    torch.testing.assert_close(torch.cat(list(rows.chunks())), torch.from_numpy(2 * x[positions]))
+    np.testing.assert_array_equal(array.read(np.arange(5, 12)), x[5:12])  # one run per shard: a, b, c
+    (tmp_path / "c.npy").write_bytes((tmp_path / "c.npy").read_bytes()[:-100])  # truncated after it was opened
+    with pytest.raises(DataError, match="c.npy: shorter than its header says"):
+        array.read(np.array([29]))
+
+
+@pytest.mark.parametrize("layout", ["shards", "one file over the size"])
+def test_data_left_on_disk_fit_to_the_numbers_of_the_same_data_in_memory(tmp_path, monkeypatch, capsys, layout):
+    """The same split, batches and draws as the in-memory path: the same fit, evaluation included."""
+    x = np.random.default_rng(1).uniform(size=(90, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    if layout == "shards":
+        (tmp_path / "shards").mkdir()
+        np.save(tmp_path / "shards" / "1.npy", x[:40])
+        np.save(tmp_path / "shards" / "2.npy", x[40:])
+    flags = ["--epochs", "2", "--batch-size", "20", "--hidden", "8", "--latent-dim", "2", "--iwae", "4", "--json",
+             "--no-progress"]
+    summaries = []
+    for on_disk in (False, True):
+        dataset = tmp_path / ("shards" if on_disk and layout == "shards" else "x.npy")
+        monkeypatch.setattr(disk, "DISK_ABOVE_BYTES", 0 if on_disk else 1 << 30)
+        assert disk.left_on_disk(dataset) == on_disk
+        out = tmp_path / f"run-{on_disk}"
+        assert cli.main(["fit", "vae", "--dataset", str(dataset), *flags, "--out", str(out)]) == 0
+        assert cli.main(["eval", str(out), "--iwae", "4", "--json"]) == 0
+        summary, evaluated = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+        summaries.append({k: summary[k] for k in ("train_elbo", "test_elbo", "iwae_log_likelihood")} | {
+            "eval": evaluated["test_elbo"]})
+    assert summaries[0] == summaries[1]
+
+
+def test_pixels_left_on_disk_are_dequantized_per_batch_and_read_as_sequences(tmp_path, capsys):
+    pixels = np.random.default_rng(2).integers(0, 256, (80, 4, 5)).astype(np.uint8)
+    (tmp_path / "shards").mkdir()
+    np.save(tmp_path / "shards" / "a.npy", pixels[:50])
+    np.save(tmp_path / "shards" / "b.npy", pixels[50:])
+    data = load_dataset(str(tmp_path / "shards"), seed=0)
+    assert data.levels == 256 and data.x_test.dtype == torch.uint8 and len(data.x_test) == round(80 / 6)
+    x_train, _, x_test, _ = prepare(data, "dequantize", seed=0)
+    first = x_train[torch.arange(5)]
+    assert first.shape == (5, 20) and ((first >= 0) & (first < 1)).all()
+    assert not torch.equal(first, x_train[torch.arange(5)])  # fresh noise for every read, each value in its own bin
+    torch.testing.assert_close((first * 256).floor(), (x_train[torch.arange(5)] * 256).floor())
+    sequences = as_sequences(x_train, (4, 5))
+    assert sequences[torch.arange(3)].shape == (3, 4, 5)
+    out = tmp_path / "run"
+    assert cli.main(["fit", "vrnn", "--dataset", str(tmp_path / "shards"), "--epochs", "1", "--batch-size", "20",
+                     "--hidden", "8", "--latent-dim", "2", "--iwae", "2", "--no-progress", "--json", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 4 and math.isfinite(summary["test_elbo"])  # 67 training rows in batches of 20

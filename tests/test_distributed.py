@@ -17,11 +17,15 @@ import torch
 
 SCRIPT = textwrap.dedent('''
     import sys
+    from pathlib import Path
+
+    import numpy as np
     import torch
     import torch.distributed as dist
     from torch.distributions import kl_divergence
 
     from aevb import distributed
+    from aevb.disk import DiskArray, DiskRows, shard_paths
     from aevb.elbo import ELBO
     from aevb.models.fa import FactorAnalysis, FAConfig
     from aevb.models.vae import VAE, VAEConfig
@@ -45,6 +49,12 @@ SCRIPT = textwrap.dedent('''
         else:
             model, x = VAE(VAEConfig(data_dim=6, latent_dim=2, hidden=(8,), likelihood="gaussian")), torch.randn(50, 6)
             trainer = Trainer(model, "joint", lr=0.01, batch_size=20, progress=False)
+        if kind == "vae-on-disk":  # the same rows, left on disk in two shards and read per batch (aevb.disk)
+            shards = Path(f"{out}-shards")
+            shards.mkdir(exist_ok=True)
+            np.save(shards / "a.npy", x[:20].numpy())
+            np.save(shards / "b.npy", x[20:].numpy())
+            x = DiskRows(DiskArray(shard_paths(shards)), np.arange(50))
         torch.manual_seed(1 + distributed.rank())  # each rank its own draws of z and dropout
         theta = [p.detach().clone() for p in model.generative.parameters()]
         records = trainer.fit((x,), steps=3)  # fa: three E-steps
@@ -68,7 +78,7 @@ SCRIPT = textwrap.dedent('''
     if __name__ == "__main__":
         if len(sys.argv) > 2:
             distributed.init_from_environment()
-        for kind in ("fa", "vae"):
+        for kind in ("fa", "vae", "vae-on-disk"):
             train(kind, f"{sys.argv[1]}-{kind}")
         if len(sys.argv) > 2:
             torch.save(fail_on_rank_1(), f"{sys.argv[1]}-failure-{distributed.rank()}.pt")
@@ -107,7 +117,7 @@ def launched(tmp_path_factory) -> dict:
     script_functions = {}
     exec(SCRIPT, script_functions)  # the one-process runs, in this process: no process group
     results = {"done": done, "run": folder / "run"}
-    for kind in ("fa", "vae"):
+    for kind in ("fa", "vae", "vae-on-disk"):
         with torch.random.fork_rng():
             script_functions["train"](kind, f"{folder / '1'}-{kind}")
         results[kind, 1] = [torch.load(f"{folder / '1'}-{kind}-0.pt")]
@@ -131,6 +141,14 @@ def test_ranks_with_their_own_draws_stay_identical(launched):
     first, second = launched["vae", 2]
     for name, value in first["state"].items():
         assert torch.equal(value, second["state"][name]), name
+
+
+def test_rows_left_on_disk_train_as_the_same_rows_in_memory(launched):
+    """Each rank reads its slice of every batch from the shards: the steps are those of the tensor, bit for bit."""
+    for processes in (1, 2):
+        for in_memory, on_disk in zip(launched["vae", processes], launched["vae-on-disk", processes]):
+            for name, value in in_memory["state"].items():
+                assert torch.equal(value, on_disk["state"][name]), name
 
 
 # The command line under torchrun ----------------------------------------------------------------------------------

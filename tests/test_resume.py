@@ -225,4 +225,5 @@ def test_the_nonfinite_check_names_the_first_bad_step_from_the_epochs_terms(monk
     trainer = Trainer(model, batch_size=10, progress=False)
     with pytest.raises(Diverged, match=r"log-likelihood term is not finite at step 3 \(epoch 1\)"):
         trainer.fit((x,), epochs=1)
-    assert len(trainer.terms) == 4 and all(isinstance(t, torch.Tensor) for t in trainer.terms)
+    assert trainer.position == 4 and trainer.terms.shape == (4, 3)  # the epoch's 4 steps, checked at its end
+    assert torch.isfinite(trainer.terms[:2]).all() and not torch.isfinite(trainer.terms[2:]).all(1).any()

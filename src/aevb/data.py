@@ -2,7 +2,8 @@
 
 ``load_dataset`` gives the raw data (``ImageData``): ``mnist`` (IDX files from a folder, else downloaded
 into a cache), ``digits`` (scikit-learn's 8x8 digits, offline), ``idx:DIR`` (any folder in the MNIST
-layout, e.g. Fashion-MNIST) or a user's ``.npy``/``.npz``/``.csv`` file. ``prepare`` applies the
+layout, e.g. Fashion-MNIST) or a user's ``.npy``/``.npz``/``.csv`` file; a ``.npy`` too large to load, or a
+folder of ``.npy`` shards, has its training rows left on disk (``aevb.disk``). ``prepare`` applies the
 tutorial's transforms and returns float32 (N, D) tensors:
 
 * ``dequantize``: u = (x + U(0, 1)) / levels for integer pixels x in {0, ..., levels - 1}; any density
@@ -21,6 +22,7 @@ Continuous data (``levels`` None) need no dequantization: there u = x.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import warnings
 import zipfile
@@ -33,6 +35,7 @@ import torch
 from torch import Tensor
 
 from aevb import download
+from aevb.disk import MAX_HELD_OUT, DiskArray, DiskRows, chunks, left_on_disk, shard_paths, value_range
 from aevb.errors import DataError
 
 ARRAY_SUFFIXES = (".npy", ".npz", ".csv")
@@ -127,9 +130,12 @@ def load_dataset(name: str, data_dir: str | None = None, seed: int = 0) -> Image
         return load_sklearn_digits(seed)
     if name.startswith("idx:"):
         return load_idx(name[4:], fix="a folder in the MNIST layout holds these four IDX files, raw or .gz")
+    if left_on_disk(Path(name)):
+        return load_from_disk(Path(name), seed)
     if Path(name).suffix in ARRAY_SUFFIXES:
         return load_user_data(name, seed)
-    raise DataError(f"unknown dataset {name!r}: use mnist, digits, idx:DIR or a .npy, .npz or .csv file")
+    raise DataError(f"unknown dataset {name!r}: use mnist, digits, idx:DIR, a .npy, .npz or .csv file, or a folder of "
+                    ".npy shards")
 
 
 def load_mnist(data_dir: str | None = None) -> ImageData:
@@ -230,7 +236,8 @@ def load_user_data(path: str | Path, seed: int = 0) -> ImageData:
                             f"got {x_test.dtype} of shape {x_test.shape[1:]}")
     elif len(x) < 2:
         raise DataError(f"{path}: need at least 2 examples to hold out a test set, got {len(x)}")
-    levels = pixel_levels(x if x_test is None else np.concatenate([x.ravel(), x_test.ravel()]), path)
+    values = x if x_test is None else np.concatenate([x.ravel(), x_test.ravel()])
+    levels = pixel_levels(x.dtype, values.min(), values.max(), path)
     dtype = {None: torch.float32, 256: torch.uint8}.get(levels, torch.int64)
     x = torch.from_numpy(x).to(dtype)
     y = check_labels(arrays["y"], len(x), path, "y") if "y" in keys else None
@@ -244,17 +251,32 @@ def load_user_data(path: str | Path, seed: int = 0) -> ImageData:
     return ImageData(x, y, x_test, y_test, tuple(x.shape[1:]), levels, num_classes)
 
 
-def pixel_levels(x: np.ndarray, path: str | Path) -> int | None:
-    """Levels of integer pixels: 256 for uint8, else the largest value + 1, at most ``MAX_PIXEL_LEVELS``; None for
-    float data."""
-    if not np.issubdtype(x.dtype, np.integer):
+def load_from_disk(path: Path, seed: int = 0) -> ImageData:
+    """A .npy file or a folder of .npy shards too large to load (``aevb.disk``): training rows left on disk as
+    ``DiskRows`` of raw values, a seeded held-out test set of at most ``MAX_HELD_OUT`` rows in memory, no labels."""
+    array = DiskArray(shard_paths(path))
+    if len(array) < 2:
+        raise DataError(f"{path}: need at least 2 examples to hold out a test set, got {len(array)}")
+    low, high = value_range(array)
+    levels = pixel_levels(array.dtype, low, high, path)
+    order = torch.randperm(len(array), generator=torch.Generator().manual_seed(seed)).numpy()
+    num_test = min(max(1, round(TEST_FRACTION * len(array))), MAX_HELD_OUT)  # below the cap, the split of ``split``
+    dtype = {None: torch.float32, 256: torch.uint8}.get(levels, torch.int64)  # as ``load_user_data`` keeps them
+    x_test = torch.from_numpy(array.read(order[:num_test])).to(dtype)
+    return ImageData(DiskRows(array, order[num_test:]), None, x_test, None, tuple(array.row_shape), levels, None)
+
+
+def pixel_levels(dtype: np.dtype, low: float, high: float, path: str | Path) -> int | None:
+    """Levels of integer pixels with values in [low, high]: 256 for uint8, else high + 1, at most
+    ``MAX_PIXEL_LEVELS``; None for float data."""
+    if not np.issubdtype(dtype, np.integer):
         return None
-    if x.min() < 0:
-        raise DataError(f"{path}: integer pixel values must be >= 0, found {x.min()}; save continuous data as floats")
-    if x.max() >= MAX_PIXEL_LEVELS:
-        raise DataError(f"{path}: integer data are read as pixels, and {x.max()} is above the {MAX_PIXEL_LEVELS - 1} of "
+    if low < 0:
+        raise DataError(f"{path}: integer pixel values must be >= 0, found {low:g}; save continuous data as floats")
+    if high >= MAX_PIXEL_LEVELS:
+        raise DataError(f"{path}: integer data are read as pixels, and {high:g} is above the {MAX_PIXEL_LEVELS - 1} of "
                         "16-bit pixels; save continuous data as floats")
-    return 256 if x.dtype == np.uint8 else max(2, int(x.max()) + 1)
+    return 256 if dtype == np.uint8 else max(2, int(high) + 1)
 
 
 def check_labels(y: np.ndarray, n: int, path: str | Path, name: str) -> Tensor:
@@ -295,6 +317,8 @@ def prepare(data: ImageData, transform: str, seed: int) -> tuple[Tensor, Tensor 
     """
     if transform not in TRANSFORMS:
         raise ValueError(f"unknown transform {transform!r}; use one of {', '.join(TRANSFORMS)}")
+    if isinstance(data.x_train, DiskRows):
+        return prepare_from_disk(data, transform, seed)
     generator = torch.Generator().manual_seed(seed)
     x_train, x_test = data.x_train.flatten(1), data.x_test.flatten(1)  # (N, D), (M, D)
     if transform in ("static-binarize", "dynamic-binarize"):
@@ -312,29 +336,58 @@ def prepare(data: ImageData, transform: str, seed: int) -> tuple[Tensor, Tensor 
     return x_train.float(), data.y_train, x_test.float(), data.y_test
 
 
-def as_sequences(x: Tensor, shape: tuple[int, ...]) -> Tensor:
+def prepare_from_disk(data: ImageData, transform: str, seed: int) -> tuple[DiskRows, None, Tensor, None]:
+    """``prepare`` for training rows left on disk: each batch is transformed as it is read, so dequantization noise
+    is drawn afresh for every batch (from the global generator, which the trainer seeds and checkpoints), not
+    once; the in-memory test set is transformed once, seeded, as ``prepare`` does. No ``static-binarize``: its
+    draw is fixed per example, which would need the whole set in memory."""
+    if transform == "static-binarize":
+        raise DataError("--transform static-binarize draws every training example once, in memory; for data left on "
+                        "disk use --transform dynamic-binarize (a fresh draw per batch)")
+    generator = torch.Generator().manual_seed(seed)
+    x_train, x_test = data.x_train.map(lambda x: x.flatten(1)), data.x_test.flatten(1)
+    if transform == "dynamic-binarize":
+        scale = data.levels - 1 if data.levels else 1
+        low, high = x_test.min().item(), x_test.max().item()
+        for rows in chunks(x_train):
+            low, high = min(low, rows.min().item()), max(high, rows.max().item())
+        if low < 0 or high > scale:
+            raise DataError(f"{transform} draws Bernoulli(x): values must lie in [0, 1]; rescale the data")
+        x_train, x_test = x_train.map(lambda x: x / scale), torch.bernoulli(x_test.float() / scale, generator=generator)
+    elif transform in ("dequantize", "binarize") and data.levels:
+        levels = data.levels
+        x_train, x_test = x_train.map(lambda x: dequantize(x, levels, None)), dequantize(x_test, levels, generator)
+    if transform == "binarize":
+        x_train, x_test = x_train.map(binarize), binarize(x_test)
+    return x_train, None, x_test.float(), None
+
+
+def as_sequences(x: Tensor | DiskRows, shape: tuple[int, ...]) -> Tensor | DiskRows:
     """(N, D) flat examples -> (N, T, D'): an image's rows as time steps (T = height, D' = width)."""
     if len(shape) != 2:
         raise DataError(f"a sequence model needs examples of shape (T, D), e.g. images (H, W); got {tuple(shape)}")
+    if isinstance(x, DiskRows):
+        return x.map(lambda rows: rows.reshape(len(rows), *shape))
     return x.reshape(len(x), *shape)
 
 
-def validate_support(x: Tensor, likelihood: str, source: str) -> None:
-    """Raise DataError unless every value of ``x`` lies in the support of the likelihood.
+def validate_support(x: Tensor | DiskRows, likelihood: str, source: str) -> None:
+    """Raise DataError unless every value of ``x`` (a tensor, or rows on disk, read in chunks) lies in the support
+    of the likelihood.
 
     ``cb`` and ``cb-clamped`` (continuous Bernoulli): [0, 1]; ``bernoulli``: {0, 1}; ``gaussian``: any finite value.
     """
-    if not torch.isfinite(x).all():
-        raise DataError(f"{source}: the data contains NaN or infinite values; remove or impute them first")
-    if likelihood in ("cb", "cb-clamped"):
-        low, high = x.min().item(), x.max().item()
-        if low < 0 or high > 1:
-            raise DataError(f"{source}: values must lie in [0, 1] for the continuous Bernoulli likelihood; found "
-                            f"values in [{low:g}, {high:g}] (rescale the data, or use --likelihood gaussian)")
-    elif likelihood == "bernoulli":
-        other = int(((x != 0) & (x != 1)).sum())
-        if other:
-            raise DataError(f"{source}: values must be exactly 0 or 1 for the Bernoulli likelihood; {other} of "
-                            f"{x.numel()} are not (binarize the data, or use --likelihood cb)")
-    elif likelihood != "gaussian":
+    if likelihood not in ("cb", "cb-clamped", "bernoulli", "gaussian"):
         raise ValueError(f"unknown likelihood {likelihood!r}; use cb, cb-clamped, bernoulli or gaussian")
+    low, high, other, total = math.inf, -math.inf, 0, 0
+    for values in chunks(x):
+        if not torch.isfinite(values).all():
+            raise DataError(f"{source}: the data contains NaN or infinite values; remove or impute them first")
+        low, high = min(low, values.min().item()), max(high, values.max().item())
+        other, total = other + int(((values != 0) & (values != 1)).sum()), total + values.numel()
+    if likelihood in ("cb", "cb-clamped") and (low < 0 or high > 1):
+        raise DataError(f"{source}: values must lie in [0, 1] for the continuous Bernoulli likelihood; found "
+                        f"values in [{low:g}, {high:g}] (rescale the data, or use --likelihood gaussian)")
+    if likelihood == "bernoulli" and other:
+        raise DataError(f"{source}: values must be exactly 0 or 1 for the Bernoulli likelihood; {other} of "
+                        f"{total} are not (binarize the data, or use --likelihood cb)")

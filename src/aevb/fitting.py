@@ -38,6 +38,7 @@ from aevb.arguments import (MAX_IWAE_SAMPLES, epoch_list, finite_float, fraction
 from aevb.data import ARRAY_SUFFIXES, TRANSFORMS, as_sequences, dynamic_binarize, load_dataset, prepare, validate_support
 from aevb.errors import DataError, Diverged, UsageError
 from aevb.likelihoods import LIKELIHOODS
+from aevb.disk import chunks
 from aevb.model import LatentVariableModel, build
 from aevb import runs
 from aevb.runs import default_device, device_name, read_json
@@ -288,7 +289,7 @@ def absolute_dataset(name: str) -> str:
     """A dataset name with its path made absolute, so a run can be evaluated from any working directory."""
     if name.startswith("idx:"):
         return "idx:" + str(Path(name[4:]).expanduser().resolve())
-    if Path(name).suffix in ARRAY_SUFFIXES:
+    if Path(name).suffix in ARRAY_SUFFIXES or Path(name).expanduser().is_dir():
         return str(Path(name).expanduser().resolve())
     return name
 
@@ -299,7 +300,7 @@ def load_data(args: argparse.Namespace, cls: type) -> Data:
     raw = load_dataset(args.dataset, args.data_dir, seed=args.seed)
     fields = {f.name for f in dataclasses.fields(cls.Config)}
     likelihood = getattr(args, "config_likelihood", None) or hooks_class(cls).likelihood
-    binary = all(bool(((x == 0) | (x == 1)).all()) for x in (raw.x_train, raw.x_test))
+    binary = all(bool(((rows == 0) | (rows == 1)).all()) for x in (raw.x_train, raw.x_test) for rows in chunks(x))
     transform = args.transform or (DEFAULT_TRANSFORMS.get(likelihood, "none") if raw.levels and not binary else "none")
     args.transform = transform
     x_train, y_train, x_test, y_test = prepare(raw, transform, args.seed)

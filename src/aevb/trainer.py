@@ -185,7 +185,9 @@ class Trainer:
         self.position = 0  # batches of the current epoch taken; 0: the next step begins an epoch
         self.epoch_order_state = self.generator.get_state()  # the generator when this epoch's order was drawn
         self.pending: list[dict] = []  # this epoch's records, not yet handed to the callbacks
-        self.terms: list[Tensor] = []  # this epoch's training log-likelihoods, KLs and ELBOs, (3,) per step
+        # this epoch's training log-likelihoods, KLs and ELBOs, a row per step (rows :position taken so far), kept
+        # in one tensor: thousands of small tensors, one per step, would scatter the heap between each step's buffers
+        self.terms = torch.zeros(0, len(TERMS))
         self.stop_signal: int | None = None
         self.torch_compile = torch_compile
         self.sum_elbo = self._sum_elbo  # compiled after the first step, with ``torch_compile``
@@ -247,13 +249,13 @@ class Trainer:
 
         The steps' terms stay on the device until here (once per epoch): checking costs the steps no
         host-device synchronization."""
-        if self.terms:
-            bad = ~torch.isfinite(torch.stack(self.terms))  # (steps of the epoch so far, 3)
+        if self.position:
+            bad = ~torch.isfinite(self.terms[:self.position])  # (steps of the epoch so far, 3)
             rows = bad.any(1).nonzero()
             if len(rows):
                 row = int(rows[0])
                 term = TERMS[int(bad[row].int().argmax())]
-                step = self.step_count - len(self.terms) + row + 1
+                step = self.step_count - self.position + row + 1
                 raise Diverged(step, self.epoch, f"the training ELBO's {term} term" if term != "ELBO" else "the training ELBO")
         for record in records:
             bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
@@ -290,18 +292,19 @@ class Trainer:
                                     dynamic_ncols=True, leave=False) as bar:
             while self.step_count < total:
                 if self.position == 0:  # a new epoch: draw its order
-                    self.epoch, self.pending, self.terms = self.epoch + 1, [], []
+                    self.epoch, self.pending = self.epoch + 1, []
                     self.epoch_order_state = self.generator.get_state()
                 else:  # inside an epoch, resumed: the same order again
                     self.generator.set_state(self.epoch_order_state)
+                self.terms = self.epoch_terms(len(batches))
                 for optimizer in self.optimizers.values():
                     optimizer.param_groups[0]["lr"] = self.learning_rate(self.epoch)
                 for batch in batches.epoch(batches.order(), self.position):
                     phase = self.schedule.phase(self.step_count)
-                    self.terms.append(self.step(batch, phase))
+                    self.terms[self.position] = self.step(batch, phase)
                     self.position += 1
                     if eval_every == "step":
-                        self.pending.append(self._record(phase, self.terms[-1], evaluate))
+                        self.pending.append(self._record(phase, self.terms[self.position - 1], evaluate))
                     bar.update()
                     if self.step_count >= total or self.stop_signal is not None:
                         break
@@ -312,7 +315,7 @@ class Trainer:
                         checkpoint(self)
                     raise Interrupted(self.stop_signal, self.step_count)
                 if eval_every != "step":
-                    self.pending.append(self._record(phase, torch.stack(self.terms).mean(0), evaluate))
+                    self.pending.append(self._record(phase, self.terms[:self.position].mean(0), evaluate))
                 records = [{k: v.item() if isinstance(v, Tensor) else v for k, v in r.items()} for r in self.pending]
                 records = distributed.broadcast(records)  # rank 0's: every rank logs and judges the same numbers
                 self.check_finite(records)
@@ -324,6 +327,13 @@ class Trainer:
                 if checkpoint and (unit == "epoch" and self.epoch % every == 0 or self.step_count >= total):
                     checkpoint(self)
         return history
+
+    def epoch_terms(self, steps: int) -> Tensor:
+        """Room for the terms of an epoch of ``steps`` steps, on the model's device, with the rows of the steps
+        taken so far (those of an epoch resumed from a checkpoint)."""
+        terms = torch.empty(steps, len(TERMS), device=next(self.model.parameters()).device)
+        terms[:self.position] = self.terms[:self.position]
+        return terms
 
     def _record(self, phase: str, terms: Tensor, evaluate: Evaluate | None) -> dict:
         """The record of a step or epoch: its training ELBO and terms (means) and the evaluated metrics."""
@@ -343,7 +353,7 @@ class Trainer:
             "step": self.step_count, "epoch": self.epoch, "position": self.position,
             "generator": self.generator.get_state(), "epoch_order_state": self.epoch_order_state,
             "pending": [{k: v.item() if isinstance(v, Tensor) else v for k, v in r.items()} for r in self.pending],
-            "terms": torch.stack(self.terms).cpu() if self.terms else torch.zeros(0, len(TERMS)),
+            "terms": self.terms[:self.position].cpu(),
             "rng": distributed.all_gather(torch.get_rng_state()),  # every rank's (draws of z, dropout, ...)
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -356,7 +366,9 @@ class Trainer:
         self.epoch_order_state = state["epoch_order_state"]
         self.pending = list(state["pending"])
         device = next(self.model.parameters()).device
-        self.terms = list(state["terms"].to(device).unbind())
+        self.terms = state["terms"].to(device)
+        if self.terms.shape != (self.position, len(TERMS)):
+            raise ValueError(f"terms of shape {tuple(self.terms.shape)} for {self.position} steps of the epoch")
         if not isinstance(state["rng"], list):
             raise TypeError("rng is not a list of the ranks' random states")
         if len(state["rng"]) == distributed.world_size():

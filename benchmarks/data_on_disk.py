@@ -1,0 +1,72 @@
+"""Peak resident memory of a fit on data larger than memory (``aevb.disk``): a VAE on a float32 ``.npy`` of
+``--gigabytes`` on disk, fitted by ``aevb fit`` in a process of its own, whose peak RSS (``getrusage``'s
+``ru_maxrss`` of the child) is printed beside the file's size and the fit's wall time.
+
+    PYTHONPATH=src python benchmarks/data_on_disk.py [--gigabytes 4] [--folder DIR] [--epochs 1] [--json]
+
+The file is written once into ``--folder`` (default: a temporary folder, removed afterwards), through a
+memory-mapped array a chunk at a time, as uniform values in [0, 1) of 784 columns (MNIST's width).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = 784
+CHUNK_ROWS = 50_000
+
+
+def write_array(path: Path, gigabytes: float, seed: int = 0) -> int:
+    """A float32 (N, COLUMNS) .npy of about ``gigabytes`` (10^9 bytes), written a chunk at a time; returns N."""
+    rows = int(gigabytes * 1e9 / (4 * COLUMNS))
+    if path.is_file() and np.load(path, mmap_mode="r").shape == (rows, COLUMNS):
+        return rows
+    x = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, COLUMNS))
+    rng = np.random.default_rng(seed)
+    for start in range(0, rows, CHUNK_ROWS):
+        x[start:start + CHUNK_ROWS] = rng.random((min(CHUNK_ROWS, rows - start), COLUMNS), dtype=np.float32)
+        x.flush()
+    del x
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gigabytes", type=float, default=4.0, help="size of the array on disk (default 4)")
+    parser.add_argument("--folder", type=Path, default=None, help="where the array is written (default: a temporary folder)")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = args.folder or Path(temporary)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "big.npy"
+        rows = write_array(path, args.gigabytes)
+        command = [sys.executable, "-m", "aevb", "fit", "vae", "--dataset", str(path), "--epochs", str(args.epochs),
+                   "--iwae", "0", "--no-progress", "--json", "--out", str(Path(temporary) / "run")]
+        start = time.perf_counter()
+        finished = subprocess.run(command, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        if finished.returncode:
+            sys.exit(f"the fit failed: {finished.stderr.strip()[-2000:]}")
+        summary = json.loads(finished.stdout.strip().splitlines()[-1])
+        result = {"file_bytes": path.stat().st_size, "rows": rows, "peak_rss_bytes": resource.getrusage(
+            resource.RUSAGE_CHILDREN).ru_maxrss * 1024, "wall_seconds": seconds, "steps": summary["steps"],
+                  "test_elbo": summary["test_elbo"], "train_seconds": summary["train_seconds"]}
+    print(f"file {result['file_bytes'] / 2**30:.2f} GiB ({rows} rows): peak RSS of the fit "
+          f"{result['peak_rss_bytes'] / 2**30:.3f} GiB, {result['steps']} steps in {seconds:.0f} s")
+    if args.json:
+        print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
