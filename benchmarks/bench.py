@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.util
 import itertools
 import json
+import math
 import sys
 import time
 import traceback
@@ -33,6 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch._dynamo.utils import counters
 from torch._inductor import metrics
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, TensorDataset
 
 from aevb.data import load_dataset, prepare
@@ -99,6 +102,63 @@ def compile_counters() -> dict:
             "cudagraph_skips": counters["inductor"]["cudagraph_skips"], "generated_kernels": metrics.generated_kernel_count}
 
 
+GEMMS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default)
+GEMM_REPEATS = 20  # timed calls of each distinct GEMM, after as many warm-up calls
+
+
+class RecordGemms(TorchDispatchMode):
+    """The matrix products run inside ``with``: each call's op and its operands' shapes and strides (the layouts
+    of the forward and backward passes: x W^T, grad W, grad^T x)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in GEMMS:
+            self.calls.append((func, tuple((a.shape, a.stride()) for a in args if isinstance(a, Tensor))))
+        return func(*args, **(kwargs or {}))
+
+
+def gemm_flops(call: tuple) -> int:
+    """2 M K N (times the batch of a bmm) of a recorded call: the last two operands are the factors."""
+    (*_, (a, _), (b, _)) = call[1]
+    return 2 * math.prod(a) * b[-1]
+
+
+def time_gemm(call: tuple, device: torch.device) -> float:
+    """Seconds per call of one recorded matrix product, run alone on operands of the same shapes and layouts."""
+    func, operands = call
+    tensors = [torch.empty_strided(shape, stride, device=device).uniform_() for shape, stride in operands]
+    for _ in range(GEMM_REPEATS):
+        func(*tensors)
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(GEMM_REPEATS):
+        func(*tensors)
+    synchronize(device)
+    return (time.perf_counter() - start) / GEMM_REPEATS
+
+
+def gemm_limit(model: LatentVariableModel, batch: Sequence[Tensor]) -> dict:
+    """What the machine's matrix products alone would take for one training step of ``model`` on ``batch``.
+
+    The step's forward and backward products are recorded (``RecordGemms``), each distinct one timed alone
+    (``time_gemm``) in this process, and their times summed: ``limit_seconds_per_step``, a lower bound on any
+    step that computes those products, beside ``gflop_per_step`` and the GEMMs' own rate ``gemm_gflops``.
+    """
+    model.zero_grad()
+    with RecordGemms() as recorded:
+        (-model.elbo(*batch).elbo.mean()).backward()
+    model.zero_grad()
+    device = batch[0].device
+    seconds = {call: time_gemm(call, device) for call in dict.fromkeys(recorded.calls)}
+    limit = sum(seconds[call] for call in recorded.calls)
+    flops = sum(gemm_flops(call) for call in recorded.calls)
+    return {"gflop_per_step": flops / 1e9, "limit_seconds_per_step": limit, "gemm_gflops": flops / 1e9 / limit,
+            "gemms_per_step": len(recorded.calls)}
+
+
 def time_ours(model: LatentVariableModel, tensors: Sequence[Tensor], args: argparse.Namespace, lr: float,
               steps: int | None, compiled: bool, **fit_options) -> tuple[float, list[dict], dict]:
     """Seconds and history of ``Trainer.fit`` on tensors already on the device (``args.epochs`` or ``steps``),
@@ -136,38 +196,47 @@ def time_ours(model: LatentVariableModel, tensors: Sequence[Tensor], args: argpa
     return seconds, history, measured
 
 
-def time_plain(elbo: Callable[..., Tensor], module: nn.Module, tensors: Sequence[Tensor], args: argparse.Namespace,
-               lr: float, steps: int | None = None,
-               evaluate: Callable[[], Sequence[Tensor]] | None = None) -> tuple[float, list[float]]:
-    """Seconds and per-step ELBOs of the tutorial's loop: a shuffled DataLoader over a TensorDataset on the CPU,
-    each batch moved to the device, one Adam over all parameters, and ``.item()`` (``float()``) of every batch's mean ELBO.
-
-    ``elbo(*batch)`` returns the batch's mean ELBO; runs ``args.epochs`` epochs, or ``steps`` steps.
-    ``evaluate()``, if given, runs after every step without gradients, each of its values ``float()``-ed.
-    """
-    device = next(module.parameters()).device
-    optimizer = torch.optim.Adam(module.parameters(), lr=lr)
+def time_loop(step: Callable[..., float], device: torch.device, tensors: Sequence[Tensor], args: argparse.Namespace,
+              steps: int | None = None) -> tuple[float, list[float]]:
+    """Seconds and per-step values of the tutorial's loop around ``step(*batch) -> float``: a shuffled DataLoader
+    over a TensorDataset on the CPU, each batch moved to ``device``; ``args.epochs`` epochs, or ``steps`` steps."""
     loader = DataLoader(TensorDataset(*tensors), batch_size=args.batch_size, shuffle=True)
     epochs = itertools.count() if steps else range(args.epochs)
-    elbos: list[float] = []
+    values: list[float] = []
     synchronize(device)
     start = time.perf_counter()
     for _ in epochs:
         for batch in loader:
-            if steps and len(elbos) == steps:
+            if steps and len(values) == steps:
                 break
-            value = elbo(*(t.to(device) for t in batch))
-            optimizer.zero_grad()
-            (-value).backward()
-            optimizer.step()
-            elbos.append(value.item())
-            if evaluate is not None:
-                with torch.no_grad():
-                    [float(v) for v in evaluate()]
-        if steps and len(elbos) == steps:
+            values.append(step(*(t.to(device) for t in batch)))
+        if steps and len(values) == steps:
             break
     synchronize(device)
-    return time.perf_counter() - start, elbos
+    return time.perf_counter() - start, values
+
+
+def time_plain(elbo: Callable[..., Tensor], module: nn.Module, tensors: Sequence[Tensor], args: argparse.Namespace,
+               lr: float, steps: int | None = None,
+               evaluate: Callable[[], Sequence[Tensor]] | None = None) -> tuple[float, list[float]]:
+    """Seconds and per-step ELBOs of the tutorial's loop (``time_loop``) with one Adam over all parameters and
+    ``.item()`` (``float()``) of every batch's mean ELBO ``elbo(*batch)``.
+
+    ``evaluate()``, if given, runs after every step without gradients, each of its values ``float()``-ed.
+    """
+    optimizer = torch.optim.Adam(module.parameters(), lr=lr)
+
+    def step(*batch: Tensor) -> float:
+        value = elbo(*batch)
+        optimizer.zero_grad()
+        (-value).backward()
+        optimizer.step()
+        if evaluate is not None:
+            with torch.no_grad():
+                [float(v) for v in evaluate()]
+        return value.item()
+
+    return time_loop(step, next(module.parameters()).device, tensors, args, steps)
 
 
 @torch.no_grad()
@@ -249,8 +318,28 @@ def compare_models(fresh: Callable[[], tuple[LatentVariableModel, nn.Module]], t
 
     if device.type == "cuda":  # a sync makes the CPU wait for the GPU's queue to drain
         numbers["plain_syncs_per_step"] = syncs_per_step(run_plain)
-    common = {"device": device_name(device), "batch_size": args.batch_size, **numbers}
-    return [{**row, **common} for row in compare(run_ours, run_plain, args)]
+    limit = gemm_limit(ours, batch)
+    common = {"device": device_name(device), "batch_size": args.batch_size, **numbers, **limit}
+    rows = compare(run_ours, run_plain, args)
+    for row in rows:
+        if "error" not in row:  # the share of the GEMM limit: what the products alone would take, over the time
+            limit_seconds = limit["limit_seconds_per_step"] * row["steps"]
+            row.update(limit_seconds=limit_seconds, share_of_limit=limit_seconds / row["ours_seconds"],
+                       plain_share_of_limit=limit_seconds / row["plain_seconds"])
+    return [{**row, **common} for row in rows]
+
+
+def add_pyro(rows: list[dict], run_pyro: Callable[[int | None], tuple[float, float]], args: argparse.Namespace) -> list[dict]:
+    """Pyro's seconds for as many steps beside each row, where Pyro is installed (an optional benchmark dependency:
+    ``pip install pyro-ppl``): ``run_pyro(steps)`` trains a fresh model, returning (seconds, mean training ELBO)."""
+    if importlib.util.find_spec("pyro") is None:
+        return rows
+    run_pyro(WARMUP_STEPS)
+    seconds, elbo = run_pyro(args.steps)
+    for row in rows:
+        if "ours_seconds" in row:
+            row.update(pyro_seconds=seconds, ratio_to_pyro=row["ours_seconds"] / seconds, pyro_train_elbo=elbo)
+    return rows
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,9 +383,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 if "error" in row:
                     print(f"{name:<6} failed: {row['error']}", flush=True)
                 else:
+                    share = (f"   GEMM limit {row['limit_seconds']:8.3f} s: share ours {row['share_of_limit']:.0%}, "
+                             f"plain {row['plain_share_of_limit']:.0%}" if "limit_seconds" in row else "")
+                    pyro = f"   ours/Pyro {row['ratio_to_pyro']:.3f}" if "ratio_to_pyro" in row else ""
                     print(f"{name:<6} ours {row['ours_seconds']:8.3f} s   plain {row['plain_seconds']:8.3f} s   "
-                          f"ratio ours/plain {row['ratio']:.3f}   ({row['device']}{', compiled' if row['compiled'] else ''})",
-                          flush=True)
+                          f"ratio ours/plain {row['ratio']:.3f}{share}{pyro}   "
+                          f"({row['device']}{', compiled' if row['compiled'] else ''})", flush=True)
                 if args.json:
                     print(json.dumps(row), flush=True)
                 out.write(json.dumps(row) + "\n")

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Independent, Normal, OneHotCategorical, kl_divergence
 
-from bench import compare_models, load_tensors
+from bench import add_pyro, compare_models, load_tensors, time_loop
 
 from aevb.models.gmvae import GMVAE, GMVAEConfig
 
@@ -96,4 +96,39 @@ def time_model(args: argparse.Namespace) -> list[dict]:
         ours = GMVAE(config).to(device)
         return ours, PlainGMVAE(config.data_dim, config.num_components, config.latent_dim).to(device).copy_from(ours)
 
-    return compare_models(fresh, (x_train,), args, LR)
+    rows = compare_models(fresh, (x_train,), args, LR)
+    return add_pyro(rows, lambda steps: time_pyro(fresh()[1], (x_train,), args, steps), args)
+
+
+def time_pyro(plain: PlainGMVAE, tensors: tuple[Tensor, ...], args: argparse.Namespace,
+              steps: int | None) -> tuple[float, float]:
+    """Seconds and mean training ELBO of Pyro's ``SVI`` with ``TraceEnum_ELBO`` on the plain loop's modules: y
+    enumerated in parallel in the guide (the exact sum over y of the marginal estimator), z reparameterized, the
+    same batches, learning rate and mean over the batch; Pyro's Adam (one per parameter), validation off."""
+    import pyro
+    import pyro.distributions as dist
+    from pyro.infer import SVI, TraceEnum_ELBO
+    from pyro.optim import Adam
+
+    pyro.clear_param_store()
+    pyro.enable_validation(False)
+    prior = torch.full((plain.y_dim,), -math.log(plain.y_dim), device=tensors[0].device)
+
+    def model(x: Tensor) -> None:
+        pyro.module("plain", plain)
+        with pyro.plate("data", len(x)), pyro.poutine.scale(scale=1 / len(x)):
+            y = pyro.sample("y", dist.OneHotCategorical(logits=prior))
+            z = pyro.sample("z", dist.Normal(plain.p_z_loc(y), F.softplus(plain.p_z_scale(y))).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=plain.p_x(z)).to_event(1), obs=x)
+
+    def guide(x: Tensor) -> None:
+        pyro.module("plain", plain)
+        with pyro.plate("data", len(x)), pyro.poutine.scale(scale=1 / len(x)):
+            y = pyro.sample("y", dist.OneHotCategorical(logits=plain.q_y(x)), infer={"enumerate": "parallel"})
+            rows = (*y.shape[:-2], len(x), -1)  # y enumerated: (C, 1, C), one value of y for every example
+            h = plain.q_z(torch.cat([x.expand(rows), y.expand(rows)], dim=-1))
+            pyro.sample("z", dist.Normal(plain.q_z_loc(h), F.softplus(plain.q_z_scale(h))).to_event(1))
+
+    svi = SVI(model, guide, Adam({"lr": LR}), TraceEnum_ELBO(max_plate_nesting=1))
+    seconds, losses = time_loop(svi.step, tensors[0].device, tensors, args, steps)
+    return seconds, -sum(losses) / len(losses)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import ContinuousBernoulli, Independent, Normal, kl_divergence
 
-from bench import compare_models, copy_parameters, load_tensors
+from bench import add_pyro, compare_models, copy_parameters, load_tensors, time_loop
 
 from aevb.models.vae import VAE, VAEConfig
 
@@ -86,4 +86,35 @@ def time_model(args: argparse.Namespace) -> list[dict]:
         copy_parameters(ours, plain)
         return ours, plain
 
-    return compare_models(fresh, (x_train,), args, LR)
+    rows = compare_models(fresh, (x_train,), args, LR)
+    return add_pyro(rows, lambda steps: time_pyro(fresh()[1], (x_train,), args, steps), args)
+
+
+def time_pyro(plain: PlainVAE, tensors: tuple[Tensor, ...], args: argparse.Namespace,
+              steps: int | None) -> tuple[float, float]:
+    """Seconds and mean training ELBO of Pyro's ``SVI`` with ``Trace_ELBO`` on the plain loop's modules, batches and
+    learning rate (Pyro's Adam, one per parameter), validation off as in the other loops; the batch's ELBO is its
+    mean (``scale``), as the others'. Trace_ELBO estimates the KL from the draw of z, as Pyro does."""
+    import pyro
+    import pyro.distributions as dist
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro.optim import Adam
+
+    pyro.clear_param_store()
+    pyro.enable_validation(False)
+
+    def model(x: Tensor) -> None:
+        pyro.module("decoder", plain.decoder)
+        with pyro.plate("data", len(x)), pyro.poutine.scale(scale=1 / len(x)):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(plain.z_dim), 1.0).to_event(1))
+            pyro.sample("x", dist.ContinuousBernoulli(probs=plain.decoder.net(z)).to_event(1), obs=x)
+
+    def guide(x: Tensor) -> None:
+        pyro.module("encoder", plain.encoder)
+        with pyro.plate("data", len(x)), pyro.poutine.scale(scale=1 / len(x)):
+            q = plain.encoder(x).base_dist
+            pyro.sample("z", dist.Normal(q.loc, q.scale).to_event(1))
+
+    svi = SVI(model, guide, Adam({"lr": LR}), Trace_ELBO())
+    seconds, losses = time_loop(svi.step, next(plain.parameters()).device, tensors, args, steps)
+    return seconds, -sum(losses) / len(losses)
