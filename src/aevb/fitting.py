@@ -36,9 +36,9 @@ from aevb import diagnostics, distributed, evaluation, registry
 from aevb.arguments import (MAX_IWAE_SAMPLES, epoch_list, finite_float, fraction, int_tuple, iwae_samples,
                             positive_float, positive_int, random_seed)
 from aevb.data import ARRAY_SUFFIXES, TRANSFORMS, as_sequences, dynamic_binarize, load_dataset, prepare, validate_support
+from aevb.disk import chunks
 from aevb.errors import DataError, Diverged, UsageError
 from aevb.likelihoods import LIKELIHOODS
-from aevb.disk import chunks
 from aevb.model import LatentVariableModel, build
 from aevb import runs
 from aevb.runs import default_device, device_name, read_json

@@ -19,9 +19,9 @@ import dataclasses
 
 import torch
 
+from aevb.disk import DISK_ABOVE_BYTES, DiskRows
 from aevb.errors import DataError
 from aevb.fitting import Data, Hooks, load_data
-from aevb.disk import DISK_ABOVE_BYTES, DiskRows
 from aevb.models.fa import FactorAnalysis, fit_em, synthetic_data
 from aevb.trainer import Schedule
 
@@ -59,7 +59,8 @@ class FAHooks(Hooks):
         data = load_data(self.args, FactorAnalysis)
         if isinstance(data.train[0], DiskRows):
             raise DataError(f"{self.args.dataset}: factor analysis standardizes its training data in memory, and these "
-                            f"are left on disk (aevb.disk); fit it to one .npy file of at most {DISK_ABOVE_BYTES >> 30} GiB")
+                            "are left on disk (aevb.disk); fit it to one .npy file of at most "
+                            f"{DISK_ABOVE_BYTES >> 30} GiB")
         x_train = data.train[0].flatten(1)
         constant = (x_train == x_train[0]).all(0).nonzero().flatten().tolist()
         if constant:  # its density is unbounded there: no maximum likelihood, and no evidence worth reporting
