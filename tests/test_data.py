@@ -233,6 +233,11 @@ def test_user_arrays(tmp_path):
     assert (len(both.x_train), len(both.x_test), both.levels) == (20, 10, 3)  # uint8 -> 256; int64 -> max + 1
     assert torch.equal(both.y_test, torch.from_numpy(y[20:]))
 
+    np.save(tmp_path / "big-endian.npy", rng.random((60, 7)).astype(">f4"))  # saved on another machine, say
+    other_order = load_dataset(str(tmp_path / "big-endian.npy"), seed=1)
+    assert torch.equal(other_order.x_test, torch.from_numpy(np.load(tmp_path / "big-endian.npy").astype("<f4"))[
+        torch.randperm(60, generator=torch.Generator().manual_seed(1))[:10]])
+
 
 @pytest.mark.parametrize(
     "arrays, phrase",
@@ -388,6 +393,9 @@ def test_rows_on_disk_are_the_rows_asked_for_in_any_order_across_shards(tmp_path
     torch.testing.assert_close(rows[4], torch.from_numpy(2 * x[positions[4]]))
     torch.testing.assert_close(torch.cat(list(rows.chunks())), torch.from_numpy(2 * x[positions]))
     np.testing.assert_array_equal(array.read(np.arange(5, 12)), x[5:12])  # one run per shard: a, b, c
+    np.save(tmp_path / "big-endian.npy", x.astype(">f4"))
+    torch.testing.assert_close(disk.DiskRows(disk.DiskArray([tmp_path / "big-endian.npy"]), np.arange(30))[[3, 1]],
+                               torch.from_numpy(x[[3, 1]]))
     (tmp_path / "c.npy").write_bytes((tmp_path / "c.npy").read_bytes()[:-100])  # truncated after it was opened
     with pytest.raises(DataError, match="c.npy: shorter than its header says"):
         array.read(np.array([29]))

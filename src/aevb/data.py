@@ -79,6 +79,7 @@ def load_array(path: str | Path, ndim: int | None = None) -> dict[str, np.ndarra
     unread = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]  # an .npz member that is not .npy
     if unread:
         raise DataError(f"{path}: cannot read {unread[0]!r} as an array; save the file with numpy.savez")
+    arrays = {k: v.astype(v.dtype.newbyteorder("="), copy=False) for k, v in arrays.items()}  # torch: native order
     if "x" not in arrays:
         raise DataError(f"{path}: an .npz needs its data under the key 'x' (found {', '.join(arrays)})")
     x = arrays["x"]

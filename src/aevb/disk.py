@@ -76,7 +76,7 @@ class DiskArray:
                 raise DataError(f"{self.paths[k]}: shorter than its header says; the file was truncated or replaced")
         if ordered_out is not out:
             out[order] = ordered_out
-        return out
+        return out.astype(self.dtype.newbyteorder("="), copy=False)  # big-endian files: native values for torch
 
     def chunks(self) -> Iterator[np.ndarray]:
         """All rows in order, ``CHUNK_BYTES`` at a time (each chunk a copy in memory)."""
