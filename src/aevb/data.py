@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from aevb import download
-from aevb.disk import MAX_HELD_OUT, DiskArray, DiskRows, chunks, left_on_disk, shard_paths, value_range
+from aevb.disk import MAX_HELD_OUT, DiskArray, DiskRows, chunks, left_on_disk, shard_paths
 from aevb.errors import DataError
 
 ARRAY_SUFFIXES = (".npy", ".npz", ".csv")
@@ -258,7 +258,7 @@ def load_from_disk(path: Path, seed: int = 0) -> ImageData:
     array = DiskArray(shard_paths(path))
     if len(array) < 2:
         raise DataError(f"{path}: need at least 2 examples to hold out a test set, got {len(array)}")
-    low, high = value_range(array)
+    low, high = array.value_range
     levels = pixel_levels(array.dtype, low, high, path)
     order = torch.randperm(len(array), generator=torch.Generator().manual_seed(seed)).numpy()
     num_test = min(max(1, round(TEST_FRACTION * len(array))), MAX_HELD_OUT)  # below the cap, the split of ``split``
@@ -349,9 +349,7 @@ def prepare_from_disk(data: ImageData, transform: str, seed: int) -> tuple[DiskR
     x_train, x_test = data.x_train.map(lambda x: x.flatten(1)), data.x_test.flatten(1)
     if transform == "dynamic-binarize":
         scale = data.levels - 1 if data.levels else 1
-        low, high = x_test.min().item(), x_test.max().item()
-        for rows in chunks(x_train):
-            low, high = min(low, rows.min().item()), max(high, rows.max().item())
+        low, high = data.x_train.array.value_range  # the test rows' too: they are rows of the same array
         if low < 0 or high > scale:
             raise DataError(f"{transform} draws Bernoulli(x): values must lie in [0, 1]; rescale the data")
         x_train, x_test = x_train.map(lambda x: x / scale), torch.bernoulli(x_test.float() / scale, generator=generator)
@@ -384,9 +382,11 @@ def validate_support(x: Tensor | DiskRows, likelihood: str, source: str) -> None
     for values in chunks(x):
         if not torch.isfinite(values).all():
             raise DataError(f"{source}: the data contains NaN or infinite values; remove or impute them first")
-        low, high = min(low, values.min().item()), max(high, values.max().item())
-        other, total = other + int(((values != 0) & (values != 1)).sum()), total + values.numel()
-    if likelihood in ("cb", "cb-clamped") and (low < 0 or high > 1):
+        if likelihood in ("cb", "cb-clamped"):
+            low, high = min(low, values.min().item()), max(high, values.max().item())
+        elif likelihood == "bernoulli":
+            other, total = other + int(((values != 0) & (values != 1)).sum()), total + values.numel()
+    if low < 0 or high > 1:
         raise DataError(f"{source}: values must lie in [0, 1] for the continuous Bernoulli likelihood; found "
                         f"values in [{low:g}, {high:g}] (rescale the data, or use --likelihood gaussian)")
     if likelihood == "bernoulli" and other:

@@ -20,6 +20,7 @@ paths fit the same float data to the same numbers.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -78,11 +79,30 @@ class DiskArray:
             out[order] = ordered_out
         return out.astype(self.dtype.newbyteorder("="), copy=False)  # big-endian files: native values for torch
 
+    @property
+    def chunk_rows(self) -> int:
+        """Rows of ``CHUNK_BYTES``: what validation and statistics read at a time."""
+        return max(1, CHUNK_BYTES // self.row_bytes)
+
     def chunks(self) -> Iterator[np.ndarray]:
-        """All rows in order, ``CHUNK_BYTES`` at a time (each chunk a copy in memory)."""
-        step = max(1, CHUNK_BYTES // max(1, self.row_bytes))
-        for start in range(0, len(self), step):
-            yield self.read(np.arange(start, min(start + step, len(self))))
+        """All rows in order, ``chunk_rows`` at a time (each chunk a copy in memory)."""
+        for start in range(0, len(self), self.chunk_rows):
+            yield self.read(np.arange(start, min(start + self.chunk_rows, len(self))))
+
+    @functools.cached_property
+    def value_range(self) -> tuple[float, float]:
+        """(min, max) over every value, checking in chunks that all are finite (DataError naming the shard if not);
+        read once."""
+        low, high, start = np.inf, -np.inf, 0
+        for chunk in self.chunks():
+            finite = np.isfinite(chunk).reshape(len(chunk), -1).all(1)
+            if not finite.all():
+                row = start + int(np.argmin(finite))
+                shard = int(np.searchsorted(self.starts, row, side="right")) - 1
+                raise DataError(f"{self.paths[shard]}: row {row - self.starts[shard]} contains NaN or infinite values; "
+                                "remove or impute them first")
+            low, high, start = min(low, float(chunk.min())), max(high, float(chunk.max())), start + len(chunk)
+        return low, high
 
 
 def open_shard(path: Path) -> np.memmap:
@@ -144,10 +164,9 @@ class DiskRows:
         return DiskRows(self.array, self.positions, self.transform, torch.device(device))
 
     def chunks(self) -> Iterator[Tensor]:
-        """All its rows in order, about ``CHUNK_BYTES`` of the file at a time."""
-        step = max(1, CHUNK_BYTES // max(1, self.array.row_bytes))
-        for start in range(0, len(self), step):
-            yield self[start:start + step]
+        """All its rows in order, ``DiskArray.chunk_rows`` at a time."""
+        for start in range(0, len(self), self.array.chunk_rows):
+            yield self[start:start + self.array.chunk_rows]
 
 
 def chunks(x: Tensor | DiskRows) -> Iterator[Tensor]:
@@ -171,17 +190,3 @@ def shard_paths(path: Path) -> list[Path]:
     if not paths:
         raise DataError(f"{path}: a folder of shards holds .npy files, and this one holds none")
     return paths
-
-
-def value_range(array: DiskArray) -> tuple[float, float]:
-    """(min, max) over every value, checking in chunks that all are finite (DataError naming the shard if not)."""
-    low, high, start = np.inf, -np.inf, 0
-    for chunk in array.chunks():
-        finite = np.isfinite(chunk).reshape(len(chunk), -1).all(1)
-        if not finite.all():
-            row = start + int(np.argmin(finite))
-            shard = int(np.searchsorted(array.starts, row, side="right")) - 1
-            raise DataError(f"{array.paths[shard]}: row {row - array.starts[shard]} contains NaN or infinite values; "
-                            "remove or impute them first")
-        low, high, start = min(low, float(chunk.min())), max(high, float(chunk.max())), start + len(chunk)
-    return low, high
