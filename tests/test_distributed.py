@@ -191,3 +191,32 @@ def test_what_several_processes_cannot_run_is_one_line(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--batch-size 5 is the global batch and must divide among the 2 processes" in err[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_torchrun_with_one_process_runs_the_collectives_and_trains_as_one_process(tmp_path, monkeypatch):
+    """``torchrun --nproc-per-node 1`` joins a process group of one (on a GPU, the NCCL path of several GPUs): each
+    step's gradients go through all_reduce, and the fit equals the fit without torchrun up to float rounding."""
+    import socket
+
+    import torch.distributed as dist
+
+    from aevb.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = ["fit", *TINY_VAE, "--epochs", "1", "--json"]
+    assert main([*argv, "--out", tmp_path / "alone"]) == 0
+    reduced = []
+    all_reduce = dist.all_reduce
+    monkeypatch.setattr(dist, "all_reduce", lambda tensor, *a, **k: reduced.append(tensor.numel()) or all_reduce(tensor, *a, **k))
+    for name, value in {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(name, value)
+    assert main([*argv, "--out", tmp_path / "torchrun"]) == 0
+    assert not dist.is_initialized()  # left when the command ended
+    summaries = {name: json.loads((tmp_path / name / "summary.json").read_text()) for name in ("alone", "torchrun")}
+    steps = summaries["alone"]["steps"]
+    assert summaries["torchrun"]["processes"] == 1 and "processes" not in summaries["alone"]
+    assert len(reduced) >= steps  # a gradient all_reduce per step, and the evaluation's
+    assert summaries["torchrun"]["test_elbo"] == pytest.approx(summaries["alone"]["test_elbo"], rel=1e-4)

@@ -12,7 +12,7 @@ from torch.distributions import OneHotCategorical, kl_divergence
 
 from aevb import clustering, cli
 from aevb.models import gmvae
-from aevb.models.gmvae import GMVAE, GMVAEConfig, TemperatureSchedule
+from aevb.models.gmvae import GMVAE, GMVAEConfig, KLWeightSchedule, TemperatureSchedule
 from aevb.trainer import Trainer
 
 C, D = 4, 12
@@ -173,9 +173,53 @@ def test_temperature_schedule_changes_the_temperature_used_in_training(monkeypat
     model = model.float()
     schedule = TemperatureSchedule(1.0, decay=0.5, minimum=0.3)
     Trainer(model, batch_size=10, estimator="gumbel-relaxed", progress=False).fit(
-        (x,), epochs=3, callbacks=[schedule.callback(model)])
+        (x,), epochs=3, callbacks=[schedule.callback(model.tau)])
     per_step = used[::2]  # two Concrete distributions per step: q(y|x) and p(y)
     assert per_step == [1.0, 1.0, 0.5, 0.5, 0.3, 0.3]
+
+
+def test_kl_weight_schedule_ramps_linearly_to_one():
+    assert [KLWeightSchedule(0.0, 4)(e) for e in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert [KLWeightSchedule(3.0, 2)(e) for e in range(3)] == [3.0, 2.0, 1.0]  # a start above 1 anneals down
+    assert KLWeightSchedule()(0) == 1.0  # no warm-up
+
+
+@pytest.mark.parametrize("estimator", ["marginal", "gumbel-analytic"])
+def test_a_discrete_kl_warmup_changes_the_gradient_but_not_the_elbo(estimator):
+    """In training, the objective is ELBO + (1 - w) KL(q(y|x) || p(y)), and a step follows its gradient; the ELBO
+    and its terms are the same as at w = 1, and in evaluation there is no objective at all."""
+    model, x = small_model(), binary_data()
+    terms = {}
+    for w in (1.0, 0.25):
+        model.discrete_kl_weight.fill_(w)
+        torch.manual_seed(3)
+        terms[w] = model.elbo(x, estimator=estimator)
+    kl_y = model.kl_y(model.inference.q_y_given_x(x))
+    for name in ("elbo", "log_likelihood", "kl"):
+        torch.testing.assert_close(getattr(terms[0.25], name), getattr(terms[1.0], name))
+    torch.testing.assert_close(terms[1.0].objective, terms[1.0].elbo)
+    torch.testing.assert_close(terms[0.25].objective, terms[1.0].elbo + 0.75 * kl_y)
+
+    parameters = list(model.inference.logits_y.parameters())
+    gradient = torch.autograd.grad(terms[0.25].objective.mean(), parameters)
+    trainer = Trainer(model, batch_size=len(x), estimator=estimator, progress=False)
+    torch.manual_seed(3)
+    before = [p.detach().clone() for p in parameters]
+    step_terms = trainer.step((x,), "e")
+    torch.testing.assert_close([p.grad for p in parameters], [-g for g in gradient])
+    torch.testing.assert_close(step_terms[2], terms[1.0].elbo.mean())  # the recorded ELBO is the ELBO
+    assert all(not torch.equal(b, p) for b, p in zip(before, parameters))
+    model.eval()
+    assert model.elbo(x, estimator=estimator).objective is None
+
+
+def test_the_discrete_kl_weight_of_each_epoch_is_logged(tmp_path):
+    """(Its resume, bit for bit, is in tests/test_resume.py.)"""
+    out = tmp_path / "run"
+    assert cli.main(["fit", "gmvae", "--epochs", "3", "--iwae", "0", "--no-progress", "--out", str(out), "--hidden",
+                     "16", "--latent-dim", "2", "--discrete-kl-warmup", "2", "--discrete-kl-start", "0.2"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["discrete_kl_weight"] for r in rows] == pytest.approx([0.2, 0.6, 1.0])
 
 
 def test_a_new_temperature_does_not_recompile_a_compiled_elbo():

@@ -40,7 +40,7 @@ FITS = {  # name -> flags; the digits have 15 training batches of 100 per epoch,
                                  "--hidden", "16", "--latent-dim", "2", "--epochs", "2", "--iwae", "4",
                                  "--lr-milestones", "1", "--lr-gamma", "0.5"],  # killed in epoch 2: decayed
     "gmvae-temperature-schedule": ["fit", "gmvae", "--estimator", "gumbel-relaxed", "--temperature-decay", "0.5",
-                                   "--epochs", "2", "--hidden", "16", "--latent-dim", "4"],
+                                   "--discrete-kl-warmup", "2", "--epochs", "2", "--hidden", "16", "--latent-dim", "4"],
     "vrnn": ["fit", "vrnn", "--hidden", "8", "--epochs", "2", "--iwae", "4"],  # and --dataset: see `fits`
 }
 

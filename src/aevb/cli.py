@@ -277,10 +277,10 @@ def compile_error(error: Exception) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    ranks = int(os.environ.get("WORLD_SIZE", "1"))
-    reporting = ranks == 1 or os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 reports
+    torchrun = "WORLD_SIZE" in os.environ  # set by torchrun, for every world size
+    reporting = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 reports
     try:
-        if ranks > 1:
+        if torchrun:
             join_processes(argv)
         args = parse_fit(argv[1:]) if argv[:1] == ["fit"] else build_parser().parse_args(argv)
         summary = args.handler(args)
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aevb: error: --compile failed: {str(e).strip().splitlines()[0]}; run without --compile", file=sys.stderr)
         return 2
     finally:
-        if ranks > 1:
+        if torchrun:
             from aevb import distributed
 
             distributed.finish()
@@ -320,9 +320,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def join_processes(argv: list[str]) -> None:
-    """Under torchrun (WORLD_SIZE > 1): join the process group for ``fit`` and ``resume``, the commands that train
-    on several processes; any other command is one process's work, refused in one line."""
+    """Under torchrun: join the process group for ``fit`` and ``resume``, the commands that train on several
+    processes (on one too, which then runs the collectives of several); any other command is one process's work,
+    refused in one line on several."""
     if argv[:1] not in (["fit"], ["resume"]):
+        if int(os.environ["WORLD_SIZE"]) == 1:
+            return
         error = UsageError(f"aevb {argv[0] if argv else ''} runs in one process; under torchrun only fit and resume "
                            "train on several: run it without torchrun")
         error.agreed = True  # every rank refuses alike: rank 0 says so

@@ -11,7 +11,9 @@ Data-parallel with DistributedDataParallel's semantics, on torch.distributed's o
 * metrics are sums over each rank's shard of the test set, reduced the same way, or per-example values (the
   GMVAE's q(y|x)) computed in shards and gathered.
 
-With no process group initialized (one process) every function here is the identity of the one-process case.
+With no process group initialized (one process, not started by ``torchrun``) every function here is the identity
+of the one-process case. Under ``torchrun`` the group is joined at any world size, one included, so that a single
+GPU runs the NCCL path a job on several would.
 """
 from __future__ import annotations
 
@@ -30,9 +32,9 @@ TIMEOUT = timedelta(minutes=10)  # a rank that stops answering (a crash outside 
 
 
 def init_from_environment() -> bool:
-    """Join the process group that ``torchrun`` describes in the environment (WORLD_SIZE > 1): NCCL with this
-    rank's GPU (LOCAL_RANK) where CUDA is available, gloo on CPUs. False, and nothing done, in one process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    """Join the process group that ``torchrun`` describes in the environment (WORLD_SIZE and MASTER_ADDR): NCCL with
+    this rank's GPU (LOCAL_RANK) where CUDA is available, gloo on CPUs. False, and nothing done, without them."""
+    if "WORLD_SIZE" not in os.environ or "MASTER_ADDR" not in os.environ:
         return False
     if dist.is_initialized():  # joined already (a script that calls aevb.cli.main)
         return True
@@ -48,8 +50,8 @@ def finish() -> None:
 
 
 def active() -> bool:
-    """Whether this process is one of several in an initialized process group."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """Whether this process is in an initialized process group (of any size: ``torchrun --nproc-per-node 1`` too)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def rank() -> int:

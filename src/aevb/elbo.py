@@ -27,11 +27,15 @@ ESTIMATORS = ("aevb", "sgvb")
 
 
 class ELBO(NamedTuple):
-    """Per-example ELBO estimate and its two terms, each of shape (B,): elbo = log_likelihood - kl."""
+    """Per-example ELBO estimate and its two terms, each of shape (B,): elbo = log_likelihood - kl.
+
+    ``objective`` (B,) is what a training step ascends where a model's schedule makes it differ from the ELBO
+    (a warm-up that weights a KL term); None: the ELBO itself. The trainer records the ELBO either way."""
 
     elbo: Tensor
     log_likelihood: Tensor
     kl: Tensor
+    objective: Tensor | None = None
 
 
 def kl_term(q: Distribution, p: Distribution, z: Tensor, estimator: str) -> Tensor:

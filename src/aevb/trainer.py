@@ -198,11 +198,12 @@ class Trainer:
         return self.lr * self.lr_gamma ** sum(m < epoch for m in self.lr_milestones)
 
     def _sum_elbo(self, batch: Sequence[Tensor]) -> Tensor:
-        """The batch's summed log-likelihood, KL and ELBO (3,), by the trainer's estimator (None: the model's
-        default)."""
+        """The batch's summed log-likelihood, KL, ELBO and the objective a step ascends (4,; ``ELBO.objective``,
+        the ELBO unless the model says otherwise), by the trainer's estimator (None: the model's default)."""
         options = {} if self.estimator is None else {"estimator": self.estimator}
         terms = self.model.elbo(*batch, **options)
-        return torch.stack([terms.log_likelihood, terms.kl, terms.elbo]).sum(-1)
+        objective = terms.elbo if terms.objective is None else terms.objective
+        return torch.stack([terms.log_likelihood, terms.kl, terms.elbo, objective]).sum(-1)
 
     def step(self, batch: Sequence[Tensor], phase: str) -> Tensor:
         """One gradient step on -mean ELBO over the (global) batch for the groups of ``phase``; returns the batch's
@@ -217,12 +218,12 @@ class Trainer:
         count = torch.full((), float(len(batch[0])), device=parameters[0].device)
         several = distributed.active()
         if len(batch[0]):
-            terms = self.sum_elbo(batch)
+            sums = self.sum_elbo(batch)
             # gradients only for the groups this phase moves; one process: of the mean at once
-            (-terms[2] if several else -terms[2] / count).backward(inputs=parameters)
+            (-sums[3] if several else -sums[3] / count).backward(inputs=parameters)
+            terms = sums[:len(TERMS)].detach().clone()  # a copy: a CUDA graph's next replay overwrites its output
         else:  # this rank's slice of a short last batch is empty
             terms = torch.zeros(len(TERMS), device=count.device)
-        terms = terms.detach().clone()  # a copy: a CUDA graph's next replay overwrites its output in place
         if several:
             for p in parameters:  # unused by this rank's rows (or no rows): zero, so that every rank reduces alike
                 if p.grad is None:

@@ -21,9 +21,9 @@ from torch.distributions import Categorical
 from aevb import clustering
 from aevb.errors import UsageError
 from aevb.evaluation import eval_mode, rows_over_ranks
-from aevb.arguments import positive_float
+from aevb.arguments import finite_float, non_negative_int, positive_float
 from aevb.fitting import Data, Hooks
-from aevb.models.gmvae import GMVAE, TemperatureSchedule
+from aevb.models.gmvae import GMVAE, KLWeightSchedule, TemperatureSchedule
 
 GENERATIONS_PER_CLUSTER = 10
 
@@ -32,6 +32,13 @@ def decay_factor(text: str) -> float:
     value = float(text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def kl_weight(text: str) -> float:
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive number, got {text}")
     return value
 
 
@@ -62,6 +69,11 @@ class GMVAEHooks(Hooks):
                             help="multiply tau by this after every epoch, in (0, 1]; 1 keeps it constant (default 1)")
         parser.add_argument("--temperature-min", type=positive_float, default=0.1,
                             help="the floor a decaying tau stops at (default 0.1)")
+        parser.add_argument("--discrete-kl-warmup", type=non_negative_int, default=0, metavar="EPOCHS",
+                            help="train on the ELBO with KL(q(y|x) || p(y)) weighted by w, linear from "
+                                 "--discrete-kl-start to 1 over this many epochs; records stay the ELBO (default 0: none)")
+        parser.add_argument("--discrete-kl-start", type=kl_weight, default=0.0, metavar="W",
+                            help="the first epoch's weight w of the discrete KL under a warm-up (default 0)")
 
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
@@ -69,24 +81,32 @@ class GMVAEHooks(Hooks):
             raise UsageError("--straight-through is for the Gumbel estimators; add --estimator gumbel-relaxed or "
                              "gumbel-analytic")
 
+    @property
+    def kl_weights(self) -> KLWeightSchedule:
+        return KLWeightSchedule(self.args.discrete_kl_start, self.args.discrete_kl_warmup)
+
     def initialize(self, model: GMVAE, data: Data) -> None:
-        """Nothing to set from the data, but a mixture with more components than training examples is refused here,
-        before training: some components could hold no example at all."""
+        """The first epoch's discrete-KL weight (a resumed fit then loads the weight it had reached). A mixture with
+        more components than training examples is refused here, before training: some could hold no example."""
         examples, components = len(data.train[0]), model.config.num_components
         if components > examples:
             raise UsageError(f"--components {components}: {components} components exceed the {examples} training "
                              f"examples; use --components {examples} or less")
+        model.discrete_kl_weight.fill_(self.kl_weights(0))
 
     def callbacks(self, model: GMVAE) -> list:
         args = self.args
-        return [TemperatureSchedule(args.config_temperature, args.temperature_decay, args.temperature_min).callback(model)]
+        return [TemperatureSchedule(args.config_temperature, args.temperature_decay, args.temperature_min).callback(model.tau),
+                self.kl_weights.callback(model.discrete_kl_weight)]
 
     def metrics(self, model: GMVAE, data: Data, step: int | None) -> dict:
         metrics = cluster_metrics(model, data)
         scalars = {k: metrics[k] for k in ("conditional_entropy", "cluster_accuracy", "majority_accuracy", "nmi")
                    if k in metrics}
-        gumbel = {} if self.args.estimator in (None, "marginal") else {"temperature": model.temperature}  # this epoch's
-        return {**scalars, **gumbel}
+        # the schedules' values the epoch just finished trained with (the callbacks set the next epoch's after this)
+        gumbel = {} if self.args.estimator in (None, "marginal") else {"temperature": model.temperature}
+        warmup = {"discrete_kl_weight": model.discrete_kl_weight.item()} if self.args.discrete_kl_warmup else {}
+        return {**scalars, **gumbel, **warmup}
 
     def summary(self, model: GMVAE, data: Data, history: list[dict], generic: dict) -> dict:
         torch.manual_seed(self.args.seed)

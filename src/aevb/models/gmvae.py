@@ -20,6 +20,11 @@ ELBO estimators (``elbo(x, estimator=...)``):
 With ``straight_through``, the Gumbel estimators feed the one-hot argmax of y~ forward and y~'s gradient backward.
 Evaluation should use ``marginal``: it is the discrete model's bound, whatever estimator trained the model.
 
+A warm-up of the discrete KL (``discrete_kl_weight`` = w, set between epochs by ``KLWeightSchedule``) trains on
+    ELBO(x) + (1 - w) KL(q(y|x) || p(y))
+while w < 1, every estimator alike: the entropy of q(y|x) is rewarded less, so clusters may form before the
+penalty on confident assignments is fully on. The ELBO itself is what every record and evaluation reports.
+
 The importance-weighted bound (``iwae_bound``) sums y out as well: with K draws z_k ~ q(z|x,y) for each y,
     log p(x) >= log sum_y p(y) (1/K) sum_k p(x, z_k | y) / q(z_k | x, y),
 since the inner average is unbiased for p(x|y) (Jensen's inequality then gives the bound). The sum over y is
@@ -143,6 +148,8 @@ class GMVAE(LatentVariableModel):
         # Python number would be compiled in, afresh for every value. It is part of the model's state, so a
         # checkpoint (and a resumed fit) has the temperature the schedule had reached.
         self.register_buffer("tau", torch.tensor(float(config.temperature)))
+        # the weight w of KL(q(y|x) || p(y)) in the training objective, a buffer for the same reasons (module docstring)
+        self.register_buffer("discrete_kl_weight", torch.tensor(1.0))
 
     @property
     def temperature(self) -> float:
@@ -161,6 +168,12 @@ class GMVAE(LatentVariableModel):
     def p_y(self) -> OneHotCategorical:
         logits = self.inference.z_from_y.weight.new_zeros(self.config.num_components)
         return OneHotCategorical(logits=logits, validate_args=False)
+
+    def terms(self, log_likelihood: Tensor, kl_z: Tensor, kl_y: Tensor) -> ELBO:
+        """The ELBO from its terms (B,) each; in training, the objective with the discrete KL weighted by w."""
+        kl = kl_z + kl_y
+        objective = log_likelihood - kl_z - self.discrete_kl_weight * kl_y if self.training else None
+        return ELBO(log_likelihood - kl, log_likelihood, kl, objective)
 
     def kl_y(self, q_y: OneHotCategorical) -> Tensor:
         """KL(q(y|x) || p(y)) = sum_y q(y|x) (log q(y|x) - log p(y)), shape (B,).
@@ -185,9 +198,7 @@ class GMVAE(LatentVariableModel):
         for q_y of batch (B,) and q_z of batch (C, B), one per value of y; shapes (B,)."""
         log_likelihood, kl_z = self.given_y(x, q_z, self.components(), num_samples)  # (C, B) each
         weights = q_y.probs.T  # (C, B)
-        log_likelihood = (weights * log_likelihood).sum(0)
-        kl = (weights * kl_z).sum(0) + self.kl_y(q_y)
-        return ELBO(log_likelihood - kl, log_likelihood, kl)
+        return self.terms((weights * log_likelihood).sum(0), (weights * kl_z).sum(0), self.kl_y(q_y))
 
     def e_step_problem(self, x: Tensor) -> EStepProblem:
         """q = {"y": q(y|x), "z": q(z|x,y) for every y (batch (C, B))}, the marginal ELBO, and the IWAE bound
@@ -218,7 +229,7 @@ class GMVAE(LatentVariableModel):
         else:
             relaxed_p_y = ExpRelaxedCategorical(self.tau, logits=self.p_y().logits, validate_args=False)
             kl_y = relaxed_q_y.log_prob(log_y) - relaxed_p_y.log_prob(log_y)
-        return ELBO(log_likelihood - kl_z - kl_y, log_likelihood, kl_z + kl_y)
+        return self.terms(log_likelihood, kl_z, kl_y)
 
     def log_importance_weights(self, x: Tensor, num_samples: int) -> Tensor:
         """log p(x|z) + log p(z|y) + log p(y) - log q(y|x) - log q(z|x,y) at (y, z) ~ q(y|x) q(z|x,y); (K, B)."""
@@ -268,8 +279,20 @@ class GMVAE(LatentVariableModel):
         return (self.cluster_probs(x).T[..., None] * q_z.mean).sum(0)
 
 
+class EpochSchedule:
+    """A value for each 0-based epoch e (``__call__``), held in a model buffer that a trainer callback sets."""
+
+    def callback(self, buffer: Tensor):
+        """A trainer callback: after each finished epoch, set ``buffer`` to the value the next epoch trains with."""
+
+        def update(records: list[dict]) -> None:
+            buffer.fill_(self(records[-1]["epoch"]))
+
+        return update
+
+
 @dataclass(frozen=True)
-class TemperatureSchedule:
+class TemperatureSchedule(EpochSchedule):
     """tau for 0-based epoch e: initial * decay^e, floored at minimum (or at initial, if that is lower)."""
 
     initial: float = 0.5
@@ -279,10 +302,14 @@ class TemperatureSchedule:
     def __call__(self, epoch: int) -> float:
         return max(min(self.minimum, self.initial), self.initial * self.decay**epoch)
 
-    def callback(self, model: GMVAE):
-        """A trainer callback: after each finished epoch, set the temperature the next epoch trains with."""
 
-        def update(records: list[dict]) -> None:
-            model.temperature = self(records[-1]["epoch"])
+@dataclass(frozen=True)
+class KLWeightSchedule(EpochSchedule):
+    """The discrete KL's weight w for 0-based epoch e: linear from ``start`` at e = 0 to 1 at e = ``epochs``, then 1
+    (always 1 for ``epochs`` = 0: no warm-up)."""
 
-        return update
+    start: float = 0.0
+    epochs: int = 0
+
+    def __call__(self, epoch: int) -> float:
+        return 1.0 if epoch >= self.epochs else self.start + (1.0 - self.start) * epoch / self.epochs
