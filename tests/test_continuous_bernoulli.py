@@ -108,3 +108,14 @@ def test_the_likelihood_heads_are_exact_and_torchs_clamped_one_for_comparison():
     torch.testing.assert_close(exact, ContinuousBernoulli(logits).log_prob(x).sum(-1))
     torch.testing.assert_close(clamped, TorchContinuousBernoulli(logits=logits).log_prob(x).sum(-1))
     assert clamped < exact - 1  # at logit 100 the clamped normalizer misses more than a nat
+
+
+def test_float32_log_prob_is_the_50_digit_density_from_minus_to_plus_1000():
+    """log p(x | l) = l x - log(expm1(l) / l): off by no more than float32 rounding of terms of size |l|."""
+    logits = torch.tensor(LOGITS, dtype=torch.float32)
+    for x in (0.0, 0.3, 1.0):
+        expected = torch.tensor([float(mpmath.mpf(l) * x - mpmath.log(mpmath.expm1(l) / l)) if l else math.log(1)
+                                 for l in logits.tolist()], dtype=torch.float64)
+        error = (ContinuousBernoulli(logits).log_prob(torch.full_like(logits, x)).double() - expected).abs()
+        allowed = 4e-7 * (1 + logits.double().abs())
+        assert (error <= allowed).all(), f"x = {x}: worst at logit {logits[(error / allowed).argmax()]:g}"

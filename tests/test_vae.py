@@ -11,7 +11,7 @@ from aevb import evaluation
 from aevb.likelihoods import parameter_image
 from aevb import registry
 from aevb.models.cvae import CVAE, VARIANTS, CVAEConfig
-from aevb.models.vae import VAE, VAEConfig
+from aevb.models.vae import VAE, Dropout, VAEConfig
 from aevb.trainer import Trainer
 
 B, D, L, C = 6, 12, 3, 4
@@ -51,6 +51,24 @@ def test_samples_lie_in_the_likelihoods_support_and_parameter_images_have_the_da
     if likelihood == "bernoulli":
         assert set(x.unique().tolist()) <= {0.0, 1.0}
     assert parameter_image(model.decode(B, *context)).shape == (B, D)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_dropout_masks_drop_each_element_independently_with_probability_p_and_keep_the_mean(p):
+    torch.manual_seed(0)
+    dropout, x = Dropout(p), torch.ones(1000, 501, dtype=torch.float64)  # an odd size: the last 64-bit draw is cut
+    y = dropout(x.requires_grad_())
+    kept = y != 0
+    n = kept.numel()
+    assert abs(kept.double().mean().item() - (1 - p)) < 4 * (p * (1 - p) / n) ** 0.5  # binomial: 4 sigma
+    assert y.dtype == x.dtype and torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - round(p * 65536) / 65536)))
+    assert abs(y.mean().item() - 1) < 4 * (p / (1 - p) / n) ** 0.5  # E[y] = x
+    (gradient,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(gradient, y.detach())  # the same mask and scale backward
+    pairs = torch.stack([kept[:, :-1].reshape(-1), kept[:, 1:].reshape(-1)]).double()  # neighbours, in one draw or two
+    assert abs(torch.corrcoef(pairs)[0, 1].item()) < 4 / (n ** 0.5)
+    dropout.eval()
+    assert torch.equal(dropout(x), x)
 
 
 def test_conditional_model_uses_the_label():

@@ -14,8 +14,15 @@ is 1/l - 1/sinh(l), never zero. torch's ``ContinuousBernoulli`` computes C from 
 [eps, 1 - eps] (float32 eps = 1.19e-7), so beyond |l| ~ 16.6 its log C is stuck at log C(16.6) (off by -3.45
 nats at l = 500) and has zero gradient: a decoder that needs a pixel's lambda near 0 or 1 cannot get there.
 
-In the natural parameterization, p(x | l) = exp(l x) / Z(l) with Z(l) = expm1(l) / l; this gives the mean
-(d log Z / dl) and the inverse CDF that ``rsample`` uses: see ``mean`` and ``icdf``.
+In the natural parameterization, p(x | l) = exp(l x) / Z(l) with Z(l) = expm1(l) / l = exp(softplus(l)) / C(l).
+``log_prob`` computes l x - log Z(l), with a = |l|,
+
+    log Z(l) = max(l, 0) + log(-expm1(-a) / a),
+
+finite and accurate to float32 rounding of its terms for any finite l (a is floored at 1e-30, where the ratio
+is 1), and the derivative d log Z / dl = E[x] written by hand (``LogPartition``): about a third of the time of
+-BCE + log C through autograd. The mean (d log Z / dl) and the inverse CDF that ``rsample`` uses: see ``mean``
+and ``icdf``.
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from torch.distributions import Distribution, constraints
 from torch.distributions.utils import broadcast_all, lazy_property
 
 SMALL = 0.1  # below it, the Taylor series: the first term left out, 31 l^6 / 90720, is under 4e-10 there
+TINY = 1e-30  # the floor of |l| in log Z: -expm1(-a) / a is 1 to float32 precision there
 UNIFORM = 1e-6  # below it, a draw is u + l u (1 - u) / 2: the O(l^2) left out is under 1e-13
 
 
@@ -41,6 +49,30 @@ def log_normalizer(logits: Tensor) -> Tensor:
     square = near_zero * near_zero
     taylor = math.log(2.0) + square / 12 - 7 * square * square / 1440
     return torch.where(small, taylor, exact)
+
+
+class LogPartition(torch.autograd.Function):
+    """log Z(l) = max(l, 0) + log(-expm1(-a) / a), a = |l| (module docstring), elementwise; its backward multiplies
+    by dlog Z / dl = E[x] = -1 / expm1(-l) - 1 / l, or 1/2 + l/12 - l^3/720 for |l| < SMALL, where the two terms
+    cancel. No autograd runs through these formulas, so the lanes that ``where`` does not take may hold infinities
+    (``ContinuousBernoulli.mean``, which autograd does run through, keeps every lane finite instead)."""
+
+    @staticmethod
+    def forward(logits: Tensor) -> Tensor:
+        a = logits.abs().clamp_min(TINY)
+        return F.relu(logits) + torch.log(-torch.expm1(-a) / a)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (logits,) = ctx.saved_tensors
+        exact = -1 / torch.expm1(-logits) - 1 / logits
+        taylor = 0.5 + logits / 12 - logits**3 / 720
+        return grad * torch.where(logits.abs() < SMALL, taylor, exact)
 
 
 class ContinuousBernoulli(Distribution):
@@ -85,7 +117,7 @@ class ContinuousBernoulli(Distribution):
         if self._validate_args:
             self._validate_sample(value)
         logits, value = broadcast_all(self.logits, value)
-        return -F.binary_cross_entropy_with_logits(logits, value, reduction="none") + log_normalizer(logits)
+        return logits * value - LogPartition.apply(logits)  # = -BCE(l, x) + log C(l)
 
     def icdf(self, u: Tensor) -> Tensor:
         """The x with CDF u: log1p(u expm1(l)) / l for l < 0, and by the symmetry x(l, u) = 1 - x(-l, 1 - u) for
