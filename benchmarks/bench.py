@@ -1,7 +1,7 @@
 """Training speed: aevb's training loop against a plain PyTorch loop written the way the tutorial's code is.
 
     PYTHONPATH=src python benchmarks/bench.py --models vae,cvae --data-dir ../shared/data/mnist \
-        [--epochs N | --steps N] [--modes eager,compiled] [--json]
+        [--epochs N | --steps N] [--modes eager,compiled] [--repeats R] [--json]
 
 Each model has a module ``bench_<model>.py`` beside this file exposing ``time_model(args) -> list[dict]``,
 one row per mode (eager; compiled: aevb's trainer with ``torch_compile=True``), each with at least ``device``,
@@ -9,6 +9,8 @@ one row per mode (eager; compiled: aevb's trainer with ``torch_compile=True``), 
 same process, on the same device, data, architecture, batch size and initial parameters. This driver runs
 the models asked for, prints the ratio per row, and writes each row as a JSON line to ``--out`` as soon as it
 is measured (and, with ``--json``, to the standard output), so that a run cut short keeps what it measured.
+With ``--repeats R`` every loop of a model is timed R times in rounds, back to back, and a row gives the
+medians (on a shared machine the load changes between minutes more than within one round).
 On a GPU a row also counts host-device synchronizations per step, and a compiled row the CUDA-graph replays
 per step, graph breaks, skipped CUDA graphs and generated kernels, with the compile time of its warm-up steps.
 
@@ -24,6 +26,7 @@ import importlib.util
 import itertools
 import json
 import math
+import statistics
 import sys
 import time
 import traceback
@@ -273,37 +276,61 @@ def check_same_numbers(ours: tuple[nn.Module, Callable[[], Tensor]], plain: tupl
 
 
 def compare(ours: Callable[[int | None, bool], tuple[float, float, dict]], plain: Callable[[int | None], tuple[float, float]],
-            args: argparse.Namespace) -> list[dict]:
+            args: argparse.Namespace, others: Callable[[], dict] | None = None) -> list[dict]:
     """Time the plain loop over ``args.steps`` steps (or ``args.epochs`` epochs) after warm-up steps, then ours in each
-    of ``args.modes`` (eager, compiled) as long: one row per mode, each against the same plain time.
+    of ``args.modes`` (eager, compiled) as long, then ``others()`` (e.g. Pyro, the GEMM limit): ``args.repeats``
+    rounds of these back to back, so that within a round the machine's load is alike. One row per mode.
 
     ``plain(steps)`` and ``ours(steps, compiled)`` train a fresh model (the same initial parameters in all) and
     return (seconds, mean training ELBO of the last epoch), the ELBO showing the loops learn alike (ours' epoch
-    includes its warm-up steps); ``ours`` also returns what else it measured (``time_ours``). A mode that fails
-    gives a row with its ``error``.
+    includes its warm-up steps); ``ours`` also returns what else it measured (``time_ours``). A row's numbers are
+    the medians over the rounds (``ratio``: of each round's ours / plain), with each round's seconds in ``rounds``.
+    A mode that fails gives a row with its ``error``.
     """
     plain(WARMUP_STEPS)
-    plain_seconds, plain_elbo = plain(args.steps)
+    rounds: dict[str, list[dict]] = {mode: [] for mode in args.modes}
+    errors: dict[str, str] = {}
+    for _ in range(args.repeats):
+        plain_seconds, plain_elbo = plain(args.steps)
+        for mode in args.modes:
+            if mode in errors:
+                continue
+            try:
+                ours_seconds, ours_elbo, measured = ours(args.steps, mode == "compiled")
+            except Exception as error:  # e.g. compiling failed: the row says so, and the other modes and models still run
+                traceback.print_exc()
+                errors[mode] = f"{type(error).__name__}: {error}"
+                continue
+            rounds[mode].append({"ours_seconds": ours_seconds, "plain_seconds": plain_seconds,
+                                 "ours_train_elbo": ours_elbo, "plain_train_elbo": plain_elbo, **measured})
+        extra = others() if others is not None else {}
+        for mode in args.modes:
+            if mode not in errors:
+                rounds[mode][-1].update(extra)
     rows = []
     for mode in args.modes:
-        try:
-            ours_seconds, ours_elbo, measured = ours(args.steps, mode == "compiled")
-        except Exception as error:  # e.g. compiling failed: the row says so, and the other modes and models still run
-            traceback.print_exc()
-            rows.append({"compiled": mode == "compiled", "error": f"{type(error).__name__}: {error}"})
+        if mode in errors:
+            rows.append({"compiled": mode == "compiled", "error": errors[mode]})
             continue
-        rows.append({"compiled": mode == "compiled", "ours_seconds": ours_seconds, "plain_seconds": plain_seconds,
-                     "ratio": ours_seconds / plain_seconds, "ours_train_elbo": ours_elbo, "plain_train_elbo": plain_elbo,
-                     **measured})
+        numbers = {key: (statistics.median_low if isinstance(value, int) else statistics.median)(r[key] for r in rounds[mode])
+                   for key, value in rounds[mode][0].items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
+        ratio = statistics.median(r["ours_seconds"] / r["plain_seconds"] for r in rounds[mode])
+        rows.append({"compiled": mode == "compiled", **numbers, "ratio": ratio,
+                     "rounds": [{k: v for k, v in r.items() if k.endswith(("seconds", "seconds_per_step")) or k == "steps"}
+                                for r in rounds[mode]]})
     return rows
 
 
 def compare_models(fresh: Callable[[], tuple[LatentVariableModel, nn.Module]], train: Sequence[Tensor],
-                   args: argparse.Namespace, lr: float) -> list[dict]:
-    """The whole comparison for one model: same numbers first, then the loops timed (see ``compare``).
+                   args: argparse.Namespace, lr: float,
+                   pyro: Callable[[int | None], tuple[float, float]] | None = None) -> list[dict]:
+    """The whole comparison for one model: same numbers first, then the loops timed (see ``compare``), each round with
+    the GEMM limit and, where Pyro is installed (an optional benchmark dependency: ``pip install pyro-ppl``), Pyro's
+    seconds for as many steps, ``pyro(steps)`` training a fresh model and returning (seconds, mean training ELBO).
 
     ``fresh()`` returns (ours, plain) on the device with the same initial parameters, ``plain.elbo(*batch)``
-    being the batch's mean ELBO; ``train`` are the training tensors (x, *context) on the CPU.
+    being the batch's mean ELBO; ``train`` are the training tensors (x, *context) on the CPU. The share of the
+    limit and the ratio to Pyro are medians of each round's.
     """
     ours, plain = fresh()
     device = next(ours.parameters()).device
@@ -321,30 +348,32 @@ def compare_models(fresh: Callable[[], tuple[LatentVariableModel, nn.Module]], t
         seconds, elbos = time_plain(plain.elbo, plain, train, args, lr, steps)
         return seconds, sum(elbos[-per_epoch:]) / len(elbos[-per_epoch:])
 
+    if pyro is not None and importlib.util.find_spec("pyro") is None:
+        pyro = None
+    if pyro is not None:
+        pyro(WARMUP_STEPS)
+
+    def others() -> dict:
+        measured = gemm_limit(ours, batch)
+        if pyro is not None:
+            measured["pyro_seconds"], measured["pyro_train_elbo"] = pyro(args.steps)
+        return measured
+
+    def share(r: dict, seconds: str) -> float:  # the products alone, over the round's time
+        return r["limit_seconds_per_step"] * r["steps"] / r[seconds]
+
     if device.type == "cuda":  # a sync makes the CPU wait for the GPU's queue to drain
         numbers["plain_syncs_per_step"] = syncs_per_step(run_plain)
-    limit = gemm_limit(ours, batch)
-    common = {"device": device_name(device), "batch_size": args.batch_size, **numbers, **limit}
-    rows = compare(run_ours, run_plain, args)
+    rows = compare(run_ours, run_plain, args, others)
     for row in rows:
-        if "error" not in row:  # the share of the GEMM limit: what the products alone would take, over the time
-            limit_seconds = limit["limit_seconds_per_step"] * row["steps"]
-            row.update(limit_seconds=limit_seconds, share_of_limit=limit_seconds / row["ours_seconds"],
-                       plain_share_of_limit=limit_seconds / row["plain_seconds"])
-    return [{**row, **common} for row in rows]
-
-
-def add_pyro(rows: list[dict], run_pyro: Callable[[int | None], tuple[float, float]], args: argparse.Namespace) -> list[dict]:
-    """Pyro's seconds for as many steps beside each row, where Pyro is installed (an optional benchmark dependency:
-    ``pip install pyro-ppl``): ``run_pyro(steps)`` trains a fresh model, returning (seconds, mean training ELBO)."""
-    if importlib.util.find_spec("pyro") is None:
-        return rows
-    run_pyro(WARMUP_STEPS)
-    seconds, elbo = run_pyro(args.steps)
-    for row in rows:
-        if "ours_seconds" in row:
-            row.update(pyro_seconds=seconds, ratio_to_pyro=row["ours_seconds"] / seconds, pyro_train_elbo=elbo)
-    return rows
+        if "error" not in row:
+            rounds = row["rounds"]
+            row.update(limit_seconds=row["limit_seconds_per_step"] * row["steps"],
+                       share_of_limit=statistics.median(share(r, "ours_seconds") for r in rounds),
+                       plain_share_of_limit=statistics.median(share(r, "plain_seconds") for r in rounds))
+            if pyro is not None:
+                row["ratio_to_pyro"] = statistics.median(r["ours_seconds"] / r["pyro_seconds"] for r in rounds)
+    return [{**row, "device": device_name(device), "batch_size": args.batch_size, **numbers} for row in rows]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -359,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds of every loop timed back to back; rows give medians (default 1)")
     parser.add_argument("--modes", default="eager", type=lambda text: text.split(","),
                         help="comma-separated: eager, compiled (aevb's trainer with torch_compile=True); default eager")
     parser.add_argument("--out", type=Path, default=Path("runs/bench.jsonl"),

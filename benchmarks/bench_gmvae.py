@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Independent, Normal, OneHotCategorical, kl_divergence
 
-from bench import add_pyro, compare_models, load_tensors, time_loop
+from bench import compare_models, load_tensors, time_loop
 
 from aevb.models.gmvae import GMVAE, GMVAEConfig
 
@@ -96,8 +96,7 @@ def time_model(args: argparse.Namespace) -> list[dict]:
         ours = GMVAE(config).to(device)
         return ours, PlainGMVAE(config.data_dim, config.num_components, config.latent_dim).to(device).copy_from(ours)
 
-    rows = compare_models(fresh, (x_train,), args, LR)
-    return add_pyro(rows, lambda steps: time_pyro(fresh()[1], (x_train,), args, steps), args)
+    return compare_models(fresh, (x_train,), args, LR, pyro=lambda steps: time_pyro(fresh()[1], (x_train,), args, steps))
 
 
 def time_pyro(plain: PlainGMVAE, tensors: tuple[Tensor, ...], args: argparse.Namespace,

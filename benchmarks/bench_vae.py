@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import ContinuousBernoulli, Independent, Normal, kl_divergence
 
-from bench import add_pyro, compare_models, copy_parameters, load_tensors, time_loop
+from bench import compare_models, copy_parameters, load_tensors, time_loop
 
 from aevb.models.vae import VAE, VAEConfig
 
@@ -86,8 +86,7 @@ def time_model(args: argparse.Namespace) -> list[dict]:
         copy_parameters(ours, plain)
         return ours, plain
 
-    rows = compare_models(fresh, (x_train,), args, LR)
-    return add_pyro(rows, lambda steps: time_pyro(fresh()[1], (x_train,), args, steps), args)
+    return compare_models(fresh, (x_train,), args, LR, pyro=lambda steps: time_pyro(fresh()[1], (x_train,), args, steps))
 
 
 def time_pyro(plain: PlainVAE, tensors: tuple[Tensor, ...], args: argparse.Namespace,
