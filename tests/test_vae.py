@@ -69,6 +69,7 @@ def test_dropout_masks_drop_each_element_independently_with_probability_p_and_ke
     assert abs(torch.corrcoef(pairs)[0, 1].item()) < 4 / (n ** 0.5)
     dropout.eval()
     assert torch.equal(dropout(x), x)
+    assert torch.equal(Dropout(1.0)(x), torch.zeros_like(x))  # p beyond 16 bits' reach: torch's own dropout
 
 
 def test_conditional_model_uses_the_label():

@@ -206,8 +206,8 @@ class Trainer:
         return torch.stack([terms.log_likelihood, terms.kl, terms.elbo, objective]).sum(-1)
 
     def step(self, batch: Sequence[Tensor], phase: str) -> Tensor:
-        """One gradient step on -mean ELBO over the (global) batch for the groups of ``phase``; returns the batch's
-        mean log-likelihood, KL and ELBO (3,).
+        """One gradient step on -mean ELBO (or on the model's ``ELBO.objective``, where it has one) over the (global)
+        batch for the groups of ``phase``; returns the batch's mean log-likelihood, KL and ELBO (3,).
 
         Under torch.distributed, the gradient of -sum ELBO, the summed terms and the row count are summed over the
         ranks in one collective (``aevb.distributed``), then divided by the count: the mean over the global batch."""
