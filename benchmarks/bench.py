@@ -403,6 +403,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     if not args.modes or set(args.modes) - {"eager", "compiled"}:
         parser.error(f"--modes takes eager, compiled or both, not {','.join(args.modes)!r}")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     sys.path.insert(0, str(Path(__file__).parent))  # the bench_<model> modules, whatever the working folder
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
