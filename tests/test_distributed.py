@@ -50,7 +50,7 @@ SCRIPT = textwrap.dedent('''
             model, x = VAE(VAEConfig(data_dim=6, latent_dim=2, hidden=(8,), likelihood="gaussian")), torch.randn(50, 6)
             trainer = Trainer(model, "joint", lr=0.01, batch_size=20, progress=False)
         if kind == "vae-on-disk":  # the same rows, left on disk in two shards and read per batch (aevb.disk)
-            shards = Path(f"{out}-shards")
+            shards = Path(f"{out}-shards-{distributed.rank()}")  # each rank its own files: none reads one being written
             shards.mkdir(exist_ok=True)
             np.save(shards / "a.npy", x[:20].numpy())
             np.save(shards / "b.npy", x[20:].numpy())
