@@ -21,7 +21,7 @@ from torch.distributions import Categorical
 from aevb import clustering
 from aevb.errors import UsageError
 from aevb.evaluation import eval_mode, rows_over_ranks
-from aevb.arguments import finite_float, non_negative_int, positive_float
+from aevb.arguments import non_negative_float, non_negative_int, positive_float
 from aevb.fitting import Data, Hooks
 from aevb.models.gmvae import GMVAE, KLWeightSchedule, TemperatureSchedule
 
@@ -32,13 +32,6 @@ def decay_factor(text: str) -> float:
     value = float(text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def kl_weight(text: str) -> float:
-    value = finite_float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive number, got {text}")
     return value
 
 
@@ -72,7 +65,7 @@ class GMVAEHooks(Hooks):
         parser.add_argument("--discrete-kl-warmup", type=non_negative_int, default=0, metavar="EPOCHS",
                             help="train on the ELBO with KL(q(y|x) || p(y)) weighted by w, linear from "
                                  "--discrete-kl-start to 1 over this many epochs; records stay the ELBO (default 0: none)")
-        parser.add_argument("--discrete-kl-start", type=kl_weight, default=0.0, metavar="W",
+        parser.add_argument("--discrete-kl-start", type=non_negative_float, default=0.0, metavar="W",
                             help="the first epoch's weight w of the discrete KL under a warm-up (default 0)")
 
     def __init__(self, args: argparse.Namespace) -> None:
