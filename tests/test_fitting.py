@@ -3,7 +3,6 @@ built-in model, flags from config dataclasses, self-contained run directories, f
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np

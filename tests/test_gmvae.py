@@ -1,5 +1,6 @@
 """Gaussian-mixture VAE: the exact marginal estimator against a brute-force loop, the Gumbel estimators in the
 small-temperature limit, the temperature schedule, Hungarian clustering scores, and the CLI's errors."""
+import dataclasses
 import json
 import math
 
@@ -10,7 +11,8 @@ import torch.nn.functional as F
 from torch._dynamo.utils import counters
 from torch.distributions import OneHotCategorical, kl_divergence
 
-from aevb import clustering, cli
+from aevb import clustering, cli, fitting
+from aevb.experiments.gmvae import cluster_metrics
 from aevb.models import gmvae
 from aevb.models.gmvae import GMVAE, GMVAEConfig, KLWeightSchedule, TemperatureSchedule
 from aevb.trainer import Trainer
@@ -320,3 +322,42 @@ def test_cli_reports_a_failed_compile_on_one_line(tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--compile failed" in err and "C++ compiler" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_merge_components_groups_the_components_that_share_examples():
+    rng = np.random.default_rng(0)
+    true_groups = rng.permutation(np.repeat(np.arange(3), 2))  # six components, two to each of three groups
+    examples = rng.integers(0, 3, 300)
+    probs = np.full((300, 7), 1e-4)  # a seventh component no example gives weight to: column zeroed below
+    for i, g in enumerate(examples):
+        pair = np.flatnonzero(true_groups == g)
+        probs[i, pair] = rng.dirichlet([1.0, 1.0])  # each example splits its weight within its group's pair
+    probs[:, 6] = 0
+    probs /= probs.sum(1, keepdims=True)
+    groups = clustering.merge_components(probs, 3)
+    assert groups[6] == 0 and set(groups[:6]) == {0, 1, 2}
+    for g in range(3):  # the partition found is the true one, up to the groups' names
+        assert len(set(groups[:6][true_groups == g])) == 1
+    merged = clustering.merged_clusters(probs, groups)
+    assert clustering.cluster_accuracy(merged, examples, 3, 3) == 1.0
+    # With no more components that have weight than groups, each is its own group.
+    np.testing.assert_array_equal(clustering.merge_components(probs[:, [0, 1, 6]], 3), [0, 1, 0])
+
+
+def test_cli_merges_more_components_than_classes_without_the_labels(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["fit", "gmvae", "--epochs", "1", "--hidden", "32", "--latent-dim", "4", "--components", "14",
+                     "--out", str(out), "--json", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    groups = np.array(summary["merged_groups"])
+    assert groups.shape == (14,) and set(groups) <= set(range(10))  # the digits' ten classes
+    assert 0 <= summary["merged_accuracy"] <= 1 and records[-1]["merged_accuracy"] == summary["merged_accuracy"]
+    run = fitting.load_run(out)
+    data = run.data()
+    metrics = cluster_metrics(run.model, data)
+    shuffled = dataclasses.replace(data, y_test=data.y_test[torch.randperm(len(data.y_test))])
+    np.testing.assert_array_equal(cluster_metrics(run.model, shuffled)["merged_groups"], groups)  # labels unused
+    clusters = clustering.merged_clusters(run.model.cluster_probs(data.test[0]).detach().numpy(), groups)
+    assert metrics["merged_accuracy"] == summary["merged_accuracy"] == clustering.cluster_accuracy(
+        clusters, data.y_test.numpy(), 10, 10)

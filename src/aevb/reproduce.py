@@ -19,7 +19,6 @@ import importlib.metadata
 import json
 import platform
 import shlex
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field

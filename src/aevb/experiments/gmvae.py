@@ -6,7 +6,9 @@ marginal estimator) on scikit-learn's digits, which ship with the project; full 
 the model, including the -log C the tutorial's printed values leave out), the conditional entropy H(q(y|x))
 and the Hungarian-matched clustering accuracy (metrics.jsonl, and their curves: the tutorial's Figure 10).
 The summary adds NMI and the cluster proportions; a figure shows generations per cluster, one row per cluster,
-rows ordered by the label each cluster is matched to.
+rows ordered by the label each cluster is matched to. With more components than classes (``--components 30``),
+the components are also merged into as many groups as classes, without labels, and the groups' one-to-one
+accuracy is ``merged_accuracy`` (``cluster_metrics``).
 """
 from __future__ import annotations
 
@@ -36,7 +38,11 @@ def decay_factor(text: str) -> float:
 
 
 def cluster_metrics(model: GMVAE, data: Data) -> dict:
-    """Test-set clustering: mean H(q(y|x)), the argmax clusters, and (with labels) accuracy, NMI, matching."""
+    """Test-set clustering: mean H(q(y|x)), the argmax clusters, and (with labels) accuracy, NMI, matching.
+
+    With more components than the data have classes, also ``merged_accuracy``: the one-to-one accuracy of the
+    components merged into as many groups as classes (``clustering.merge_components``, from q(y|x) on the
+    training set: no label is used to form the groups), and the groups (``merged_groups``)."""
     with eval_mode(model) as device:
         probs = rows_over_ranks(model.cluster_probs, data.test[:1], 1000, device)  # (M, C)
     clusters = probs.argmax(1).cpu().numpy()
@@ -44,11 +50,17 @@ def cluster_metrics(model: GMVAE, data: Data) -> dict:
     metrics = {"conditional_entropy": Categorical(probs=probs).entropy().mean().item(), "clusters": clusters,
                "cluster_proportions": clustering.cluster_proportions(clusters, c)}
     if data.y_test is not None:
-        labels = data.y_test.numpy()
-        metrics.update(cluster_accuracy=clustering.cluster_accuracy(clusters, labels, c, data.num_classes),
-                       majority_accuracy=clustering.majority_accuracy(clusters, labels, c, data.num_classes),
+        labels, k = data.y_test.numpy(), data.num_classes
+        metrics.update(cluster_accuracy=clustering.cluster_accuracy(clusters, labels, c, k),
+                       majority_accuracy=clustering.majority_accuracy(clusters, labels, c, k),
                        nmi=clustering.nmi(clusters, labels),
-                       matched_labels=clustering.match_clusters(clusters, labels, c, data.num_classes))
+                       matched_labels=clustering.match_clusters(clusters, labels, c, k))
+        if c > k:
+            with eval_mode(model) as device:
+                train_probs = rows_over_ranks(model.cluster_probs, data.train[:1], 1000, device)  # (N, C)
+            groups = clustering.merge_components(train_probs.cpu().numpy(), k)
+            merged = clustering.merged_clusters(probs.cpu().numpy(), groups)
+            metrics.update(merged_accuracy=clustering.cluster_accuracy(merged, labels, k, k), merged_groups=groups)
     return metrics
 
 
@@ -94,8 +106,8 @@ class GMVAEHooks(Hooks):
 
     def metrics(self, model: GMVAE, data: Data, step: int | None) -> dict:
         metrics = cluster_metrics(model, data)
-        scalars = {k: metrics[k] for k in ("conditional_entropy", "cluster_accuracy", "majority_accuracy", "nmi")
-                   if k in metrics}
+        scalars = {k: metrics[k] for k in ("conditional_entropy", "cluster_accuracy", "majority_accuracy",
+                                           "merged_accuracy", "nmi") if k in metrics}
         # the schedules' values the epoch just finished trained with (the callbacks set the next epoch's after this)
         gumbel = {} if self.args.estimator in (None, "marginal") else {"temperature": model.temperature}
         warmup = {"discrete_kl_weight": model.discrete_kl_weight.item()} if self.args.discrete_kl_warmup else {}
@@ -111,6 +123,8 @@ class GMVAEHooks(Hooks):
             "conditional_entropy": self.final["conditional_entropy"],
             "cluster_accuracy": self.final.get("cluster_accuracy"),
             "majority_accuracy": self.final.get("majority_accuracy"),
+            **({"merged_accuracy": self.final["merged_accuracy"],
+                "merged_groups": self.final["merged_groups"].tolist()} if "merged_accuracy" in self.final else {}),
             "nmi": self.final.get("nmi"),
             "cluster_proportions": [round(float(p), 4) for p in self.final["cluster_proportions"]],
         }
