@@ -1,5 +1,7 @@
 """The exact continuous Bernoulli: its normalizer against a 50-digit reference, gradients, and a proper density."""
 import math
+import os
+import shutil
 
 import mpmath
 import pytest
@@ -110,12 +112,43 @@ def test_the_likelihood_heads_are_exact_and_torchs_clamped_one_for_comparison():
     assert clamped < exact - 1  # at logit 100 the clamped normalizer misses more than a nat
 
 
+def reference_log_prob(logits: torch.Tensor, x: float) -> torch.Tensor:
+    """l x - log(expm1(l) / l) in 50-digit arithmetic at each float32 logit (Z(0) = 1), as float64."""
+    return torch.tensor([float(mpmath.mpf(l) * x - mpmath.log(mpmath.expm1(l) / l)) if l else 0.0
+                         for l in logits.tolist()], dtype=torch.float64)
+
+
 def test_float32_log_prob_is_the_50_digit_density_from_minus_to_plus_1000():
     """log p(x | l) = l x - log(expm1(l) / l): off by no more than float32 rounding of terms of size |l|."""
     logits = torch.tensor(LOGITS, dtype=torch.float32)
     for x in (0.0, 0.3, 1.0):
-        expected = torch.tensor([float(mpmath.mpf(l) * x - mpmath.log(mpmath.expm1(l) / l)) if l else 0.0  # Z(0) = 1
-                                 for l in logits.tolist()], dtype=torch.float64)
-        error = (ContinuousBernoulli(logits).log_prob(torch.full_like(logits, x)).double() - expected).abs()
+        error = (ContinuousBernoulli(logits).log_prob(torch.full_like(logits, x)).double() - reference_log_prob(logits, x)).abs()
         allowed = 4e-7 * (1 + logits.double().abs())
         assert (error <= allowed).all(), f"x = {x}: worst at logit {logits[(error / allowed).argmax()]:g}"
+
+
+def test_log_prob_stays_exact_where_expm1_is_computed_as_exp_minus_1(monkeypatch):
+    """torch.compile's CPU code computes expm1(x) as exp(x) - 1 (0 for |x| < 6e-8): compiled, log p must not depend
+    on expm1 near l = 0, where that loses every digit (log Z = -inf there before the series branch). The compiled
+    path, run eagerly with such an expm1."""
+    logits = torch.tensor(LOGITS, dtype=torch.float32)
+    monkeypatch.setattr(torch, "expm1", lambda t: torch.exp(t) - 1)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    error = (ContinuousBernoulli(logits).log_prob(torch.full_like(logits, 0.3)).double() - reference_log_prob(logits, 0.3)).abs()
+    allowed = 2e-6 * (1 + logits.double().abs())  # exp(-a) - 1 costs a few float32 roundings relative to a >= SMALL
+    assert (error <= allowed).all(), f"worst at logit {logits[(error / allowed).argmax()]:g}: {error.max():.2e}"
+
+
+@pytest.mark.compile
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="torch.compile on a CPU needs a C++ compiler")
+def test_compiled_log_prob_and_its_gradient_equal_eagers():
+    logits = torch.tensor(LOGITS, dtype=torch.float32, requires_grad=True)
+    x = torch.rand(logits.shape, generator=torch.Generator().manual_seed(0))
+    log_prob = lambda logits: ContinuousBernoulli(logits).log_prob(x)  # noqa: E731
+    compiled = torch.compile(log_prob)(logits)
+    eager = log_prob(logits)
+    assert torch.isfinite(compiled).all()
+    torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=2e-6)
+    gradients = [torch.autograd.grad(value.sum(), logits)[0] for value in (compiled, eager)]
+    # the mean -1/expm1(-l) - 1/l, for |l| >= SMALL: compiled, exp(-l) - 1 costs up to 4e-6 next to |l| = SMALL
+    torch.testing.assert_close(*gradients, rtol=1e-5, atol=1e-5)

@@ -17,12 +17,15 @@ nats at l = 500) and has zero gradient: a decoder that needs a pixel's lambda ne
 In the natural parameterization, p(x | l) = exp(l x) / Z(l) with Z(l) = expm1(l) / l = exp(softplus(l)) / C(l).
 ``log_prob`` computes l x - log Z(l), with a = |l|,
 
-    log Z(l) = max(l, 0) + log(-expm1(-a) / a),
+    log Z(l) = max(l, 0) + log(-expm1(-a) / a)
+             = max(l, 0) - a/2 + a^2/24 - a^4/2880 + O(a^6)        (a < SMALL, under torch.compile)
 
-finite and accurate to float32 rounding of its terms for any finite l (a is floored at 1e-30, where the ratio
-is 1), and the derivative d log Z / dl = E[x] written by hand (``LogPartition``): about a third of the time of
--BCE + log C through autograd. The mean (d log Z / dl) and the inverse CDF that ``rsample`` uses: see ``mean``
-and ``icdf``.
+finite and accurate to float32 rounding of its terms for any finite l (a is floored at 1e-30, where the ratio is
+1), and the derivative d log Z / dl = E[x] written by hand (``LogPartition``): about a third of the time of
+-BCE + log C through autograd. Compiled, the series replaces the log near 0: torch.compile's CPU code computes
+expm1(x) as exp(x) - 1, which is 0 for |x| < 6e-8 (log Z = -inf there, and a fit diverges) and off by 1 % at
+1e-6 (pytorch/pytorch#189803). Eager, expm1 is exact and the series would only cost time. The mean
+(d log Z / dl) and the inverse CDF that ``rsample`` uses: see ``mean`` and ``icdf``.
 """
 from __future__ import annotations
 
@@ -34,7 +37,8 @@ from torch import Tensor
 from torch.distributions import Distribution, constraints
 from torch.distributions.utils import broadcast_all, lazy_property
 
-SMALL = 0.1  # below it, the Taylor series: the first term left out, 31 l^6 / 90720, is under 4e-10 there
+SMALL = 0.1  # below it, the Taylor series: the first terms left out (31 l^6 / 90720 in log C, a^6 / 181440 in
+# log Z) are under 4e-10 there
 TINY = 1e-30  # the floor of |l| in log Z: -expm1(-a) / a is 1 to float32 precision there
 UNIFORM = 1e-6  # below it, a draw is u + l u (1 - u) / 2: the O(l^2) left out is under 1e-13
 
@@ -52,15 +56,19 @@ def log_normalizer(logits: Tensor) -> Tensor:
 
 
 class LogPartition(torch.autograd.Function):
-    """log Z(l) = max(l, 0) + log(-expm1(-a) / a), a = |l| (module docstring), elementwise; its backward multiplies
-    by dlog Z / dl = E[x] = -1 / expm1(-l) - 1 / l, or 1/2 + l/12 - l^3/720 for |l| < SMALL, where the two terms
-    cancel. No autograd runs through these formulas, so the lanes that ``where`` does not take may hold infinities
+    """log Z(l) = max(l, 0) + log(-expm1(-a) / a), a = |l| (compiled: its series -a/2 + a^2/24 - a^4/2880 in place
+    of the log for a < SMALL; module docstring), elementwise; its backward multiplies by dlog Z / dl = E[x] =
+    -1 / expm1(-l) - 1 / l, or 1/2 + l/12 - l^3/720 for |l| < SMALL, where the two terms cancel. No autograd runs
+    through these formulas, so the lanes that ``where`` does not take may hold infinities or NaN
     (``ContinuousBernoulli.mean``, which autograd does run through, keeps every lane finite instead)."""
 
     @staticmethod
     def forward(logits: Tensor) -> Tensor:
         a = logits.abs().clamp_min(TINY)
-        return F.relu(logits) + torch.log(-torch.expm1(-a) / a)
+        log_ratio = torch.log(-torch.expm1(-a) / a)
+        if torch.compiler.is_compiling():  # compiled CPU code computes expm1 as exp - 1: the series near 0 instead
+            log_ratio = torch.where(a < SMALL, a * (a * (1 / 24 - a * a / 2880) - 0.5), log_ratio)
+        return F.relu(logits) + log_ratio
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
