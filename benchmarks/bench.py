@@ -109,6 +109,8 @@ def compile_counters() -> dict:
 
 GEMMS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default)
 GEMM_REPEATS = 20  # timed calls of each distinct GEMM, after as many warm-up calls
+CACHE_FLUSH_BYTES = 64 * 2**20  # written before each cold call: more than the last-level cache (32 MiB on this
+# project's CPU, 50 MiB of L2 on an H100 or H200)
 
 
 class RecordGemms(TorchDispatchMode):
@@ -131,18 +133,26 @@ def gemm_flops(call: tuple) -> int:
     return 2 * math.prod(a) * b[-1]
 
 
-def time_gemm(call: tuple, device: torch.device) -> float:
-    """Seconds per call of one recorded matrix product, run alone on operands of the same shapes and layouts."""
+def time_gemm(call: tuple, device: torch.device, flush: Tensor | None = None) -> float:
+    """Seconds per call of one recorded matrix product, run alone on operands of the same shapes and layouts:
+    repeated back to back (its operands stay in cache), or cold, with ``flush`` (a buffer larger than the caches)
+    written before each call, as a training step's other work (Adam's pass over every parameter and moment, the
+    next layers) leaves a product's operands out of cache."""
     func, operands = call
     tensors = [torch.empty_strided(shape, stride, device=device).uniform_() for shape, stride in operands]
     for _ in range(GEMM_REPEATS):
         func(*tensors)
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(GEMM_REPEATS):
-        func(*tensors)
-    synchronize(device)
-    return (time.perf_counter() - start) / GEMM_REPEATS
+    seconds = 0.0
+    for _ in range(GEMM_REPEATS if flush is not None else 1):
+        if flush is not None:
+            flush.fill_(1.0)
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(1 if flush is not None else GEMM_REPEATS):
+            func(*tensors)
+        synchronize(device)
+        seconds += time.perf_counter() - start
+    return seconds / GEMM_REPEATS
 
 
 def gemm_limit(model: LatentVariableModel, batch: Sequence[Tensor]) -> dict:
@@ -150,18 +160,23 @@ def gemm_limit(model: LatentVariableModel, batch: Sequence[Tensor]) -> dict:
 
     The step's forward and backward products are recorded (``RecordGemms``), each distinct one timed alone
     (``time_gemm``) in this process, and their times summed: ``limit_seconds_per_step``, a lower bound on any
-    step that computes those products, beside ``gflop_per_step`` and the GEMMs' own rate ``gemm_gflops``.
+    step that computes those products, beside ``gflop_per_step`` and the GEMMs' own rate ``gemm_gflops``; and
+    the same with each product's operands out of cache, ``cold_limit_seconds_per_step``, what the products take
+    inside a step whose other work evicts them.
     """
     model.zero_grad()
     with RecordGemms() as recorded:
         (-model.elbo(*batch).elbo.mean()).backward()
     model.zero_grad()
     device = batch[0].device
-    seconds = {call: time_gemm(call, device) for call in dict.fromkeys(recorded.calls)}
-    limit = sum(seconds[call] for call in recorded.calls)
+    flush = torch.empty(CACHE_FLUSH_BYTES // 4, device=device)
+    distinct = dict.fromkeys(recorded.calls)
+    warm = {call: time_gemm(call, device) for call in distinct}
+    cold = {call: time_gemm(call, device, flush) for call in distinct}
+    limit, cold_limit = (sum(seconds[call] for call in recorded.calls) for seconds in (warm, cold))
     flops = sum(gemm_flops(call) for call in recorded.calls)
-    return {"gflop_per_step": flops / 1e9, "limit_seconds_per_step": limit, "gemm_gflops": flops / 1e9 / limit,
-            "gemms_per_step": len(recorded.calls)}
+    return {"gflop_per_step": flops / 1e9, "limit_seconds_per_step": limit, "cold_limit_seconds_per_step": cold_limit,
+            "gemm_gflops": flops / 1e9 / limit, "gemms_per_step": len(recorded.calls)}
 
 
 def time_ours(model: LatentVariableModel, tensors: Sequence[Tensor], args: argparse.Namespace, lr: float,
@@ -359,8 +374,8 @@ def compare_models(fresh: Callable[[], tuple[LatentVariableModel, nn.Module]], t
             measured["pyro_seconds"], measured["pyro_train_elbo"] = pyro(args.steps)
         return measured
 
-    def share(r: dict, seconds: str) -> float:  # the products alone, over the round's time
-        return r["limit_seconds_per_step"] * r["steps"] / r[seconds]
+    def share(r: dict, seconds: str, limit: str = "limit_seconds_per_step") -> float:
+        return r[limit] * r["steps"] / r[seconds]  # the products alone, over the round's time
 
     if device.type == "cuda":  # a sync makes the CPU wait for the GPU's queue to drain
         numbers["plain_syncs_per_step"] = syncs_per_step(run_plain)
@@ -369,8 +384,11 @@ def compare_models(fresh: Callable[[], tuple[LatentVariableModel, nn.Module]], t
         if "error" not in row:
             rounds = row["rounds"]
             row.update(limit_seconds=row["limit_seconds_per_step"] * row["steps"],
+                       cold_limit_seconds=row["cold_limit_seconds_per_step"] * row["steps"],
                        share_of_limit=statistics.median(share(r, "ours_seconds") for r in rounds),
-                       plain_share_of_limit=statistics.median(share(r, "plain_seconds") for r in rounds))
+                       plain_share_of_limit=statistics.median(share(r, "plain_seconds") for r in rounds),
+                       share_of_cold_limit=statistics.median(
+                           share(r, "ours_seconds", "cold_limit_seconds_per_step") for r in rounds))
             if pyro is not None:
                 row["ratio_to_pyro"] = statistics.median(r["ours_seconds"] / r["pyro_seconds"] for r in rounds)
     return [{**row, "device": device_name(device), "batch_size": args.batch_size, **numbers} for row in rows]
@@ -422,7 +440,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     print(f"{name:<6} failed: {row['error']}", flush=True)
                 else:
                     share = (f"   GEMM limit {row['limit_seconds']:8.3f} s: share ours {row['share_of_limit']:.0%}, "
-                             f"plain {row['plain_share_of_limit']:.0%}" if "limit_seconds" in row else "")
+                             f"plain {row['plain_share_of_limit']:.0%}; cold {row['cold_limit_seconds']:8.3f} s: "
+                             f"share ours {row['share_of_cold_limit']:.0%}" if "limit_seconds" in row else "")
                     pyro = f"   ours/Pyro {row['ratio_to_pyro']:.3f}" if "ratio_to_pyro" in row else ""
                     print(f"{name:<6} ours {row['ours_seconds']:8.3f} s   plain {row['plain_seconds']:8.3f} s   "
                           f"ratio ours/plain {row['ratio']:.3f}{share}{pyro}   "
