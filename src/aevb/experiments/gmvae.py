@@ -130,11 +130,13 @@ class GMVAEHooks(Hooks):
         }
 
     def figures(self, model: GMVAE, history: list[dict], data: Data, run_dir: Path) -> None:
-        """The tutorial's Figure 10 (test ELBO, H(q(y|x)), accuracy per epoch) and generations per cluster."""
+        """The tutorial's Figure 10 (test ELBO, H(q(y|x)), accuracy per epoch; with more components than classes,
+        the merged accuracy too) and generations per cluster."""
         from aevb import plotting
 
         plotting.epoch_panels(history, {"test_elbo": "test ELBO (nats)", "conditional_entropy": "H(q(y|x)) (nats)",
-                                        "cluster_accuracy": "clustering accuracy"},
+                                        "cluster_accuracy": "clustering accuracy",
+                                        "merged_accuracy": "accuracy, components merged"},
                               run_dir / "gmvae_learning_curves.png",
                               title=f"GMVAE ({self.args.estimator or 'marginal'}) on {self.args.dataset}")
         self.generations(model, data, run_dir / "gmvae_cluster_generations.png")
