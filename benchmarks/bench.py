@@ -140,18 +140,21 @@ def time_gemm(call: tuple, device: torch.device, flush: Tensor | None = None) ->
     next layers) leaves a product's operands out of cache."""
     func, operands = call
     tensors = [torch.empty_strided(shape, stride, device=device).uniform_() for shape, stride in operands]
-    for _ in range(GEMM_REPEATS):
-        func(*tensors)
-    seconds = 0.0
-    for _ in range(GEMM_REPEATS if flush is not None else 1):
-        if flush is not None:
-            flush.fill_(1.0)
+    def timed(calls: int) -> float:
         synchronize(device)
         start = time.perf_counter()
-        for _ in range(1 if flush is not None else GEMM_REPEATS):
+        for _ in range(calls):
             func(*tensors)
         synchronize(device)
-        seconds += time.perf_counter() - start
+        return time.perf_counter() - start
+
+    timed(GEMM_REPEATS)  # warm-up
+    if flush is None:
+        return timed(GEMM_REPEATS) / GEMM_REPEATS
+    seconds = 0.0
+    for _ in range(GEMM_REPEATS):
+        flush.fill_(1.0)
+        seconds += timed(1)
     return seconds / GEMM_REPEATS
 
 

@@ -43,21 +43,21 @@ def cluster_metrics(model: GMVAE, data: Data) -> dict:
     With more components than the data have classes, also ``merged_accuracy``: the one-to-one accuracy of the
     components merged into as many groups as classes (``clustering.merge_components``, from q(y|x) on the
     training set: no label is used to form the groups), and the groups (``merged_groups``)."""
+    c, k = model.config.num_components, data.num_classes
+    merge = data.y_test is not None and c > k
     with eval_mode(model) as device:
         probs = rows_over_ranks(model.cluster_probs, data.test[:1], 1000, device)  # (M, C)
+        train_probs = rows_over_ranks(model.cluster_probs, data.train[:1], 1000, device) if merge else None  # (N, C)
     clusters = probs.argmax(1).cpu().numpy()
-    c = model.config.num_components
     metrics = {"conditional_entropy": Categorical(probs=probs).entropy().mean().item(), "clusters": clusters,
                "cluster_proportions": clustering.cluster_proportions(clusters, c)}
     if data.y_test is not None:
-        labels, k = data.y_test.numpy(), data.num_classes
+        labels = data.y_test.numpy()
         metrics.update(cluster_accuracy=clustering.cluster_accuracy(clusters, labels, c, k),
                        majority_accuracy=clustering.majority_accuracy(clusters, labels, c, k),
                        nmi=clustering.nmi(clusters, labels),
                        matched_labels=clustering.match_clusters(clusters, labels, c, k))
-        if c > k:
-            with eval_mode(model) as device:
-                train_probs = rows_over_ranks(model.cluster_probs, data.train[:1], 1000, device)  # (N, C)
+        if merge:
             groups = clustering.merge_components(train_probs.cpu().numpy(), k)
             merged = clustering.merged_clusters(probs.cpu().numpy(), groups)
             metrics.update(merged_accuracy=clustering.cluster_accuracy(merged, labels, k, k), merged_groups=groups)
