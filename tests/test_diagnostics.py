@@ -150,3 +150,5 @@ def test_diagnose_and_refine_from_the_command_line(tmp_path, capsys):
     assert main(["eval", run, "--refine", "30", "--iwae", "10", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["refine_steps"] == 30 and summary["test_elbo_refined"] > summary["test_elbo_amortized"]
+    # the IWAE bound with q* as proposal, against factor analysis's exact log p(x)
+    assert summary["iwae_log_likelihood_refined"] == pytest.approx(summary["test_log_evidence"], abs=0.01)

@@ -58,8 +58,9 @@ def build_parser() -> ArgumentParser:
     evaluate.add_argument("--iwae", type=positive_iwae_samples, default=1000, metavar="K",
                           help=f"importance samples per test example, at most {MAX_IWAE_SAMPLES:,} (default 1000)")
     evaluate.add_argument("--refine", type=local_steps, default=0, metavar="N",
-                          help="also the test ELBO after N local E-steps from the amortized q (semi-amortized "
-                               "inference; aevb diagnose says more) (default 0: none)")
+                          help="also the test ELBO after N local E-steps from the amortized q, and the IWAE "
+                               "bound with that refined q as proposal (semi-amortized inference; aevb diagnose "
+                               "says more) (default 0: none)")
     evaluate.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
     evaluate.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     evaluate.set_defaults(handler=eval_command)

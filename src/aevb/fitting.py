@@ -751,7 +751,9 @@ def run_and_data(run_dir: str | Path) -> tuple[Run, Data]:
 def evaluate_run(run_dir: str | Path, num_samples: int, refine_steps: int = 0, progress: bool = False) -> dict:
     """Test ELBO, the K-sample IWAE bound (and bits/dim) of a run on its own test set, seeded by its seed, with
     the model's own test metrics; with ``refine_steps``, also the test ELBO after that many local E-steps from
-    q_phi (semi-amortized inference, ``aevb.diagnostics``) beside the amortized one, with the same draws."""
+    q_phi (semi-amortized inference, ``aevb.diagnostics``) beside the amortized one, with the same draws, and the
+    K-sample IWAE bound with that q* as proposal (``iwae_log_likelihood_refined``): a bound on the same log p(x),
+    tighter where q* is nearer p(z|x) than q_phi is."""
     run, data = run_and_data(run_dir)
     summary = {"model": run.config["model"], **evaluation.evaluate(run.model, data.test, num_samples, data.levels,
                                                                    run.args.seed)}
@@ -763,12 +765,17 @@ def evaluate_run(run_dir: str | Path, num_samples: int, refine_steps: int = 0, p
         settings = diagnostics.LocalEStep(steps=refine_steps)
         with torch.random.fork_rng():
             torch.manual_seed(run.args.seed)
-            columns, curve = diagnostics.per_example(run.model, data.test, settings, progress=progress)
+            columns, curve = diagnostics.per_example(run.model, data.test, settings, num_samples, progress=progress)
         if curve is None:
             raise UsageError(f"--refine: {run.cls.name} defines no e_step_problem, so it has no local E-steps; "
                              "evaluate it without --refine")
         summary.update(refine_steps=refine_steps, test_elbo_amortized=columns["elbo_amortized"].mean().item(),
                        test_elbo_refined=columns["elbo_optimal"].mean().item())
+        if num_samples:
+            summary["iwae_log_likelihood_refined"] = columns["iwae"].double().mean().item()
+            if data.levels is not None:
+                summary["bits_per_dim_refined"] = evaluation.bits_per_dim(
+                    summary["iwae_log_likelihood_refined"], data.test[0][0].numel(), data.levels)
     warnings = implausible(summary, data)
     return {**summary, **({"warnings": warnings} if warnings else {})}
 

@@ -40,6 +40,11 @@ def final(key: str) -> Reader:
     return lambda summary, history: summary.get(key)
 
 
+def negative(key: str) -> Reader:
+    """Our negative log-likelihood: minus ``key`` of the run's summary (None where it has none)."""
+    return lambda summary, history: None if key not in summary else -summary[key]
+
+
 def e_phases(history: History) -> list[History]:
     """The records of each phi-only phase, in order."""
     phases: list[History] = []
@@ -111,7 +116,8 @@ class Experiment:
     flag that sets how long it trains, and ``scale(value, factor)`` scales that flag's value. Image experiments
     (``--dataset`` among the settings) also take ``--data-dir``. ``curve`` maps an epoch to the published test
     ELBO (our metric ``curve_key``); ``figures`` maps each figure file a run writes to a caption. ``evaluations``
-    are importance-sample counts K of IWAE bounds computed after the fit (key ``iwae_log_likelihood_k{K}``).
+    are importance-sample counts K of IWAE bounds computed after the fit (key ``iwae_log_likelihood_k{K}``); with
+    ``refine`` local E-steps, each also with the refined q* as proposal (key ``iwae_log_likelihood_refined_k{K}``).
     """
 
     model: str
@@ -128,6 +134,7 @@ class Experiment:
     notes: tuple[str, ...] = ()
     headline: tuple[str, ...] = ("test_elbo",)
     evaluations: tuple[int, ...] = ()
+    refine: int = 0
     source: str = "the tutorial"
 
     @property
@@ -345,11 +352,11 @@ EXPERIMENTS: dict[str, Experiment] = {
         "--epochs", scale_epochs,
         {**vae_figures("vae"), "vae_tsne.png": "t-SNE of the test set's posterior means E_q[z|x], coloured by digit."},
         (Published("test negative log-likelihood, IWAE bound with K = 200 (nats)", "89.78 (pythae; paper: 89.9)",
-                   lambda summary, history: None if "iwae_log_likelihood_k200" not in summary
-                   else -summary["iwae_log_likelihood_k200"], value=89.78, tolerance=0.3, higher_is_better=False),
+                   negative("iwae_log_likelihood_k200"), value=89.78, tolerance=0.3, higher_is_better=False),
+         Published("the same with the refined q* as proposal (100 local E-steps; nats)", "not reported",
+                   negative("iwae_log_likelihood_refined_k200")),
          Published("test negative log-likelihood, IWAE bound with K = 5000 (nats)", "not reported",
-                   lambda summary, history: None if "iwae_log_likelihood" not in summary
-                   else -summary["iwae_log_likelihood"]),
+                   negative("iwae_log_likelihood")),
          Published("test ELBO (nats)", "not reported", final("test_elbo"))),
         notes=("Rezende & Mohamed (2015), the VAE baseline of 'Variational Inference with Normalizing Flows': one ReLU "
                "hidden layer of 400 units in encoder and decoder, latent 40, statically binarized MNIST; they report "
@@ -358,9 +365,14 @@ EXPERIMENTS: dict[str, Experiment] = {
                "step by 10^(-1/5) at epochs 200, 350, 500, 750 and 1000 and keeps the model with the best "
                "validation loss; the VAE's training length is not in the repository (its binary-MNIST siblings "
                "train 2000 and 3280 epochs), where this run trains 500. It trains on the 50,000 images of "
-               "Larochelle's split, where this run trains on MNIST's 60,000 with its own binarization draw.",),
-        headline=("iwae_log_likelihood_k200", "iwae_log_likelihood"),
+               "Larochelle's split, where this run trains on MNIST's 60,000 with its own binarization draw.",
+               "The K = 200 and K = 5000 bounds take the encoder q_phi(z|x) as proposal, as pythae's does. The "
+               "refined one takes q*, a diagonal Gaussian fitted to each test image alone (100 local E-steps from "
+               "q_phi, as aevb eval --refine 100 does): a bound on the same model's log p(x), tighter where q_phi "
+               "is far from the posterior. pythae reports no such number, so only the first is judged.",),
+        headline=("iwae_log_likelihood_k200", "iwae_log_likelihood_refined_k200", "iwae_log_likelihood"),
         evaluations=(200,),
+        refine=100,
         source="Rezende & Mohamed 2015, as reproduced by pythae",
     ),
 }
@@ -521,8 +533,12 @@ def fit(planned: Planned, run_dir: Path, progress: bool, resume: bool) -> dict:
     cls = registry.resolve(planned.experiment.model)
     start = time.perf_counter()
     summary = fitting.run_fit(cls, fitting.parse_fit_args(cls, planned.argv), run_dir, progress, resume=resume)
-    evaluations = {f"iwae_log_likelihood_k{k}": fitting.evaluate_run(run_dir, k)["iwae_log_likelihood"]
-                   for k in planned.experiment.evaluations}
+    evaluations = {}
+    for k in planned.experiment.evaluations:
+        found = fitting.evaluate_run(run_dir, k, planned.experiment.refine)
+        evaluations[f"iwae_log_likelihood_k{k}"] = found["iwae_log_likelihood"]
+        if "iwae_log_likelihood_refined" in found:
+            evaluations[f"iwae_log_likelihood_refined_k{k}"] = found["iwae_log_likelihood_refined"]
     d = planned.diagnosis
     if d:
         fitting.diagnose_run(run_dir, d.examples, d.iwae, d.settings, progress=progress)
