@@ -152,3 +152,11 @@ def test_diagnose_and_refine_from_the_command_line(tmp_path, capsys):
     assert summary["refine_steps"] == 30 and summary["test_elbo_refined"] > summary["test_elbo_amortized"]
     # the IWAE bound with q* as proposal, against factor analysis's exact log p(x)
     assert summary["iwae_log_likelihood_refined"] == pytest.approx(summary["test_log_evidence"], abs=0.01)
+    early = tmp_path / "fa-early"  # a barely trained encoder: only the refined proposal comes near log p(x)
+    assert main(["fit", "fa", "--posterior", "diagonal", "--steps", "10", "--iwae", "0", "--out", early,
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["eval", early, "--refine", "30", "--iwae", "10", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["test_log_evidence"] - summary["iwae_log_likelihood"] > 0.1
+    assert summary["iwae_log_likelihood_refined"] == pytest.approx(summary["test_log_evidence"], abs=0.05)
