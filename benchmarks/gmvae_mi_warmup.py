@@ -40,16 +40,18 @@ class MutualInformationWarmupGMVAE(GMVAE):
         if not self.training:
             return terms
         q_bar = q_y.probs.mean(0)  # (C,)
-        balance = (q_bar * (q_bar.clamp_min(1e-30).log() - self.p_y().logits.log_softmax(-1))).sum()
+        balance = (q_bar * (q_bar.clamp_min(1e-30).log() - self.p_y().logits)).sum()  # the logits are log p(y)
         objective = terms.elbo + (1 - self.discrete_kl_weight) * (self.kl_y(q_y) - balance)
         return terms._replace(objective=objective)
 
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
-        sys.exit("usage: gmvae_mi_warmup.py OUT [aevb fit gmvae flags]")
+        print("usage: gmvae_mi_warmup.py OUT [aevb fit gmvae flags]", file=sys.stderr)
+        sys.exit(2)
     args = fitting.parse_fit_args(MutualInformationWarmupGMVAE, sys.argv[2:])
     try:
         print(fitting.run_fit(MutualInformationWarmupGMVAE, args, Path(sys.argv[1]), progress=False))
-    except UsageError as error:  # bad data, an occupied run directory, divergence: one line, as aevb fit says it
-        sys.exit(f"gmvae_mi_warmup.py: {error}")
+    except UsageError as error:  # bad data, an interrupted run in OUT, divergence: one line and exit 2, as aevb fit
+        print(f"gmvae_mi_warmup.py: {error}", file=sys.stderr)
+        sys.exit(2)
