@@ -39,8 +39,8 @@ class MutualInformationWarmupGMVAE(GMVAE):
         terms = super().marginal_elbo(x, q_y, q_z, num_samples)
         if not self.training:
             return terms
-        q_bar = q_y.probs.mean(0)  # (C,)
-        balance = (q_bar * (q_bar.clamp_min(1e-30).log() - self.p_y().logits)).sum()  # the logits are log p(y)
+        q_bar = OneHotCategorical(probs=q_y.probs.mean(0), validate_args=False)  # the batch's mean q(y|x)
+        balance = self.kl_y(q_bar)  # KL(q_bar || p(y)), a scalar
         objective = terms.elbo + (1 - self.discrete_kl_weight) * (self.kl_y(q_y) - balance)
         return terms._replace(objective=objective)
 
