@@ -60,19 +60,19 @@ class LogPartition(torch.autograd.Function):
     of the log for a < SMALL; module docstring), elementwise; its backward multiplies by dlog Z / dl = E[x] =
     -1 / expm1(-l) - 1 / l, or 1/2 + l/12 - l^3/720 for |l| < SMALL, where the two terms cancel. No autograd runs
     through these formulas, so the lanes that ``where`` does not take may hold infinities or NaN
-    (``ContinuousBernoulli.mean``, which autograd does run through, keeps every lane finite instead)."""
+    (``ContinuousBernoulli.mean``, which autograd does run through, keeps every lane finite instead).
+
+    The forward takes ``ctx`` itself rather than a separate ``setup_context``: with one, every ``apply`` binds its
+    arguments through ``inspect.signature``, about 50 us a call on this project's CPU (torch 2.13)."""
 
     @staticmethod
-    def forward(logits: Tensor) -> Tensor:
+    def forward(ctx, logits: Tensor) -> Tensor:
+        ctx.save_for_backward(logits)
         a = logits.abs().clamp_min(TINY)
         log_ratio = torch.log(-torch.expm1(-a) / a)
         if torch.compiler.is_compiling():  # compiled CPU code computes expm1 as exp - 1: the series near 0 instead
             log_ratio = torch.where(a < SMALL, a * (a * (1 / 24 - a * a / 2880) - 0.5), log_ratio)
         return F.relu(logits) + log_ratio
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(inputs[0])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
