@@ -1,5 +1,7 @@
 """VAE and conditional VAE: generic model checks, learning on digits, run round trips, and the CLI's errors."""
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -70,6 +72,24 @@ def test_dropout_masks_drop_each_element_independently_with_probability_p_and_ke
     dropout.eval()
     assert torch.equal(dropout(x), x)
     assert torch.equal(Dropout(1.0)(x), torch.zeros_like(x))  # p beyond 16 bits' reach: torch's own dropout
+
+
+@pytest.mark.compile
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="torch.compile on a CPU needs a C++ compiler")
+def test_compiled_dropout_draws_every_mask_as_eager_does():
+    """Two draws of one layer on one tensor stay two draws when compiled (a pure operator would be merged into one),
+    and the compiled code's masks are eager's, draw for draw, with the same gradient."""
+    dropout, x = Dropout(0.5), torch.ones(4, 40, requires_grad=True)
+    twice = lambda x: torch.stack([dropout(x), dropout(x)])  # noqa: E731
+    results = []
+    for f in (twice, torch.compile(twice)):
+        torch.manual_seed(0)
+        y = f(x)
+        (gradient,) = torch.autograd.grad((y * torch.arange(2.0).view(2, 1, 1)).sum(), x)
+        results.append((y.detach(), gradient))
+    (eager, eager_gradient), (compiled, compiled_gradient) = results
+    assert not torch.equal(eager[0], eager[1])
+    assert torch.equal(compiled, eager) and torch.equal(compiled_gradient, eager_gradient)
 
 
 def test_conditional_model_uses_the_label():

@@ -255,7 +255,7 @@ def add_generic_arguments(parser: argparse.ArgumentParser, cls: type, hooks: typ
     training.add_argument("--seed", type=random_seed, default=0,
                           help="random seed: data, initialization, batches; 0 to 2^32 - 1 (default 0)")
     training.add_argument("--compile", action="store_true",
-                          help="compile the training step with torch.compile (CUDA graphs on a GPU, where it pays)")
+                          help="compile the training step with torch.compile (CUDA graphs on a GPU; on a CPU, for long fits)")
     training.add_argument("--clip-grad", type=positive_float, default=None, metavar="NORM",
                           help="clip the gradient's norm to NORM at every step (default: no clipping)")
     training.add_argument("--threads", type=positive_int, default=None, metavar="N", help=THREADS_HELP)

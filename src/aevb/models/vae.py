@@ -50,34 +50,57 @@ class VAEConfig:
             raise ValueError(f"the gaussian likelihood's scale must be positive, got {self.likelihood_scale}")
 
 
+torch.library.define("aevb::dropout_mask_", "(Tensor(a!) mask, int dropped) -> ()")
+
+
+@torch.library.impl("aevb::dropout_mask_", "cpu")
+def dropout_mask_(mask: Tensor, dropped: int) -> None:
+    """Fill ``mask`` (contiguous) with a dropout mask: 0 where an element's 16 random bits are among the lowest
+    ``dropped`` of their 65536 values (probability dropped / 65536), else 65536 / (65536 - dropped).
+
+    An operator, not just a function, for torch.compile: the compiled code calls it as it is, where inductor's CPU
+    code would build the mask one element at a time (it does not vectorize 16-bit integers), and like torch's
+    in-place random fills it mutates its input, so the compiler never merges two draws into one."""
+    # four 16-bit chunks to each 64-bit draw; to=None: all 2^64 values, without the modulo a bounded range costs
+    bits = torch.empty((mask.numel() + 3) // 4, dtype=torch.int64, device=mask.device).random_(-2**63, None)
+    torch.ge(bits.view(torch.int16)[:mask.numel()].view(mask.shape), dropped - 32768, out=mask)  # 0 or 1: one kernel
+    mask.mul_(65536 / (65536 - dropped))
+
+
+@torch.library.register_fake("aevb::dropout_mask_")
+def _(mask: Tensor, dropped: int) -> None:
+    return None
+
+
 class Dropout(nn.Dropout):
     """``nn.Dropout`` (each input zeroed with probability p in training, the others scaled by 1 / (1 - p)), whose
-    mask on a CPU comes from 16 random bits per element, four to each 64-bit draw.
+    mask on a CPU comes from 16 random bits per element (``dropout_mask_``), eager or compiled.
 
     torch's CPU dropout draws one random number per element (``bernoulli_``): on this project's CPU (2 threads) its
     forward and backward on a (100, 500) activation took a median 567 us, these 276 (25 alternating rounds; README,
-    Benchmarks). The mask is written as 0 or 1 straight into x's dtype by one comparison. p is rounded to a
-    multiple of 2^-16 (0.1 to 0.100006), and the scale is that of the rounded p, so E[output] = input exactly.
-    On other devices, under ``torch.compile``, and for p within 2^-17 of 0 or 1, torch's own dropout."""
+    Benchmarks). p is rounded to a multiple of 2^-16 (0.1 to 0.100006), and the scale is that of the rounded p, so
+    E[output] = input exactly. On other devices, and for p within 2^-17 of 0 or 1, torch's own dropout."""
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0:
             return x
         dropped = round(self.p * 65536)  # of the 65536 values of a 16-bit chunk, drop the lowest ``dropped``
-        if x.device.type != "cpu" or torch.compiler.is_compiling() or not 0 < dropped < 65536:
-            return super().forward(x)  # under torch.compile inductor draws its own masks; p within 2^-17 of 0 or 1
-        # to=None: all 2^64 values, drawn without the modulo a bounded range costs
-        bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_(-2**63, None)
-        chunks = bits.view(torch.int16)[:x.numel()].view(x.shape)
-        keep = torch.ge(chunks, dropped - 32768, out=x.new_empty(x.shape))  # 0 or 1 in x's dtype: one kernel, not two
-        return x * keep.mul_(65536 / (65536 - dropped))  # one mask, scaled, for forward and backward
+        if x.device.type != "cpu" or not 0 < dropped < 65536:
+            return super().forward(x)  # on a GPU torch's (and inductor's) masks are cheap; p within 2^-17 of 0 or 1
+        mask = x.new_empty(x.shape)
+        torch.ops.aevb.dropout_mask_(mask, dropped)
+        return x * mask  # one mask, scaled, for forward and backward
 
 
 def mlp(sizes: Sequence[int], dropout: float) -> nn.Sequential:
-    """Linear layers through ``sizes``, each followed by ReLU and dropout: (..., sizes[0]) -> (..., sizes[-1])."""
+    """Linear layers through ``sizes``, each followed by ReLU and dropout: (..., sizes[0]) -> (..., sizes[-1]).
+
+    Dropout runs before the ReLU: relu(a m) = relu(a) m for a mask m >= 0, the same numbers, but then the backward
+    reads ReLU's mask from the saved output, where torch.compile's CPU code would store it as a bool tensor, a
+    kernel 16 times slower than eager's comparison on this project's CPU (README, Benchmarks)."""
     layers: list[nn.Module] = []
     for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(n_in, n_out), nn.ReLU(), Dropout(dropout)]
+        layers += [nn.Linear(n_in, n_out), Dropout(dropout), nn.ReLU()]
     return nn.Sequential(*layers)
 
 
