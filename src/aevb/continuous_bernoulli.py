@@ -63,7 +63,7 @@ class LogPartition(torch.autograd.Function):
     (``ContinuousBernoulli.mean``, which autograd does run through, keeps every lane finite instead).
 
     The forward takes ``ctx`` itself rather than a separate ``setup_context``: with one, every ``apply`` binds its
-    arguments through ``inspect.signature``, about 50 us a call on this project's CPU (torch 2.13)."""
+    arguments through ``inspect.signature``: 119 us a call against 46 on this project's CPU (torch 2.13)."""
 
     @staticmethod
     def forward(ctx, logits: Tensor) -> Tensor:

@@ -50,26 +50,23 @@ class VAEConfig:
             raise ValueError(f"the gaussian likelihood's scale must be positive, got {self.likelihood_scale}")
 
 
-torch.library.define("aevb::dropout_mask_", "(Tensor(a!) mask, int dropped) -> ()")
-
-
-@torch.library.impl("aevb::dropout_mask_", "cpu")
 def dropout_mask_(mask: Tensor, dropped: int) -> None:
     """Fill ``mask`` (contiguous) with a dropout mask: 0 where an element's 16 random bits are among the lowest
     ``dropped`` of their 65536 values (probability dropped / 65536), else 65536 / (65536 - dropped).
 
-    An operator, not just a function, for torch.compile: the compiled code calls it as it is, where inductor's CPU
-    code would build the mask one element at a time (it does not vectorize 16-bit integers), and like torch's
-    in-place random fills it mutates its input, so the compiler never merges two draws into one."""
+    Registered as the operator ``aevb::dropout_mask_``, which ``Dropout`` calls: torch.compile's code calls an
+    operator as it is, where inductor's CPU code would build the mask one element at a time (it does not vectorize
+    16-bit integers), and, like torch's in-place random fills, it mutates its input, so the compiler never merges
+    two draws into one (as it would two calls of a pure operator with equal arguments)."""
     # four 16-bit chunks to each 64-bit draw; to=None: all 2^64 values, without the modulo a bounded range costs
     bits = torch.empty((mask.numel() + 3) // 4, dtype=torch.int64, device=mask.device).random_(-2**63, None)
     torch.ge(bits.view(torch.int16)[:mask.numel()].view(mask.shape), dropped - 32768, out=mask)  # 0 or 1: one kernel
     mask.mul_(65536 / (65536 - dropped))
 
 
-@torch.library.register_fake("aevb::dropout_mask_")
-def _(mask: Tensor, dropped: int) -> None:
-    return None
+torch.library.define("aevb::dropout_mask_", "(Tensor(a!) mask, int dropped) -> ()")
+torch.library.impl("aevb::dropout_mask_", "cpu", dropout_mask_)
+torch.library.register_fake("aevb::dropout_mask_", lambda mask, dropped: None)  # writes its input, returns nothing
 
 
 class Dropout(nn.Dropout):
@@ -93,11 +90,11 @@ class Dropout(nn.Dropout):
 
 
 def mlp(sizes: Sequence[int], dropout: float) -> nn.Sequential:
-    """Linear layers through ``sizes``, each followed by ReLU and dropout: (..., sizes[0]) -> (..., sizes[-1]).
+    """Linear layers through ``sizes``, each followed by dropout and ReLU: (..., sizes[0]) -> (..., sizes[-1]).
 
-    Dropout runs before the ReLU: relu(a m) = relu(a) m for a mask m >= 0, the same numbers, but then the backward
-    reads ReLU's mask from the saved output, where torch.compile's CPU code would store it as a bool tensor, a
-    kernel 16 times slower than eager's comparison on this project's CPU (README, Benchmarks)."""
+    relu(a m) = relu(a) m for a dropout mask m >= 0: the same numbers as ReLU then dropout, but with dropout first
+    the backward reads ReLU's mask from the saved output, where torch.compile's CPU code would store it as a bool
+    tensor, a kernel 16 times slower than eager's comparison on this project's CPU (README, Benchmarks)."""
     layers: list[nn.Module] = []
     for n_in, n_out in zip(sizes[:-1], sizes[1:]):
         layers += [nn.Linear(n_in, n_out), Dropout(dropout), nn.ReLU()]
