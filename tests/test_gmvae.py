@@ -215,6 +215,46 @@ def test_a_discrete_kl_warmup_changes_the_gradient_but_not_the_elbo(estimator):
     assert model.elbo(x, estimator=estimator).objective is None
 
 
+@pytest.mark.parametrize("estimator", ["marginal", "gumbel-analytic"])
+def test_a_mutual_information_warmup_keeps_the_balance_term_at_full_weight(estimator):
+    """Under the mutual-information warm-up the objective is ELBO + (1 - w) [KL(q(y|x) || p(y)) - KL(q_bar || p(y))],
+    q_bar the batch's mean q(y|x): the same ELBO and terms, and at w = 1 the ELBO itself."""
+    model, x = small_model(), binary_data()
+    q_y = model.inference.q_y_given_x(x)
+    q_bar = q_y.probs.mean(0)
+    balance = (q_bar * (q_bar.log() + math.log(model.config.num_components))).sum()  # KL(q_bar || uniform)
+    assert balance > 0
+    terms = {}
+    for term, w in (("kl", 1.0), ("mutual-information", 1.0), ("mutual-information", 0.25)):
+        model.warmup_term = term
+        model.discrete_kl_weight.fill_(w)
+        torch.manual_seed(3)
+        terms[term, w] = model.elbo(x, estimator=estimator)
+    reference = terms["kl", 1.0]
+    for name in ("elbo", "log_likelihood", "kl"):
+        torch.testing.assert_close(getattr(terms["mutual-information", 0.25], name), getattr(reference, name))
+    torch.testing.assert_close(terms["mutual-information", 1.0].objective, reference.elbo)
+    torch.testing.assert_close(terms["mutual-information", 0.25].objective,
+                               reference.elbo + 0.75 * (model.kl_y(q_y) - balance))
+
+
+def test_the_mutual_information_warmup_from_the_command_line(tmp_path, capsys):
+    """It trains and logs w, and a warm-up term without a warm-up is refused in one line, before any file."""
+    out = tmp_path / "run"
+    flags = ["--iwae", "0", "--no-progress", "--hidden", "16", "--latent-dim", "2", "--discrete-kl-warmup", "2",
+             "--discrete-kl-warmup-term", "mutual-information"]
+    assert cli.main(["fit", "gmvae", "--epochs", "2", "--out", str(out), *flags]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["discrete_kl_weight"] for r in rows] == pytest.approx([0.0, 0.5])
+    assert json.loads((out / "summary.json").read_text())["cluster_accuracy"] > 0
+    capsys.readouterr()
+    assert cli.main(["fit", "gmvae", "--epochs", "1", "--out", str(tmp_path / "other"), "--discrete-kl-warmup-term",
+                     "mutual-information"]) == 2
+    err = capsys.readouterr().err
+    assert "add --discrete-kl-warmup EPOCHS" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "other").exists()
+
+
 def test_the_discrete_kl_weight_of_each_epoch_is_logged(tmp_path):
     """(Its resume, bit for bit, is in tests/test_resume.py.)"""
     out = tmp_path / "run"

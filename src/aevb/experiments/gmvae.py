@@ -25,7 +25,7 @@ from aevb.errors import UsageError
 from aevb.evaluation import eval_mode, rows_over_ranks
 from aevb.arguments import non_negative_float, non_negative_int, positive_float
 from aevb.fitting import Data, Hooks
-from aevb.models.gmvae import GMVAE, KLWeightSchedule, TemperatureSchedule
+from aevb.models.gmvae import WARMUP_TERMS, GMVAE, KLWeightSchedule, TemperatureSchedule
 
 GENERATIONS_PER_CLUSTER = 10
 
@@ -79,25 +79,33 @@ class GMVAEHooks(Hooks):
                                  "--discrete-kl-start to 1 over this many epochs; records stay the ELBO (default 0: none)")
         parser.add_argument("--discrete-kl-start", type=non_negative_float, default=0.0, metavar="W",
                             help="the first epoch's weight w of the discrete KL under a warm-up (default 0)")
+        parser.add_argument("--discrete-kl-warmup-term", choices=WARMUP_TERMS, default="kl",
+                            help="what the warm-up weights by w: kl, the whole discrete KL; mutual-information, only "
+                                 "I_q(x; y), the balance term KL(q_bar || p(y)) at full weight (default kl)")
 
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
         if args.estimator in (None, "marginal") and args.config_straight_through:
             raise UsageError("--straight-through is for the Gumbel estimators; add --estimator gumbel-relaxed or "
                              "gumbel-analytic")
+        if args.discrete_kl_warmup_term != "kl" and not args.discrete_kl_warmup:
+            raise UsageError(f"--discrete-kl-warmup-term {args.discrete_kl_warmup_term} weights a warm-up; add "
+                             f"--discrete-kl-warmup EPOCHS")
 
     @property
     def kl_weights(self) -> KLWeightSchedule:
         return KLWeightSchedule(self.args.discrete_kl_start, self.args.discrete_kl_warmup)
 
     def initialize(self, model: GMVAE, data: Data) -> None:
-        """The first epoch's discrete-KL weight (a resumed fit then loads the weight it had reached). A mixture with
+        """The first epoch's discrete-KL weight (a resumed fit then loads the weight it had reached) and what it weighs
+        (``--discrete-kl-warmup-term``). A mixture with
         more components than training examples is refused here, before training: some could hold no example."""
         examples, components = len(data.train[0]), model.config.num_components
         if components > examples:
             raise UsageError(f"--components {components}: {components} components exceed the {examples} training "
                              f"examples; use --components {examples} or less")
         model.discrete_kl_weight.fill_(self.kl_weights(0))
+        model.warmup_term = self.args.discrete_kl_warmup_term
 
     def callbacks(self, model: GMVAE) -> list:
         args = self.args

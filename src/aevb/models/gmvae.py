@@ -24,7 +24,12 @@ A warm-up of the discrete KL (``discrete_kl_weight`` = w, set between epochs by 
     ELBO(x) + (1 - w) KL(q(y|x) || p(y))
 while w < 1, every estimator alike: below 1 the entropy of q(y|x) is rewarded less, above 1 more. The ELBO itself
 is what every record and evaluation reports. (On MNIST, from w = 0 every example fell into one cluster and from
-w = 3 q(y|x) went uniform: the README's GMVAE section.)
+w = 3 q(y|x) went uniform: the README's GMVAE section.) Averaged over the data the discrete KL is the mutual
+information of x and y under q plus a balance term, E_x KL(q(y|x) || p(y)) = I_q(x; y) + KL(q_bar || p(y)) with
+q_bar = E_x q(y|x); with ``warmup_term = "mutual-information"`` the warm-up weights the first part only,
+    ELBO(x) + (1 - w) [KL(q(y|x) || p(y)) - KL(q_bar || p(y))],    q_bar the batch's mean q(y|x),
+so the balance term keeps q(y|x) from putting every example in one cluster while the confidence of each
+assignment is rewarded.
 
 The importance-weighted bound (``iwae_bound``) sums y out as well: with K draws z_k ~ q(z|x,y) for each y,
     log p(x) >= log sum_y p(y) (1/K) sum_k p(x, z_k | y) / q(z_k | x, y),
@@ -49,6 +54,7 @@ from aevb.models.cvae import LabelPrior
 from aevb.models.vae import Decoder, GaussianEncoder, mlp, standard_normal
 
 ESTIMATORS = ("marginal", "gumbel-relaxed", "gumbel-analytic")
+WARMUP_TERMS = ("kl", "mutual-information")
 Variant = Literal["gmm", "m2"]
 VARIANTS = get_args(Variant)
 
@@ -151,6 +157,7 @@ class GMVAE(LatentVariableModel):
         self.register_buffer("tau", torch.tensor(float(config.temperature)))
         # the weight w of KL(q(y|x) || p(y)) in the training objective, a buffer for the same reasons (module docstring)
         self.register_buffer("discrete_kl_weight", torch.tensor(1.0))
+        self.warmup_term = "kl"  # what w weighs: the whole discrete KL, or its mutual information (module docstring)
 
     @property
     def temperature(self) -> float:
@@ -170,10 +177,16 @@ class GMVAE(LatentVariableModel):
         logits = self.inference.z_from_y.weight.new_zeros(self.config.num_components)
         return OneHotCategorical(logits=logits, validate_args=False)
 
-    def terms(self, log_likelihood: Tensor, kl_z: Tensor, kl_y: Tensor) -> ELBO:
-        """The ELBO from its terms (B,) each; in training, the objective with the discrete KL weighted by w."""
+    def terms(self, log_likelihood: Tensor, kl_z: Tensor, kl_y: Tensor, q_y: OneHotCategorical) -> ELBO:
+        """The ELBO from its terms (B,) each; in training, the objective of the discrete KL's warm-up (module
+        docstring), which for the mutual-information warm-up reads the batch's mean of q(y|x) (batch (B,))."""
         kl = kl_z + kl_y
-        objective = log_likelihood - kl_z - self.discrete_kl_weight * kl_y if self.training else None
+        objective = None
+        if self.training:
+            objective = log_likelihood - kl_z - self.discrete_kl_weight * kl_y
+            if self.warmup_term == "mutual-information":  # the balance term KL(q_bar || p(y)) back at full weight
+                q_bar = OneHotCategorical(probs=q_y.probs.mean(0), validate_args=False)
+                objective = objective - (1 - self.discrete_kl_weight) * self.kl_y(q_bar)
         return ELBO(log_likelihood - kl, log_likelihood, kl, objective)
 
     def kl_y(self, q_y: OneHotCategorical) -> Tensor:
@@ -199,7 +212,7 @@ class GMVAE(LatentVariableModel):
         for q_y of batch (B,) and q_z of batch (C, B), one per value of y; shapes (B,)."""
         log_likelihood, kl_z = self.given_y(x, q_z, self.components(), num_samples)  # (C, B) each
         weights = q_y.probs.T  # (C, B)
-        return self.terms((weights * log_likelihood).sum(0), (weights * kl_z).sum(0), self.kl_y(q_y))
+        return self.terms((weights * log_likelihood).sum(0), (weights * kl_z).sum(0), self.kl_y(q_y), q_y)
 
     def e_step_problem(self, x: Tensor) -> EStepProblem:
         """q = {"y": q(y|x), "z": q(z|x,y) for every y (batch (C, B))}, the marginal ELBO, and the IWAE bound
@@ -230,7 +243,7 @@ class GMVAE(LatentVariableModel):
         else:
             relaxed_p_y = ExpRelaxedCategorical(self.tau, logits=self.p_y().logits, validate_args=False)
             kl_y = relaxed_q_y.log_prob(log_y) - relaxed_p_y.log_prob(log_y)
-        return self.terms(log_likelihood, kl_z, kl_y)
+        return self.terms(log_likelihood, kl_z, kl_y, q_y)
 
     def log_importance_weights(self, x: Tensor, num_samples: int) -> Tensor:
         """log p(x|z) + log p(z|y) + log p(y) - log q(y|x) - log q(z|x,y) at (y, z) ~ q(y|x) q(z|x,y); (K, B)."""
