@@ -98,8 +98,8 @@ class GMVAEHooks(Hooks):
 
     def initialize(self, model: GMVAE, data: Data) -> None:
         """The first epoch's discrete-KL weight (a resumed fit then loads the weight it had reached) and what it weighs
-        (``--discrete-kl-warmup-term``). A mixture with
-        more components than training examples is refused here, before training: some could hold no example."""
+        (``--discrete-kl-warmup-term``). A mixture with more components than training examples is refused here,
+        before training: some could hold no example."""
         examples, components = len(data.train[0]), model.config.num_components
         if components > examples:
             raise UsageError(f"--components {components}: {components} components exceed the {examples} training "

@@ -179,7 +179,8 @@ class GMVAE(LatentVariableModel):
 
     def terms(self, log_likelihood: Tensor, kl_z: Tensor, kl_y: Tensor, q_y: OneHotCategorical) -> ELBO:
         """The ELBO from its terms (B,) each; in training, the objective of the discrete KL's warm-up (module
-        docstring), which for the mutual-information warm-up reads the batch's mean of q(y|x) (batch (B,))."""
+        docstring), which for the mutual-information warm-up reads q_bar from ``q_y`` (batch (B,)): the mean over
+        the batch, or over this process's rows of it under torch.distributed."""
         kl = kl_z + kl_y
         objective = None
         if self.training:
