@@ -3,13 +3,13 @@
     PYTHONPATH=src python benchmarks/seeds.py --seeds 0-7 --parallel 8 --out runs/seeds/c50 [--epoch E] \\
         [--keys merged_accuracy,test_elbo] -- gmvae --dataset mnist --data-dir DIR --components 50 --compile
 
-Seed S runs ``python -m aevb fit ARGS --seed S --out OUT/seed-S --resume --json --no-progress`` in its own
-process (its output in OUT/seed-S.log), at most ``--parallel`` at a time. ``--resume`` makes the same command
-safe to run again: a finished run is read, not fitted again, and an interrupted one goes on from its checkpoint.
-Then, for each key (default: every number in the first run's summary.json but the settings), the seeds' values
-and their median, min and max; with ``--epoch E``, the values of each run's metrics.jsonl record for epoch E
+Seed S runs ``python -m aevb fit ARGS --seed S --out OUT/seed-S --resume --json --no-progress`` in its own process
+(its output added to OUT/seed-S.log), at most ``--parallel`` at a time. ``--resume`` makes the same command safe to
+run again, after Ctrl-C too: a finished run is read, not fitted again, and an interrupted one goes on from its
+checkpoint. Then, for each key (default: every number in the first run's summary.json but the settings), the seeds'
+values and their median, min and max; with ``--epoch E``, the values of each run's metrics.jsonl record for epoch E
 instead (e.g. the 20-epoch numbers of 100-epoch fits, the same fits up to then when no schedule depends on the
-length). The table goes to the standard output and OUT/seeds.json. Exit 1 if a fit failed (its log named).
+length). The table goes to the standard output and OUT/seeds.json. Exit 1 if a fit failed (its log named), 130 after Ctrl-C.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 SETTINGS = {"epochs", "steps", "threads", "train_seconds"}  # numbers in a summary that are not results
@@ -39,7 +39,7 @@ def fit(seed: int, fit_args: list[str], out: Path) -> tuple[int, int, float]:
     start = time.perf_counter()
     command = [sys.executable, "-m", "aevb", "fit", *fit_args, "--seed", str(seed), "--out", str(out / f"seed-{seed}"),
                "--resume", "--json", "--no-progress"]
-    with open(out / f"seed-{seed}.log", "w") as log:
+    with open(out / f"seed-{seed}.log", "a") as log:
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
     return seed, code, time.perf_counter() - start
 
@@ -70,11 +70,20 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     failed = []
-    with ThreadPoolExecutor(args.parallel) as pool:
-        for seed, code, seconds in pool.map(lambda s: fit(s, fit_args, args.out), args.seeds):
+    pool = ThreadPoolExecutor(args.parallel)
+    futures = [pool.submit(fit, seed, fit_args, args.out) for seed in args.seeds]
+    try:
+        for future in as_completed(futures):
+            seed, code, seconds = future.result()
             print(f"seed {seed}: exit {code} after {seconds:.0f} s", flush=True)
             if code:
                 failed.append(seed)
+    except KeyboardInterrupt:  # the fits had the signal too: each stops at its checkpoint
+        pool.shutdown(cancel_futures=True)
+        print("interrupted: the same command resumes the unfinished fits", file=sys.stderr)
+        raise SystemExit(130) from None
+    pool.shutdown()
+    failed.sort()
     if failed:
         raise SystemExit(f"fits failed for seeds {failed}: see {args.out}/seed-{failed[0]}.log")
 
