@@ -9,7 +9,8 @@ run again, after Ctrl-C too: a finished run is read, not fitted again, and an in
 checkpoint. Then, for each key (default: every number in the first run's summary.json but the settings), the seeds'
 values and their median, min and max; with ``--epoch E``, the values of each run's metrics.jsonl record for epoch E
 instead (e.g. the 20-epoch numbers of 100-epoch fits, the same fits up to then when no schedule depends on the
-length). The table goes to the standard output and OUT/seeds.json. Exit 1 if a fit failed (its log named), 130 after Ctrl-C.
+length). The table goes to the standard output and OUT/seeds.json. Exit 1 if a fit failed (its log named), 130
+after Ctrl-C.
 """
 from __future__ import annotations
 
