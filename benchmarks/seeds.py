@@ -6,11 +6,11 @@
 Seed S runs ``python -m aevb fit ARGS --seed S --out OUT/seed-S --resume --json --no-progress`` in its own process
 (its output added to OUT/seed-S.log), at most ``--parallel`` at a time. ``--resume`` makes the same command safe to
 run again, after Ctrl-C too: a finished run is read, not fitted again, and an interrupted one goes on from its
-checkpoint. Then, for each key (default: every number in the first run's summary.json but the settings), the seeds'
-values and their median, min and max; with ``--epoch E``, the values of each run's metrics.jsonl record for epoch E
-instead (e.g. the 20-epoch numbers of 100-epoch fits, the same fits up to then when no schedule depends on the
-length). The table goes to the standard output and OUT/seeds.json. Exit 1 if a fit failed (its log named), 130
-after Ctrl-C.
+checkpoint. Then, for each key (default: every float in the first run's summary.json; its integers are counts and
+settings), the seeds' values and their median, min and max; with ``--epoch E``, the values of each run's
+metrics.jsonl record for epoch E instead (e.g. the 20-epoch numbers of 100-epoch fits, the same fits up to then when
+no schedule depends on the length). The table goes to the standard output and OUT/seeds.json. Exit 1 if a fit failed
+(its log named), 130 after Ctrl-C.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-SETTINGS = {"epochs", "steps", "threads", "train_seconds"}  # numbers in a summary that are not results
+from aevb.arguments import positive_int
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -59,9 +59,9 @@ def values(run: Path, epoch: int | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=parse_seeds, default=[0, 1, 2], help="e.g. 0-7 or 0,1,5 (default 0-2)")
-    parser.add_argument("--parallel", type=int, default=1, help="fits at once (default 1)")
+    parser.add_argument("--parallel", type=positive_int, default=1, help="fits at once (default 1)")
     parser.add_argument("--out", type=Path, required=True, help="folder of the runs, one seed-S each")
-    parser.add_argument("--epoch", type=int, help="read each run's record of this epoch instead of its summary")
+    parser.add_argument("--epoch", type=positive_int, help="read each run's record of this epoch instead of its summary")
     parser.add_argument("--keys", help="comma-separated numbers to summarize (default: all results)")
     parser.add_argument("fit_args", nargs=argparse.REMAINDER, help="-- MODEL [aevb fit flags], without --seed/--out")
     args = parser.parse_args()
@@ -90,8 +90,7 @@ def main() -> None:
 
     runs = {seed: values(args.out / f"seed-{seed}", args.epoch) for seed in args.seeds}
     first = runs[args.seeds[0]]
-    keys = args.keys.split(",") if args.keys else [
-        k for k, v in first.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in SETTINGS]
+    keys = args.keys.split(",") if args.keys else [key for key, value in first.items() if isinstance(value, float)]
     table = {}
     for key in keys:
         missing = [seed for seed in args.seeds if not isinstance(runs[seed].get(key), (int, float))]
