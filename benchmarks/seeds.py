@@ -68,7 +68,10 @@ def main() -> None:
     fit_args = args.fit_args[1:] if args.fit_args[:1] == ["--"] else args.fit_args
     if not fit_args or {"--seed", "--out"} & set(fit_args):
         parser.error("give the model and its flags after --, without --seed and --out")
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        parser.error(f"--out {args.out}: {e.strerror}")
 
     failed = []
     pool = ThreadPoolExecutor(args.parallel)
