@@ -126,13 +126,25 @@ def test_report_states_each_runs_own_settings_and_numbers(tour):
             quantity, ours = p.quantity.replace("|", "\\|"), number(p.ours(summary, history))
             if (name, i) in {("fa-2", 0), ("fa-2", 2)}:
                 assert f"| {quantity} | {ours} | {p.tutorial} | reproduced |" in text
-            else:
-                assert f"| {quantity} | {ours} | not comparable |" in text and p.tutorial not in text
+            else:  # nor the rule, which holds the source's number
+                judged = "—" if p.verdict(p.ours(summary, history)) is None else "not comparable"
+                assert f"| {quantity} | {ours} | not comparable | {judged} | — |" in text, (name, quantity)
+                assert p.tutorial not in text and (p.value is None or p.rule not in text)
         for value in experiment.curve.values():
             assert f"| {number(float(value))} |" not in text
         assert f"Verdict: **{'reproduced' if name == 'fa-2' else 'not comparable'}**." in text
         assert f"- `{experiment.length} " in text  # the length that differs is named
     assert "1000 steps on phi only" not in markdown and "2 torch threads" not in markdown
+    assert "values are in the table above" not in markdown  # no caption promises what a digits run does not show
+
+
+def test_the_contents_list_the_sections_in_their_order(tour):
+    markdown = (tour / "report.md").read_text()
+    contents = markdown[markdown.index("## Contents"):markdown.index('<a id="what-ran">')]
+    listed = [line.split("](#")[1].rstrip(")") for line in contents.splitlines() if line.startswith("- [")]
+    anchors = [a for a in (line[len('<a id="'):-len('"></a>')] for line in markdown.splitlines()
+                           if line.startswith('<a id="')) if a != "contents"]
+    assert listed == anchors and listed[-1] == "software" and len(listed) == len(TUTORIAL) + 3
 
 
 def test_a_run_with_the_tutorials_settings_stands_beside_its_numbers_with_a_verdict(tour):

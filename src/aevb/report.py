@@ -149,9 +149,9 @@ def experiment_blocks(name: str, experiment: Experiment, run_dir: Path, provenan
         if comparable(p, different, length):
             verdict = p.verdict(ours)
             rows.append([p.quantity, number(ours), p.tutorial, verdict or "—", p.rule])
-        else:
+        else:  # neither the source's number nor its rule (which holds the number) stands beside ours
             verdict = "not comparable" if p.verdict(ours) is not None else None
-            rows.append([p.quantity, number(ours), "not comparable", "not comparable", p.rule])
+            rows.append([p.quantity, number(ours), "not comparable", verdict or "—", "—"])
         verdicts.append(verdict)
     verdict = overall_verdict(verdicts, different)
     blocks: list[Block] = [
@@ -293,9 +293,9 @@ def report_blocks(out: Path, statuses: dict[str, str], command: str) -> list[Blo
         Table(["experiment", "what", "source", "status", "wall time", "headline numbers", "verdict"], rows),
         Text(f"Fitted now: {duration(seconds)} in all. {VERDICT_RULE}"),
         *e_step,
+        *sections,
         Heading(2, "Software", anchor="software"),
         Table(["", "version"], [[k, v] for k, v in software_versions().items()]),
-        *sections,
     ]
 
 
