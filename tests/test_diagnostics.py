@@ -13,12 +13,13 @@ import math
 
 import pytest
 import torch
-from torch.distributions import Independent, MultivariateNormal, Normal, OneHotCategorical, kl_divergence
+from torch.distributions import (Beta, ExpTransform, Independent, LogNormal, MultivariateNormal, Normal, OneHotCategorical,
+                                 TransformedDistribution, kl_divergence)
 
 from aevb.arguments import LocalEStep
 from aevb.cli import main
-from aevb.diagnostics import (active_units, diagnose, free_parameters, local_e_step, mutual_information,
-                              per_example)
+from aevb.diagnostics import (NoLocalParameters, active_units, diagnose, free_parameters, local_e_step,
+                              mutual_information, per_example)
 from aevb.models.fa import FactorAnalysis, FAConfig
 from aevb.models.gmvae import GMVAE, GMVAEConfig
 from aevb.models.vrnn import VRNN, VRNNConfig
@@ -34,8 +35,8 @@ def fa_model(posterior: str, seed: int = 0) -> tuple[FactorAnalysis, torch.Tenso
         for p in model.generative.parameters():
             p.copy_(torch.randn_like(p))
         model.e_step()
-        model.inference.weight.add_(0.3 * torch.randn_like(model.inference.weight))
-        model.inference.raw_scale.add_(0.5)
+        model.inference.weight.add_(0.1 * torch.randn_like(model.inference.weight))
+        model.inference.raw_scale.add_(0.2)
     return model, model.sample(60)
 
 
@@ -55,10 +56,40 @@ def test_local_e_steps_reach_the_best_member_of_the_family_and_never_lower_the_b
         before = closed_form_elbo(model, x, problem.q["z"])
         after = closed_form_elbo(model, x, q_star["z"])
         best = closed_form_elbo(model, x, optimum.inference(x))
-    assert (best - before > 0.1).all()  # q_phi starts well away from the optimum
+    assert (best - before > 0.05).all() and (best - before).mean() > 2  # q_phi starts away from the optimum
     assert (after >= before).all()  # refinement never lowers an example's bound
     assert (best - after).abs().max() < 5e-3  # and converges to the exact optimum, example by example
     assert curve.shape == (SETTINGS.steps,) and curve[-10:].mean() > curve[0]
+
+
+def test_local_e_steps_started_at_the_optimum_keep_it():
+    """Noisy steps from the exact posterior wander off it (Adam moves each parameter by about its learning rate,
+    whatever the gradient's size; 0.03 to 0.07 nats of KL on average at these settings). Each example then keeps
+    q_phi wherever its ELBO estimate is the higher, so q* stays within a few thousandths of a nat of the optimum."""
+    for seed in range(3):
+        model, x = fa_model("full", seed)
+        model.e_step()  # q_phi is the exact posterior
+        problem = model.e_step_problem(x)
+        torch.manual_seed(seed)
+        q_star, _ = local_e_step(problem, LocalEStep(steps=50, samples=4, lr=0.05, eval_samples=100))
+        with torch.no_grad():
+            kl = model.log_evidence(x) - closed_form_elbo(model, x, q_star["z"])  # KL(q* || p(z|x))
+        assert kl.mean() < 0.005 and kl.max() < 0.1
+
+
+def test_every_factor_of_an_e_step_problem_has_the_examples_first():
+    """A problem whose factor lists its examples last (batch (L,), 60 examples a dimension) is one line, not a
+    silent mix of examples' parameters."""
+    model, x = fa_model("diagonal")
+    problem = model.e_step_problem(x)
+
+    def transposed(q):
+        return Independent(Normal(q.base_dist.loc.T, q.base_dist.scale.T), 1)
+    examples_last = problem._replace(q={"z": transposed(problem.q["z"])},
+                                     elbo=lambda q, num_samples: problem.elbo({"z": transposed(q["z"])}, num_samples))
+    with pytest.raises(ValueError, match=r"q\['z'\] has batch shape \(2,\); every factor's must have the examples "
+                                         r"first, \(B, \.\.\.\) with B = 60"):
+        local_e_step(examples_last, LocalEStep(steps=1))
 
 
 @pytest.mark.parametrize("posterior", ["full", "diagonal"])
@@ -75,10 +106,10 @@ def test_the_gaps_equal_their_closed_forms(posterior):
         approximation = log_px - closed_form_elbo(model, x, optimum.inference(x))
     assert result["log_evidence"] == "exact"
     assert result["log_px"] == pytest.approx(log_px.mean().item(), abs=1e-9)
-    # The ELBOs are 2000-draw estimates for each of 60 examples (Monte Carlo error about 0.01 nats in the mean), and
-    # q* is within 2e-3 of the optimum (the test above): 0.03 nats.
-    assert result["amortization_gap"] == pytest.approx(amortization.mean().item(), abs=0.03)
-    assert result["approximation_gap"] == pytest.approx(approximation.mean().item(), abs=0.03)
+    # The ELBOs are 2000-draw estimates for each of 60 examples (Monte Carlo error of their difference about 0.015
+    # nats in the mean, over seeds), and q* is within 5e-3 of the optimum (the test above): 0.05 nats.
+    assert result["amortization_gap"] == pytest.approx(amortization.mean().item(), abs=0.05)
+    assert result["approximation_gap"] == pytest.approx(approximation.mean().item(), abs=0.05)
     if posterior == "full":
         assert approximation.abs().max() < 1e-9  # the family holds the exact posterior
     else:
@@ -95,6 +126,8 @@ def test_free_parameters_rebuild_the_same_distribution():
         Independent(Normal(torch.randn(4, 3), torch.rand(4, 3) + 0.1), 1),
         MultivariateNormal(torch.randn(4, 3), scale_tril=a.tril(-1) + torch.diag_embed(a.diagonal(dim1=-2, dim2=-1).exp())),
         OneHotCategorical(logits=torch.randn(4, 5)),
+        Independent(LogNormal(torch.randn(4, 3), torch.rand(4, 3) + 0.1), 1),  # parameters on its base Normal
+        Beta(torch.rand(4) + 0.5, torch.rand(4) + 0.5),  # parameters on its Dirichlet
     ]
     for q in cases:
         free, build = free_parameters(q)
@@ -102,6 +135,8 @@ def test_free_parameters_rebuild_the_same_distribution():
         assert type(rebuilt) is type(q) and all(u.is_leaf and u.requires_grad for u in free.values())
         value = q.sample((7,))
         torch.testing.assert_close(rebuilt.log_prob(value), q.log_prob(value))
+    with pytest.raises(NoLocalParameters, match="TransformedDistribution has no parameters"):  # arg_constraints: none
+        free_parameters(TransformedDistribution(Normal(torch.zeros(3), 1.0), [ExpTransform()]))
 
 
 def test_gmvae_local_e_steps_tighten_its_marginal_bound():

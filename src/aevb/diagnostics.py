@@ -12,7 +12,12 @@ family for this x alone (Cremer, Li & Duvenaud 2018, *Inference Suboptimality in
   through its exp-diagonal). Adam is elementwise and each example's ELBO involves only its own parameters, so a
   batch of examples is optimized at once without any example's steps depending on the others'. The learning
   rate decays to 0 (cosine), so the last steps average out the Monte Carlo noise of the S-sample gradients.
-* ELBO[q_phi] and ELBO[q*] are estimated with the same ``eval_samples`` draws per example.
+* Started at a q_phi that is already near the optimum, noisy steps can end below their start (Adam moves each
+  parameter by about the learning rate whatever the gradient's size). So for each example q* is the last
+  iterate only where an estimate of its ELBO (``eval_samples`` draws) beats q_phi's, else q_phi itself: the
+  local E-step never lowers an example's bound beyond that estimate's noise.
+* ELBO[q_phi] and ELBO[q*] are then estimated afresh with the same random numbers (``eval_samples`` draws per
+  example, common to both), so the amortization gap's noise is that of the difference, and 0 where q* = q_phi.
 * log p(x) is exact where the model has ``log_evidence`` (factor analysis), else the K-sample IWAE bound with
   q* as proposal: q_phi can be so much narrower or further off than p(z|x) that its IWAE bound stays below
   ELBO[q*] even at K = 1000 (a VAE on MNIST, 11 nats below). The bound is below log p(x), so the approximation
@@ -30,6 +35,7 @@ ELBO[q_phi] and their gap, and its active units.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -41,6 +47,7 @@ from torch.distributions import Distribution, Independent, Normal, kl_divergence
 from tqdm.auto import tqdm
 
 from aevb.arguments import LocalEStep
+from aevb.elbo import kl_term
 from aevb.evaluation import eval_mode, in_batches
 from aevb.model import EStepProblem, LatentVariableModel
 
@@ -61,16 +68,25 @@ def theta_fixed(model: LatentVariableModel) -> Iterator[None]:
         model.train(was_training)
 
 
+class NoLocalParameters(NotImplementedError):
+    """q's family has no parameters that ``free_parameters`` can find: its local E-step is not covered."""
+
+
 def free_parameters(q: Distribution) -> tuple[dict[str, Tensor], Callable[[dict[str, Tensor]], Distribution]]:
     """q's parameters in unconstrained space, as new leaf tensors, and the map from such values to the member
-    of q's family they define (``Independent`` wrappers kept). Logits are preferred to probabilities."""
+    of q's family they define (``Independent`` wrappers kept). The parameters are those of q's ``arg_constraints``
+    that q was built from: stored on it, or read through a property (LogNormal's loc and scale live on its base
+    Normal); not those it derives lazily (a MultivariateNormal built from scale_tril computes its covariance).
+    Logits are preferred to probabilities."""
     if isinstance(q, Independent):
         free, build = free_parameters(q.base_dist)
         return free, lambda u: Independent(build(u), q.reinterpreted_batch_ndims, validate_args=False)
     constraints = q.arg_constraints
-    names = ["logits"] if "logits" in constraints else [name for name in constraints if name in vars(q)]
+    names = ["logits"] if "logits" in constraints else [
+        name for name in constraints if name in vars(q) or isinstance(inspect.getattr_static(q, name, None), property)]
     if not names:
-        raise ValueError(f"{type(q).__name__} declares no parameters (arg_constraints) to optimize")
+        raise NoLocalParameters(f"{type(q).__name__} has no parameters (arg_constraints) that aevb can optimize "
+                                "per example")
     free = {name: transform_to(constraints[name]).inv(getattr(q, name).detach()).clone().requires_grad_()
             for name in names}
     return free, lambda u: type(q)(**{name: transform_to(constraints[name])(u[name]) for name in names},
@@ -86,11 +102,13 @@ def estimate(elbo: Callable[[dict[str, Distribution], int], Tensor], q: dict[str
 
 
 def local_e_step(problem: EStepProblem, settings: LocalEStep) -> tuple[dict[str, Distribution], Tensor]:
-    """q*, ``settings.steps`` Adam steps of ascent on sum_x ELBO(x; q) from q_phi, and the mean ELBO estimate
-    before each step, shape (steps,)."""
+    """q*: ``settings.steps`` Adam steps of ascent on sum_x ELBO(x; q) from q_phi, each example then keeping its
+    last iterate or q_phi, whichever an ``eval_samples``-draw estimate of its ELBO puts higher; and the mean ELBO
+    estimate before each step, shape (steps,)."""
     free, build = {}, {}
     for name, q in problem.q.items():
         free[name], build[name] = free_parameters(q)
+    start = {name: {k: u.detach().clone() for k, u in values.items()} for name, values in free.items()}
     leaves = [u for values in free.values() for u in values.values()]
     optimizer = torch.optim.Adam(leaves, lr=settings.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(settings.steps, 1))
@@ -103,8 +121,30 @@ def local_e_step(problem: EStepProblem, settings: LocalEStep) -> tuple[dict[str,
         schedule.step()
         curve.append(elbo.detach().mean())
     with torch.no_grad():
-        q_star = {name: build[name](free[name]) for name in free}
+        last = {name: build[name](free[name]) for name in free}
+        last_elbo, start_elbo = same_draws(problem.elbo, (last, problem.q), settings.eval_samples)
+        better = last_elbo > start_elbo  # (B,)
+        for name, q in problem.q.items():
+            if any(u.shape[:1] != better.shape for u in free[name].values()):
+                raise ValueError(f"e_step_problem: q[{name!r}] has batch shape {tuple(q.batch_shape)}; every factor's "
+                                 f"must have the examples first, (B, ...) with B = {len(better)}")
+        kept = {name: {k: torch.where(better.view(-1, *[1] * (u.dim() - 1)), u, start[name][k])
+                       for k, u in values.items()} for name, values in free.items()}
+        q_star = {name: build[name](kept[name]) for name in kept}
     return q_star, torch.stack(curve) if curve else torch.empty(0)
+
+
+def same_draws(elbo: Callable[[dict[str, Distribution], int], Tensor], qs: Sequence[dict[str, Distribution]],
+               num_samples: int) -> list[Tensor]:
+    """``estimate`` for each q of ``qs``, all from the same random numbers (common random numbers: the noise of
+    their differences is far below that of each, and 0 between equal qs); the generators' states move on once."""
+    seed, device = int(torch.randint(2**62, ())), next(iter(qs[0].values())).mean.device
+    estimates = []
+    for q in qs:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            estimates.append(estimate(elbo, q, num_samples))
+    return estimates
 
 
 def refine(model: LatentVariableModel, batch: Sequence[Tensor], settings: LocalEStep,
@@ -116,8 +156,8 @@ def refine(model: LatentVariableModel, batch: Sequence[Tensor], settings: LocalE
     with theta_fixed(model):
         problem = model.e_step_problem(*batch)
         q_star, curve = local_e_step(problem, settings)
-        result = {"elbo_amortized": estimate(problem.elbo, problem.q, settings.eval_samples),
-                  "elbo_optimal": estimate(problem.elbo, q_star, settings.eval_samples), "curve": curve}
+        amortized, optimal = same_draws(problem.elbo, (problem.q, q_star), settings.eval_samples)
+        result = {"elbo_amortized": amortized, "elbo_optimal": optimal, "curve": curve}
         if iwae_samples:
             with torch.no_grad():
                 result["iwae"] = problem.iwae_bound(q_star, iwae_samples)
@@ -159,10 +199,11 @@ def kl_per_dimension(q_z: Distribution, p_z: Distribution) -> list[float] | None
 
 
 def per_example(model: LatentVariableModel, tensors: Sequence[Tensor], settings: LocalEStep, iwae_samples: int = 0,
-                batch_size: int = 100, progress: bool = False) -> tuple[dict[str, Tensor], Tensor | None]:
+                batch_size: int = 100, progress: bool = False) -> tuple[dict[str, Tensor], Tensor | str]:
     """``refine`` over the rows of ``tensors`` = (x, *context) in batches: per example (N,) "elbo_amortized",
     "elbo_optimal" and (with ``iwae_samples``) "iwae", and the mean curve of the local E-steps (steps,). A model
-    without ``e_step_problem`` gets its own estimator's amortized ELBO and IWAE bound, and no curve (None)."""
+    without ``e_step_problem``, or whose q has no parameters to optimize, gets its own estimator's amortized ELBO
+    and IWAE bound, and in place of the curve the reason, a phrase."""
     device = next(model.parameters()).device
     batches = tqdm(list(in_batches(tensors, batch_size, device)), desc=f"local E-steps ({settings.steps} each)",
                    unit="batch", leave=False, disable=None if progress else True)
@@ -171,8 +212,9 @@ def per_example(model: LatentVariableModel, tensors: Sequence[Tensor], settings:
         try:
             found = refine(model, batch, settings, iwae_samples)
             curve = curve + found.pop("curve") * len(batch[0]) / len(tensors[0])
-        except NotImplementedError:
-            curve = None
+        except NotImplementedError as e:
+            curve = str(e) if isinstance(e, NoLocalParameters) else \
+                f"{model.name} defines no e_step_problem (see aevb.diagnostics)"
             with eval_mode(model):
                 found = {"elbo_amortized": torch.stack([model.elbo(*batch).elbo
                                                         for _ in range(settings.eval_samples)]).mean(0)}
@@ -196,13 +238,12 @@ def diagnose(model: LatentVariableModel, tensors: Sequence[Tensor], settings: Lo
         with eval_mode(model) as device:
             columns["iwae"] = torch.cat([model.log_evidence(*batch).cpu()
                                          for batch in in_batches(tensors, batch_size, device)])
-    covered = curve is not None
+    covered = isinstance(curve, Tensor)
     log_px, amortized = columns["iwae"], columns["elbo_amortized"]
     proposal = "q*" if covered else "q_phi"
     result = {"model": model.name, "examples": len(tensors[0]),
               "log_evidence": "exact" if exact else f"IWAE, K = {iwae_samples}, proposal {proposal}",
-              "local_e_step": asdict(settings) if covered else
-              f"not covered: {model.name} defines no e_step_problem (see aevb.diagnostics)"}
+              "local_e_step": asdict(settings) if covered else f"not covered: {curve}"}
     gaps = {"log_px": log_px, "elbo_amortized": amortized, "total_gap": log_px - amortized}
     if covered:
         optimal = columns["elbo_optimal"]
@@ -227,7 +268,7 @@ def collapse(model: LatentVariableModel, tensors: Sequence[Tensor]) -> dict:
         except NotImplementedError:
             return result
         per_dimension = kl_per_dimension(q_z, p_z)
-        result["kl"] = kl_divergence(q_z, p_z).mean().item()
+        result["kl"] = kl_term(q_z, p_z, q_z.sample((10,)), "aevb").mean().item()  # sampled where not analytic
         if per_dimension is not None:
             result["kl_per_dimension"] = per_dimension
         result["mutual_information"] = mutual_information(q_z)

@@ -5,7 +5,9 @@ For data x and a latent z with prior p(z), likelihood p(x|z) and approximate pos
     log p(x) = ELBO(x) + KL(q(z|x) || p(z|x)),    ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z)).
 
 * ``aevb``: one reparameterized draw z = g(eps, x) for the expected log-likelihood and the analytic
-  KL(q || p) from ``torch.distributions``' registry (Kingma & Welling's second estimator).
+  KL(q || p) from ``torch.distributions``' registry (Kingma & Welling's second estimator); for a pair of
+  distributions the registry has no KL for (a LogNormal q and a Gamma p), the sampled one of ``sgvb``, as Pyro's
+  ``TraceMeanField_ELBO`` does: the same ELBO, estimated with more variance.
 * ``sgvb``: the KL is sampled too, log q(z|x) - log p(z) at the same draw (their first estimator).
 * ``iwae_bound``: the K-sample importance-weighted bound
   log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q, which rises with K towards log p(x).
@@ -39,9 +41,13 @@ class ELBO(NamedTuple):
 
 
 def kl_term(q: Distribution, p: Distribution, z: Tensor, estimator: str) -> Tensor:
-    """KL(q || p): analytic for ``aevb``, the one-sample estimate log q(z) - log p(z) for ``sgvb``."""
+    """KL(q || p): analytic for ``aevb`` (where the registry has it), the one-sample estimate log q(z) - log p(z)
+    for ``sgvb``."""
     if estimator == "aevb":
-        return kl_divergence(q, p)
+        try:
+            return kl_divergence(q, p)
+        except NotImplementedError:
+            estimator = "sgvb"
     if estimator == "sgvb":
         return q.log_prob(z) - p.log_prob(z)
     raise ValueError(f"unknown ELBO estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
@@ -62,7 +68,7 @@ def elbo(
     log_likelihood = p_x_given_z(z).log_prob(x)
     kl = kl_term(q_z, p_z, z, estimator)
     if sample_shape:  # the analytic KL is (B,) already; the sampled one has a value per draw
-        log_likelihood, kl = log_likelihood.mean(0), kl.mean(0) if estimator == "sgvb" else kl
+        log_likelihood, kl = log_likelihood.mean(0), kl.mean(0) if kl.dim() == log_likelihood.dim() else kl
     return ELBO(log_likelihood - kl, log_likelihood, kl)
 
 

@@ -766,9 +766,8 @@ def evaluate_run(run_dir: str | Path, num_samples: int, refine_steps: int = 0, p
         with torch.random.fork_rng():
             torch.manual_seed(run.args.seed)
             columns, curve = diagnostics.per_example(run.model, data.test, settings, num_samples, progress=progress)
-        if curve is None:
-            raise UsageError(f"--refine: {run.cls.name} defines no e_step_problem, so it has no local E-steps; "
-                             "evaluate it without --refine")
+        if isinstance(curve, str):
+            raise UsageError(f"--refine: {curve}, so it has no local E-steps; evaluate it without --refine")
         summary.update(refine_steps=refine_steps, test_elbo_amortized=columns["elbo_amortized"].mean().item(),
                        test_elbo_refined=columns["elbo_optimal"].mean().item())
         if num_samples:

@@ -47,7 +47,8 @@ PARAMETER_GROUPS = ("generative", "inference")
 
 
 class EStepProblem(NamedTuple):
-    """The E-step's problem at a batch x, theta fixed: q_phi's factors at x by name (each batch (B,) or more), and
+    """The E-step's problem at a batch x, theta fixed: q_phi's factors at x by name (each of batch shape (B, ...),
+    examples first, so that each example's parameters are its own slice), and
     two functions of any q of the same family: an S-sample estimate of ELBO(x; q) and the K-sample IWAE bound on
     log p(x) with q as proposal, both shape (B,)."""
 

@@ -45,7 +45,7 @@ from typing import Literal, Sequence, get_args
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Independent, OneHotCategorical, kl_divergence
+from torch.distributions import Independent, Normal, OneHotCategorical, kl_divergence
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 
 from aevb.elbo import ELBO, IWAE_CHUNK, iwae_bound
@@ -138,6 +138,12 @@ class Inference(nn.Module):
         return self.z_rest(F.relu(x_part + self.z_from_y(y)))
 
 
+def swap_batch(q: Independent) -> Independent:
+    """A diagonal Gaussian with its two batch dimensions swapped: (C, B) to (B, C), and back."""
+    return Independent(Normal(q.base_dist.loc.transpose(0, 1), q.base_dist.scale.transpose(0, 1), validate_args=False),
+                       1, validate_args=False)
+
+
 class GMVAE(LatentVariableModel):
     """Gaussian-mixture VAE on binary data, trained by exact marginalization of y or by Gumbel-softmax."""
 
@@ -216,12 +222,13 @@ class GMVAE(LatentVariableModel):
         return self.terms((weights * log_likelihood).sum(0), (weights * kl_z).sum(0), self.kl_y(q_y), q_y)
 
     def e_step_problem(self, x: Tensor) -> EStepProblem:
-        """q = {"y": q(y|x), "z": q(z|x,y) for every y (batch (C, B))}, the marginal ELBO, and the IWAE bound
-        with y summed out (q(y|x) drops out of it)."""
+        """q = {"y": q(y|x), "z": q(z|x,y) for every y (batch (B, C): examples first, as the problem's factors
+        are)}, the marginal ELBO, and the IWAE bound with y summed out (q(y|x) drops out of it)."""
         q = {"y": self.inference.q_y_given_x(x),
-             "z": self.inference.q_z_given_x_y(self.inference.z_from_x(x), self.components())}
-        return EStepProblem(q, lambda q, num_samples: self.marginal_elbo(x, q["y"], q["z"], num_samples).elbo,
-                            lambda q, num_samples: self.iwae_bound(x, num_samples, q_z=q["z"]))
+             "z": swap_batch(self.inference.q_z_given_x_y(self.inference.z_from_x(x), self.components()))}
+        return EStepProblem(q, lambda q, num_samples: self.marginal_elbo(x, q["y"], swap_batch(q["z"]),
+                                                                         num_samples).elbo,
+                            lambda q, num_samples: self.iwae_bound(x, num_samples, q_z=swap_batch(q["z"])))
 
     def elbo(self, x: Tensor, estimator: str = "marginal") -> ELBO:
         """Per-example ELBO estimate, shapes (B,), by one of ``ESTIMATORS`` (see the module docstring)."""
