@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Independent, Normal, kl_divergence
+from torch.distributions import Gamma, Independent, LogNormal, Normal, kl_divergence
 
 from aevb.elbo import ELBO
 from aevb.model import LatentVariableModel
@@ -132,6 +132,13 @@ class UnusedParameter(Toy):
         self.generative.spare = nn.Linear(2, 2)
 
 
+class PerCoordinateLikelihood(Toy):
+    """p(x|z) a Normal per pixel, not wrapped in Independent: its log_prob is (B, D), not one number per example."""
+
+    def factors(self, x: Tensor):
+        return self.inference(x), self.p_z(), lambda z: self.generative(z).base_dist
+
+
 class KLAdded(HandWritten):
     def elbo(self, x: Tensor, estimator: str = "aevb") -> ELBO:
         log_likelihood, kl = self.terms(x)
@@ -176,6 +183,9 @@ BROKEN = {
     "parameter-in-both-groups": (SharedLayer, r"^parameter groups: generative.net.0.weight, .* in both groups"),
     "parameter-outside-the-elbo": (UnusedParameter, r"^gradients: .* reaches generative.spare.weight, "
                                                      r"generative.spare.bias;"),
+    "likelihood-without-independent": (PerCoordinateLikelihood, r"^elbo terms: factors' p\(x\|z\) has batch shape "
+                                                                r"\(6, 4\) and event shape \(\); expected batch shape "
+                                                                r"\(6,\): wrap .* in Independent\(\.\.\., 1\)"),
     "kl-added": (KLAdded, r"^elbo terms: elbo differs from log_likelihood - kl"),
     "kl-negated": (KLNegated, r"^kl: kl is negative for 6 of 6 examples"),
     "z-drawn-with-sample": (DrawnWithSample, r"^reparameterization: the log-likelihood term does not reach any "
@@ -236,6 +246,28 @@ def test_a_posterior_without_parameters_skips_the_checks_that_need_them():
     report = check_model(PriorAsPosterior(), X)
     skipped = {name for name, outcome in report.items() if outcome.startswith("skipped")}
     assert list(report) == list(CHECKS) and skipped == {"reparameterization", "isolation"}
+
+
+def test_a_kl_without_closed_form_is_sampled_and_its_sign_not_checked():
+    class GammaPrior(Toy):
+        """z ~ Gamma(2, 1), q(z | x) LogNormal: torch.distributions has no KL for the pair, so a draw's may be < 0."""
+
+        def factors(self, x: Tensor):
+            loc, raw_scale = self.inference.net(x).chunk(2, dim=-1)
+            q_z = Independent(LogNormal(loc, F.softplus(raw_scale)), 1)
+            p_z = Independent(Gamma(torch.full((self.config.latent_dim,), 2.0), 1.0), 1)
+            return q_z, p_z, self.generative
+
+        def sample(self, num_samples: int) -> Tensor:
+            return self.generative(Gamma(2.0, 1.0).sample((num_samples, self.config.latent_dim))).sample()
+
+        def encode(self, x: Tensor) -> Tensor:
+            return self.factors(x)[0].mean
+
+    torch.manual_seed(0)
+    report = check_model(GammaPrior(), X)
+    assert report["kl"].startswith("skipped: the KL is sampled") and "No KL" in report["kl"]
+    assert {outcome for name, outcome in report.items() if name != "kl"} == {"passed"}
 
 
 def test_the_callers_model_and_random_state_are_left_as_they_were():

@@ -52,6 +52,10 @@ class Linear(LatentVariableModel):
 
     def encode(self, x):
         return self.q_z_given_x(x).mean
+
+
+class OneEstimator(Linear):
+    estimators = ()  # its ELBO offers no choice of estimator
 '''
 
 
@@ -103,12 +107,35 @@ def test_a_user_model_from_a_file_is_fitted_evaluated_and_sampled_from_anywhere(
     assert fitting.load_run(run).model.config.latent_dim == 3
 
 
+def test_a_model_imported_by_a_script_from_its_folder_is_recorded_by_file(user_files, tmp_path, capsys):
+    """``python train.py`` with ``from mine import Linear`` beside it: another process, in another folder, cannot
+    import ``mine`` by name, so the run records the file, and ``aevb eval`` (no script folder on its path) works."""
+    model_file, data_file = user_files
+    (tmp_path / "train.py").write_text(
+        "from aevb.fitting import fit_run\nfrom mine import Linear\n"
+        f"fit_run(Linear, 'run', dataset={str(data_file)!r}, epochs=1, iwae=0, progress=False)\n")
+    subprocess.run([sys.executable, "train.py"], cwd=tmp_path, check=True, capture_output=True)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"] == f"{model_file.resolve()}:Linear"
+    code, _, err = cli(["eval", tmp_path / "run", "--iwae", "2"], capsys)
+    assert code == 0, err
+    assert registry.reference(fitting.Trainer) == "aevb.trainer:Trainer"  # a package's module keeps its name
+
+
 def test_the_config_dataclass_gives_the_flags(user_files, capsys):
     model_file, _ = user_files
     code, out, _ = cli(["fit", "--model", f"{model_file}:Linear", "--help"], capsys)
     assert code == 0
     assert "--latent-dim LATENT_DIM" in out and "latent dimension L (default 2)" in out and "--data-dim" not in out
     assert "alternate:E,M" in out  # every schedule, for every model
+
+
+def test_a_model_without_a_choice_of_estimator_has_no_estimator_flag(user_files, capsys):
+    model_file, data_file = user_files
+    code, out, _ = cli(["fit", "--model", f"{model_file}:OneEstimator", "--help"], capsys)
+    assert code == 0 and "--estimator" not in out
+    code, _, err = cli(["fit", "--model", f"{model_file}:OneEstimator", "--dataset", data_file, "--estimator", "sgvb"],
+                       capsys)
+    assert code == 2 and "unrecognized arguments: --estimator sgvb" in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_model_installed_by_a_package_is_found_through_its_entry_point(user_files, tmp_path, capsys, monkeypatch):

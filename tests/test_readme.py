@@ -1,6 +1,7 @@
 """The README's "Your own model" example runs as written: checked, fitted with an EM schedule, evaluated, loaded back."""
 import json
 import re
+import shutil
 from pathlib import Path
 
 from aevb.cli import main
@@ -26,3 +27,12 @@ def test_your_own_model_runs_as_written(tmp_path, capsys, monkeypatch, preloaded
     assert records[-1]["test_elbo"] > records[0]["test_elbo"]
     monkeypatch.chdir(tmp_path.parent)
     assert main(["sample", str(tmp_path / "runs" / "mine"), "--n", "5", "--out", str(tmp_path / "s.npy")]) == 0
+
+    # "the same fit from the command line", as the README writes it, is the same fit
+    command = re.search(r"The same fit from the command line is `(aevb fit [^`]*)`", " ".join(section.split()))[1]
+    fitted = json.loads((tmp_path / "runs" / "mine" / "summary.json").read_text())
+    shutil.rmtree(tmp_path / "runs" / "mine")
+    monkeypatch.chdir(tmp_path)
+    assert main([*command.split()[1:], "--no-progress"]) == 0
+    again = json.loads((tmp_path / "runs" / "mine" / "summary.json").read_text())
+    assert again["test_elbo"] == fitted["test_elbo"] and again["schedule"] == fitted["schedule"] == "alternate:20,20"

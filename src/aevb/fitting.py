@@ -249,9 +249,12 @@ def add_generic_arguments(parser: argparse.ArgumentParser, cls: type, hooks: typ
     training.add_argument("--lr-gamma", type=fraction, default=0.1,
                           help="the factor of each learning-rate decay, in (0, 1] (default 0.1)")
     estimators = getattr(cls, "estimators", None)
-    training.add_argument("--estimator", choices=estimators, default=None,
-                          help="the ELBO estimator of training (default: the model's"
-                               + (f", {estimators[0]}" if estimators else "") + ")")
+    if estimators == ():  # an ELBO of the model's own, with no choice of estimator: no flag
+        parser.set_defaults(estimator=None)
+    else:
+        training.add_argument("--estimator", choices=estimators, default=None,
+                              help="the ELBO estimator of training (default: the model's"
+                                   + (f", {estimators[0]}" if estimators else "") + ")")
     training.add_argument("--seed", type=random_seed, default=0,
                           help="random seed: data, initialization, batches; 0 to 2^32 - 1 (default 0)")
     training.add_argument("--compile", action="store_true",

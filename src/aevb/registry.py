@@ -15,6 +15,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import sys
+import sysconfig
 from pathlib import Path
 
 from aevb.errors import UsageError
@@ -102,19 +103,33 @@ def import_file(path: str, ref: str):
 
 
 def reference(cls: type) -> str:
-    """The string that ``resolve`` turns back into ``cls``: its built-in or installed name, else a reference."""
+    """The string that ``resolve`` turns back into ``cls``: its built-in or installed name, else a reference:
+    ``package.module:Class`` for a module of a package or of an installed location (site-packages, the standard
+    library), and ``/absolute/path/file.py:Class`` for a script (``__main__``), a file loaded by path, or a lone
+    module found beside the script or in the working directory (``from my_model import MyModel``), which another
+    process, from another folder, could not import by its name."""
     for names_to_refs in (BUILTIN, {n: ep.value for n, ep in entry_points().items()}):
         for name, ref in names_to_refs.items():
             if ref.replace(" ", "") == f"{cls.__module__}:{cls.__qualname__}":
                 return name
     module = sys.modules.get(cls.__module__)
-    if cls.__module__.startswith(FILE_MODULE_PREFIX) or cls.__module__ == "__main__":
+    lone = ("." not in cls.__module__ and not hasattr(module, "__path__")
+            and not installed(getattr(module, "__file__", None)))
+    if cls.__module__.startswith(FILE_MODULE_PREFIX) or cls.__module__ == "__main__" or lone:
         file = getattr(module, "__file__", None)
         if file is None:
             raise UsageError(f"{cls.__qualname__} is defined in an interactive session: put it in a file or module "
                              "so that a run can rebuild it")
         return f"{Path(file).resolve()}:{cls.__qualname__}"
     return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def installed(file: str | None) -> bool:
+    """Whether ``file`` (None: a built-in module) lies where any Python process finds modules by name."""
+    if file is None:
+        return True
+    roots = {Path(sysconfig.get_paths()[key]).resolve() for key in ("purelib", "platlib", "stdlib", "platstdlib")}
+    return any(Path(file).resolve().is_relative_to(root) for root in roots)
 
 
 def first_line(error: BaseException) -> str:
