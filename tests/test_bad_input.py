@@ -59,6 +59,10 @@ def write(name: str, content: bytes | str) -> Setup:
     return setup
 
 
+def link(name: str, target: str) -> Setup:
+    return lambda folder, fitted: (folder / name).symlink_to(target)
+
+
 def array(name: str, x) -> Setup:
     return lambda folder, fitted: np.save(folder / name, np.asarray(x))
 
@@ -227,6 +231,13 @@ PARSE = [
     Case("fit-model-not-a-model", ["fit", "--model", "os:path"], says="not a subclass"),
     Case("fit-model-module-missing", ["fit", "--model", "no_such_module_here:Model"], says="cannot import"),
     Case("fit-model-file-fails", ["fit", "--model", "broken.py:Model"], write("broken.py", "1 / 0\n"), says="fails to import"),
+    Case("fit-model-without-config", ["fit", "--model", "m.py:M", "--dataset", "x.npy", *TINY],
+         both(DATA, write("m.py", "from aevb.model import LatentVariableModel\nclass M(LatentVariableModel):\n"
+                                  "    def sample(self, n): ...\n")), says="M declares no Config"),
+    Case("fit-model-without-sample", ["fit", "--model", "m.py:M", "--dataset", "x.npy", *TINY],
+         both(DATA, write("m.py", "from dataclasses import dataclass\nfrom aevb.model import LatentVariableModel\n"
+                                  "class M(LatentVariableModel):\n    @dataclass\n    class Config:\n"
+                                  "        data_dim: int = 4\n")), says="M does not define sample"),
     Case("fit-model-file-syntax", ["fit", "--model", "broken.py:Model"], write("broken.py", "def (:\n"), says="fails to import"),
     Case("fit-model-no-class", ["fit", "--model", "empty.py:Model"], write("empty.py", ""), says="has no Model"),
     Case("fit-unknown-flag", [*FIT, "--nonesuch", "1"], DATA, says="unrecognized"),
@@ -265,7 +276,7 @@ FLAGS = [
     *flag_cases("vae", "--estimator", "nonesuch"),
     *flag_cases("vae", "--transform", "nonesuch"),
     *flag_cases("vae", "--clip-grad", "0", "-1", "inf", "nan"),
-    *flag_cases("vae", "--threads", "0", "-1"),
+    *flag_cases("vae", "--threads", "0", "-1", "100000", str(10**12), says="--threads"),
     *flag_cases("vae", "--device", "nonesuch", "cuda:99"),
     *flag_cases("vae", "--checkpoint-every", "0", "0steps", "xsteps", "-1"),
     *flag_cases("vae", "--latent-dim", "0", "-3", "x"),
@@ -277,7 +288,7 @@ FLAGS = [
     *flag_cases("vae", "--likelihood", "nonesuch"),
     fit_case("gaussian-scale-without-gaussian", ["--gaussian-scale", "1"], "gaussian"),
     *[fit_case(f"gaussian-scale={v}", ["--likelihood", "gaussian", "--gaussian-scale", v])
-      for v in ("0", "-1", "nan", "inf")],
+      for v in ("0", "-1", "nan", "inf", "1e300", "1e-300")],
     fit_case("batch-size-above-the-training-set", ["--batch-size", "5000"],
              "--batch-size 5000 exceeds the 50 training examples"),
     *flag_cases("gmvae", "--components", "1", "0", "-1", str(10**11)),
@@ -389,6 +400,13 @@ OUTPUTS = [
     Case("out-dot-slash-dot-dot-of-a-subfolder", [*FIT, "--out", "sub/.."], both(DATA, folder_with("sub")),
          says="current folder"),
     Case("out-a-file", [*FIT, "--out", "mine.txt"], both(DATA, write("mine.txt", "mine\n")), says="is a file"),
+    Case("out-a-link-to-nowhere", [*FIT, "--out", "gone"], both(DATA, link("gone", "nowhere")),
+         says="gone is a link to nowhere, which does not exist"),
+    Case("sample-out-the-users-data", ["sample", "run", "--out", "x.npy"], both(DATA, a_run()), says="exists"),
+    Case("sample-out-an-existing-figure", ["sample", "run", "--out", "mine.png"],
+         both(a_run(), write("mine.png", "mine\n")), says="pass --overwrite"),
+    Case("sample-out-a-link", ["sample", "run", "--out", "link.png"],
+         both(a_run(), write("mine.png", "mine\n"), link("link.png", "mine.png")), says="exists"),
     Case("out-dev-null", [*FIT, "--out", "/dev/null"], DATA, says="is a file", outside=("/dev/.null.lock",)),
     Case("out-under-a-file", [*FIT, "--out", "mine.txt/run"], both(DATA, write("mine.txt", "mine\n")), says="mine.txt"),
     Case("out-name-too-long", [*FIT, "--out", "x" * 300], DATA, says="--out"),
@@ -566,6 +584,11 @@ RESUMES = [
         ("marker-missing", remove("aevb-run.json"), "aevb-run.json"),
         ("metrics-a-folder", lambda run: ((run / "metrics.jsonl").unlink(), (run / "metrics.jsonl").mkdir()),
          "metrics.jsonl"),
+        # the history the checkpoint has seen, cut short or lost: resuming would garble or drop it
+        ("metrics-last-record-cut", lambda run: (run / "metrics.jsonl").write_bytes(
+            (run / "metrics.jsonl").read_bytes()[:-40]), "1 the checkpoint has seen"),
+        ("metrics-missing", remove("metrics.jsonl"), "holds 0 whole records"),
+        ("metrics-binary", put("metrics.jsonl", noise(100) + b"\xff"), "cannot read"),
     ]
 ]
 
@@ -605,6 +628,9 @@ def snapshot(root: Path) -> dict[str, tuple]:
             found[os.path.relpath(os.path.join(folder, name), root)] = ("folder",)
         for name in files:
             path = Path(folder, name)
+            if path.is_symlink():
+                found[str(path.relative_to(root))] = ("link", os.readlink(path))
+                continue
             info = path.stat()
             found[str(path.relative_to(root))] = (info.st_size, info.st_mtime_ns, hashlib.sha1(path.read_bytes()).hexdigest())
     return found
@@ -987,3 +1013,39 @@ def test_without_permission_to_write_or_read_it_is_one_line(name, unprivileged):
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "Traceback" not in err and PERMISSIONS[name][2] in lines[0], err
     assert after == before
+
+
+def test_sample_replaces_a_file_only_when_told_and_its_own_default_always(tmp_path, fitted, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(fitted["vae"], run)
+    (tmp_path / "mine.npy").write_text("mine")
+    assert main(["sample", run, "--out", tmp_path / "mine.npy", "--overwrite"]) == 0
+    assert np.load(tmp_path / "mine.npy").shape == (30, 2, 2)
+    for _ in range(2):  # RUN/samples.png, aevb's own, is drawn afresh at each call
+        assert main(["sample", run]) == 0
+    assert (run / "samples.png").stat().st_size > 1000
+
+
+def test_the_files_aevb_writes_have_the_usual_permissions(fitted):
+    """0666 less the umask (0644 under the usual 022), as any file a program creates, not mkstemp's 0600."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in ("summary.json", "config.json", "model.pt", "aevb-run.json", "vae_learning_curve.png"):
+        assert (fitted["vae"] / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_half_written_diagnosis(tmp_path, fitted):
+    """A file-size limit (``ulimit -f``) stands in for a full disk: the figure cannot be written, so neither is the
+    diagnosis that would describe it."""
+    import resource
+
+    run = tmp_path / "run"
+    shutil.copytree(fitted["vae"], run)
+    before = snapshot(run)
+    result = subprocess.run([sys.executable, "-m", "aevb", "diagnose", run, "--examples", "5", "--iwae", "2",
+                             "--steps", "2", "--samples", "1", "--eval-samples", "2", "--no-progress"],
+                            capture_output=True, text=True, timeout=300,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000)))
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"aevb: error: {run / 'diagnostics.png'}: File too large"]
+    assert snapshot(run) == before  # no diagnostics.json, no temporary file

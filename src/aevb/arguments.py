@@ -26,6 +26,7 @@ MAX_SAMPLES = 1000
 MAX_EPOCHS_SCALE = 100
 MAX_LOCAL_STEPS = 100_000
 MAX_DRAWS = 10_000
+MAX_THREADS = 1024
 
 
 def positive_int(text: str) -> int:
@@ -91,6 +92,7 @@ iwae_samples = at_most(non_negative_int, MAX_IWAE_SAMPLES, "K forward passes per
 positive_iwae_samples = at_most(positive_int, MAX_IWAE_SAMPLES, "K forward passes per test example")
 epochs_scale = at_most(positive_float, MAX_EPOCHS_SCALE, "100 times the tutorial's training")
 sample_count = at_most(positive_int, MAX_SAMPLES, "a figure of them stays drawable; draw more from Python")
+thread_count = at_most(positive_int, MAX_THREADS, "torch's thread pool; threads beyond the cores only slow a fit")
 local_steps = at_most(non_negative_int, MAX_LOCAL_STEPS, "each is a forward and backward pass per example")
 draws = at_most(positive_int, MAX_DRAWS, "each is a decoder pass per example")
 

@@ -101,7 +101,9 @@ def build_parser() -> ArgumentParser:
     sample.add_argument("--label", type=int, default=None, help="the class y to draw x ~ p(x|y) for (conditional models)")
     sample.add_argument("--out", type=Path, default=None,
                         help="a .png figure, or the samples as arrays: .npy (x) or .npz (x, and y for a conditional "
-                             "model) (default RUN_DIR/samples.png)")
+                             "model) (default RUN_DIR/samples.png, replaced at each call); an existing file is "
+                             "not replaced without --overwrite")
+    sample.add_argument("--overwrite", action="store_true", help="replace the file --out names if it exists")
     sample.add_argument("--seed", type=random_seed, default=0, help="random seed, 0 to 2^32 - 1 (default 0)")
     sample.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
     sample.set_defaults(handler=sample_command)
@@ -229,7 +231,8 @@ def diagnose_command(args: argparse.Namespace) -> dict:
 def sample_command(args: argparse.Namespace) -> dict:
     from aevb import fitting
 
-    return fitting.sample_run(args.run_dir, args.out or args.run_dir / "samples.png", args.n, args.label, args.seed)
+    return fitting.sample_run(args.run_dir, args.out or args.run_dir / "samples.png", args.n, args.label, args.seed,
+                              overwrite=args.overwrite or args.out is None)
 
 
 def tour_command(args: argparse.Namespace) -> dict:
@@ -270,6 +273,13 @@ def run_of(args: argparse.Namespace) -> Path | None:
     return {fit_command: getattr(args, "out", None), resume_command: getattr(args, "run_dir", None)}.get(args.handler)
 
 
+def continuation(args: argparse.Namespace | None, when: str = "") -> str:
+    """'; continue the run with aevb resume RUN' where the command left a run to resume, else ''."""
+    run = run_of(args) if args is not None else None
+    resumable = run is not None and (run / "aevb-run.json").is_file()
+    return f"; {when + ', ' if when else ''}continue the run with aevb resume {run}" if resumable else ""
+
+
 def compile_error(error: Exception) -> bool:
     """Whether ``error`` comes from torch.compile (which only ``--compile`` runs)."""
     dynamo = sys.modules.get("torch._dynamo.exc")
@@ -296,10 +306,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"aevb resume {run_of(args)}", file=sys.stderr)
         return 128 + e.signal
     except KeyboardInterrupt:
-        run = run_of(args) if "args" in locals() else None
-        resumable = run is not None and (run / "aevb-run.json").is_file()
-        print("aevb: interrupted" + (f"; continue the run with aevb resume {run}" if resumable else ""), file=sys.stderr)
+        print("aevb: interrupted" + continuation(args if "args" in locals() else None), file=sys.stderr)
         return 130
+    except OSError as e:  # the machine's, not aevb's: a full disk, a file it may not write
+        if e.filename is None:
+            raise
+        if reporting:
+            print(f"aevb: error: {e.filename}: {e.strerror}" + continuation(args if "args" in locals() else None,
+                                                                             "once that is fixed"), file=sys.stderr)
+        return 2
     except Exception as e:
         if not compile_error(e):
             raise

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from aevb import diagnostics, distributed, evaluation, registry
 from aevb.arguments import (MAX_IWAE_SAMPLES, epoch_list, finite_float, fraction, int_tuple, iwae_samples,
-                            positive_float, positive_int, random_seed)
+                            positive_float, positive_int, random_seed, thread_count)
 from aevb.data import ARRAY_SUFFIXES, TRANSFORMS, as_sequences, dynamic_binarize, load_dataset, prepare, validate_support
 from aevb.disk import chunks
 from aevb.errors import DataError, Diverged, UsageError
@@ -240,7 +240,8 @@ def add_generic_arguments(parser: argparse.ArgumentParser, cls: type, hooks: typ
                           help=f"{SCHEDULE_HELP} (default joint)")
     training.add_argument("--epochs", type=positive_int, default=hooks.epochs,
                           help=f"passes over the training set (default {hooks.epochs})")
-    training.add_argument("--steps", type=positive_int, default=None, help="gradient steps, instead of --epochs")
+    training.add_argument("--steps", type=positive_int, default=None,
+                          help="gradient steps, instead of --epochs (given, it replaces --epochs)")
     training.add_argument("--batch-size", type=positive_int, default=hooks.batch_size,
                           help=f"mini-batch size (default {hooks.batch_size})")
     training.add_argument("--lr", type=positive_float, default=hooks.lr, help=f"Adam learning rate (default {hooks.lr:g})")
@@ -261,7 +262,7 @@ def add_generic_arguments(parser: argparse.ArgumentParser, cls: type, hooks: typ
                           help="compile the training step with torch.compile (CUDA graphs on a GPU; on a CPU, for long fits)")
     training.add_argument("--clip-grad", type=positive_float, default=None, metavar="NORM",
                           help="clip the gradient's norm to NORM at every step (default: no clipping)")
-    training.add_argument("--threads", type=positive_int, default=None, metavar="N", help=THREADS_HELP)
+    training.add_argument("--threads", type=thread_count, default=None, metavar="N", help=THREADS_HELP)
     training.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:N or mps "
                                                            "(default auto)")
     training.add_argument("--tensorboard", action="store_true",
@@ -462,7 +463,8 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
     if resume:
         progress_so_far.update(distributed.together(lambda: resume_from(out / runs.CHECKPOINT, model, trainer)))
         if main:
-            runs.keep_lines(metrics_path, progress_so_far["lines"])
+            runs.keep_lines(metrics_path, progress_so_far["lines"],
+                            f"delete {out / runs.CHECKPOINT} to start the run over, or fit into another --out")
     elif main:
         if out.exists() and any(out.iterdir()):
             runs.remove_run(out)
@@ -795,8 +797,8 @@ def diagnose_run(run_dir: str | Path, examples: int, num_samples: int, settings:
         torch.manual_seed(seed)
         result = diagnostics.diagnose(run.model, [t[chosen] for t in data.test], settings, num_samples,
                                       progress=progress)
-    runs.write_json(Path(run_dir) / "diagnostics.json", result)
     figure = plotting.e_step_diagnostics(result, Path(run_dir) / "diagnostics.png")
+    runs.write_json(Path(run_dir) / "diagnostics.json", result)  # last: its figure is there when it is
     return {**result, "figure": str(figure)}
 
 
@@ -830,9 +832,11 @@ def plot_examples(x: Tensor, rows: list[str] | None, shape: Sequence[int], kind:
         plotting.image_grid(plotting.as_grid(x.flatten(1), shape, columns), path, rows, title=title)
 
 
-def sample_run(run_dir: str | Path, out: Path, num_samples: int, label: int | None = None, seed: int = 0) -> dict:
-    """Draw from a run's model into ``out``: a figure (.png) or the arrays (.npy: x; .npz: x and labels y), written
-    whole or not at all."""
+def sample_run(run_dir: str | Path, out: Path, num_samples: int, label: int | None = None, seed: int = 0,
+               overwrite: bool = False) -> dict:
+    """Draw from a run's model into ``out``: a figure (.png) or the arrays (.npy: x, (n, *the shape of one example);
+    .npz: x and labels y), written whole or not at all; an existing ``out`` (or a link there) is replaced only with
+    ``overwrite``."""
     run = load_run(run_dir)
     out = Path(out)
     if out.suffix not in SAMPLE_SUFFIXES:
@@ -841,6 +845,8 @@ def sample_run(run_dir: str | Path, out: Path, num_samples: int, label: int | No
         raise UsageError(f"--out {out}: no folder {out.parent}; create it first")
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; name a file")
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise UsageError(f"--out {out} exists; name another file, or pass --overwrite to replace it")
     num_classes = run.config["data"]["num_classes"] if is_conditional(run.cls) else None
     torch.manual_seed(seed)
     x, rows = draw(run.model, num_classes, num_samples, label)
@@ -853,7 +859,7 @@ def sample_run(run_dir: str | Path, out: Path, num_samples: int, label: int | No
             return
         import numpy as np
 
-        arrays = {"x": x.numpy()}
+        arrays = {"x": x.reshape(len(x), *run.config["data"]["shape"]).numpy()}  # each of the data's shape
         if rows:
             arrays["y"] = np.repeat(np.array([int(r) for r in rows]), num_samples)
         np.save(path, arrays["x"]) if out.suffix == ".npy" else np.savez(path, **arrays)

@@ -13,12 +13,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 from matplotlib.figure import Figure  # noqa: E402
 
+from aevb.runs import write_atomically  # noqa: E402
+
 PHASE_COLOURS = {"e": "tab:orange", "m": "tab:blue"}
 
 
 def save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    """Write the figure to ``path`` whole or not at all (a full disk leaves the old file or none), and close it."""
+    try:
+        write_atomically(Path(path), lambda p: fig.savefig(p, dpi=120, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -168,8 +173,11 @@ def rows_animation(images: np.ndarray, path: Path, title: str = "", fps: int = 4
         return (shown,)
 
     frames = list(range(steps)) + [steps - 1] * 2 * fps
-    FuncAnimation(fig, frame, frames=frames).save(path, writer=PillowWriter(fps=fps))
-    plt.close(fig)
+    try:
+        animation = FuncAnimation(fig, frame, frames=frames)
+        write_atomically(Path(path), lambda p: animation.save(p, writer=PillowWriter(fps=fps)))
+    finally:
+        plt.close(fig)
     return path
 
 

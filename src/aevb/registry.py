@@ -14,8 +14,10 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import sys
 import sysconfig
+from dataclasses import is_dataclass
 from pathlib import Path
 
 from aevb.errors import UsageError
@@ -71,8 +73,17 @@ def resolve(ref: str) -> type:
 
 
 def checked(cls, ref: str, base: type) -> type:
+    """``cls`` if it is a model class that can be built: a subclass of ``base`` with a dataclass ``Config`` and every
+    abstract method defined; else UsageError, one line."""
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise UsageError(f"model reference {ref!r} is not a subclass of aevb.model.LatentVariableModel")
+    if not is_dataclass(getattr(cls, "Config", None)):
+        raise UsageError(f"model {ref!r}: {cls.__qualname__} declares no Config, the dataclass of its hyperparameters "
+                         "(see docs/models.md)")
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        raise UsageError(f"model {ref!r}: {cls.__qualname__} does not define {missing}, which every model must "
+                         "(see docs/models.md)")
     return cls
 
 

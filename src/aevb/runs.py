@@ -11,6 +11,7 @@ nothing in a run directory is unpickled as code.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -39,18 +40,31 @@ EVENTS_PREFIX = "events.out.tfevents."  # TensorBoard's event files, written whi
 REFIT = "fit the run again"  # what to do about a damaged run
 
 
+def read_umask() -> int:
+    """The process's umask, read the only way there is: by setting it, then setting it back."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = read_umask()  # once, at import: a file another thread creates meanwhile sees the real one
+
+
 def write_atomically(path: Path, write) -> None:
     """``write(temporary_path)``, then rename it to ``path``: ``path`` is the old file or the new one, whole.
 
     The temporary file ends with ``path``'s suffix, so that writers that go by it (matplotlib, numpy) write that
-    format."""
+    format, and gets the permissions of a file created the usual way (0666 less the umask; mkstemp's are 0600)."""
     fd, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(temporary, 0o666 & ~UMASK)
         write(Path(temporary))
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as e:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename in (None, temporary, Path(temporary)):
+            e.filename = str(path)  # the file the user knows of
         raise
 
 
@@ -77,10 +91,28 @@ def append_jsonl(path: Path, records: list[dict]) -> None:
         f.flush()
 
 
-def keep_lines(path: Path, count: int) -> None:
-    """Keep the first ``count`` lines of ``path`` (what a checkpoint had seen), atomically."""
-    lines = path.read_text().splitlines(keepends=True)[:count] if path.is_file() else []
+def keep_lines(path: Path, count: int, advice: str) -> None:
+    """Keep the first ``count`` records of the JSON-lines file ``path`` (what a checkpoint had seen), atomically.
+    UsageError, ending with ``advice``, if it holds fewer whole records than that: a resumed run would lose or
+    garble its history."""
+    try:
+        lines = path.read_text().splitlines(keepends=True)[:count] if count else []
+    except FileNotFoundError:
+        lines = []
+    except (UnicodeDecodeError, OSError) as e:
+        raise UsageError(f"cannot read {path} ({getattr(e, 'strerror', None) or e.reason}); {advice}") from None
+    whole = [line for line in lines if line.endswith("\n") and is_json_object(line)]
+    if len(whole) < count:
+        raise UsageError(f"{path} is damaged: it holds {len(whole)} whole records of the {count} the checkpoint has "
+                         f"seen; {advice}")
     write_atomically(path, lambda p: p.write_text("".join(lines)))
+
+
+def is_json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
 
 
 def status(out: Path, advice: str = "choose another --out") -> str | None:
@@ -89,6 +121,8 @@ def status(out: Path, advice: str = "choose another --out") -> str | None:
     UsageError, ending with ``advice``, for anything else: a file, a folder that aevb did not write (no marker), a
     damaged marker, or one of a run's files that is not a file.
     """
+    if out.is_symlink() and not out.exists():
+        raise UsageError(f"{out} is a link to {os.readlink(out)}, which does not exist; {advice}")
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} is a file, not a folder; {advice}")
     if not out.exists() or not any(out.iterdir()):
@@ -178,14 +212,23 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
+def save(obj, path: Path) -> None:
+    """``torch.save``, a failed write (a full disk) raised as the OSError naming ``path`` that Python's own writes
+    raise, not as the RuntimeError of torch's C++ writer."""
+    try:
+        torch.save(obj, path)
+    except RuntimeError as e:
+        raise OSError(errno.EIO, f"could not be written ({first_line(e)}; is the disk full?)", str(path)) from e
+
+
 def save_checkpoint(out: Path, state: dict) -> None:
-    write_atomically(out / CHECKPOINT, lambda p: torch.save(state, p))
+    write_atomically(out / CHECKPOINT, lambda p: save(state, p))
 
 
 def save_run(run_dir: Path, model: LatentVariableModel, summary: dict) -> None:
     """The finished run: ``summary.json`` and the checkpoint ``model.pt``; then it is marked complete."""
     write_json(run_dir / "summary.json", summary)
-    write_atomically(run_dir / "model.pt", lambda p: torch.save(model.checkpoint(), p))
+    write_atomically(run_dir / "model.pt", lambda p: save(model.checkpoint(), p))
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
     mark(run_dir, "complete")
 

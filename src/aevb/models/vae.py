@@ -46,8 +46,9 @@ class VAEConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.likelihood_scale is not None and self.likelihood != "gaussian":
             raise ValueError(f"a fixed scale (--gaussian-scale) is for the gaussian likelihood, not {self.likelihood}")
-        if self.likelihood_scale is not None and not self.likelihood_scale > 0:
-            raise ValueError(f"the gaussian likelihood's scale must be positive, got {self.likelihood_scale}")
+        if self.likelihood_scale is not None and not 1e-6 <= self.likelihood_scale <= 1e6:
+            raise ValueError(f"the gaussian likelihood's scale must be in [1e-6, 1e6], got {self.likelihood_scale}: "
+                             "far beyond, σ² or 1/σ² leaves float32's range")
 
 
 def dropout_mask_(mask: Tensor, dropped: int) -> None:
