@@ -138,10 +138,10 @@ def same_draws(elbo: Callable[[dict[str, Distribution], int], Tensor], qs: Seque
                num_samples: int) -> list[Tensor]:
     """``estimate`` for each q of ``qs``, all from the same random numbers (common random numbers: the noise of
     their differences is far below that of each, and 0 between equal qs); the generators' states move on once."""
-    seed, device = int(torch.randint(2**62, ())), next(iter(qs[0].values())).mean.device
-    estimates = []
+    seed, estimates = int(torch.randint(2**62, ())), []
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     for q in qs:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             estimates.append(estimate(elbo, q, num_samples))
     return estimates
