@@ -24,7 +24,10 @@ def test_experiment_1_joint_aevb_reaches_the_exact_em_evidence(tmp_path, capsys)
     assert len(history) == summary["steps"] == 35 * 32  # one record per gradient step
     assert {"step", "epoch", "phase", "test_elbo", "test_log_evidence"} <= set(history[0])
     assert abs(summary["test_log_evidence"] - summary["mle_log_evidence"]) < 0.04
-    assert summary["test_elbo"] <= summary["test_log_evidence"]
+    assert summary["test_elbo_exact"] <= summary["test_log_evidence"]
+    assert summary["test_log_evidence"] - summary["test_elbo_exact"] == pytest.approx(summary["variational_gap"])
+    evaluated = fitting.evaluate_run(tmp_path / "run", 0)  # the same quantities under the same names
+    assert evaluated["test_elbo"] == summary["test_elbo"] and evaluated["test_elbo_exact"] == summary["test_elbo_exact"]
     assert abs(summary["true_log_evidence"] - summary["mle_log_evidence"]) < 0.05
     assert (tmp_path / "run" / "fa_learning_curve.png").stat().st_size > 10_000
     assert (tmp_path / "run" / "model.pt").exists()

@@ -15,7 +15,9 @@ family for this x alone (Cremer, Li & Duvenaud 2018, *Inference Suboptimality in
 * Started at a q_phi that is already near the optimum, noisy steps can end below their start (Adam moves each
   parameter by about the learning rate whatever the gradient's size). So for each example q* is the last
   iterate only where an estimate of its ELBO (``eval_samples`` draws) beats q_phi's, else q_phi itself: the
-  local E-step never lowers an example's bound beyond that estimate's noise.
+  local E-step never lowers an example's bound beyond that estimate's noise. Nor does it reach the optimum:
+  what it leaves counts in the approximation gap, not the amortization gap, and the standard errors (over
+  examples) do not cover it; more steps shrink it.
 * ELBO[q_phi] and ELBO[q*] are then estimated afresh with the same random numbers (``eval_samples`` draws per
   example, common to both), so the amortization gap's noise is that of the difference, and 0 where q* = q_phi.
 * log p(x) is exact where the model has ``log_evidence`` (factor analysis), else the K-sample IWAE bound with

@@ -93,7 +93,7 @@ class FAHooks(Hooks):
             test_log_evidence = model.log_evidence(x_test).mean().item()
         summary = {
             "experiment": self.args.experiment,
-            "test_elbo": test_elbo,  # exact: the closed form, not the one-sample estimate
+            "test_elbo_exact": test_elbo,  # the closed form, beside the one-sample estimate test_elbo (as aevb eval)
             "test_log_evidence": test_log_evidence,
             "variational_gap": test_log_evidence - test_elbo,
             "mle_log_evidence": self.mle_log_evidence,
