@@ -257,3 +257,11 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_does_not_run(t
     code, _, err = cli(["eval", tmp_path / "run"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "holds code" in err and "weights_only" not in err
     assert not marker.exists()
+
+
+def test_the_embedding_of_a_collapsed_encoder_is_drawn_without_t_sne(tmp_path):
+    """Every code one point (a collapsed encoder): scikit-learn's t-SNE would crash the process on it."""
+    from aevb import plotting
+
+    path = plotting.tsne(np.ones((50, 8), dtype=np.float32), np.arange(50) % 3, tmp_path / "codes.png")
+    assert path.stat().st_size > 1000

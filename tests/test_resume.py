@@ -111,6 +111,17 @@ def test_sigint_and_sigterm_stop_at_a_step_boundary_with_a_checkpoint_to_resume_
     assert_same_run(uninterrupted["gmvae-temperature-schedule"], tmp_path / "run")
 
 
+def test_a_stop_on_the_last_step_of_an_epoch_resumes_into_that_epochs_record(uninterrupted, tmp_path,
+                                                                             preloaded_python):
+    """The checkpoint then holds the whole epoch's steps but not its record (its evaluation has not run)."""
+    flags = [*FITS["gmvae-temperature-schedule"], "--out", tmp_path / "run"]
+    assert run(preloaded_python, flags, at=15, signal_name="SIGINT").returncode == 130  # 15 steps an epoch
+    trainer_state = runs.load_file(tmp_path / "run" / runs.CHECKPOINT)["trainer"]
+    assert (trainer_state["step"], trainer_state["epoch"], trainer_state["position"]) == (15, 1, 15)
+    assert fit(["resume", tmp_path / "run"]) == 0
+    assert_same_run(uninterrupted["gmvae-temperature-schedule"], tmp_path / "run")
+
+
 def test_resume_refuses_other_settings_and_does_not_refit_a_complete_run(tmp_path, capsys, monkeypatch):
     flags = ["fit", "vae", "--hidden", "16", "--latent-dim", "2", "--epochs", "2", "--iwae", "3", "--out", tmp_path / "run",
              "--no-progress"]
@@ -132,8 +143,30 @@ def test_resume_refuses_other_settings_and_does_not_refit_a_complete_run(tmp_pat
     summary = (tmp_path / "run" / "summary.json").read_text()
     assert main([*map(str, flags), "--resume", "--json"]) == 0  # complete: its summary, not fitted again
     assert (tmp_path / "run" / "summary.json").read_text() == summary
-    assert main([*map(str, flags)]) == 0  # without --resume a complete run of aevb's is replaced
+    capsys.readouterr()
+    assert main([*map(str, flags), "--epochs", "30", "--resume"]) == 2  # nor is it passed off as another fit's
+    err = capsys.readouterr().err
+    assert "--epochs is 30 here but 2 in the run" in err and len(err.strip().splitlines()) == 1
+    assert main(["diagnose", str(tmp_path / "run"), "--examples", "5", "--iwae", "2", "--steps", "2"]) == 0
+    assert main([*map(str, flags)]) == 0  # without --resume a complete run of aevb's is replaced, diagnosis and all
     assert main(["eval", str(tmp_path / "run"), "--iwae", "2"]) == 0
+
+
+def test_a_finished_run_is_marked_complete_before_its_checkpoint_goes(tmp_path, monkeypatch):
+    """A kill between the two then leaves a complete run (with a stray checkpoint), never an incomplete one that
+    has no checkpoint to resume from."""
+    mark = runs.mark
+    seen = []
+
+    def checking_mark(out, status, **extra):
+        seen.append((status, (out / runs.CHECKPOINT).is_file()))
+        mark(out, status, **extra)
+
+    monkeypatch.setattr(runs, "mark", checking_mark)
+    assert fit(["fit", "vae", "--hidden", "4", "--latent-dim", "2", "--epochs", "1", "--iwae", "0",
+                "--out", tmp_path / "run"]) == 0
+    assert seen[-1] == ("complete", True) and not (tmp_path / "run" / runs.CHECKPOINT).exists()
+    assert runs.CHECKPOINT not in json.loads((tmp_path / "run" / runs.MARKER).read_text())["files"]
 
 
 @pytest.mark.parametrize("flags, term", [

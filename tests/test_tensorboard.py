@@ -1,5 +1,6 @@
 """TensorBoard event files: what the logger writes is read back by TensorBoard's own reader, and without the
 package the logger is one clear UsageError."""
+import json
 import sys
 
 import numpy as np
@@ -64,6 +65,20 @@ def test_a_resumed_run_replaces_what_came_after_its_checkpoint(tmp_path):
     with TensorBoardLogger(tmp_path, purge_step=11) as logger:
         logger([{**RECORDS[1][0], "train_elbo": -105.0}])
     assert scalars(read_events(tmp_path), "train/elbo") == [(10, -120.5), (20, -105.0)]
+
+
+def test_a_run_resumed_before_its_checkpoint_saw_a_record_logs_each_step_once(tmp_path):
+    """Killed after epoch 1's record, its last checkpoint (every few steps) from before that record."""
+    pytest.importorskip("tensorboard")
+    from aevb.fitting import tensorboard_logger
+    from aevb.tensorboard import TensorBoardLogger
+
+    with TensorBoardLogger(tmp_path) as logger:
+        logger(RECORDS[0])
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(RECORDS[0][0]) + "\n")
+    with tensorboard_logger(tmp_path, resume=True, kept_lines=0) as logger:
+        logger(RECORDS[0])
+    assert scalars(read_events(tmp_path), "train/elbo") == [(10, -120.5)]
 
 
 def test_figures_are_images_pixel_for_pixel(tmp_path):

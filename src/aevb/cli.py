@@ -302,8 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as e:
         name = "SIGINT" if e.signal == signal.SIGINT else "SIGTERM" if e.signal == signal.SIGTERM else f"signal {e.signal}"
         if reporting:
-            print(f"aevb: interrupted by {name} after step {e.step}; the run keeps a checkpoint: continue it with "
-                  f"aevb resume {run_of(args)}", file=sys.stderr)
+            then = (f"; the run keeps a checkpoint: continue it with aevb resume {run_of(args)}" if run_of(args)
+                    else "; run the same command again to continue where it stopped"
+                    if args.handler is reproduce_command else "")
+            print(f"aevb: interrupted by {name} after step {e.step}{then}", file=sys.stderr)
         return 128 + e.signal
     except KeyboardInterrupt:
         print("aevb: interrupted" + continuation(args if "args" in locals() else None), file=sys.stderr)

@@ -382,7 +382,7 @@ def flags_of(args: argparse.Namespace) -> dict:
 
 
 def compare_flags(recorded: dict, requested: dict, out: Path) -> None:
-    """UsageError naming the first flag whose value differs from the interrupted run's."""
+    """UsageError naming the first flag whose value differs from the run's (interrupted or complete)."""
     for key in sorted(set(recorded) | set(requested)):
         if key not in NOT_SETTINGS and recorded.get(key) != requested.get(key):
             flag = "--" + key.removeprefix("config_").replace("_", "-")
@@ -401,7 +401,8 @@ def run_fit(cls: type, args: argparse.Namespace, out: Path, progress: bool = Tru
     out = Path(out)
     requested = flags_of(args)
     main = distributed.rank() == 0
-    with runs.locked(out) if main else contextlib.nullcontext():  # under torchrun, rank 0 writes the run directory
+    with contextlib.ExitStack() as lock:  # under torchrun, rank 0 writes the run directory; every rank learns if it can
+        distributed.together(lambda: lock.enter_context(runs.locked(out)) if main else None)
         state = distributed.together(lambda: check_run_dir(out, requested, resume))
         if resume and state == "complete":
             return read_json(out / "summary.json")
@@ -423,7 +424,7 @@ def check_run_dir(out: Path, requested: dict, resume: bool) -> str | None:
     if state == "incomplete" and not resume:
         raise UsageError(f"--out {out} holds an interrupted run; continue it with --resume (or aevb resume {out}), "
                          "or choose another --out")
-    if resume and state == "incomplete":
+    if resume and state is not None:  # a complete run is returned as it is: only for the flags it was fitted with
         compare_flags(run_record(out)["args"], requested, out)
     return state
 
@@ -510,7 +511,7 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
             else:
                 step = runs.load_file(out / runs.CHECKPOINT)["trainer"]["step"]
                 error = UsageError(f"training diverged: {e}; {out} keeps its last finite checkpoint (step {step}); "
-                                   f"{advice}, into another --out")
+                                   f"{advice}, into another --out (or delete {out} first)")
             error.agreed = True  # every rank diverges at the same step: their summed terms are the same numbers
             raise error from None
     seconds = progress_so_far["seconds"] + time.perf_counter() - start
@@ -549,8 +550,10 @@ def tensorboard_logger(out: Path, resume: bool, kept_lines: int):
     """TensorBoard's writer into the run directory; on resume, what was logged after the checkpoint is purged."""
     from aevb.tensorboard import TensorBoardLogger
 
-    kept = (out / "metrics.jsonl").read_text().splitlines()[:kept_lines] if resume else []
-    return TensorBoardLogger(out, purge_step=json.loads(kept[-1])["step"] + 1 if kept else None)
+    if not resume:
+        return TensorBoardLogger(out)
+    kept = (out / "metrics.jsonl").read_text().splitlines()[:kept_lines]
+    return TensorBoardLogger(out, purge_step=json.loads(kept[-1])["step"] + 1 if kept else 0)  # 0: none was kept
 
 
 @contextlib.contextmanager

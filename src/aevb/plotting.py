@@ -214,10 +214,13 @@ TSNE_POINTS = 2000  # t-SNE runs on a random subset of the test set: its cost gr
 
 def tsne(codes: np.ndarray, labels: np.ndarray | None, path: Path, seed: int = 0, title: str = "") -> Path:
     """Tutorial Figure 7: scikit-learn's 2-D t-SNE of codes (N, L), e.g. posterior means, coloured by label
-    (codes of one or two dimensions are shown as they are)."""
+    (codes of one or two dimensions are shown as they are, and so are codes that are all one point, a collapsed
+    encoder's, on which scikit-learn's t-SNE crashes)."""
     from sklearn.manifold import TSNE  # slow to import; only this figure needs it
 
-    if codes.shape[1] <= 2:  # already at most two dimensions: shown as they are (a line of them for one)
+    if len(np.unique(codes, axis=0)) < 2:
+        embedding, title = np.zeros((len(codes), 2)), f"{title}: every code is the same point (posterior collapse)"
+    elif codes.shape[1] <= 2:  # already at most two dimensions: shown as they are (a line of them for one)
         embedding, title = np.pad(codes, ((0, 0), (0, 2 - codes.shape[1]))), title.replace("t-SNE of", "")
     else:
         perplexity = min(30.0, (len(codes) - 1) / 3)  # t-SNE needs perplexity < N

@@ -35,7 +35,8 @@ from aevb.registry import first_line
 MARKER = "aevb-run.json"
 CHECKPOINT = "checkpoint.pt"
 WRITTEN = {MARKER, CHECKPOINT, "config.json", "metrics.jsonl", "summary.json", "model.pt", "provenance.json",
-           "samples.png"}  # the files of every run (and what aevb reproduce and aevb sample add by default)
+           "samples.png", "diagnostics.json", "diagnostics.png"}  # the files of every run (and what aevb reproduce,
+# aevb sample and aevb diagnose add by default)
 EVENTS_PREFIX = "events.out.tfevents."  # TensorBoard's event files, written while training
 REFIT = "fit the run again"  # what to do about a damaged run
 
@@ -156,7 +157,8 @@ def remove_run(out: Path) -> None:
 
 def mark(out: Path, status: str, **extra) -> None:
     """The marker: aevb wrote this folder, its status, and (when complete) the files it wrote."""
-    files = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if status == "complete" else []
+    files = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and p.name != CHECKPOINT) \
+        if status == "complete" else []
     write_json(out / MARKER, {"format": "aevb run", "status": status, "updated": time.strftime("%Y-%m-%d %H:%M:%S %z"),
                               **({"files": files} if files else {}), **extra})
 
@@ -229,8 +231,8 @@ def save_run(run_dir: Path, model: LatentVariableModel, summary: dict) -> None:
     """The finished run: ``summary.json`` and the checkpoint ``model.pt``; then it is marked complete."""
     write_json(run_dir / "summary.json", summary)
     write_atomically(run_dir / "model.pt", lambda p: save(model.checkpoint(), p))
+    mark(run_dir, "complete")  # before the checkpoint goes: a kill between the two leaves a complete run
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
-    mark(run_dir, "complete")
 
 
 def load_file(path: Path, advice: str = REFIT) -> dict:

@@ -46,8 +46,8 @@ class TensorBoardLogger:
     2 for an M-phase (theta only). The events are flushed after every epoch, so a killed process leaves those of
     the epochs it finished. ``add_figures`` adds the run's figures as images.
 
-    ``purge_step``: for a run resumed from a checkpoint taken at step S, S + 1; TensorBoard then hides what an
-    earlier process logged from that step on, which the resumed run logs again.
+    ``purge_step``: for a resumed run, the step after the last record its checkpoint has seen (0 if none);
+    TensorBoard then hides what an earlier process logged from that step on, which the resumed run logs again.
     Raises ``UsageError`` if the ``tensorboard`` package is not installed.
     """
 

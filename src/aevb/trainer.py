@@ -316,8 +316,9 @@ class Trainer:
                     if checkpoint:
                         checkpoint(self)
                     raise Interrupted(self.stop_signal, self.step_count)
-                if eval_every != "step":
-                    self.pending.append(self._record(phase, self.terms[:self.position].mean(0), evaluate))
+                if eval_every != "step":  # the phase of the epoch's last step (resumed after it, none was taken here)
+                    last_phase = self.schedule.phase(self.step_count - 1)
+                    self.pending.append(self._record(last_phase, self.terms[:self.position].mean(0), evaluate))
                 records = [{k: v.item() if isinstance(v, Tensor) else v for k, v in r.items()} for r in self.pending]
                 records = distributed.broadcast(records)  # rank 0's: every rank logs and judges the same numbers
                 self.check_finite(records)
