@@ -314,6 +314,8 @@ FLAGS = [
 
 OBJECTS = np.array([{"a": 1}] * 60, dtype=object).reshape(60, 1)
 DATASETS = [
+    data_case("uint8-pixels-of-17-levels", array("u8.npy", (X * 16).round().astype(np.uint8)),
+              "leaves every training pixel 0", file="u8.npy", model="gmvae"),
     data_case("missing.npy", None, "no such file"),
     data_case("x.txt", write("x.txt", "1,2\n"), "unknown dataset"),
     data_case("folder.npy", lambda f, r: (f / "folder.npy").mkdir(), "holds none"),

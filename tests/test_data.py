@@ -90,6 +90,20 @@ def test_mnist_reads_data_dir_then_environment(tmp_path, monkeypatch):
     assert torch.equal(from_env.x_train, torch.from_numpy(fake_dataset(1)["train-images-idx3-ubyte"]).to(torch.uint8))
 
 
+def test_a_run_records_the_mnist_folder_of_the_environment_as_its_data_dir(tmp_path, monkeypatch):
+    """So that aevb eval, later, from elsewhere and without the variable, reads the same files."""
+    from aevb import fitting
+    from aevb.models.vae import VAE
+
+    write_dataset(tmp_path / "idx", fake_dataset(0), compress=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AEVB_DATA_DIR", "idx")  # relative, as a user may set it
+    args = fitting.parse_fit_args(VAE, ["--dataset", "mnist"])
+    assert args.data_dir == str(tmp_path / "idx")
+    monkeypatch.delenv("AEVB_DATA_DIR")
+    assert fitting.parse_fit_args(VAE, ["--dataset", "mnist"]).data_dir is None
+
+
 def corrupt(directory: Path, how: str) -> tuple[str, ...]:
     """Damage one file of a raw dataset in ``directory``; return phrases the error must contain."""
     images, labels = directory / "train-images-idx3-ubyte", directory / "train-labels-idx1-ubyte"

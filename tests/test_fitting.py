@@ -227,7 +227,27 @@ def test_fit_run_from_python_is_aevb_fit(user_files, tmp_path):
     assert run.model.config.latent_dim == 1 and isinstance(run.model, cls)
     with pytest.raises(UsageError, match="fixed scale"):
         fitting.fit_run("vae", tmp_path / "bad", progress=False, gaussian_scale=0.5, epochs=1)
+    with pytest.raises(TypeError, match="unexpected keyword 'laten_dim': Linear has no flag --laten-dim"):
+        fitting.fit_run(cls, tmp_path / "bad", progress=False, dataset=data_file, laten_dim=3)
+    with pytest.raises(TypeError, match="'latent'"):  # no abbreviations: argparse would take it for --latent-dim
+        fitting.fit_run(cls, tmp_path / "bad", progress=False, dataset=data_file, latent=3)
+    with pytest.raises(ValueError, match="fit_run: argument --epochs: must be a positive integer, got 0"):
+        fitting.fit_run(cls, tmp_path / "bad", progress=False, dataset=data_file, epochs=0)
     assert not (tmp_path / "bad").exists()
+
+
+def test_fit_run_switches_a_flag_off_with_false_and_leaves_the_callers_random_state(user_files, tmp_path):
+    model_file, data_file = user_files
+    (tmp_path / "switch.py").write_text(USER_MODEL.replace(
+        '    latent_dim: int = field(default=2, metadata={"help": "latent dimension L"})',
+        '    latent_dim: int = field(default=2, metadata={"help": "latent dimension L"})\n    learn_bias: bool = True'))
+    cls = registry.resolve(f"{tmp_path / 'switch.py'}:Linear")
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    fitting.fit_run(cls, tmp_path / "off", progress=False, dataset=data_file, epochs=1, iwae=0, learn_bias=False)
+    assert torch.equal(torch.rand(3), expected)  # fitted from --seed, then the caller's state back
+    assert fitting.load_run(tmp_path / "off").model.config.learn_bias is False
 
 
 def test_the_command_starts_without_importing_torch():
@@ -265,3 +285,12 @@ def test_the_embedding_of_a_collapsed_encoder_is_drawn_without_t_sne(tmp_path):
 
     path = plotting.tsne(np.ones((50, 8), dtype=np.float32), np.arange(50) % 3, tmp_path / "codes.png")
     assert path.stat().st_size > 1000
+
+
+def test_figures_are_drawn_without_pyplot(tmp_path):
+    """So that a notebook's matplotlib backend (inline, widget) and its open figures are left as they were."""
+    code = ("import sys; from aevb import plotting; "
+            f"plotting.curves([{{'epoch': 1, 'a': 1.0}}, {{'epoch': 2, 'a': 2.0}}], {{'a': 'a'}}, {str(tmp_path / 'c.png')!r}); "
+            "print('matplotlib.pyplot' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False" and (tmp_path / "c.png").stat().st_size > 1000

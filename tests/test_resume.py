@@ -52,7 +52,7 @@ def fits(tmp_path_factory) -> dict[str, list]:
     from sklearn.datasets import load_digits
 
     path = tmp_path_factory.mktemp("data") / "digits.npy"
-    np.save(path, load_digits().images[:600].astype(np.uint8))  # pixels 0..16, binarized as the digits' are
+    np.save(path, load_digits().images[:600].astype(np.int64))  # pixels 0..16: 17 levels, binarized as the digits are
     return {**FITS, "vrnn": [*FITS["vrnn"], "--dataset", path]}
 
 
@@ -260,3 +260,26 @@ def test_the_nonfinite_check_names_the_first_bad_step_from_the_epochs_terms(monk
         trainer.fit((x,), epochs=1)
     assert trainer.position == 4 and trainer.terms.shape == (4, 3)  # the epoch's 4 steps, checked at its end
     assert torch.isfinite(trainer.terms[:2]).all() and not torch.isfinite(trainer.terms[2:]).all(1).any()
+
+
+def test_trainer_arguments_are_refused_where_they_are_given():
+    model = VAE(VAEConfig(data_dim=4, latent_dim=2, hidden=(4,)))
+    x = torch.rand(20, 4)
+    for kwargs, message in [({"batch_size": 0}, "batch_size must be positive"), ({"lr": -1.0}, "lr must be positive"),
+                            ({"lr_gamma": 0.0}, r"lr_gamma must be in \(0, 1\]")]:
+        with pytest.raises(ValueError, match=message):
+            Trainer(model, **kwargs)
+    trainer = Trainer(model, batch_size=5, progress=False)
+    for args, kwargs, error, message in [
+        ((x,), {"epochs": 1}, TypeError, "data is a tuple of tensors"),
+        (((x,),), {}, TypeError, "epochs or steps, one of them"),
+        (((x,),), {"epochs": 1, "steps": 2}, TypeError, "epochs or steps, one of them"),
+        (((x,),), {"epochs": -1}, ValueError, "epochs must be a positive integer, got -1"),
+        (((x, x[:3]),), {"epochs": 1}, ValueError, r"differ in length: \[20, 3\]"),
+        (((x,),), {"epochs": 1, "eval_every": "steps"}, ValueError, "eval_every is 'epoch' or 'step'"),
+        (((x,),), {"epochs": 1, "checkpoint_every": (2, "steps")}, ValueError, "checkpoint_every is"),
+        (((x,),), {"epochs": 1, "checkpoint_every": 2}, ValueError, "checkpoint_every is"),
+    ]:
+        with pytest.raises(error, match=message):
+            trainer.fit(*args, **kwargs)
+    assert trainer.step_count == 0

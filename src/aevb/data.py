@@ -334,6 +334,11 @@ def prepare(data: ImageData, transform: str, seed: int) -> tuple[Tensor, Tensor 
         x_train, x_test = dequantize(x_train, data.levels, generator), dequantize(x_test, data.levels, generator)
     if transform == "binarize":
         x_train, x_test = binarize(x_train), binarize(x_test)
+        if len(x_train) and x_train.min() == x_train.max():  # e.g. pixels 0 to 16 stored as uint8: 256 levels
+            threshold = f"level {data.levels // 2} of {data.levels}" if data.levels else "0.5"
+            raise DataError(f"--transform binarize thresholds the pixels at {threshold} and leaves every training "
+                            f"pixel {int(x_train.max())}; store them with the levels they use (e.g. 0 to 16 as "
+                            "int64, not uint8), or choose another --transform")
     return x_train.float(), data.y_train, x_test.float(), data.y_test
 
 

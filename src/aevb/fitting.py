@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -150,7 +151,10 @@ class Hooks:
             subset = torch.randperm(len(data.test[0]))[:plotting.TSNE_POINTS]
             codes = model.encode(*(t[subset].to(device) for t in data.test)).flatten(1).cpu().numpy()
         labels = None if data.y_test is None else data.y_test[subset].numpy()
-        plotting.tsne(codes, labels, path, seed=self.args.seed, title="t-SNE of the test codes encode(x)")
+        active = diagnostics.active_units(torch.from_numpy(codes))  # t-SNE shows clusters even of collapsed codes
+        plotting.tsne(codes, labels, path, seed=self.args.seed,
+                      title=f"t-SNE of the test codes encode(x); {active} of {codes.shape[1]} dimensions active "
+                            f"(Cov_x > {diagnostics.ACTIVE_UNIT_THRESHOLD:g})")
 
 
 def is_conditional(cls: type) -> bool:
@@ -601,9 +605,11 @@ def run_config(cls: type, model: LatentVariableModel, flags: dict, data: Data) -
 
 
 def resolve_paths(args: argparse.Namespace) -> None:
-    """Make the data paths of parsed flags absolute, so that a run can be evaluated from any working directory."""
+    """Make the data paths of parsed flags absolute, so that a run can be evaluated from any working directory;
+    MNIST's folder from $AEVB_DATA_DIR is recorded as if it had been --data-dir."""
     args.dataset = absolute_dataset(args.dataset)
-    args.data_dir = None if args.data_dir is None else str(Path(args.data_dir).expanduser().resolve())
+    data_dir = args.data_dir or (os.environ.get("AEVB_DATA_DIR") if args.dataset == "mnist" else None)
+    args.data_dir = str(Path(data_dir).expanduser().resolve()) if data_dir else None
 
 
 def parse_fit_args(cls: type, argv: Sequence[str]) -> argparse.Namespace:
@@ -617,19 +623,35 @@ def fit_run(model: str | type, out: str | Path, progress: bool = True, resume: b
     """``aevb fit`` from Python: ``fit_run(MyModel, "runs/mine", dataset="x.npy", latent_dim=3, schedule="e-step")``.
 
     ``model`` is a class or anything ``aevb.registry.resolve`` takes; each keyword is a flag (``latent_dim=3``
-    is ``--latent-dim 3``; ``True`` is a switch). Writes the run directory ``out`` (``resume``: continues the
-    incomplete run there); returns the summary.
+    is ``--latent-dim 3``; ``True`` is a switch, ``False`` its ``--no-`` form). Writes the run directory ``out``
+    (``resume``: continues the incomplete run there); returns the summary. A keyword that is no flag is a
+    TypeError, a bad value a ValueError; the caller's random state is restored afterwards.
     """
     cls = registry.resolve(model) if isinstance(model, str) else model
+    parser = fit_parser(cls, f"fit_run({cls.__name__})", KeywordParser)
+    actions = {option: action for action in parser._actions for option in action.option_strings}
     argv = []
     for key, value in flags.items():
         flag = "--" + key.replace("_", "-")
-        if value is True:
-            argv.append(flag)
+        if flag not in actions:
+            raise TypeError(f"fit_run() got an unexpected keyword {key!r}: {cls.__name__} has no flag {flag} "
+                            f"(aevb fit {cls.name} --help lists them)")
+        if value is True or value is False and isinstance(actions[flag], argparse.BooleanOptionalAction):
+            argv.append(flag if value else f"--no-{flag[2:]}")
         elif value is not False and value is not None:
             argv += [flag, ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)]
-    args = parse_fit_args(cls, argv)
-    return {**run_fit(cls, args, Path(out), progress, resume), "run_dir": str(out)}
+    args = parser.parse_args(argv)
+    resolve_paths(args)
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):  # seeded by --seed; the caller's random state is left alone
+        return {**run_fit(cls, args, Path(out), progress, resume), "run_dir": str(out)}
+
+
+class KeywordParser(argparse.ArgumentParser):
+    """``fit_run``'s parser: a bad value is a ValueError, not a usage message and a SystemExit."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise ValueError(f"fit_run: {message}")
 
 
 # Reading a run back ---------------------------------------------------------------------------------------
@@ -851,8 +873,10 @@ def sample_run(run_dir: str | Path, out: Path, num_samples: int, label: int | No
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise UsageError(f"--out {out} exists; name another file, or pass --overwrite to replace it")
     num_classes = run.config["data"]["num_classes"] if is_conditional(run.cls) else None
-    torch.manual_seed(seed)
-    x, rows = draw(run.model, num_classes, num_samples, label)
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):  # drawn from ``seed``; the caller's random state is left alone
+        torch.manual_seed(seed)
+        x, rows = draw(run.model, num_classes, num_samples, label)
     x = x.cpu()
 
     def write(path: Path) -> None:

@@ -1,29 +1,33 @@
-"""Figures. Every function takes plain numbers/tensors and a path, and writes one PNG (an animation: one GIF)."""
+"""Figures. Every function takes plain numbers/tensors and a path, and writes one PNG (an animation: one GIF).
+
+The figures are ``matplotlib.figure.Figure`` objects drawn by the Agg canvas that ``savefig`` picks for a file,
+never through pyplot: a notebook's backend and its open figures are left as they were.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
 import numpy as np
 import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-from matplotlib.figure import Figure  # noqa: E402
-
-from aevb.runs import write_atomically  # noqa: E402
+from aevb.runs import write_atomically
 
 PHASE_COLOURS = {"e": "tab:orange", "m": "tab:blue"}
 
 
+def subplots(*grid: int, figsize: tuple[float, float], **kwargs):
+    """A figure of its own and its axes, as ``pyplot.subplots`` gives them, without pyplot."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **kwargs)
+
+
 def save(fig: Figure, path: Path) -> Path:
-    """Write the figure to ``path`` whole or not at all (a full disk leaves the old file or none), and close it."""
-    try:
-        write_atomically(Path(path), lambda p: fig.savefig(p, dpi=120, bbox_inches="tight"))
-    finally:
-        plt.close(fig)
+    """Write the figure to ``path`` whole or not at all (a full disk leaves the old file or none)."""
+    write_atomically(Path(path), lambda p: fig.savefig(p, dpi=120, bbox_inches="tight"))
     return path
 
 
@@ -32,6 +36,7 @@ def plot_history(ax, history: list[dict], keys: dict[str, str], x: str = "step")
     for key, label in keys.items():
         points = [(r[x], r[key]) for r in history if key in r]
         ax.plot(*zip(*points), label=label, lw=1.2)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and steps are whole numbers
     ax.set_xlabel(x)
 
 
@@ -57,7 +62,7 @@ def fa_learning_curve(
     three 2-D projections of generated (orange) against test (blue) points.
     """
     rows = len(snapshots)
-    fig = plt.figure(figsize=(9, 3.2 + 2.2 * rows))
+    fig = Figure(figsize=(9, 3.2 + 2.2 * rows))
     grid = fig.add_gridspec(1 + rows, 3, height_ratios=[3] + [2] * rows, hspace=0.45)
     ax = fig.add_subplot(grid[0, :])
     plot_history(ax, history, {"test_elbo": "test ELBO (estimate)", "test_log_evidence": "test log evidence (exact)"})
@@ -79,7 +84,7 @@ def fa_learning_curve(
 
 def em_phases(history: list[dict], spans: list[tuple[str, int, int]], references: dict[str, float], path: Path) -> Path:
     """Tutorial Figure 3: ELBO and evidence per step, E-phases (phi only) shaded, M-phases (theta only) plain."""
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = subplots(figsize=(9, 4))
     for phase, start, stop in spans:
         if phase == "e":
             ax.axvspan(start, stop, color=PHASE_COLOURS["e"], alpha=0.12, lw=0)
@@ -98,7 +103,7 @@ def em_phases(history: list[dict], spans: list[tuple[str, int, int]], references
 def curves(history: list[dict], keys: dict[str, str], path: Path, x: str = "epoch", title: str = "") -> Path:
     """Tutorial Figure 5: metrics (key -> legend label), e.g. the test ELBO in nats per example, per ``x``
     ('epoch' or 'step')."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     plot_history(ax, history, keys, x=x)
     ax.set_ylabel("nats per example")
     ax.set_title(title, fontsize=9)
@@ -110,7 +115,7 @@ def curves(history: list[dict], keys: dict[str, str], path: Path, x: str = "epoc
 def epoch_panels(history: list[dict], panels: dict[str, str], path: Path, title: str = "") -> Path:
     """Tutorial Figure 10: one panel per metric (key -> y-axis label) against the epoch, side by side."""
     panels = {key: label for key, label in panels.items() if any(key in r for r in history)}
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
+    fig, axes = subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
     for ax, (key, label) in zip(axes[0], panels.items()):
         plot_history(ax, history, {key: label}, x="epoch")
         ax.set_ylabel(label)
@@ -143,9 +148,14 @@ def as_grid(x: Tensor, shape: Sequence[int], columns: int) -> np.ndarray:
 
 
 def image_grid(images: np.ndarray, path: Path, row_labels: Sequence[str] | None = None, title: str = "") -> Path:
-    """Tutorial Figures 6, 8, 9: images (R, C, H, W) in [0, 1] as an R x C grid, rows optionally labelled."""
+    """Tutorial Figures 6, 8, 9: images (R, C, H, W) as an R x C grid, rows optionally labelled; grey levels
+    from 0 (black) to 1 (white), values outside [0, 1] (a Gaussian likelihood's draws) clipped, as the title
+    then says."""
     rows, cols, height, width = images.shape
-    fig, ax = plt.subplots(figsize=(0.45 * cols * max(1, width / height) + 0.5, 0.45 * rows + 0.4))
+    outside = float(np.mean((images < 0) | (images > 1)))
+    if outside:
+        title = f"{title} ({outside:.0%} of the values lie outside [0, 1], shown clipped)"
+    fig, ax = subplots(figsize=(0.45 * cols * max(1, width / height) + 0.5, 0.45 * rows + 0.4))
     ax.imshow(tile(images), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([r * (height + 1) + height / 2 for r in range(rows)] if row_labels else [], row_labels or [])
@@ -160,7 +170,7 @@ def rows_animation(images: np.ndarray, path: Path, title: str = "", fps: int = 4
     from matplotlib.animation import FuncAnimation, PillowWriter  # only this figure needs them
 
     rows, cols, steps, width = images.shape
-    fig, ax = plt.subplots(figsize=(0.45 * cols * max(1, width / steps) + 0.5, 0.45 * rows + 0.4))
+    fig, ax = subplots(figsize=(0.45 * cols * max(1, width / steps) + 0.5, 0.45 * rows + 0.4))
     shown = ax.imshow(tile(images), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -173,11 +183,8 @@ def rows_animation(images: np.ndarray, path: Path, title: str = "", fps: int = 4
         return (shown,)
 
     frames = list(range(steps)) + [steps - 1] * 2 * fps
-    try:
-        animation = FuncAnimation(fig, frame, frames=frames)
-        write_atomically(Path(path), lambda p: animation.save(p, writer=PillowWriter(fps=fps)))
-    finally:
-        plt.close(fig)
+    animation = FuncAnimation(fig, frame, frames=frames)
+    write_atomically(Path(path), lambda p: animation.save(p, writer=PillowWriter(fps=fps)))
     return path
 
 
@@ -187,7 +194,7 @@ def vectors(samples: np.ndarray, data: np.ndarray | None, path: Path, title: str
     panels = [("samples", samples)] + ([] if data is None else [("test data", data)])
     pairs = [(i, j) for i in range(min(dims, samples.shape[1])) for j in range(i + 1, min(dims, samples.shape[1]))]
     low, high = np.percentile(np.concatenate([p.ravel() for _, p in panels]), [1, 99])
-    fig = plt.figure(figsize=(max(6, 3.2 * max(len(pairs), len(panels))), 6.4 if pairs else 3.4), layout="constrained")
+    fig = Figure(figsize=(max(6, 3.2 * max(len(pairs), len(panels))), 6.4 if pairs else 3.4), layout="constrained")
     grid = fig.add_gridspec(2 if pairs else 1, max(len(pairs), len(panels)) * 2)
     width = grid.ncols // len(panels)
     for k, (name, values) in enumerate(panels):
@@ -225,7 +232,7 @@ def tsne(codes: np.ndarray, labels: np.ndarray | None, path: Path, seed: int = 0
     else:
         perplexity = min(30.0, (len(codes) - 1) / 3)  # t-SNE needs perplexity < N
         embedding = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(codes)
-    fig, ax = plt.subplots(figsize=(6, 5.5))
+    fig, ax = subplots(figsize=(6, 5.5))
     if labels is None:
         ax.scatter(embedding[:, 0], embedding[:, 1], s=3)
     else:
@@ -238,19 +245,27 @@ def tsne(codes: np.ndarray, labels: np.ndarray | None, path: Path, seed: int = 0
 
 
 def gap_bars(ax, results: dict[str, dict]) -> None:
-    """One stacked bar per model: the amortization gap on the approximation gap, whose sum is
-    log p(x) - ELBO[q_phi]; a model whose local E-step is not covered gets its total gap, hatched."""
+    """One stacked bar per model: the amortization gap on the approximation gap, and a black line at their sum,
+    log p(x) - ELBO[q_phi]; a negative part (within noise) is drawn down from zero, hatched; a model whose
+    local E-step is not covered gets its total gap, hatched grey."""
     names = list(results)
     for i, name in enumerate(names):
         r = results[name]
         if "amortization_gap" in r:
-            ax.bar(i, r["approximation_gap"], yerr=r["approximation_gap_se"], color="tab:blue",
-                   label="approximation gap" if i == 0 else None)
-            ax.bar(i, r["amortization_gap"], bottom=r["approximation_gap"], yerr=r["amortization_gap_se"],
-                   color="tab:orange", label="amortization gap" if i == 0 else None)
+            bottom = 0.0
+            for key, colour in (("approximation_gap", "tab:blue"), ("amortization_gap", "tab:orange")):
+                label = key.replace("_", " ")
+                if r[key] >= 0:  # stacked up from where the last one ended
+                    ax.bar(i, r[key], bottom=bottom, yerr=r[f"{key}_se"], color=colour, label=label)
+                else:  # below zero (noise, or local steps that stopped short): drawn down from zero, hatched
+                    ax.bar(i, r[key], yerr=r[f"{key}_se"], color="none", edgecolor=colour, hatch="xx",
+                           label=f"{label} (negative)")
+                bottom += max(r[key], 0.0)
+            ax.plot([i - 0.45, i + 0.45], [r["total_gap"]] * 2, color="k", lw=1.5, label="total gap")
         else:
             ax.bar(i, r["total_gap"], yerr=r["total_gap_se"], color="none", edgecolor="tab:gray", hatch="//",
                    label="total gap (not split)")
+    ax.axhline(0, color="grey", lw=0.6)
     ax.set_xticks(range(len(names)), names)
     ax.set_ylabel("nats per example")
     ax.set_title("log p(x) - ELBO[q_phi]")
@@ -261,7 +276,7 @@ def gap_bars(ax, results: dict[str, dict]) -> None:
 
 def gap_comparison(results: dict[str, dict], path: Path) -> Path:
     """The gap decomposition of several models side by side (``gap_bars``)."""
-    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(results), 3.6))
+    fig, ax = subplots(figsize=(1.6 + 1.1 * len(results), 3.6))
     gap_bars(ax, results)
     return save(fig, path)
 
@@ -270,18 +285,20 @@ def e_step_diagnostics(result: dict, path: Path) -> Path:
     """``aevb diagnose``'s figure: the gap decomposition, the ELBO against local E-step iterations (with log p(x)
     and ELBO[q_phi] as lines), and KL(q(z_d|x) || p(z_d)) per latent dimension, as far as the result has them."""
     panels = ["gaps"] + ["curve"] * ("e_step_curve" in result) + ["kl"] * ("kl_per_dimension" in result)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.6), squeeze=False)
+    fig, axes = subplots(1, len(panels), figsize=(4.3 * len(panels), 3.6), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         if panel == "gaps":
             gap_bars(ax, {result["model"]: result})
         elif panel == "curve":
             curve = result["e_step_curve"]
-            ax.plot(range(len(curve)), curve, lw=1.2, label="ELBO during local E-steps")
+            ax.plot(range(len(curve)), curve, lw=1.2,
+                    label=f"ELBO during local E-steps ({result['local_e_step']['samples']}-draw estimates)")
             ax.axhline(result["log_px"], color="k", ls="--", lw=1, label=f"log p(x) ({result['log_evidence']})")
             ax.axhline(result["elbo_optimal"], color="tab:orange", ls=":", lw=1, label="ELBO[q*]")
             ax.axhline(result["elbo_amortized"], color="tab:gray", ls="-.", lw=1, label="ELBO[q_phi]")
-            low, high = result["elbo_amortized"], result["log_px"]
-            ax.set_ylim(low - 0.15 * (high - low) - 0.01, high + 0.1 * (high - low) + 0.01)
+            shown = [*curve, result["log_px"], result["elbo_optimal"], result["elbo_amortized"]]
+            low, high = min(shown), max(shown)
+            ax.set_ylim(low - 0.05 * (high - low) - 0.01, high + 0.05 * (high - low) + 0.01)
             ax.set_xlabel("local E-step")
             ax.set_ylabel("nats per example")
             ax.legend(fontsize=7)

@@ -22,9 +22,9 @@ from pathlib import Path
 from aevb.reproduce import EXPERIMENTS, Experiment, Published, Settings, complete, software_versions
 
 IMAGE_SUFFIXES = (".png", ".gif", ".jpg", ".svg")
-CAPTIONS = {"diagnostics.png": "The E-step (aevb diagnose): log p(x) - ELBO[q_phi] split into the approximation and "
-                               "amortization gaps, the ELBO against local E-steps, and KL(q(z_d|x) || p(z_d)) per latent "
-                               "dimension."}
+CAPTIONS = {"diagnostics.png": "The E-step (aevb diagnose): log p(x) - ELBO[q_phi], split into the approximation and "
+                               "amortization gaps where the run's local E-step is covered, and, where the run has "
+                               "them, the ELBO against local E-steps and KL(q(z_d|x) || p(z_d)) per latent dimension."}
 VERDICT_RULE = ("Verdicts: a row is *reproduced* when ours is within the stated tolerance of the source's number (or the "
                 "source's statement holds of ours), *better* or *worse* beyond it; an experiment is worse if any of its "
                 "judged rows is, reproduced if all are, better otherwise; *not comparable* when its settings or data "
@@ -175,7 +175,9 @@ def experiment_blocks(name: str, experiment: Experiment, run_dir: Path, provenan
         header = ["epoch", f"ours (`{key}`)"] + ([] if different else [f"{experiment.source} ({experiment.section})"])
         table = [[str(e), number(at_epoch(history, e, key)) if e <= last else f"not reached (ran {last})"]
                  + ([] if different else [number(experiment.curve.get(e))]) for e in epochs]
-        blocks += [Heading(3, "Test ELBO per epoch"), Table(header, table)]
+        blocks += [Heading(3, "Test ELBO per epoch"), Table(header, table),
+                   Text("Each a one-sample estimate drawn during training; the test ELBO after training, above, is "
+                        "drawn afresh (seeded), so it differs from the last epoch's by that estimate's noise.")]
     diagnosis = read_diagnosis(run_dir)
     if diagnosis:
         blocks += [Heading(3, "The E-step"), *e_step_blocks(diagnosis, provenance.get("diagnosis"))]
@@ -243,6 +245,8 @@ def e_step_section(out: Path, diagnoses: dict[str, dict]) -> list[Block]:
     """The gaps of every diagnosed experiment side by side: a table and a figure (written to out/e_step_gaps.png)."""
     from aevb import plotting
 
+    conditional = [name for name in diagnoses
+                   if "num_classes" in json.loads((out / name / "config.json").read_text())["config"]]
     figure = plotting.gap_comparison(diagnoses, out / "e_step_gaps.png")
     rows = [[name, str(r["examples"]), with_se(r, "log_px"), with_se(r, "elbo_amortized"),
              with_se(r, "approximation_gap"), with_se(r, "amortization_gap"), f"{r['active_units']} of {r['latent_dim']}"]
@@ -252,7 +256,8 @@ def e_step_section(out: Path, diagnoses: dict[str, dict]) -> list[Block]:
         Text("How far each fitted model's amortized posterior q_phi is from exact (Cremer, Li & Duvenaud 2018): the "
              "approximation gap is the family's (the best member for each example, q*, against log p(x)), the "
              "amortization gap the encoder's (q_phi against q*). Each experiment's section says how they were "
-             "computed."),
+             "computed." + (f" For {', '.join(conditional)}, a model of x given its label y, they are of log p(x|y) "
+                            "and its ELBO." if conditional else "")),
         Table(["experiment", "examples", "log p(x)", "ELBO[q_phi]", "approximation gap", "amortization gap",
                "active units"], rows),
         Figure(figure, "log p(x) - ELBO[q_phi] per experiment, split into the approximation gap (blue) and the "

@@ -132,6 +132,25 @@ def validation_off() -> Iterator[None]:
         torch.distributions.Distribution.set_default_validate_args(before)
 
 
+def check_fit_arguments(data, epochs: int | None, steps: int | None, eval_every: str,
+                        checkpoint_every: tuple[int, str]) -> None:
+    """``Trainer.fit``'s arguments, each mistake a TypeError or ValueError naming it (not an error deep inside)."""
+    if not isinstance(data, (tuple, list)) or not data:  # a bare tensor would be read as one row per tensor
+        raise TypeError("Trainer.fit: data is a tuple of tensors (x, *context), e.g. (x_train,)")
+    if len({len(t) for t in data}) > 1:
+        raise ValueError(f"Trainer.fit: the tensors of data differ in length: {[len(t) for t in data]}")
+    if (epochs is None) == (steps is None):
+        raise TypeError("Trainer.fit takes epochs or steps, one of them")
+    if not (isinstance(epochs or steps, int) and (epochs or steps) >= 1):
+        raise ValueError(f"Trainer.fit: {'epochs' if steps is None else 'steps'} must be a positive integer, "
+                         f"got {epochs if steps is None else steps!r}")
+    if eval_every not in ("epoch", "step"):
+        raise ValueError(f"Trainer.fit: eval_every is 'epoch' or 'step', got {eval_every!r}")
+    if not (isinstance(checkpoint_every, tuple) and len(checkpoint_every) == 2 and isinstance(checkpoint_every[0], int)
+            and checkpoint_every[0] >= 1 and checkpoint_every[1] in ("epoch", "step")):
+        raise ValueError(f"Trainer.fit: checkpoint_every is (N, 'epoch') or (N, 'step'), N >= 1, got {checkpoint_every!r}")
+
+
 class Trainer:
     """Mini-batch gradient ascent on the mean ELBO, one Adam optimizer per parameter group.
 
@@ -169,6 +188,11 @@ class Trainer:
         lr_milestones: Sequence[int] = (),
         lr_gamma: float = 0.1,
     ) -> None:
+        for name, value, valid in (("lr", lr, lr > 0), ("batch_size", batch_size, batch_size >= 1),
+                                   ("lr_gamma", lr_gamma, 0 < lr_gamma <= 1)):
+            if not valid:
+                raise ValueError(f"Trainer: {name} must be {'in (0, 1]' if name == 'lr_gamma' else 'positive'}, got "
+                                 f"{value!r}")
         self.model = model
         self.lr, self.lr_milestones, self.lr_gamma = lr, tuple(lr_milestones), lr_gamma
         self.schedule = Schedule.parse(schedule) if isinstance(schedule, str) else schedule
@@ -285,6 +309,7 @@ class Trainer:
         ``transform`` maps every mini-batch before its step (see ``Batches``). ``checkpoint(self)`` is called
         every ``checkpoint_every = (n, 'epoch' or 'step')``, and when a stop is requested.
         """
+        check_fit_arguments(data, epochs, steps, eval_every, checkpoint_every)
         batches = Batches(data, self.batch_size, self.generator, transform)
         total = self.step_count + (steps if steps is not None else epochs * len(batches))
         every, unit = checkpoint_every
