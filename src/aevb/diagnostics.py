@@ -141,9 +141,8 @@ def same_draws(elbo: Callable[[dict[str, Distribution], int], Tensor], qs: Seque
     """``estimate`` for each q of ``qs``, all from the same random numbers (common random numbers: the noise of
     their differences is far below that of each, and 0 between equal qs); the generators' states move on once."""
     seed, estimates = int(torch.randint(2**62, ())), []
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     for q in qs:
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng():
             torch.manual_seed(seed)
             estimates.append(estimate(elbo, q, num_samples))
     return estimates

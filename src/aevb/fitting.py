@@ -642,8 +642,7 @@ def fit_run(model: str | type, out: str | Path, progress: bool = True, resume: b
             argv += [flag, ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)]
     args = parser.parse_args(argv)
     resolve_paths(args)
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):  # seeded by --seed; the caller's random state is left alone
+    with torch.random.fork_rng():  # seeded by --seed; the caller's random state is left alone
         return {**run_fit(cls, args, Path(out), progress, resume), "run_dir": str(out)}
 
 
@@ -873,8 +872,7 @@ def sample_run(run_dir: str | Path, out: Path, num_samples: int, label: int | No
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise UsageError(f"--out {out} exists; name another file, or pass --overwrite to replace it")
     num_classes = run.config["data"]["num_classes"] if is_conditional(run.cls) else None
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):  # drawn from ``seed``; the caller's random state is left alone
+    with torch.random.fork_rng():  # drawn from ``seed``; the caller's random state is left alone
         torch.manual_seed(seed)
         x, rows = draw(run.model, num_classes, num_samples, label)
     x = x.cpu()

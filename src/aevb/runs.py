@@ -100,8 +100,10 @@ def keep_lines(path: Path, count: int, advice: str) -> None:
         lines = path.read_text().splitlines(keepends=True)[:count] if count else []
     except FileNotFoundError:
         lines = []
-    except (UnicodeDecodeError, OSError) as e:
-        raise UsageError(f"cannot read {path} ({getattr(e, 'strerror', None) or e.reason}); {advice}") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"cannot read {path} ({e.reason}); {advice}") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path} ({e.strerror}); {advice}") from None
     whole = [line for line in lines if line.endswith("\n") and is_json_object(line)]
     if len(whole) < count:
         raise UsageError(f"{path} is damaged: it holds {len(whole)} whole records of the {count} the checkpoint has "

@@ -163,12 +163,21 @@ def check_parameter_groups(case: Case) -> None:
                      "or model.inference (phi)")
 
 
+def factors(case: Case) -> tuple | None:
+    """``factors`` on the case's batch: (q(z|x), p(z), p(x|z) as a function of z), or None for a model with an ELBO
+    of its own."""
+    try:
+        return case.model.factors(*case.batch)
+    except NotImplementedError:
+        return None
+
+
 def check_factor_shapes(case: Case) -> None:
     """From ``factors``: q(z|x) and p(x|z) one distribution per example (batch (B,)), p(z) one or one per example."""
-    try:
-        q_z, p_z, p_x_given_z = case.model.factors(*case.batch)
-    except NotImplementedError:  # an ELBO of the model's own
+    found = factors(case)
+    if found is None:
         return
+    q_z, p_z, p_x_given_z = found
     with torch.no_grad():
         for name, d, shapes in (("q(z|x)", q_z, [(case.size,)]), ("p(z)", p_z, [(), (case.size,)]),
                                 ("p(x|z)", p_x_given_z(q_z.sample()), [(case.size,)])):
@@ -195,11 +204,9 @@ def check_elbo_terms(case: Case) -> None:
 
 
 def check_kl(case: Case) -> str | None:
-    try:
-        q_z, p_z, _ = case.model.factors(*case.batch)
-    except NotImplementedError:  # an ELBO of the model's own
-        q_z = p_z = None
-    if q_z is not None:
+    found = factors(case)
+    if found is not None:
+        q_z, p_z, _ = found
         try:
             kl_divergence(q_z, p_z)
         except NotImplementedError as e:  # the default estimator samples it: a draw's KL may be negative
