@@ -20,13 +20,14 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 from aevb.arguments import (MAX_IWAE_SAMPLES, MAX_SAMPLES, LocalEStep, draws, epochs_scale, local_steps,
                             non_negative_int, output_folder, positive_float, positive_int, positive_iwae_samples,
                             random_seed, sample_count)
-from aevb.errors import Interrupted, UsageError
+from aevb.errors import Interrupted, Terminated, UsageError
 from aevb.reproduce import DIAGNOSIS, EXPERIMENTS
 
 
@@ -286,10 +287,17 @@ def compile_error(error: Exception) -> bool:
     return dynamo is not None and isinstance(error, dynamo.TorchDynamoException)
 
 
+def terminate(signum: int, frame) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     torchrun = "WORLD_SIZE" in os.environ  # set by torchrun, for every world size
     reporting = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 reports
+    # SIGTERM as SIGINT is: an exception, reported in one line (training installs its own handlers, which stop it
+    # at a step boundary); outside the main thread signals are left as they are
+    sigterm = signal.signal(signal.SIGTERM, terminate) if threading.current_thread() is threading.main_thread() else None
     try:
         if torchrun:
             join_processes(argv)
@@ -307,9 +315,11 @@ def main(argv: list[str] | None = None) -> int:
                     if args.handler is reproduce_command else "")
             print(f"aevb: interrupted by {name} after step {e.step}{then}", file=sys.stderr)
         return 128 + e.signal
-    except KeyboardInterrupt:
-        print("aevb: interrupted" + continuation(args if "args" in locals() else None), file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as e:
+        by = " by SIGTERM" if isinstance(e, Terminated) else ""
+        if reporting:
+            print(f"aevb: interrupted{by}" + continuation(args if "args" in locals() else None), file=sys.stderr)
+        return 128 + (signal.SIGTERM if by else signal.SIGINT)
     except OSError as e:  # the machine's, not aevb's: a full disk, a file it may not write
         if e.filename is None:
             raise
@@ -323,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aevb: error: --compile failed: {str(e).strip().splitlines()[0]}; run without --compile", file=sys.stderr)
         return 2
     finally:
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
         if torchrun:
             from aevb import distributed
 

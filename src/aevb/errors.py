@@ -26,3 +26,9 @@ class Interrupted(Exception):
     def __init__(self, signal: int, step: int) -> None:
         self.signal, self.step = signal, step
         super().__init__(f"interrupted by signal {signal} after step {step}")
+
+
+class Terminated(BaseException):
+    """SIGTERM outside training, which stops at a step boundary instead (``Interrupted``): the ``aevb`` command
+    raises it, as Python raises KeyboardInterrupt on SIGINT, so that it ends with one line. Not an Exception:
+    no ``except Exception`` on the way may swallow it."""

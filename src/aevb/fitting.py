@@ -38,7 +38,7 @@ from aevb.arguments import (MAX_IWAE_SAMPLES, epoch_list, finite_float, fraction
                             positive_float, positive_int, random_seed, thread_count)
 from aevb.data import ARRAY_SUFFIXES, TRANSFORMS, as_sequences, dynamic_binarize, load_dataset, prepare, validate_support
 from aevb.disk import chunks
-from aevb.errors import DataError, Diverged, UsageError
+from aevb.errors import DataError, Diverged, Interrupted, UsageError
 from aevb.likelihoods import LIKELIHOODS
 from aevb.model import LatentVariableModel, build
 from aevb import runs
@@ -498,9 +498,13 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
 
     with stop_on_signals(trainer):
         try:
-            trainer.fit(data.train, steps=total - trainer.step_count, evaluate=evaluate, eval_every=hooks.eval_every,
-                        transform=data.transform, callbacks=[write_metrics, *logged, *hooks.callbacks(model)],
-                        checkpoint=checkpoint, checkpoint_every=args.checkpoint_every)
+            if trainer.step_count < total:  # else resumed after its last step: stopped in the final evaluation
+                trainer.fit(data.train, steps=total - trainer.step_count, evaluate=evaluate,
+                            eval_every=hooks.eval_every, transform=data.transform,
+                            callbacks=[write_metrics, *logged, *hooks.callbacks(model)], checkpoint=checkpoint,
+                            checkpoint_every=args.checkpoint_every)
+            if trainer.stop_signal is not None:  # asked during the last step, which then checkpointed as the last
+                raise Interrupted(trainer.stop_signal, trainer.step_count)
         except BaseException as e:
             for logger in logged:
                 logger.close()
