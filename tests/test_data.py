@@ -1,6 +1,7 @@
 """Data layer: IDX reading, checksum-verified atomic download, digits, user arrays, transforms."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -247,6 +248,16 @@ def test_user_arrays(tmp_path):
     assert (len(both.x_train), len(both.x_test), both.levels) == (20, 10, 3)  # uint8 -> 256; int64 -> max + 1
     assert torch.equal(both.y_test, torch.from_numpy(y[20:]))
 
+    pixels = rng.integers(0, 17, (40, 6))  # a .csv has no type: whole numbers in [0, 2^16) are integer pixels
+    np.savetxt(tmp_path / "pixels.csv", pixels, fmt="%d", delimiter=",")
+    np.savetxt(tmp_path / "halves.csv", pixels / 2, delimiter=",")
+    np.savetxt(tmp_path / "negative.csv", pixels - 8, fmt="%d", delimiter=",")
+    csv = {name: load_dataset(str(tmp_path / f"{name}.csv")) for name in ("pixels", "halves", "negative")}
+    assert (csv["pixels"].levels, csv["pixels"].x_train.dtype) == (int(pixels.max()) + 1, torch.int64)
+    assert torch.equal(torch.cat([csv["pixels"].x_train, csv["pixels"].x_test]).sort(0).values,
+                       torch.from_numpy(pixels).sort(0).values)
+    assert csv["halves"].levels is None and csv["negative"].levels is None  # floats, as they are
+
     np.save(tmp_path / "big-endian.npy", rng.random((60, 7)).astype(">f4"))  # saved on another machine, say
     other_order = load_dataset(str(tmp_path / "big-endian.npy"), seed=1)
     assert torch.equal(other_order.x_test, torch.from_numpy(np.load(tmp_path / "big-endian.npy").astype("<f4"))[
@@ -319,6 +330,9 @@ def test_prepare_dequantize_and_none():
     assert torch.equal(prepare(data, "none", seed=0)[0], data.x_train.flatten(1).float())
     with pytest.raises(ValueError, match="unknown transform"):
         prepare(data, "normalize", seed=0)
+    floats = dataclasses.replace(data, x_train=data.x_train / 16, x_test=data.x_test / 16, levels=None)
+    with pytest.raises(DataError, match="dequantize spreads integer pixels over their bins, and these data are floats"):
+        prepare(floats, "dequantize", seed=0)  # it would otherwise leave them as they are, and say it dequantized
 
 
 def test_dynamic_binarization_draws_afresh_every_epoch():
