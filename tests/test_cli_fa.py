@@ -47,9 +47,10 @@ def test_experiment_2_e_phases_tighten_the_bound_and_m_phases_raise_the_evidence
         assert {r["phase"] for r in e_phase} == {"e"} and {r["phase"] for r in m_phase} == {"m"}
         assert len({r["test_log_evidence"] for r in e_phase}) == 1  # exactly constant, not "almost"
         # the last 100 steps of the phase, averaged: a constant learning rate leaves the iterate jittering
-        # (the gap at single steps ranges 0.002-0.02 nats over seeds 0-2)
+        # (the gap at single steps ranges 0.002-0.02 nats over seeds 0-2; averaged, 0.0025-0.013 over seeds 0-3;
+        # after the M-phase it is 0.86)
         end = e_phase[-100:]
-        assert sum(r["test_log_evidence"] - r["test_elbo_exact"] for r in end) / len(end) <= 0.01
+        assert sum(r["test_log_evidence"] - r["test_elbo_exact"] for r in end) / len(end) <= 0.02
         # q's parameters match the exact posterior's (relative errors; they exceed 0.4 after each M-phase)
         for error in ("posterior_mean_error", "posterior_covariance_error"):
             assert sum(r[error] for r in end) / len(end) < 0.1

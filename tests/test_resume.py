@@ -1,6 +1,7 @@
 """Long runs: a fit killed in the middle of an epoch (SIGKILL) or stopped by SIGINT/SIGTERM, then resumed, ends
 with the same parameters, metrics and summary as the uninterrupted fit, bit for bit; diverging fits stop with
 one line; the trainer trains more when called again and leaves the global random state to its caller."""
+import itertools
 import json
 import signal
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.distributions import Independent, Normal
 
 from aevb import runs
 from aevb.cli import main
@@ -16,20 +18,26 @@ from aevb.errors import Diverged
 from aevb.models.vae import VAE, VAEConfig
 from aevb.trainer import Trainer
 
-# Runs `aevb ARGV` in a process of its own with one thread, sending itself SIGNAL just before gradient step AT (1-based).
+# Runs `aevb ARGV` in a process of its own with one thread, sending itself SIGNAL just before gradient step AT
+# (1-based), or with AT = 0 just before the evaluation that follows training.
 KILLER = """
 import os, signal, sys
 import torch
 torch.set_num_threads(1)
-from aevb import trainer
+from aevb import evaluation, trainer
 from aevb.cli import main
 at, name, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
-step = trainer.Trainer.step
+step, evaluate = trainer.Trainer.step, evaluation.evaluate
 def step_and_maybe_signal(self, batch, phase):
     if self.step_count + 1 == at:
         os.kill(os.getpid(), getattr(signal, name))
     return step(self, batch, phase)
+def signal_and_evaluate(*args, **kwargs):
+    os.kill(os.getpid(), getattr(signal, name))
+    return evaluate(*args, **kwargs)
 trainer.Trainer.step = step_and_maybe_signal
+if at == 0:
+    evaluation.evaluate = signal_and_evaluate
 sys.exit(main(argv))
 """
 
@@ -119,6 +127,21 @@ def test_a_stop_on_the_last_step_of_an_epoch_resumes_into_that_epochs_record(uni
     trainer_state = runs.load_file(tmp_path / "run" / runs.CHECKPOINT)["trainer"]
     assert (trainer_state["step"], trainer_state["epoch"], trainer_state["position"]) == (15, 1, 15)
     assert fit(["resume", tmp_path / "run"]) == 0
+    assert_same_run(uninterrupted["gmvae-temperature-schedule"], tmp_path / "run")
+
+
+@pytest.mark.parametrize("at, then", [(30, " after step 30; the run keeps a checkpoint: continue it with"),
+                                      (0, "; continue the run with")])
+def test_sigterm_in_the_last_step_or_after_training_stops_with_one_line_and_resumes(at, then, uninterrupted, tmp_path,
+                                                                                   preloaded_python):
+    """In the last step (30 of 30) the trainer checkpoints as it ends; in the final evaluation the command stops."""
+    flags = [*FITS["gmvae-temperature-schedule"], "--out", tmp_path / "run"]
+    stopped = run(preloaded_python, flags, at=at, signal_name="SIGTERM")
+    assert stopped.returncode == 143
+    assert stopped.stderr.strip().splitlines() == [f"aevb: interrupted by SIGTERM{then} aevb resume {tmp_path / 'run'}"]
+    assert runs.status(tmp_path / "run") == "incomplete"
+    assert runs.load_file(tmp_path / "run" / runs.CHECKPOINT)["trainer"]["step"] == 30
+    assert fit(["resume", tmp_path / "run"]) == 0  # nothing left to train: the evaluation and figures
     assert_same_run(uninterrupted["gmvae-temperature-schedule"], tmp_path / "run")
 
 
@@ -215,6 +238,43 @@ def test_fit_trains_the_asked_for_steps_each_time_and_leaves_the_global_random_s
     assert torch.equal(torch.rand(3), expected)  # fit did not reseed: the caller's seed still decides
 
 
+def test_fit_called_again_inside_an_epoch_goes_on_with_it_and_monitoring_does_not_change_the_fit():
+    x = torch.rand(50, 6)
+
+    def fitted(*calls, evaluate=None):
+        torch.manual_seed(0)
+        model = VAE(VAEConfig(data_dim=6, latent_dim=2, hidden=(8,)))
+        trainer = Trainer(model, batch_size=10, progress=False, lr_milestones=(1,), lr_gamma=0.5)
+        history = [r for steps in calls for r in trainer.fit((x,), steps=steps, evaluate=evaluate)]
+        return trainer, history, torch.cat([p.flatten() for p in model.parameters()])
+
+    once, history, parameters = fitted(10)
+    for calls in [(5, 5), (3, 3, 4), (1,) * 10]:
+        again, split, split_parameters = fitted(*calls)
+        assert torch.equal(split_parameters, parameters) and (again.epoch, again.position) == (2, 0), calls
+        # a record at each epoch's end (every 5 steps) and at each call's
+        assert [r["step"] for r in split] == sorted({5, *itertools.accumulate(calls)}) and split[-1] == history[-1]
+    assert [r["epoch"] for r in fitted(3, 3, 4)[1]] == [1, 1, 2, 2]  # steps 3, 5, 6 and 10
+    monitored, records, monitored_parameters = fitted(10, evaluate=lambda m: {"test_elbo": m.elbo(x).elbo.mean()})
+    assert torch.equal(monitored_parameters, parameters) and "test_elbo" in records[-1]
+
+
+def test_an_epochs_record_is_the_mean_over_its_examples_and_keeps_the_models_precision():
+    """23 examples in batches of 10, 10 and 3: each step's mean weighs as many examples as its batch holds."""
+    x = torch.rand(23, 6, dtype=torch.float64)
+
+    def records(eval_every):
+        torch.manual_seed(0)
+        model = VAE(VAEConfig(data_dim=6, latent_dim=2, hidden=(8,))).double()
+        return Trainer(model, batch_size=10, progress=False).fit((x,), epochs=1, eval_every=eval_every)
+
+    steps, (epoch,) = records("step"), records("epoch")
+    for key in ("train_elbo", "train_log_likelihood", "train_kl"):
+        by_step = torch.tensor([r[key] for r in steps], dtype=torch.float64)
+        assert epoch[key] == pytest.approx(float(by_step @ torch.tensor([10.0, 10, 3], dtype=torch.float64) / 23),
+                                           rel=1e-14), key
+
+
 def test_the_learning_rate_decays_after_each_milestone_epoch():
     """lr * gamma^(milestones passed), as torch's MultiStepLR stepped once per epoch gives."""
     torch.manual_seed(0)
@@ -229,23 +289,49 @@ def test_the_learning_rate_decays_after_each_milestone_epoch():
         reference.step()
 
 
-def test_no_argument_validation_runs_in_a_training_step(monkeypatch):
+def test_no_argument_validation_runs_in_a_training_step_but_the_first(monkeypatch):
     """Validation is switched off for the step, for distributions that ask for it inside (OneHotCategorical's
-    Categorical) too: on a GPU every check waits for the device."""
+    Categorical) too: on a GPU every check waits for the device. A trainer's first step is checked, once."""
     from aevb.models.gmvae import GMVAE, GMVAEConfig
 
     checks = []
-    original = torch.distributions.Distribution._validate_sample
+    original, init = torch.distributions.Distribution._validate_sample, torch.distributions.Distribution.__init__
+
+    def checking_init(self, *args, **kwargs):  # the checks of a distribution's arguments
+        init(self, *args, **kwargs)
+        if self._validate_args:
+            checks.append(type(self).__name__)
+
     monkeypatch.setattr(torch.distributions.Distribution, "_validate_sample",
                         lambda self, value: checks.append(type(self).__name__) or original(self, value))
+    monkeypatch.setattr(torch.distributions.Distribution, "__init__", checking_init)
     monkeypatch.setattr(torch.distributions.Distribution, "_validate_args", True)  # as if the user asked for checks
     torch.manual_seed(0)
     model = GMVAE(GMVAEConfig(data_dim=8, num_components=3, latent_dim=2, hidden=(8, 8)))
     x = (torch.rand(20, 8) > 0.5).float()
     for estimator in ("marginal", "gumbel-relaxed"):
-        Trainer(model, batch_size=10, estimator=estimator, progress=False).fit((x,), epochs=1)
-    assert checks == []
+        trainer = Trainer(model, batch_size=10, estimator=estimator, progress=False)
+        trainer.fit((x,), steps=1)
+        assert checks, estimator  # the first step's
+        checks.clear()
+        trainer.fit((x,), epochs=2)
+        assert checks == []
     assert torch.distributions.Distribution._validate_args  # restored after
+
+
+def test_the_first_step_finds_a_bad_parameter_as_torch_would():
+    """A scale that can go negative: the Normal-Normal KL squares it, so unchecked the fit would go on."""
+
+    class SignedScale(VAE):
+        def factors(self, x):
+            q_z, p_z, p_x_given_z = super().factors(x)
+            loc = q_z.base_dist.loc
+            return Independent(Normal(loc, loc), 1), p_z, p_x_given_z
+
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="scale"):
+        Trainer(SignedScale(VAEConfig(data_dim=6, latent_dim=2, hidden=(8,))), progress=False).fit(
+            (torch.rand(20, 6),), epochs=1)
 
 
 def test_the_nonfinite_check_names_the_first_bad_step_from_the_epochs_terms(monkeypatch):
@@ -253,7 +339,7 @@ def test_the_nonfinite_check_names_the_first_bad_step_from_the_epochs_terms(monk
     torch.manual_seed(0)
     model = VAE(VAEConfig(data_dim=6, latent_dim=2, hidden=(8,)))
     x = torch.rand(40, 6)
-    x[25:] = float("nan")
+    x[25:] = 1e30  # finite, as Trainer.fit checks, but its log-likelihood is not
     monkeypatch.setattr(torch, "randperm", lambda n, generator=None: torch.arange(n))  # the batches in order
     trainer = Trainer(model, batch_size=10, progress=False)
     with pytest.raises(Diverged, match=r"log-likelihood term is not finite at step 3 \(epoch 1\)"):
@@ -265,10 +351,27 @@ def test_the_nonfinite_check_names_the_first_bad_step_from_the_epochs_terms(monk
 def test_trainer_arguments_are_refused_where_they_are_given():
     model = VAE(VAEConfig(data_dim=4, latent_dim=2, hidden=(4,)))
     x = torch.rand(20, 4)
-    for kwargs, message in [({"batch_size": 0}, "batch_size must be positive"), ({"lr": -1.0}, "lr must be positive"),
-                            ({"lr_gamma": 0.0}, r"lr_gamma must be in \(0, 1\]")]:
-        with pytest.raises(ValueError, match=message):
+    for kwargs, error, message in [
+        ({"batch_size": 0}, ValueError, "batch_size must be a positive integer"),
+        ({"batch_size": 32.0}, TypeError, "batch_size must be a positive integer, got 32.0"),
+        ({"lr": -1.0}, ValueError, "lr must be a positive number"), ({"lr": "1e-3"}, TypeError, "lr must be"),
+        ({"lr_gamma": 0.0}, ValueError, r"lr_gamma must be a number in \(0, 1\]"),
+        ({"clip_grad": -1.0}, ValueError, "clip_grad must be None or a positive number"),  # it would descend
+        ({"clip_grad": 0}, ValueError, "clip_grad must be None or a positive number"),  # it would not move
+        ({"estimator": "marginal"}, ValueError, "VAE has no estimator 'marginal'; it has aevb, sgvb"),
+    ]:
+        with pytest.raises(error, match=message):
             Trainer(model, **kwargs)
+    shared = VAE(VAEConfig(data_dim=4, latent_dim=2, hidden=(4,)))
+    shared.inference.decoder = shared.generative  # an E-step would move theta
+    with pytest.raises(ValueError, match=r"generative.net.0.0.weight, .* are in both groups"):
+        Trainer(shared)
+    model.inference.requires_grad_(False)  # frozen: left as it is, and a schedule of phi alone has nothing to step
+    with pytest.raises(ValueError, match=r"e-step steps phi \(model.inference\), and VAE has no trainable"):
+        Trainer(model, schedule="e-step")
+    frozen = [p.clone() for p in model.inference.parameters()]
+    Trainer(model, batch_size=5, progress=False).fit((x,), epochs=1)
+    assert all(torch.equal(a, b) for a, b in zip(frozen, model.inference.parameters()))
     trainer = Trainer(model, batch_size=5, progress=False)
     for args, kwargs, error, message in [
         ((x,), {"epochs": 1}, TypeError, "data is a tuple of tensors"),
@@ -276,6 +379,8 @@ def test_trainer_arguments_are_refused_where_they_are_given():
         (((x,),), {"epochs": 1, "steps": 2}, TypeError, "epochs or steps, one of them"),
         (((x,),), {"epochs": -1}, ValueError, "epochs must be a positive integer, got -1"),
         (((x, x[:3]),), {"epochs": 1}, ValueError, r"differ in length: \[20, 3\]"),
+        (((x[:0],),), {"steps": 3}, ValueError, "data hold no examples"),
+        (((torch.cat([x[:19], torch.full((1, 4), float("nan"))]),),), {"epochs": 1}, ValueError, "NaN or infinite"),
         (((x,),), {"epochs": 1, "eval_every": "steps"}, ValueError, "eval_every is 'epoch' or 'step'"),
         (((x,),), {"epochs": 1, "checkpoint_every": (2, "steps")}, ValueError, "checkpoint_every is"),
         (((x,),), {"epochs": 1, "checkpoint_every": 2}, ValueError, "checkpoint_every is"),

@@ -106,6 +106,21 @@ class LatentVariableModel(nn.Module, ABC):
             raise TypeError(f"{type(self).__name__} must set {' and '.join(missing)} to an nn.Module in __init__")
         return {name: list(getattr(self, name).parameters()) for name in PARAMETER_GROUPS}
 
+    def parameter_group_problem(self) -> str | None:
+        """What keeps the groups from being stepped apart, or None: a trainable parameter in both (an E-step would
+        move theta) or in neither (no step would move it). Frozen parameters (``requires_grad=False``) may be
+        anywhere."""
+        groups = {name: {id(p) for p in params if p.requires_grad} for name, params in self.parameter_groups().items()}
+        names = {id(p): n for n, p in self.named_parameters() if p.requires_grad}
+        both = [n for i, n in names.items() if i in groups["generative"] & groups["inference"]]
+        if both:
+            return f"{', '.join(both)} are in both groups; expected theta and phi disjoint"
+        neither = [n for i, n in names.items() if i not in groups["generative"] | groups["inference"]]
+        if neither:
+            return (f"{', '.join(neither)} in neither group; expected every parameter in model.generative (theta) or "
+                    "model.inference (phi), or frozen (requires_grad=False)")
+        return None
+
     def factors(self, x: Tensor, *context: Tensor) -> tuple[Distribution, Distribution, Callable[[Tensor], Distribution]]:
         """(q(z|x), p(z), z -> p(x|z)) for a batch: the three factors of a one-latent model."""
         raise NotImplementedError(f"{type(self).__name__} must define factors() or override elbo() and "

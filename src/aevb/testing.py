@@ -152,15 +152,9 @@ def check_parameter_groups(case: Case) -> None:
     groups = case.model.parameter_groups()
     if sorted(groups) != sorted(PARAMETER_GROUPS):
         raise Broken(f"parameter_groups() has {sorted(groups)}; expected exactly {sorted(PARAMETER_GROUPS)}")
-    ids = {group: {id(p) for p in params} for group, params in groups.items()}
-    names = {id(p): n for n, p in case.model.named_parameters()}
-    if ids["generative"] & ids["inference"]:
-        both = [n for i, n in names.items() if i in ids["generative"] & ids["inference"]]
-        raise Broken(f"{', '.join(both) or 'some parameters'} are in both groups; expected theta and phi disjoint")
-    neither = [n for i, n in names.items() if i not in ids["generative"] | ids["inference"]]
-    if neither:
-        raise Broken(f"{', '.join(neither)} in neither group; expected every parameter in model.generative (theta) "
-                     "or model.inference (phi)")
+    problem = case.model.parameter_group_problem()
+    if problem:
+        raise Broken(problem)
 
 
 def factors(case: Case) -> tuple | None:

@@ -38,6 +38,7 @@ from aevb.errors import Diverged, Interrupted
 from aevb.model import LatentVariableModel
 
 PHASE_GROUPS = {"joint": ("inference", "generative"), "e": ("inference",), "m": ("generative",)}
+PHASE_NAMES = {"joint": "theta and phi", "e": "phi (model.inference)", "m": "theta (model.generative)"}
 SCHEDULE_HELP = "joint, e-step, m-step or alternate:E,M (E steps on phi, then M steps on theta)"
 
 
@@ -67,6 +68,10 @@ class Schedule:
         if self.only:
             return self.only
         return "e" if step % (self.e_steps + self.m_steps) < self.e_steps else "m"
+
+    def phases(self) -> tuple[str, ...]:
+        """The phases this schedule steps."""
+        return (self.only,) if self.only else ("e", "m")
 
     def phase_spans(self, total_steps: int) -> list[tuple[str, int, int]]:
         """[(phase, first_step, last_step + 1)], consecutive steps of one phase merged."""
@@ -98,6 +103,12 @@ class Batches:
     def __len__(self) -> int:
         return math.ceil(len(self.tensors[0]) / self.batch_size)
 
+    def sizes(self) -> Tensor:
+        """The (global) size of each of an epoch's batches, (len(self),): ``batch_size`` but for a shorter last."""
+        sizes = torch.full((len(self),), float(self.batch_size))
+        sizes[-1] = len(self.tensors[0]) - (len(self) - 1) * self.batch_size
+        return sizes
+
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         return self.epoch(self.order())
 
@@ -121,15 +132,35 @@ TERMS = ("log-likelihood", "KL", "ELBO")  # the terms a step checks for non-fini
 
 
 @contextlib.contextmanager
-def validation_off() -> Iterator[None]:
-    """No argument validation in any distribution built inside, those that pass ``validate_args`` to an inner
-    distribution included (each check would wait for the GPU): data are validated once, at the boundary."""
+def validation(enabled: bool) -> Iterator[None]:
+    """Argument validation on or off in every distribution built inside, those that pass ``validate_args`` to an
+    inner distribution included. Training turns it off (each check would wait for the GPU; data are validated
+    once, at the boundary) but for a trainer's first step, which finds a model's bad parameters as torch would."""
     before = torch.distributions.Distribution._validate_args
-    torch.distributions.Distribution.set_default_validate_args(False)
+    torch.distributions.Distribution.set_default_validate_args(enabled)
     try:
         yield
     finally:
         torch.distributions.Distribution.set_default_validate_args(before)
+
+
+def check_trainer_arguments(model: LatentVariableModel, lr, batch_size, estimator, clip_grad, lr_gamma) -> None:
+    """``Trainer``'s arguments, each mistake a TypeError or ValueError naming it (not an error at the first step)."""
+    number = lambda v, kinds=(int, float): isinstance(v, kinds) and not isinstance(v, bool)
+    for name, value, typed, valid, what in (
+            ("lr", lr, number(lr), lambda: lr > 0, "a positive number"),
+            ("batch_size", batch_size, number(batch_size, int), lambda: batch_size >= 1, "a positive integer"),
+            ("lr_gamma", lr_gamma, number(lr_gamma), lambda: 0 < lr_gamma <= 1, "a number in (0, 1]"),
+            ("clip_grad", clip_grad, clip_grad is None or number(clip_grad), lambda: clip_grad is None or clip_grad > 0,
+             "None or a positive number (a gradient norm)")):
+        if not (typed and valid()):
+            raise (ValueError if typed else TypeError)(f"Trainer: {name} must be {what}, got {value!r}")
+    if estimator is not None and estimator not in model.estimators:
+        raise ValueError(f"Trainer: {type(model).__name__} has no estimator {estimator!r}; it has "
+                         f"{', '.join(model.estimators) or 'none to choose'} (None: its default)")
+    problem = model.parameter_group_problem()
+    if problem:
+        raise ValueError(f"Trainer: {problem}")
 
 
 def check_fit_arguments(data, epochs: int | None, steps: int | None, eval_every: str,
@@ -139,6 +170,10 @@ def check_fit_arguments(data, epochs: int | None, steps: int | None, eval_every:
         raise TypeError("Trainer.fit: data is a tuple of tensors (x, *context), e.g. (x_train,)")
     if len({len(t) for t in data}) > 1:
         raise ValueError(f"Trainer.fit: the tensors of data differ in length: {[len(t) for t in data]}")
+    if not len(data[0]):
+        raise ValueError("Trainer.fit: data hold no examples")
+    if any(isinstance(t, Tensor) and t.is_floating_point() and not torch.isfinite(t).all() for t in data):
+        raise ValueError("Trainer.fit: data contain NaN or infinite values; remove or impute them first")
     if (epochs is None) == (steps is None):
         raise TypeError("Trainer.fit takes epochs or steps, one of them")
     if not (isinstance(epochs or steps, int) and (epochs or steps) >= 1):
@@ -188,22 +223,19 @@ class Trainer:
         lr_milestones: Sequence[int] = (),
         lr_gamma: float = 0.1,
     ) -> None:
-        for name, value, valid in (("lr", lr, lr > 0), ("batch_size", batch_size, batch_size >= 1),
-                                   ("lr_gamma", lr_gamma, 0 < lr_gamma <= 1)):
-            if not valid:
-                raise ValueError(f"Trainer: {name} must be {'in (0, 1]' if name == 'lr_gamma' else 'positive'}, got "
-                                 f"{value!r}")
+        check_trainer_arguments(model, lr, batch_size, estimator, clip_grad, lr_gamma)
         self.model = model
         self.lr, self.lr_milestones, self.lr_gamma = lr, tuple(lr_milestones), lr_gamma
         self.schedule = Schedule.parse(schedule) if isinstance(schedule, str) else schedule
         self.batch_size, self.estimator, self.progress, self.clip_grad = batch_size, estimator, progress, clip_grad
-        self.optimizers = {
-            name: torch.optim.Adam(params, lr=lr, fused=True) for name, params in model.parameter_groups().items()
-        }
-        self.phase_parameters = {
-            phase: [p for name in groups for p in self.optimizers[name].param_groups[0]["params"]]
-            for phase, groups in PHASE_GROUPS.items()
-        }
+        trained = {name: [p for p in params if p.requires_grad] for name, params in model.parameter_groups().items()}
+        self.optimizers = {name: torch.optim.Adam(params, lr=lr, fused=True) for name, params in trained.items() if params}
+        self.phase_parameters = {phase: [p for name in groups for p in trained[name]]
+                                 for phase, groups in PHASE_GROUPS.items()}
+        empty = [PHASE_NAMES[phase] for phase in self.schedule.phases() if not self.phase_parameters[phase]]
+        if empty:
+            raise ValueError(f"Trainer: the schedule {self.schedule} steps {' and '.join(empty)}, and "
+                             f"{type(model).__name__} has no trainable parameters there")
         self.generator = torch.Generator().manual_seed(seed)  # the batch order
         self.step_count = 0  # gradient steps taken
         self.epoch = 0  # the epoch in progress (1-based), or the last one finished
@@ -236,9 +268,10 @@ class Trainer:
 
         Under torch.distributed, the gradient of -sum ELBO, the summed terms and the row count are summed over the
         ranks in one collective (``aevb.distributed``), then divided by the count: the mean over the global batch."""
-        groups, parameters = PHASE_GROUPS[phase], self.phase_parameters[phase]
-        for name in groups:
-            self.optimizers[name].zero_grad(set_to_none=True)
+        optimizers = [self.optimizers[name] for name in PHASE_GROUPS[phase] if name in self.optimizers]
+        parameters = self.phase_parameters[phase]
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         # torch.full launches a fill; torch.tensor would copy from the host and wait for the GPU at every step
         count = torch.full((), float(len(batch[0])), device=parameters[0].device)
         several = distributed.active()
@@ -261,8 +294,8 @@ class Trainer:
                 p.grad.div_(count)
         if self.clip_grad is not None:
             torch.nn.utils.clip_grad_norm_(self.phase_parameters[phase], self.clip_grad, foreach=True)
-        for name in groups:
-            self.optimizers[name].step()
+        for optimizer in optimizers:
+            optimizer.step()
         self.step_count += 1
         if self.torch_compile and self.sum_elbo == self._sum_elbo:
             # Compiled only now: torch.compile cannot trace the search in torch's KL registry, which the eager
@@ -307,28 +340,34 @@ class Trainer:
         """Train for ``epochs`` more passes over ``data`` (a tuple of tensors) or for ``steps`` more steps.
 
         ``transform`` maps every mini-batch before its step (see ``Batches``). ``checkpoint(self)`` is called
-        every ``checkpoint_every = (n, 'epoch' or 'step')``, and when a stop is requested.
+        every ``checkpoint_every = (n, 'epoch' or 'step')``, and when a stop is requested. A call that ends inside
+        an epoch records it so far (the epoch record of its steps until then); the next call goes on with that
+        epoch, in its order, so that ``fit(steps=5)`` twice trains as ``fit(steps=10)`` does.
         """
         check_fit_arguments(data, epochs, steps, eval_every, checkpoint_every)
         batches = Batches(data, self.batch_size, self.generator, transform)
+        if self.position > len(batches):
+            raise ValueError(f"Trainer.fit: the epoch in progress has taken {self.position} batches, and these data "
+                             f"have {len(batches)}; pass the data it began with")
         total = self.step_count + (steps if steps is not None else epochs * len(batches))
         every, unit = checkpoint_every
         history: list[dict] = []
         self.model.train()
-        with validation_off(), tqdm(total=total - self.step_count, disable=not self.progress, unit="step",
-                                    dynamic_ncols=True, leave=False) as bar:
+        with validation(False), tqdm(total=total - self.step_count, disable=not self.progress, unit="step",
+                                     dynamic_ncols=True, leave=False) as bar:
             while self.step_count < total:
                 if self.position == 0:  # a new epoch: draw its order
                     self.epoch, self.pending = self.epoch + 1, []
                     self.epoch_order_state = self.generator.get_state()
-                else:  # inside an epoch, resumed: the same order again
+                else:  # inside an epoch (resumed, or a call ended in it): the same order again
                     self.generator.set_state(self.epoch_order_state)
                 self.terms = self.epoch_terms(len(batches))
                 for optimizer in self.optimizers.values():
                     optimizer.param_groups[0]["lr"] = self.learning_rate(self.epoch)
                 for batch in batches.epoch(batches.order(), self.position):
                     phase = self.schedule.phase(self.step_count)
-                    self.terms[self.position] = self.step(batch, phase)
+                    with validation(True) if self.step_count == 0 else contextlib.nullcontext():
+                        self.terms[self.position] = self.step(batch, phase)
                     self.position += 1
                     if eval_every == "step":
                         self.pending.append(self._record(phase, self.terms[self.position - 1], evaluate))
@@ -343,11 +382,15 @@ class Trainer:
                     raise Interrupted(self.stop_signal, self.step_count)
                 if eval_every != "step":  # the phase of the epoch's last step (resumed after it, none was taken here)
                     last_phase = self.schedule.phase(self.step_count - 1)
-                    self.pending.append(self._record(last_phase, self.terms[:self.position].mean(0), evaluate))
+                    sizes = batches.sizes()[:self.position].to(self.terms)  # a mean over the epoch's examples
+                    mean = (self.terms[:self.position] * sizes[:, None]).sum(0) / sizes.sum()
+                    self.pending.append(self._record(last_phase, mean, evaluate))
                 records = [{k: v.item() if isinstance(v, Tensor) else v for k, v in r.items()} for r in self.pending]
                 records = distributed.broadcast(records)  # rank 0's: every rank logs and judges the same numbers
                 self.check_finite(records)
-                self.position, self.pending = 0, []
+                self.pending = []
+                if self.position == len(batches):  # else this call ended inside the epoch: the next goes on with it
+                    self.position = 0
                 history.extend(records)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in records[-1].items() if isinstance(v, float)})
                 for callback in callbacks:
@@ -359,7 +402,8 @@ class Trainer:
     def epoch_terms(self, steps: int) -> Tensor:
         """Room for the terms of an epoch of ``steps`` steps, on the model's device, with the rows of the steps
         taken so far (those of an epoch resumed from a checkpoint)."""
-        terms = torch.empty(steps, len(TERMS), device=next(self.model.parameters()).device)
+        parameter = next(self.model.parameters())
+        terms = torch.empty(steps, len(TERMS), device=parameter.device, dtype=parameter.dtype)
         terms[:self.position] = self.terms[:self.position]
         return terms
 
@@ -367,11 +411,16 @@ class Trainer:
         """The record of a step or epoch: its training ELBO and terms (means) and the evaluated metrics."""
         record = {"step": self.step_count, "epoch": self.epoch, "phase": phase, "train_elbo": terms[2],
                   "train_log_likelihood": terms[0], "train_kl": terms[1]}
-        if evaluate is not None:
+        if evaluate is not None:  # its draws from a fork of the random state: monitoring leaves the fit as it is
             self.model.eval()
-            with torch.inference_mode():
-                record.update(evaluate(self.model))
+            with torch.inference_mode(), torch.random.fork_rng():
+                metrics = evaluate(self.model)
             self.model.train()
+            if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) or isinstance(v, Tensor)
+                                                        and v.numel() == 1 for v in metrics.values()):
+                raise TypeError(f"Trainer.fit: evaluate(model) must return a dict of numbers (or one-element "
+                                f"tensors), got {metrics!r:.200}")
+            record.update(metrics)
         return record
 
     def state_dict(self) -> dict:
