@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Gamma, Independent, LogNormal, Normal, kl_divergence
+from torch.distributions import (Gamma, Independent, LogNormal, Normal, OneHotCategorical,
+                                 RelaxedOneHotCategorical, kl_divergence)
 
 from aevb.elbo import ELBO
 from aevb.model import LatentVariableModel
@@ -176,6 +177,26 @@ class SamplesLatents(Toy):
         return self.p_z().sample((num_samples,))  # z, not x
 
 
+class DiscreteLatent(Toy):
+    """q(z|x) one-hot categorical: no reparameterized draw."""
+
+    def factors(self, x: Tensor):
+        logits = self.inference.net(x)[:, :self.config.latent_dim]
+        return (OneHotCategorical(logits=logits), OneHotCategorical(logits=torch.zeros(self.config.latent_dim)),
+                self.generative)
+
+
+class RelaxedLatent(Toy):
+    """q(z|x) a relaxed one-hot categorical, whose mean torch does not give."""
+
+    def factors(self, x: Tensor):
+        logits = self.inference.net(x)[:, :self.config.latent_dim]
+        prior = RelaxedOneHotCategorical(torch.tensor(0.5), logits=torch.zeros(self.config.latent_dim))
+        return RelaxedOneHotCategorical(torch.tensor(0.5), logits=logits), prior, self.generative
+
+    encode = LatentVariableModel.encode
+
+
 BROKEN = {
     "config-through-json": (lambda: TupleConfigToy(TupleConfig()), r"^config: .* comes back as .*widths=\[8\]"),
     "config-not-an-instance": (dict_config, r"^config: model.config is a dict; expected a ToyConfig"),
@@ -195,6 +216,10 @@ BROKEN = {
                            r"net.1.num_batches_tracked, net.1.running_mean, net.1.running_var;"),
     "importance-weights-without-the-prior": (WeightsWithoutPrior, r"^iwae: over 200 draws log_importance_weights\(num_samples=1\)"),
     "sample-of-z": (SamplesLatents, r"^sample: sample\(6\) has shape \(6, 2\); expected shape \(6, 4\)"),
+    "discrete-latent": (DiscreteLatent, r"^elbo terms: TypeError: q\(z\|x\) is a OneHotCategorical, which has no "
+                                        r"reparameterized sample \(rsample\) for AEVB: use a relaxation"),
+    "no-mean-to-encode": (RelaxedLatent, r"^encode: NotImplementedError: RelaxedLatent's q\(z\|x\), a "
+                                         r"RelaxedOneHotCategorical, has no mean: define encode\(\)"),
 }
 
 

@@ -14,12 +14,13 @@ import math
 import pytest
 import torch
 from torch.distributions import (Beta, ExpTransform, Independent, LogNormal, MultivariateNormal, Normal, OneHotCategorical,
-                                 TransformedDistribution, kl_divergence)
+                                 RelaxedOneHotCategorical, TransformedDistribution, kl_divergence)
 
 from aevb.arguments import LocalEStep
 from aevb.cli import main
 from aevb.diagnostics import (NoLocalParameters, active_units, diagnose, free_parameters, local_e_step,
                               mutual_information, per_example)
+from aevb.evaluation import evaluate
 from aevb.models.fa import FactorAnalysis, FAConfig
 from aevb.models.gmvae import GMVAE, GMVAEConfig
 from aevb.models.vrnn import VRNN, VRNNConfig
@@ -137,6 +138,8 @@ def test_free_parameters_rebuild_the_same_distribution():
         torch.testing.assert_close(rebuilt.log_prob(value), q.log_prob(value))
     with pytest.raises(NoLocalParameters, match="TransformedDistribution has no parameters"):  # arg_constraints: none
         free_parameters(TransformedDistribution(Normal(torch.zeros(3), 1.0), [ExpTransform()]))
+    with pytest.raises(NoLocalParameters, match=r"RelaxedOneHotCategorical is not built from its parameters \(logits"):
+        free_parameters(RelaxedOneHotCategorical(torch.tensor(0.5), logits=torch.randn(4, 5)))  # and a temperature
 
 
 def test_gmvae_local_e_steps_tighten_its_marginal_bound():
@@ -157,6 +160,15 @@ def test_a_model_without_an_e_step_problem_says_what_is_not_covered():
     assert result["local_e_step"].startswith("not covered: vrnn defines no e_step_problem")
     assert "amortization_gap" not in result and "e_step_curve" not in result
     assert result["total_gap"] == pytest.approx(result["log_px"] - result["elbo_amortized"])
+
+
+def test_diagnose_needs_two_examples_and_evaluation_one():
+    model = FactorAnalysis(FAConfig(data_dim=3, latent_dim=1))
+    x = torch.randn(5, 3)
+    with pytest.raises(ValueError, match="diagnose needs at least 2 examples .* got 1"):
+        diagnose(model, (x[:1],), LocalEStep(steps=2, eval_samples=2), iwae_samples=2)
+    with pytest.raises(ValueError, match="no examples to evaluate on"):
+        evaluate(model, (x[:0],), num_samples=2)
 
 
 def test_active_units_and_mutual_information():

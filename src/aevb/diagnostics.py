@@ -89,6 +89,11 @@ def free_parameters(q: Distribution) -> tuple[dict[str, Tensor], Callable[[dict[
     if not names:
         raise NoLocalParameters(f"{type(q).__name__} has no parameters (arg_constraints) that aevb can optimize "
                                 "per example")
+    try:  # e.g. RelaxedOneHotCategorical needs its temperature too, which is not a parameter
+        type(q)(**{name: getattr(q, name) for name in names}, validate_args=False)
+    except TypeError as e:
+        raise NoLocalParameters(f"{type(q).__name__} is not built from its parameters ({', '.join(names)}) alone "
+                                f"({e})") from None
     free = {name: transform_to(constraints[name]).inv(getattr(q, name).detach()).clone().requires_grad_()
             for name in names}
     return free, lambda u: type(q)(**{name: transform_to(constraints[name])(u[name]) for name in names},
@@ -233,6 +238,9 @@ def diagnose(model: LatentVariableModel, tensors: Sequence[Tensor], settings: Lo
 
     log p(x) is ``model.log_evidence`` where the model has it, else the IWAE bound with q* as proposal (closer to
     p(z|x) than q_phi, so a tighter bound), or with q_phi for a model without ``e_step_problem``."""
+    if len(tensors[0]) < 2:
+        raise ValueError(f"diagnose needs at least 2 examples (active units and standard errors are over examples), "
+                         f"got {len(tensors[0])}")
     exact = callable(getattr(model, "log_evidence", None))
     columns, curve = per_example(model, tensors, settings, 0 if exact else iwae_samples, batch_size, progress)
     if exact:

@@ -64,7 +64,7 @@ def elbo(
     """Estimate of E_q[log p(x|z)] - KL(q(z|x) || p(z)) averaged over S = ``num_samples`` reparameterized draws
     z_s = q_z.rsample() (one for training; more for a lower-variance estimate); shapes (B,)."""
     sample_shape = (num_samples,) if num_samples > 1 else ()  # one draw keeps z (B, L), as a training step has it
-    z = q_z.rsample(sample_shape)  # (S, B, L) or (B, L)
+    z = reparameterized_sample(q_z, sample_shape)  # (S, B, L) or (B, L)
     log_likelihood = p_x_given_z(z).log_prob(x)
     kl = kl_term(q_z, p_z, z, estimator)
     if sample_shape:  # the analytic KL is (B,) already; the sampled one has a value per draw
@@ -80,8 +80,17 @@ def log_importance_weights(
     num_samples: int,
 ) -> Tensor:
     """log w_k = log p(x | z_k) + log p(z_k) - log q(z_k | x), z_k ~ q(z|x); shape (K, B)."""
-    z = q_z.rsample((num_samples,))  # (K, B, L)
+    z = reparameterized_sample(q_z, (num_samples,))  # (K, B, L)
     return p_x_given_z(z).log_prob(x) + p_z.log_prob(z) - q_z.log_prob(z)
+
+
+def reparameterized_sample(q_z: Distribution, sample_shape: tuple[int, ...]) -> Tensor:
+    """``q_z.rsample(sample_shape)``; a TypeError saying what to do for a family without one."""
+    if not q_z.has_rsample:
+        raise TypeError(f"q(z|x) is a {type(q_z).__name__}, which has no reparameterized sample (rsample) for AEVB: "
+                        "use a relaxation of it (e.g. RelaxedOneHotCategorical), or override elbo() and "
+                        "log_importance_weights() to sum the latent out (as aevb.models.gmvae does)")
+    return q_z.rsample(sample_shape)
 
 
 # Draws per chunk of the IWAE bound: at batch 100, chunks of 2,000 rows. On this project's CPU (2 threads, the MNIST

@@ -46,6 +46,8 @@ def in_batches(tensors: Sequence[Tensor], batch_size: int, device: torch.device)
 
 def mean_over_ranks(total: Tensor, count: int) -> Tensor:
     """A sum over this rank's shard of ``count`` rows, summed over the ranks and divided by ``count``; 0-dim."""
+    if not count:
+        raise ValueError("no examples to evaluate on: the test set is empty")
     total = total.reshape(1)
     distributed.all_reduce_sum([total])
     return total[0] / count

@@ -821,6 +821,10 @@ def diagnose_run(run_dir: str | Path, examples: int, num_samples: int, settings:
     run, data = run_and_data(run_dir)
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(len(data.test[0]), generator=generator)[:examples]
+    if len(chosen) < 2:
+        raise UsageError(f"aevb diagnose needs at least 2 test examples (active units and the gaps' standard errors "
+                         f"are over examples), and {'--examples is 1' if examples < 2 else 'the test set holds 1'}; "
+                         "ask for more")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         result = diagnostics.diagnose(run.model, [t[chosen] for t in data.test], settings, num_samples,

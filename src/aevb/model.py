@@ -164,7 +164,12 @@ class LatentVariableModel(nn.Module, ABC):
 
     def encode(self, x: Tensor, *context: Tensor) -> Tensor:
         """A code per example, shape (B, L): by default the posterior mean E_q[z | x] of ``factors``."""
-        return self.factors(x, *context)[0].mean
+        q_z = self.factors(x, *context)[0]
+        try:
+            return q_z.mean
+        except NotImplementedError:
+            raise NotImplementedError(f"{type(self).__name__}'s q(z|x), a {type(q_z).__name__}, has no mean: define "
+                                      "encode() to give a code per example") from None
 
     def checkpoint(self) -> dict:
         """Everything needed to rebuild the model: its config (JSON-able) and its state (tensors only)."""
@@ -173,6 +178,7 @@ class LatentVariableModel(nn.Module, ABC):
     @classmethod
     def from_checkpoint(cls, checkpoint: dict) -> "LatentVariableModel":
         """The model ``checkpoint()`` saved (a config that came back from JSON included)."""
-        model = build(cls, cls.Config(**checkpoint["config"]))
+        with torch.random.fork_rng(devices=[]):  # the initialization's draws, overwritten: the caller's state is kept
+            model = build(cls, cls.Config(**checkpoint["config"]))
         model.load_state_dict(checkpoint["state_dict"], assign=True)  # assign: the saved dtypes, not the defaults
         return model
