@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.distributions import Independent, Normal
 
+from aevb import elbo as estimators
 from aevb.model import LatentVariableModel
 
 
@@ -56,6 +57,21 @@ class Linear(LatentVariableModel):
 
 class OneEstimator(Linear):
     estimators = ()  # its ELBO offers no choice of estimator
+
+
+class NoCode(OneEstimator):
+    """An ELBO of its own, and no encode."""
+
+    def elbo(self, x):
+        return estimators.elbo(x, *Linear.factors(self, x))
+
+    def log_importance_weights(self, x, num_samples):
+        return estimators.log_importance_weights(x, *Linear.factors(self, x), num_samples)
+
+    def factors(self, x):
+        raise NotImplementedError("no factors")
+
+    encode = LatentVariableModel.encode
 '''
 
 
@@ -88,7 +104,7 @@ def test_a_user_model_from_a_file_is_fitted_evaluated_and_sampled_from_anywhere(
     assert summary["model"] == f"{model_file.resolve()}:Linear" and summary["schedule"] == "alternate:4,4"
     assert summary["iwae_log_likelihood"] > summary["test_elbo"] - 1
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert len(records) == 3 and {r["phase"] for r in records} <= {"e", "m"}
+    assert len(records) == 3 and {r["phase"] for r in records} == {"mixed"}  # 5 steps an epoch, phases of 4
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["config"] == {"data_dim": 5, "latent_dim": 3} and config["args"]["dataset"] == str(data_file)
     assert {"linear_learning_curve.png", "linear_samples.png", "linear_tsne.png"} <= {
@@ -136,6 +152,21 @@ def test_a_model_without_a_choice_of_estimator_has_no_estimator_flag(user_files,
     code, _, err = cli(["fit", "--model", f"{model_file}:OneEstimator", "--dataset", data_file, "--estimator", "sgvb"],
                        capsys)
     assert code == 2 and "unrecognized arguments: --estimator sgvb" in err and len(err.strip().splitlines()) == 1
+    run = model_file.parent / "run"
+    code, _, err = cli(["fit", "--model", f"{model_file}:OneEstimator", "--dataset", data_file, "--epochs", "1",
+                        "--iwae", "0", "--out", run, "--no-progress"], capsys)
+    assert code == 0, err
+    for command in (["eval", run, "--iwae", "2"], ["resume", run], ["sample", run, "--n", "2"]):
+        code, _, err = cli(command, capsys)  # its run reads back, without an --estimator flag to record
+        assert code == 0, (command, err)
+
+
+def test_a_model_with_its_own_elbo_and_no_encode_is_refused_before_training(user_files, tmp_path, capsys):
+    model_file, data_file = user_files
+    code, _, err = cli(["fit", "--model", f"{model_file}:NoCode", "--dataset", data_file, "--out", tmp_path / "run",
+                        "--no-progress"], capsys)
+    assert code == 2 and "NoCode defines no encode(): a model with an elbo() of its own defines encode(x)" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
 def test_a_model_installed_by_a_package_is_found_through_its_entry_point(user_files, tmp_path, capsys, monkeypatch):
@@ -217,7 +248,7 @@ def test_vector_data_are_drawn_as_a_heat_map_not_a_strip_of_pixels(tmp_path, cap
         assert width < 3000 and height < 3000 and width / height < 4, (figure, width, height)
 
 
-def test_fit_run_from_python_is_aevb_fit(user_files, tmp_path):
+def test_fit_run_from_python_is_aevb_fit(user_files, tmp_path, capsys):
     model_file, data_file = user_files
     cls = registry.resolve(f"{model_file}:Linear")
     summary = fitting.fit_run(cls, tmp_path / "run", progress=False, dataset=data_file, latent_dim=1,
@@ -227,8 +258,10 @@ def test_fit_run_from_python_is_aevb_fit(user_files, tmp_path):
     assert run.model.config.latent_dim == 1 and isinstance(run.model, cls)
     with pytest.raises(UsageError, match="fixed scale"):
         fitting.fit_run("vae", tmp_path / "bad", progress=False, gaussian_scale=0.5, epochs=1)
-    with pytest.raises(TypeError, match="unexpected keyword 'laten_dim': Linear has no flag --laten-dim"):
+    with pytest.raises(TypeError, match="unexpected keyword 'laten_dim': Linear has no flag --laten-dim") as error:
         fitting.fit_run(cls, tmp_path / "bad", progress=False, dataset=data_file, laten_dim=3)
+    command = str(error.value).split("(")[-1].removesuffix(" lists them)").split()  # a command that runs
+    assert command[:3] == ["aevb", "fit", "--model"] and cli([*command[1:]], capsys)[0] == 0
     with pytest.raises(TypeError, match="'latent'"):  # no abbreviations: argparse would take it for --latent-dim
         fitting.fit_run(cls, tmp_path / "bad", progress=False, dataset=data_file, latent=3)
     with pytest.raises(ValueError, match="fit_run: argument --epochs: must be a positive integer, got 0"):
@@ -264,6 +297,16 @@ def test_python_dash_m_aevb_is_the_command(preloaded_python):
     ``__main__`` (conftest.py): runpy runs that as Python's -m does."""
     result = preloaded_python.run(["-m", "aevb", "fit", "--model", "nonesuch"], timeout=300)
     assert result.returncode == 2 and result.stderr.startswith("aevb: error: unknown model 'nonesuch'")
+
+
+def test_a_reader_that_stops_reading_is_no_error(tmp_path):
+    """`aevb fit ... | head -1`, the pipe closed before the summary is printed: exit 0, no traceback."""
+    child = subprocess.Popen([sys.executable, "-m", "aevb", "fit", "fa", "--steps", "3", "--iwae", "0", "--out",
+                              tmp_path / "run", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()  # the reader is gone before the first line
+    err = child.stderr.read().decode()
+    assert child.wait(300) == 0 and "Error" not in err, err
+    assert json.loads((tmp_path / "run" / "aevb-run.json").read_text())["status"] == "complete"
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_does_not_run(tmp_path, capsys):

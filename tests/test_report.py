@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aevb import report, reproduce
+from aevb import plotting, report, reproduce
 from aevb.cli import main
 from aevb.report import number
 from aevb.reproduce import EXPERIMENTS, TUTORIAL, Published
@@ -287,6 +287,29 @@ def test_bad_reproduce_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert exit.value.code == 2
     with pytest.raises(SystemExit):
         main(["reproduce", "all", "--epochs-scale", "0"])
+
+
+def test_a_report_replaces_only_its_own_files(tour, tmp_path, capsys):
+    """aevb's report files carry its mark; anything else of their names is the user's, refused before fitting."""
+    assert all(report.written_by_aevb(tour / name) for name in report.REPORT_MARKS)
+    unmarked = tmp_path / "unmarked"  # an earlier aevb's figure, unmarked, beside its report
+    unmarked.mkdir()
+    (unmarked / "report.md").write_bytes((tour / "report.md").read_bytes())
+    plotting.subplots(1, figsize=(2, 2))[0].savefig(unmarked / "e_step_gaps.png")  # Software: Matplotlib
+    report.check_report_files(unmarked)
+    for name, make in [("report.md", lambda p: p.write_text("# my notes\n")),
+                       ("report.html", lambda p: p.write_text("<title>mine</title>")),
+                       ("e_step_gaps.png", lambda p: p.write_bytes((unmarked / "e_step_gaps.png").read_bytes())),
+                       ("report.md", lambda p: p.symlink_to(tour / "report.md"))]:  # a link: it would be written through
+        out = tmp_path / f"user-{name}-{len(list(tmp_path.iterdir()))}"
+        out.mkdir()
+        make(out / name)
+        before = (out / name).read_bytes()
+        assert main(["reproduce", "fa-1", "--dataset", "digits", "--out", str(out), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"aevb: error: --out {out} holds {name}, which aevb did not write and its report would replace; "
+                       "move it or choose another --out"]
+        assert sorted(p.name for p in out.iterdir()) == [name] and (out / name).read_bytes() == before  # nothing fitted
 
 
 def test_a_model_that_is_not_installed_is_listed_not_silently_skipped(tmp_path, monkeypatch):

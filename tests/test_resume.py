@@ -275,6 +275,16 @@ def test_an_epochs_record_is_the_mean_over_its_examples_and_keeps_the_models_pre
                                            rel=1e-14), key
 
 
+def test_an_epochs_phase_is_its_steps_or_mixed():
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(data_dim=6, latent_dim=2, hidden=(8,)))
+    x = torch.rand(50, 6)  # 5 steps an epoch
+    for schedule, phases in [("alternate:5,5", ["e", "m", "e"]), ("alternate:3,2", ["mixed"] * 3),
+                             ("m-step", ["m"] * 3)]:
+        records = Trainer(model, schedule, batch_size=10, progress=False).fit((x,), epochs=3)
+        assert [r["phase"] for r in records] == phases, schedule
+
+
 def test_the_learning_rate_decays_after_each_milestone_epoch():
     """lr * gamma^(milestones passed), as torch's MultiStepLR stepped once per epoch gives."""
     torch.manual_seed(0)

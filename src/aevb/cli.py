@@ -240,6 +240,7 @@ def tour_command(args: argparse.Namespace) -> dict:
     """Every experiment afresh into ``OUT/<experiment>`` with the tour's budget, then the report."""
     from aevb import report, reproduce
 
+    report.check_report_files(args.out)
     statuses = reproduce.run(reproduce.tour(args.quick, args.seed), args.out, args.progress, resume=False)
     command = f"aevb tour{' --quick' if args.quick else ''} --seed {args.seed}"
     return {"runs": statuses, **report.write_report(args.out, statuses, command)}
@@ -252,6 +253,7 @@ def reproduce_command(args: argparse.Namespace) -> dict:
     diagnosis = dataclasses.replace(reproduce.DIAGNOSIS, examples=args.diagnose) if args.diagnose else None
     planned = reproduce.plan(args.experiments, args.dataset, args.data_dir, args.epochs_scale, args.seed,
                              diagnosis=diagnosis)
+    report.check_report_files(args.out)
     statuses = reproduce.run(planned, args.out, args.progress, resume=True)
     command = (f"aevb reproduce {' '.join(args.experiments)} --dataset {args.dataset} "
                f"--epochs-scale {args.epochs_scale:g} --seed {args.seed}")
@@ -343,9 +345,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for warning in summary.get("warnings", []):
         print(f"aevb: warning: {warning}", file=sys.stderr)
-    print_summary(summary)
-    if args.json:
-        print(json.dumps(summary))
+    try:
+        print_summary(summary)
+        if args.json:
+            print(json.dumps(summary))
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader (e.g. head) has read what it wanted; the work is done and written
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's advice: no write at exit either
     return 0
 
 

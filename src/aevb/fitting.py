@@ -363,15 +363,18 @@ def implausible(summary: dict, data: Data) -> list[str]:
 
 
 def check_first_batch(model: LatentVariableModel, data: Data, args: argparse.Namespace) -> None:
-    """One ELBO on a few training examples before training, on a fork of the random state (training draws as
-    it would without it): a model's ValueError (data outside its support, a wrong shape, an unknown estimator)
-    becomes one line here, not a traceback later."""
+    """One ELBO and one code on a few training examples before training, on a fork of the random state (training
+    draws as it would without it): a model's ValueError (data outside its support, a wrong shape, an unknown
+    estimator), or a missing ``encode`` (which the figures use after training), becomes one line here, not a
+    traceback later."""
     batch = tuple(t[:2] for t in data.train)
     options = {} if args.estimator is None else {"estimator": args.estimator}
     try:
         with torch.random.fork_rng(), evaluation.eval_mode(model) as device:
-            model.elbo(*(t.to(device) for t in (data.transform(batch) if data.transform else batch)), **options)
-    except (ValueError, RuntimeError) as e:
+            batch = tuple(t.to(device) for t in (data.transform(batch) if data.transform else batch))
+            model.elbo(*batch, **options)
+            model.encode(*batch)
+    except (ValueError, RuntimeError, NotImplementedError) as e:
         raise UsageError(f"{model.name} cannot fit --dataset {args.dataset} ({data.kind}, one example of shape "
                          f"{tuple(data.shape)}): {registry.first_line(e)}") from None
 
@@ -638,8 +641,10 @@ def fit_run(model: str | type, out: str | Path, progress: bool = True, resume: b
     for key, value in flags.items():
         flag = "--" + key.replace("_", "-")
         if flag not in actions:
+            reference = registry.reference(cls)
+            command = f"aevb fit --model {reference}" if ":" in reference else f"aevb fit {reference}"
             raise TypeError(f"fit_run() got an unexpected keyword {key!r}: {cls.__name__} has no flag {flag} "
-                            f"(aevb fit {cls.name} --help lists them)")
+                            f"({command} --help lists them)")
         if value is True or value is False and isinstance(actions[flag], argparse.BooleanOptionalAction):
             argv.append(flag if value else f"--no-{flag[2:]}")
         elif value is not False and value is not None:
@@ -734,13 +739,17 @@ def recorded_class(record: dict, path: Path) -> type:
 def parse_recorded_args(cls: type, flags: dict, path: Path) -> argparse.Namespace:
     """A run's recorded flags (config.json's args) as the namespace the fit parsed: every value goes through its
     flag's type again. UsageError naming ``path`` if they are not ``cls``'s flags or a value is one its flag refuses."""
-    actions = {a.dest: a for a in fit_parser(cls, f"aevb fit {cls.name}")._actions if a.dest != "help"}
-    missing, unknown = sorted(actions.keys() - flags.keys()), sorted(flags.keys() - actions.keys())
+    parser = fit_parser(cls, f"aevb fit {cls.name}")
+    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+    fixed = {k: v for k, v in vars(parser.parse_args([])).items() if k not in actions}  # set without a flag
+    missing, unknown = sorted(actions.keys() - flags.keys()), sorted(flags.keys() - actions.keys() - fixed.keys())
     if missing or unknown:
         which = f"lack {missing[0]}" if missing else f"have an unknown {unknown[0]}"
         raise UsageError(f"{path} is damaged (its args {which}, not the flags of {cls.name}); {runs.REFIT}")
-    values = {}
+    values = dict(fixed)
     for dest, value in flags.items():
+        if dest in fixed:
+            continue
         try:
             values[dest] = recorded_value(actions[dest], value)
         except (ValueError, TypeError, argparse.ArgumentTypeError):

@@ -164,7 +164,11 @@ class LatentVariableModel(nn.Module, ABC):
 
     def encode(self, x: Tensor, *context: Tensor) -> Tensor:
         """A code per example, shape (B, L): by default the posterior mean E_q[z | x] of ``factors``."""
-        q_z = self.factors(x, *context)[0]
+        try:
+            q_z = self.factors(x, *context)[0]
+        except NotImplementedError:
+            raise NotImplementedError(f"{type(self).__name__} defines no encode(): a model with an elbo() of its own "
+                                      "defines encode(x), a code per example (B, L)") from None
         try:
             return q_z.mean
         except NotImplementedError:

@@ -25,9 +25,14 @@ def subplots(*grid: int, figsize: tuple[float, float], **kwargs):
     return fig, fig.subplots(*grid, **kwargs)
 
 
+SOFTWARE = "aevb"  # a PNG's Software text: how ``aevb.report`` knows a figure it may replace from a user's
+
+
 def save(fig: Figure, path: Path) -> Path:
-    """Write the figure to ``path`` whole or not at all (a full disk leaves the old file or none)."""
-    write_atomically(Path(path), lambda p: fig.savefig(p, dpi=120, bbox_inches="tight"))
+    """Write the figure to ``path`` whole or not at all (a full disk leaves the old file or none); a PNG is marked
+    as aevb's."""
+    metadata = {"Software": SOFTWARE} if Path(path).suffix == ".png" else None
+    write_atomically(Path(path), lambda p: fig.savefig(p, dpi=120, bbox_inches="tight", metadata=metadata))
     return path
 
 

@@ -19,7 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from aevb.errors import UsageError
 from aevb.reproduce import EXPERIMENTS, Experiment, Published, Settings, complete, software_versions
+from aevb.runs import write_atomically
 
 IMAGE_SUFFIXES = (".png", ".gif", ".jpg", ".svg")
 CAPTIONS = {"diagnostics.png": "The E-step (aevb diagnose): log p(x) - ELBO[q_phi], split into the approximation and "
@@ -375,9 +377,42 @@ def to_html(blocks: list[Block], title: str) -> str:
 
 
 def write_report(out: Path, statuses: dict[str, str], command: str) -> dict[str, str]:
-    """Write ``out/report.md`` and ``out/report.html``; returns their paths."""
+    """Write ``out/report.md`` and ``out/report.html``, each whole or not at all; returns their paths."""
     blocks = report_blocks(out, statuses, command)
     paths = {"report_md": out / "report.md", "report_html": out / "report.html"}
-    paths["report_md"].write_text(markdown(blocks, out))
-    paths["report_html"].write_text(to_html(blocks, f"aevb report: {command}"))
+    write_atomically(paths["report_md"], lambda p: p.write_text(markdown(blocks, out)))
+    write_atomically(paths["report_html"], lambda p: p.write_text(to_html(blocks, f"aevb report: {command}")))
     return {k: str(p) for k, p in paths.items()}
+
+
+# The files a report writes into its folder, and the mark each carries when aevb wrote it
+REPORT_MARKS = {"report.md": b"# aevb: ", "report.html": b"<title>aevb report: ", "e_step_gaps.png": None}
+
+
+def check_report_files(out: Path) -> None:
+    """UsageError, before anything is fitted, where ``out`` holds a file of the report's names that aevb did not
+    write (a link, or one without aevb's mark: the report's heading, the HTML title, the PNG's Software text)."""
+    for name in REPORT_MARKS:
+        path = out / name
+        if (path.exists() or path.is_symlink()) and not written_by_aevb(path):
+            raise UsageError(f"--out {out} holds {name}, which aevb did not write and its report would replace; move "
+                             "it or choose another --out")
+
+
+def written_by_aevb(path: Path) -> bool:
+    if path.is_symlink() or not path.is_file():
+        return False
+    mark = REPORT_MARKS[path.name]
+    try:
+        if mark is None:  # the figure: marked since aevb marks its PNGs, else written with the folder's report.md
+            from PIL import Image
+
+            from aevb import plotting
+
+            with Image.open(path) as image:
+                marked = image.info.get("Software") == plotting.SOFTWARE
+            return marked or written_by_aevb(path.with_name("report.md"))
+        with path.open("rb") as f:
+            return mark in f.read(1000)
+    except (OSError, ValueError):  # unreadable, or not an image
+        return False

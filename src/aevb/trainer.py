@@ -73,6 +73,11 @@ class Schedule:
         """The phases this schedule steps."""
         return (self.only,) if self.only else ("e", "m")
 
+    def phase_of(self, first: int, stop: int) -> str:
+        """The phase of steps first, ..., stop - 1 (an epoch's), or 'mixed' where they are of two."""
+        phases = {self.phase(step) for step in range(first, stop)}
+        return phases.pop() if len(phases) == 1 else "mixed"
+
     def phase_spans(self, total_steps: int) -> list[tuple[str, int, int]]:
         """[(phase, first_step, last_step + 1)], consecutive steps of one phase merged."""
         spans: list[tuple[str, int, int]] = []
@@ -190,8 +195,9 @@ class Trainer:
     """Mini-batch gradient ascent on the mean ELBO, one Adam optimizer per parameter group.
 
     ``fit`` trains for more epochs or steps (call it again to train more) and returns its records: one per
-    step (``eval_every='step'``) or per epoch, each with ``step``, ``epoch``, ``phase``, the training ELBO and
-    its terms (``train_elbo``, ``train_log_likelihood``, ``train_kl``: the step's, or the epoch's means) and
+    step (``eval_every='step'``) or per epoch, each with ``step``, ``epoch``, ``phase`` (the step's, or the
+    epoch's: 'mixed' for one of E and M steps), the training ELBO and its terms (``train_elbo``,
+    ``train_log_likelihood``, ``train_kl``: the step's, or the epoch's means over its examples) and
     whatever ``evaluate(model)`` returns. ``callbacks`` are called with each
     finished epoch's records, and ``checkpoint(trainer)`` every ``checkpoint_every`` epochs or steps, after them.
 
@@ -380,11 +386,11 @@ class Trainer:
                     if checkpoint:
                         checkpoint(self)
                     raise Interrupted(self.stop_signal, self.step_count)
-                if eval_every != "step":  # the phase of the epoch's last step (resumed after it, none was taken here)
-                    last_phase = self.schedule.phase(self.step_count - 1)
+                if eval_every != "step":
+                    phase = self.schedule.phase_of(self.step_count - self.position, self.step_count)
                     sizes = batches.sizes()[:self.position].to(self.terms)  # a mean over the epoch's examples
                     mean = (self.terms[:self.position] * sizes[:, None]).sum(0) / sizes.sum()
-                    self.pending.append(self._record(last_phase, mean, evaluate))
+                    self.pending.append(self._record(phase, mean, evaluate))
                 records = [{k: v.item() if isinstance(v, Tensor) else v for k, v in r.items()} for r in self.pending]
                 records = distributed.broadcast(records)  # rank 0's: every rank logs and judges the same numbers
                 self.check_finite(records)
