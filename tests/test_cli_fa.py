@@ -22,6 +22,8 @@ def test_experiment_1_joint_aevb_reaches_the_exact_em_evidence(tmp_path, capsys)
     summary, history = fit(tmp_path, "--experiment", "1")
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["test_elbo"] == summary["test_elbo"]
     assert len(history) == summary["steps"] == 35 * 32  # one record per gradient step
+    last_epoch = [r["train_elbo"] for r in history[-32:]]  # 1000 training examples: 31 batches of 32, then 8
+    assert summary["train_elbo"] == pytest.approx((32 * sum(last_epoch[:-1]) + 8 * last_epoch[-1]) / 1000, rel=1e-12)
     assert {"step", "epoch", "phase", "test_elbo", "test_log_evidence"} <= set(history[0])
     assert abs(summary["test_log_evidence"] - summary["mle_log_evidence"]) < 0.04
     assert summary["test_elbo_exact"] <= summary["test_log_evidence"]

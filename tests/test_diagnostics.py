@@ -176,9 +176,10 @@ def test_active_units_and_mutual_information():
     assert active_units(codes) == 2
     torch.manual_seed(0)
     shared = Independent(Normal(torch.zeros(300, 2), torch.ones(300, 2)), 1)  # q(z|x) the same for every x
-    assert abs(mutual_information(shared)) < 0.05
+    estimate, se = mutual_information(shared)
+    assert abs(estimate) < 3 * se < 0.05  # 0, within the estimate's noise
     apart = Independent(Normal(100 * torch.randn(300, 4), torch.ones(300, 4)), 1)  # each x its own region of z
-    assert mutual_information(apart) == pytest.approx(math.log(300), abs=0.01)
+    assert mutual_information(apart)[0] == pytest.approx(math.log(300), abs=0.01)
 
 
 def test_diagnose_and_refine_from_the_command_line(tmp_path, capsys):
@@ -197,6 +198,9 @@ def test_diagnose_and_refine_from_the_command_line(tmp_path, capsys):
     assert main(["eval", run, "--refine", "30", "--iwae", "10", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["refine_steps"] == 30 and summary["test_elbo_refined"] > summary["test_elbo_amortized"]
+    assert summary["refinement_gain"] == pytest.approx(summary["test_elbo_refined"] - summary["test_elbo_amortized"],
+                                                      abs=1e-5)  # float32 means
+    assert 0 < summary["refinement_gain_se"] < summary["refinement_gain"]
     # the IWAE bound with q* as proposal, against factor analysis's exact log p(x)
     assert summary["iwae_log_likelihood_refined"] == pytest.approx(summary["test_log_evidence"], abs=0.01)
     early = tmp_path / "fa-early"  # a barely trained encoder: only the refined proposal comes near log p(x)

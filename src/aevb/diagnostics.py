@@ -181,18 +181,20 @@ def active_units(codes: Tensor) -> int:
     return int((codes.double().var(0) > ACTIVE_UNIT_THRESHOLD).sum())
 
 
-def mutual_information(q_z: Distribution, num_samples: int = 10, chunk: int = 100) -> float:
-    """I_q(x; z) = E_x E_q(z|x)[log q(z|x) - log q(z)], q(z) = (1/N) sum_n q(z|x_n), for q_z of batch (N,);
-    ``num_samples`` draws per example, ``chunk`` examples' draws against all N densities at a time."""
+def mutual_information(q_z: Distribution, num_samples: int = 10, chunk: int = 100) -> tuple[float, float | None]:
+    """I_q(x; z) = E_x E_q(z|x)[log q(z|x) - log q(z)], q(z) = (1/N) sum_n q(z|x_n), for q_z of batch (N,), and
+    the estimate's Monte Carlo standard error: ``num_samples`` draws per example (each draw of all N examples an
+    estimate; the mean of those and their standard error), ``chunk`` examples' draws against all N densities at
+    a time. I >= 0, but near 0 an estimate can come out below it, by about its standard error."""
     n, event = q_z.batch_shape[0], len(q_z.event_shape)
-    total = 0.0
+    estimates = []
     for _ in range(num_samples):
         z = q_z.sample()  # (N, L)
         log_q_aggregate = torch.cat([  # row n: log (1/N) sum_m q(z_n | x_m)
             torch.logsumexp(q_z.log_prob(rows.unsqueeze(-1 - event)), dim=-1) for rows in z.split(chunk)
         ]) - math.log(n)
-        total += (q_z.log_prob(z) - log_q_aggregate).mean().item()
-    return total / num_samples
+        estimates.append((q_z.log_prob(z) - log_q_aggregate).mean())
+    return mean_and_se(torch.stack(estimates))
 
 
 def kl_per_dimension(q_z: Distribution, p_z: Distribution) -> list[float] | None:
@@ -280,6 +282,6 @@ def collapse(model: LatentVariableModel, tensors: Sequence[Tensor]) -> dict:
         result["kl"] = kl_term(q_z, p_z, q_z.sample((10,)), "aevb").mean().item()  # sampled where not analytic
         if per_dimension is not None:
             result["kl_per_dimension"] = per_dimension
-        result["mutual_information"] = mutual_information(q_z)
+        result["mutual_information"], result["mutual_information_se"] = mutual_information(q_z)
         result["mutual_information_bound"] = math.log(len(codes))
     return result

@@ -529,7 +529,7 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
     history = distributed.broadcast([json.loads(line) for line in metrics_path.read_text().splitlines()] if main else None)
     summary = {"model": registry.reference(cls), "dataset": args.dataset, "transform": args.transform or "none",
                "schedule": str(args.schedule), "epochs": history[-1]["epoch"], "steps": trainer.step_count,
-               "train_elbo": history[-1]["train_elbo"],
+               "train_elbo": last_epoch_mean(history, "train_elbo", len(data.train[0]), args.batch_size),
                **evaluation.evaluate(model, data.test, args.iwae, data.levels, args.seed)}
     summary.update(hooks.summary(model, data, history, summary))
     warnings = [*summary.pop("warnings", []), *implausible(summary, data)]  # the model's own, then the generic one
@@ -543,6 +543,15 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
             logger.close()
         runs.save_run(out, model.cpu(), summary)
     return summary
+
+
+def last_epoch_mean(history: list[dict], key: str, examples: int, batch_size: int) -> float:
+    """``key`` over the last epoch's examples: its record, or where records are per step (factor analysis), its
+    steps' weighted by their batches' sizes (an epoch's last batch holds what is left), as an epoch's record is."""
+    last = [r for r in history if r["epoch"] == history[-1]["epoch"]]
+    steps = math.ceil(examples / batch_size)
+    sizes = [examples - (steps - 1) * batch_size if r["step"] % steps == 0 else batch_size for r in last]
+    return sum(size * r[key] for size, r in zip(sizes, last)) / sum(sizes)
 
 
 def resume_from(path: Path, model: LatentVariableModel, trainer: Trainer) -> dict:
@@ -810,8 +819,11 @@ def evaluate_run(run_dir: str | Path, num_samples: int, refine_steps: int = 0, p
             columns, curve = diagnostics.per_example(run.model, data.test, settings, num_samples, progress=progress)
         if isinstance(curve, str):
             raise UsageError(f"--refine: {curve}, so it has no local E-steps; evaluate it without --refine")
+        gain, gain_se = diagnostics.mean_and_se(columns["elbo_optimal"] - columns["elbo_amortized"])
+        # the pair from the same draws, and their difference: test_elbo (one draw, as plain eval's) is not its baseline
         summary.update(refine_steps=refine_steps, test_elbo_amortized=columns["elbo_amortized"].mean().item(),
-                       test_elbo_refined=columns["elbo_optimal"].mean().item())
+                       test_elbo_refined=columns["elbo_optimal"].mean().item(), refinement_gain=gain,
+                       refinement_gain_se=gain_se)
         if num_samples:
             summary["iwae_log_likelihood_refined"] = columns["iwae"].double().mean().item()
             if data.levels is not None:

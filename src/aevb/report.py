@@ -225,7 +225,8 @@ def e_step_blocks(result: dict, command: str | None) -> list[Block]:
     how = (f"{steps['steps']} local E-steps (Adam from learning rate {steps['lr']:g}, cosine decay, {steps['samples']} "
            f"draws per gradient) from q_phi for each example, and ELBOs from {steps['eval_samples']} draws"
            if isinstance(steps, dict) else f"local E-steps {steps}")
-    mutual = (f"{number(result['mutual_information'])} (at most log N = {number(result['mutual_information_bound'])})"
+    mutual = (f"{with_se(result, 'mutual_information')} (Monte Carlo; at least 0, at most log N = "
+              f"{number(result['mutual_information_bound'])})"
               if "mutual_information" in result else "not covered (q(z|x) is not one distribution per example)")
     return [
         Text(f"On {result['examples']} test examples: log p(x) {result['log_evidence']}; {how}."
