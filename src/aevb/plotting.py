@@ -36,12 +36,21 @@ def save(fig: Figure, path: Path) -> Path:
     return path
 
 
+MARKED_POINTS = 30  # curves of at most this many points show them
+
+
 def plot_history(ax, history: list[dict], keys: dict[str, str], x: str = "step") -> None:
-    """One line per metric key in ``keys`` (key -> legend label), against ``x``."""
+    """One line per metric key in ``keys`` (key -> legend label), against ``x``; each point marked where there are
+    few (a line through one point draws nothing)."""
+    seen = set()
     for key, label in keys.items():
         points = [(r[x], r[key]) for r in history if key in r]
-        ax.plot(*zip(*points), label=label, lw=1.2)
+        seen.update(p[0] for p in points)
+        ax.plot(*zip(*points), label=label, lw=1.2, marker="o" if len(points) <= MARKED_POINTS else None, ms=3)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and steps are whole numbers
+    if len(seen) == 1:  # one point: its own tick, in a view one unit wide (the locator wants two whole numbers)
+        ax.set_xticks(sorted(seen))
+        ax.set_xlim(min(seen) - 0.5, min(seen) + 0.5)
     ax.set_xlabel(x)
 
 
@@ -290,7 +299,7 @@ def e_step_diagnostics(result: dict, path: Path) -> Path:
     """``aevb diagnose``'s figure: the gap decomposition, the ELBO against local E-step iterations (with log p(x)
     and ELBO[q_phi] as lines), and KL(q(z_d|x) || p(z_d)) per latent dimension, as far as the result has them."""
     panels = ["gaps"] + ["curve"] * ("e_step_curve" in result) + ["kl"] * ("kl_per_dimension" in result)
-    fig, axes = subplots(1, len(panels), figsize=(4.3 * len(panels), 3.6), squeeze=False)
+    fig, axes = subplots(1, len(panels), figsize=(4.3 * len(panels), 4.4 if "curve" in panels else 3.6), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         if panel == "gaps":
             gap_bars(ax, {result["model"]: result})
@@ -304,9 +313,10 @@ def e_step_diagnostics(result: dict, path: Path) -> Path:
             shown = [*curve, result["log_px"], result["elbo_optimal"], result["elbo_amortized"]]
             low, high = min(shown), max(shown)
             ax.set_ylim(low - 0.05 * (high - low) - 0.01, high + 0.05 * (high - low) + 0.01)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("local E-step")
             ax.set_ylabel("nats per example")
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3))  # below: lines cross the whole axes
         else:
             kl = sorted(result["kl_per_dimension"], reverse=True)
             ax.bar(range(len(kl)), kl, color="tab:green")

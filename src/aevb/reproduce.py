@@ -371,8 +371,9 @@ EXPERIMENTS: dict[str, Experiment] = {
                "examples/scripts/reproducibility) reaches 89.78 with 200 importance samples. Its script decays Adam's "
                "step by 10^(-1/5) at epochs 200, 350, 500, 750 and 1000 and keeps the model with the best "
                "validation loss; the VAE's training length is not in the repository (its binary-MNIST siblings "
-               "train 2000 and 3280 epochs), where this run trains 500. It trains on the 50,000 images of "
-               "Larochelle's split, where this run trains on MNIST's 60,000 with its own binarization draw.",
+               "train 2000 and 3280 epochs), where this experiment's setting trains 500. It trains on the 50,000 "
+               "images of Larochelle's split, where this experiment's setting trains on MNIST's 60,000 with its own "
+               "binarization draw.",
                "The K = 200 and K = 5000 bounds take the encoder q_phi(z|x) as proposal, as pythae's does. The "
                "refined one takes q*, a diagonal Gaussian fitted to each test image alone (100 local E-steps from "
                "q_phi, as aevb eval --refine 100 does): a bound on the same model's log p(x), tighter where q_phi "
