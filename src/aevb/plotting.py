@@ -60,10 +60,11 @@ def add_reference_lines(ax, references: dict[str, float]) -> None:
 
 
 def set_evidence_ylim(ax, history: list[dict], references: dict[str, float]) -> None:
-    """Show the whole evidence curve, but no more than 3 nats below the references."""
+    """Show the whole evidence and exact-ELBO curves (the bound that the E-phases close), but no more than 6 nats
+    below the references (a fit's first steps can start far below)."""
     top = max(references.values())
-    lowest = min(r["test_log_evidence"] for r in history)
-    ax.set_ylim(max(lowest, top - 3) - 0.1, top + 0.3)
+    lowest = min(r[key] for r in history for key in ("test_log_evidence", "test_elbo_exact") if key in r)
+    ax.set_ylim(max(lowest, top - 6) - 0.1, top + 0.3)
     ax.set_ylabel("nats per example")
 
 
