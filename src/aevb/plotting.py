@@ -60,10 +60,10 @@ def add_reference_lines(ax, references: dict[str, float]) -> None:
 
 
 def set_evidence_ylim(ax, history: list[dict], references: dict[str, float]) -> None:
-    """Show the whole evidence and exact-ELBO curves (the bound that the E-phases close), but no more than 6 nats
-    below the references (a fit's first steps can start far below)."""
+    """Show the whole evidence and test-ELBO curves (the bound, whose gap to the evidence the E-steps close), but no
+    more than 6 nats below the references (a fit's first steps can start far below)."""
     top = max(references.values())
-    lowest = min(r[key] for r in history for key in ("test_log_evidence", "test_elbo_exact") if key in r)
+    lowest = min(r[key] for r in history for key in ("test_log_evidence", "test_elbo_exact", "test_elbo") if key in r)
     ax.set_ylim(max(lowest, top - 6) - 0.1, top + 0.3)
     ax.set_ylabel("nats per example")
 
@@ -83,7 +83,7 @@ def fa_learning_curve(
     plot_history(ax, history, {"test_elbo": "test ELBO (estimate)", "test_log_evidence": "test log evidence (exact)"})
     add_reference_lines(ax, references)
     set_evidence_ylim(ax, history, references)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     for row, (step, (generated, test)) in enumerate(sorted(snapshots.items()), start=1):
         ax.axvline(step, color="grey", lw=0.6)
         for col, (i, j) in enumerate(((0, 1), (0, 2), (1, 2))):
@@ -111,7 +111,7 @@ def em_phases(history: list[dict], spans: list[tuple[str, int, int]], references
     add_reference_lines(ax, references)
     set_evidence_ylim(ax, history, references)
     ax.set_title("shaded: E-phases (inference parameters only); unshaded: M-phases (generative only)", fontsize=9)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     return save(fig, path)
 
 
