@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from aevb import fitting, registry
+from aevb.arguments import LocalEStep
 from aevb.cli import main
 from aevb.errors import UsageError
 from aevb.reproduce import QUICK_TOUR, plan
@@ -267,6 +268,17 @@ def test_fit_run_from_python_is_aevb_fit(user_files, tmp_path, capsys):
     with pytest.raises(ValueError, match="fit_run: argument --epochs: must be a positive integer, got 0"):
         fitting.fit_run(cls, tmp_path / "bad", progress=False, dataset=data_file, epochs=0)
     assert not (tmp_path / "bad").exists()
+    run = tmp_path / "run"  # the other entry points check their arguments as their flags do
+    for call, error, message in [
+        (lambda: fitting.evaluate_run(run, -1), ValueError, "evaluate_run: num_samples must be 0 or a positive"),
+        (lambda: fitting.evaluate_run(run, 10, refine_steps=2.5), TypeError, "refine_steps must be an integer"),
+        (lambda: fitting.diagnose_run(run, 0, 10, LocalEStep()), ValueError, "diagnose_run: examples must be a positive"),
+        (lambda: fitting.sample_run(run, tmp_path / "s.npy", 10**6), ValueError, "num_samples must be at most 1,000"),
+        (lambda: fitting.sample_run(run, tmp_path / "s.npy", 3, seed=-1), ValueError, "sample_run: seed must be"),
+    ]:
+        with pytest.raises(error, match=message):
+            call()
+    assert not (tmp_path / "s.npy").exists() and not (run / "diagnostics.json").exists()
 
 
 def test_fit_run_switches_a_flag_off_with_false_and_leaves_the_callers_random_state(user_files, tmp_path):

@@ -35,7 +35,8 @@ from torch import Tensor
 
 from aevb import diagnostics, distributed, evaluation, registry
 from aevb.arguments import (MAX_IWAE_SAMPLES, epoch_list, finite_float, fraction, int_tuple, iwae_samples,
-                            positive_float, positive_int, random_seed, thread_count)
+                            local_steps, non_negative_int, positive_float, positive_int, positive_iwae_samples,
+                            random_seed, sample_count, thread_count)
 from aevb.data import ARRAY_SUFFIXES, TRANSFORMS, as_sequences, dynamic_binarize, load_dataset, prepare, validate_support
 from aevb.disk import chunks
 from aevb.errors import DataError, Diverged, Interrupted, UsageError
@@ -799,12 +800,25 @@ def run_and_data(run_dir: str | Path) -> tuple[Run, Data]:
     return run, data
 
 
+def check_integers(function: str, **arguments: tuple[Any, Callable[[str], int]]) -> None:
+    """A Python caller's integer arguments, each through its flag's parser (name -> (value, parser)): TypeError
+    or ValueError naming it, as ``fit_run`` gives, where the command line would refuse it."""
+    for name, (value, parse) in arguments.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{function}: {name} must be an integer, got {value!r}")
+        try:
+            parse(str(value))
+        except argparse.ArgumentTypeError as e:
+            raise ValueError(f"{function}: {name} {e}") from None
+
+
 def evaluate_run(run_dir: str | Path, num_samples: int, refine_steps: int = 0, progress: bool = False) -> dict:
     """Test ELBO, the K-sample IWAE bound (and bits/dim) of a run on its own test set, seeded by its seed, with
     the model's own test metrics; with ``refine_steps``, also the test ELBO after that many local E-steps from
     q_phi (semi-amortized inference, ``aevb.diagnostics``) beside the amortized one, with the same draws, and the
     K-sample IWAE bound with that q* as proposal (``iwae_log_likelihood_refined``): a bound on the same log p(x),
     tighter where q* is nearer p(z|x) than q_phi is."""
+    check_integers("evaluate_run", num_samples=(num_samples, iwae_samples), refine_steps=(refine_steps, local_steps))
     run, data = run_and_data(run_dir)
     summary = {"model": run.config["model"], **evaluation.evaluate(run.model, data.test, num_samples, data.levels,
                                                                    run.args.seed)}
@@ -838,6 +852,9 @@ def diagnose_run(run_dir: str | Path, examples: int, num_samples: int, settings:
     """``aevb.diagnostics.diagnose`` on ``examples`` test examples of a run (a permutation drawn from ``seed``;
     all of them if the test set is smaller), written to RUN_DIR/diagnostics.json and diagnostics.png."""
     from aevb import plotting
+
+    check_integers("diagnose_run", examples=(examples, positive_int), num_samples=(num_samples, positive_iwae_samples),
+                   seed=(seed, random_seed))
 
     run, data = run_and_data(run_dir)
     generator = torch.Generator().manual_seed(seed)
@@ -890,6 +907,8 @@ def sample_run(run_dir: str | Path, out: Path, num_samples: int, label: int | No
     """Draw from a run's model into ``out``: a figure (.png) or the arrays (.npy: x, (n, *the shape of one example);
     .npz: x and labels y), written whole or not at all; an existing ``out`` (or a link there) is replaced only with
     ``overwrite``."""
+    check_integers("sample_run", num_samples=(num_samples, sample_count), seed=(seed, random_seed),
+                   **({} if label is None else {"label": (label, non_negative_int)}))
     run = load_run(run_dir)
     out = Path(out)
     if out.suffix not in SAMPLE_SUFFIXES:
