@@ -35,7 +35,7 @@ from torch import Tensor
 
 from aevb import diagnostics, distributed, evaluation, registry
 from aevb.arguments import (MAX_IWAE_SAMPLES, epoch_list, finite_float, fraction, int_tuple, iwae_samples,
-                            local_steps, non_negative_int, positive_float, positive_int, positive_iwae_samples,
+                            local_steps, positive_float, positive_int, positive_iwae_samples,
                             random_seed, sample_count, thread_count)
 from aevb.data import ARRAY_SUFFIXES, TRANSFORMS, as_sequences, dynamic_binarize, load_dataset, prepare, validate_support
 from aevb.disk import chunks
@@ -907,8 +907,7 @@ def sample_run(run_dir: str | Path, out: Path, num_samples: int, label: int | No
     """Draw from a run's model into ``out``: a figure (.png) or the arrays (.npy: x, (n, *the shape of one example);
     .npz: x and labels y), written whole or not at all; an existing ``out`` (or a link there) is replaced only with
     ``overwrite``."""
-    check_integers("sample_run", num_samples=(num_samples, sample_count), seed=(seed, random_seed),
-                   **({} if label is None else {"label": (label, non_negative_int)}))
+    check_integers("sample_run", num_samples=(num_samples, sample_count), seed=(seed, random_seed))  # label: ``draw``
     run = load_run(run_dir)
     out = Path(out)
     if out.suffix not in SAMPLE_SUFFIXES:
