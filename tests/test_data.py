@@ -1,7 +1,6 @@
 """Data layer: IDX reading, checksum-verified atomic download, digits, user arrays, transforms."""
 from __future__ import annotations
 
-import dataclasses
 import functools
 import gzip
 import hashlib
@@ -248,16 +247,6 @@ def test_user_arrays(tmp_path):
     assert (len(both.x_train), len(both.x_test), both.levels) == (20, 10, 3)  # uint8 -> 256; int64 -> max + 1
     assert torch.equal(both.y_test, torch.from_numpy(y[20:]))
 
-    pixels = rng.integers(0, 17, (40, 6))  # a .csv has no type: whole numbers in [0, 2^16) are integer pixels
-    np.savetxt(tmp_path / "pixels.csv", pixels, fmt="%d", delimiter=",")
-    np.savetxt(tmp_path / "halves.csv", pixels / 2, delimiter=",")
-    np.savetxt(tmp_path / "negative.csv", pixels - 8, fmt="%d", delimiter=",")
-    csv = {name: load_dataset(str(tmp_path / f"{name}.csv")) for name in ("pixels", "halves", "negative")}
-    assert (csv["pixels"].levels, csv["pixels"].x_train.dtype) == (int(pixels.max()) + 1, torch.int64)
-    assert torch.equal(torch.cat([csv["pixels"].x_train, csv["pixels"].x_test]).sort(0).values,
-                       torch.from_numpy(pixels).sort(0).values)
-    assert csv["halves"].levels is None and csv["negative"].levels is None  # floats, as they are
-
     np.save(tmp_path / "big-endian.npy", rng.random((60, 7)).astype(">f4"))  # saved on another machine, say
     other_order = load_dataset(str(tmp_path / "big-endian.npy"), seed=1)
     assert torch.equal(other_order.x_test, torch.from_numpy(np.load(tmp_path / "big-endian.npy").astype("<f4"))[
@@ -299,6 +288,25 @@ def test_bad_dataset_names():
 # ---- transforms --------------------------------------------------------------------------------
 
 
+def test_dequantize_on_floats_is_refused_by_a_new_fit_and_read_back_as_none_in_a_run_from_before(tmp_path, capsys):
+    x = np.random.default_rng(0).uniform(size=(200, 6)).astype(np.float32)
+    np.save(tmp_path / "floats.npy", x)
+    flags = ["fit", "vae", "--dataset", tmp_path / "floats.npy", "--hidden", "4", "--latent-dim", "2", "--epochs", "1",
+             "--iwae", "0", "--no-progress"]
+    assert cli.main([*map(str, flags), "--transform", "dequantize", "--out", str(tmp_path / "new")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "aevb: error: --transform dequantize spreads integer pixels over their bins, and these data are floats; use "
+        "--transform none (or store the pixels as integers)"]
+    assert not (tmp_path / "new").exists()
+    assert cli.main([*map(str, flags), "--transform", "none", "--out", str(tmp_path / "old")]) == 0
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    config["args"]["transform"] = "dequantize"  # as an earlier aevb, which left floats as they were, recorded it
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    assert cli.main(["eval", str(tmp_path / "old"), "--iwae", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["test_elbo"] == json.loads(
+        (tmp_path / "old" / "summary.json").read_text())["test_elbo"]
+
+
 def test_dequantize_spreads_each_integer_over_its_own_bin():
     x = torch.randint(0, 17, (500, 8, 8), generator=torch.Generator().manual_seed(0))
     u = dequantize(x, 17, torch.Generator().manual_seed(1))
@@ -330,9 +338,6 @@ def test_prepare_dequantize_and_none():
     assert torch.equal(prepare(data, "none", seed=0)[0], data.x_train.flatten(1).float())
     with pytest.raises(ValueError, match="unknown transform"):
         prepare(data, "normalize", seed=0)
-    floats = dataclasses.replace(data, x_train=data.x_train / 16, x_test=data.x_test / 16, levels=None)
-    with pytest.raises(DataError, match="dequantize spreads integer pixels over their bins, and these data are floats"):
-        prepare(floats, "dequantize", seed=0)  # it would otherwise leave them as they are, and say it dequantized
 
 
 def test_dynamic_binarization_draws_afresh_every_epoch():

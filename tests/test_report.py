@@ -164,6 +164,14 @@ def test_a_run_with_the_tutorials_settings_stands_beside_its_numbers_with_a_verd
     assert expected[:3] == ["reproduced", "worse", "reproduced"] and verdict == "worse"
 
 
+def test_a_number_without_a_standard_error_is_shown_alone():
+    """One example, or a diagnosis an earlier aevb wrote (before I(x; z) had one), has none: no KeyError."""
+    assert report.with_se({"mutual_information": 0.5}, "mutual_information") == report.number(0.5)
+    assert report.with_se({"log_px": -1.0, "log_px_se": None}, "log_px") == report.number(-1.0)
+    assert report.with_se({"log_px": -1.0, "log_px_se": 0.25}, "log_px") == f"{report.number(-1.0)} ± {report.number(0.25)}"
+    assert report.with_se({}, "log_px") == "not covered"
+
+
 def test_verdict_rules():
     elbo = Published("test ELBO", "1788", lambda s, h: s["x"], value=1788, tolerance=5)
     assert [elbo.verdict(v) for v in (1790, 1783, 1800, 1700, None)] == ["reproduced", "reproduced", "better", "worse", None]

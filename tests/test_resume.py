@@ -255,6 +255,10 @@ def test_fit_called_again_inside_an_epoch_goes_on_with_it_and_monitoring_does_no
         # a record at each epoch's end (every 5 steps) and at each call's
         assert [r["step"] for r in split] == sorted({5, *itertools.accumulate(calls)}) and split[-1] == history[-1]
     assert [r["epoch"] for r in fitted(3, 3, 4)[1]] == [1, 1, 2, 2]  # steps 3, 5, 6 and 10
+    torch.manual_seed(0)
+    trainer = Trainer(VAE(VAEConfig(data_dim=6, latent_dim=2, hidden=(8,))), batch_size=10, progress=False)
+    trainer.fit((x,), steps=3)
+    assert [r["step"] for r in trainer.fit((x,), epochs=2)] == [5, 10]  # the rest of epoch 1 counts as the first
     monitored, records, monitored_parameters = fitted(10, evaluate=lambda m: {"test_elbo": m.elbo(x).elbo.mean()})
     assert torch.equal(monitored_parameters, parameters) and "test_elbo" in records[-1]
 
@@ -372,6 +376,7 @@ def test_trainer_arguments_are_refused_where_they_are_given():
     ]:
         with pytest.raises(error, match=message):
             Trainer(model, **kwargs)
+    Trainer(model, lr=np.float32(1e-3), batch_size=np.int64(5), clip_grad=np.float32(5.0))  # NumPy's numbers are numbers
     shared = VAE(VAEConfig(data_dim=4, latent_dim=2, hidden=(4,)))
     shared.inference.decoder = shared.generative  # an E-step would move theta
     with pytest.raises(ValueError, match=r"generative.net.0.0.weight, .* are in both groups"):

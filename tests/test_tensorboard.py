@@ -8,12 +8,14 @@ import pytest
 
 from aevb.errors import UsageError
 
-# An alternating schedule's epochs: E steps, then M steps; the ELBO's terms and a model's own metrics.
+# An alternating schedule's epochs: E steps, M steps, then both; the ELBO's terms and a model's own metrics.
 RECORDS = [
     [{"step": 10, "epoch": 1, "phase": "e", "train_elbo": -120.5, "train_log_likelihood": -100.25, "train_kl": 20.25,
       "test_elbo": -121.0, "cluster_accuracy": 0.5, "estimator": "marginal"}],
     [{"step": 20, "epoch": 2, "phase": "m", "train_elbo": -110.5, "train_log_likelihood": -92.0, "train_kl": 18.5,
       "test_elbo": -111.75, "cluster_accuracy": 0.625, "estimator": "marginal"}],
+    [{"step": 30, "epoch": 3, "phase": "mixed", "train_elbo": -105.5, "train_log_likelihood": -88.0, "train_kl": 17.5,
+      "test_elbo": -106.75, "cluster_accuracy": 0.75, "estimator": "marginal"}],
 ]
 
 
@@ -40,7 +42,7 @@ def test_records_are_scalars_at_their_steps(tmp_path):
     assert set(events.Tags()["scalars"]) == {*expected, "schedule/phase"}  # no step, no strings
     for tag, key in expected.items():
         assert scalars(events, tag) == [(r["step"], pytest.approx(r[key])) for [r] in RECORDS]
-    assert scalars(events, "schedule/phase") == [(10, 0.0), (20, 2.0)]  # E on phi: 0; M on theta: 2
+    assert scalars(events, "schedule/phase") == [(10, 0.0), (20, 2.0), (30, 1.0)]  # E: 0; M: 2; both (mixed): 1
 
 
 def test_finished_epochs_are_readable_while_the_writer_is_open(tmp_path):

@@ -74,7 +74,7 @@ def load_array(path: str | Path, ndim: int | None = None) -> dict[str, np.ndarra
         else:
             with warnings.catch_warnings():  # an empty file: "holds no examples" below, not a warning as well
                 warnings.simplefilter("ignore")
-                arrays = {"x": whole_as_integers(np.loadtxt(path, delimiter=",", ndmin=2))}
+                arrays = {"x": np.loadtxt(path, delimiter=",", ndmin=2)}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{path}: cannot read it as {path.suffix} ({e})") from None
     unread = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]  # an .npz member that is not .npy
@@ -88,13 +88,6 @@ def load_array(path: str | Path, ndim: int | None = None) -> dict[str, np.ndarra
         raise DataError(f"{path}: expected {ndim}-dimensional data, got shape {x.shape}")
     check_examples(x, path, "the data")
     return arrays
-
-
-def whole_as_integers(x: np.ndarray) -> np.ndarray:
-    """A .csv's values (float64, as text carries no type) as int64 where all are whole numbers in [0, 2^16): read
-    as integer pixels, as an integer .npy is, not as floats in [0, 255] that no [0, 1] likelihood takes."""
-    whole = x.size and np.isfinite(x).all() and x.min() >= 0 and x.max() < MAX_PIXEL_LEVELS and (x == np.round(x)).all()
-    return x.astype(np.int64) if whole else x
 
 
 def check_examples(x: np.ndarray, path: str | Path, name: str) -> None:
@@ -326,9 +319,6 @@ def prepare(data: ImageData, transform: str, seed: int) -> tuple[Tensor, Tensor 
     """
     if transform not in TRANSFORMS:
         raise ValueError(f"unknown transform {transform!r}; use one of {', '.join(TRANSFORMS)}")
-    if transform == "dequantize" and not data.levels:
-        raise DataError("--transform dequantize spreads integer pixels over their bins, and these data are floats; "
-                        "use --transform none (or store the pixels as integers)")
     if isinstance(data.x_train, DiskRows):
         return prepare_from_disk(data, transform, seed)
     generator = torch.Generator().manual_seed(seed)
@@ -404,7 +394,8 @@ def validate_support(x: Tensor | DiskRows, likelihood: str, source: str) -> None
             other, total = other + int(((values != 0) & (values != 1)).sum()), total + values.numel()
     if low < 0 or high > 1:
         raise DataError(f"{source}: values must lie in [0, 1] for the continuous Bernoulli likelihood; found "
-                        f"values in [{low:g}, {high:g}] (rescale the data, or use --likelihood gaussian)")
+                        f"values in [{low:g}, {high:g}] (rescale the data, use --likelihood gaussian, or save integer "
+                        "pixels as integers in a .npy, which a .csv cannot say)")
     if likelihood == "bernoulli" and other:
         raise DataError(f"{source}: values must be exactly 0 or 1 for the Bernoulli likelihood; {other} of "
                         f"{total} are not (binarize the data, or use --likelihood cb)")

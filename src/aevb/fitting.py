@@ -437,12 +437,16 @@ def check_run_dir(out: Path, requested: dict, resume: bool) -> str | None:
     return state
 
 
-def prepare_fit(cls: type, args: argparse.Namespace) -> tuple[Hooks, Data, torch.device, LatentVariableModel]:
+def prepare_fit(cls: type, args: argparse.Namespace, resume: bool) -> tuple[Hooks, Data, torch.device,
+                                                                           LatentVariableModel]:
     """The hooks, data, device and model of a fit, everything checked; the model's initialization drawn from
     ``--seed`` (the same on every rank)."""
     hooks = hooks_class(cls)(args)
     args.schedule = args.schedule or Schedule.parse("joint")
     data = hooks.data() or load_data(args, cls)
+    if args.transform == "dequantize" and data.levels is None and not resume:  # runs from before go on as they were
+        raise DataError("--transform dequantize spreads integer pixels over their bins, and these data are floats; "
+                        "use --transform none (or store the pixels as integers)")
     check_batch_size(args, data)
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
@@ -453,7 +457,7 @@ def prepare_fit(cls: type, args: argparse.Namespace) -> tuple[Hooks, Data, torch
 
 def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progress: bool, resume: bool) -> dict:
     main = distributed.rank() == 0
-    hooks, data, device, model = distributed.together(lambda: prepare_fit(cls, args))
+    hooks, data, device, model = distributed.together(lambda: prepare_fit(cls, args, resume))
     data = dataclasses.replace(data, train=tuple(t.to(device) for t in data.train),
                                test=tuple(t.to(device) for t in data.test))
     with torch.no_grad():

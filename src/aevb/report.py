@@ -216,7 +216,12 @@ def read_diagnosis(run_dir: Path) -> dict | None:
 
 
 def with_se(result: dict, key: str) -> str:
-    return f"{number(result[key])} ± {number(result[key + '_se'])}" if key in result else "not covered"
+    """``key``'s value ± its standard error (``key_se``), the value alone where there is none (one example, or a
+    diagnosis written before aevb gave one), or 'not covered'."""
+    if key not in result:
+        return "not covered"
+    se = result.get(key + "_se")
+    return f"{number(result[key])}" + (f" ± {number(se)}" if se is not None else "")
 
 
 def e_step_blocks(result: dict, command: str | None) -> list[Block]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import re
 import signal
 from dataclasses import dataclass
@@ -151,10 +152,11 @@ def validation(enabled: bool) -> Iterator[None]:
 
 def check_trainer_arguments(model: LatentVariableModel, lr, batch_size, estimator, clip_grad, lr_gamma) -> None:
     """``Trainer``'s arguments, each mistake a TypeError or ValueError naming it (not an error at the first step)."""
-    number = lambda v, kinds=(int, float): isinstance(v, kinds) and not isinstance(v, bool)
+    number = lambda v, kind=numbers.Real: isinstance(v, kind) and not isinstance(v, bool)  # NumPy's scalars too
     for name, value, typed, valid, what in (
             ("lr", lr, number(lr), lambda: lr > 0, "a positive number"),
-            ("batch_size", batch_size, number(batch_size, int), lambda: batch_size >= 1, "a positive integer"),
+            ("batch_size", batch_size, number(batch_size, numbers.Integral), lambda: batch_size >= 1,
+             "a positive integer"),
             ("lr_gamma", lr_gamma, number(lr_gamma), lambda: 0 < lr_gamma <= 1, "a number in (0, 1]"),
             ("clip_grad", clip_grad, clip_grad is None or number(clip_grad), lambda: clip_grad is None or clip_grad > 0,
              "None or a positive number (a gradient norm)")):
@@ -348,14 +350,16 @@ class Trainer:
         ``transform`` maps every mini-batch before its step (see ``Batches``). ``checkpoint(self)`` is called
         every ``checkpoint_every = (n, 'epoch' or 'step')``, and when a stop is requested. A call that ends inside
         an epoch records it so far (the epoch record of its steps until then); the next call goes on with that
-        epoch, in its order, so that ``fit(steps=5)`` twice trains as ``fit(steps=10)`` does.
+        epoch, in its order, so that ``fit(steps=5)`` twice trains as ``fit(steps=10)`` does, and ``epochs``
+        counts that epoch's rest as the first.
         """
         check_fit_arguments(data, epochs, steps, eval_every, checkpoint_every)
         batches = Batches(data, self.batch_size, self.generator, transform)
         if self.position > len(batches):
             raise ValueError(f"Trainer.fit: the epoch in progress has taken {self.position} batches, and these data "
                              f"have {len(batches)}; pass the data it began with")
-        total = self.step_count + (steps if steps is not None else epochs * len(batches))
+        # epochs: to the end of the epoch in progress (a call ended inside it), as the first, then whole ones
+        total = self.step_count + (steps if steps is not None else epochs * len(batches) - self.position % len(batches))
         every, unit = checkpoint_every
         history: list[dict] = []
         self.model.train()
