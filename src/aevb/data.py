@@ -17,8 +17,8 @@ tutorial's transforms and returns float32 (N, D) tensors:
   ``dynamic_binarize`` as the trainer's ``transform``; the test set is binarized once, seeded;
 * ``none``: the values as they are.
 
-Continuous data (``levels`` None) need no dequantization: there u = x. A .csv file carries no type: whole numbers
-in [0, 2^16) there are read as integer pixels.
+Continuous data (``levels`` None) need no dequantization: there u = x. A .csv file carries no type: its values are
+floats (integer pixels go in an integer .npy).
 """
 from __future__ import annotations
 

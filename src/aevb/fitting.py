@@ -859,7 +859,6 @@ def diagnose_run(run_dir: str | Path, examples: int, num_samples: int, settings:
 
     check_integers("diagnose_run", examples=(examples, positive_int), num_samples=(num_samples, positive_iwae_samples),
                    seed=(seed, random_seed))
-
     run, data = run_and_data(run_dir)
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(len(data.test[0]), generator=generator)[:examples]

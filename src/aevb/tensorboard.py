@@ -43,8 +43,8 @@ class TensorBoardLogger:
     Every numeric value of a record is a scalar at the record's ``step`` (tags from ``tag``: 'train/elbo',
     'train/log_likelihood', 'train/kl', 'test/elbo', 'metrics/cluster_accuracy', 'schedule/epoch', ...), and the
     record's phase is the scalar 'schedule/phase': 0 for an E-phase (phi only), 1 for joint AEVB or an epoch of
-    E and M steps (both groups move), 2 for an M-phase (theta only). The events are flushed after every epoch, so a killed process leaves those of
-    the epochs it finished. ``add_figures`` adds the run's figures as images.
+    E and M steps (both groups move), 2 for an M-phase (theta only). The events are flushed after every epoch,
+    so a killed process leaves those of the epochs it finished. ``add_figures`` adds the run's figures as images.
 
     ``purge_step``: for a resumed run, the step after the last record its checkpoint has seen (0 if none);
     TensorBoard then hides what an earlier process logged from that step on, which the resumed run logs again.
