@@ -395,6 +395,8 @@ def test_trainer_arguments_are_refused_where_they_are_given():
         (((x,),), {"epochs": -1}, ValueError, "epochs must be a positive integer, got -1"),
         (((x, x[:3]),), {"epochs": 1}, ValueError, r"differ in length: \[20, 3\]"),
         (((x[:0],),), {"steps": 3}, ValueError, "data hold no examples"),
+        (((x.reshape(10, 2, 4)[:, :, :2],),), {"epochs": 1}, ValueError,
+         r"VAE takes examples of 4 values \(config.data_dim\), and data\[0\] has shape \(10, 2, 2\)"),
         (((torch.cat([x[:19], torch.full((1, 4), float("nan"))]),),), {"epochs": 1}, ValueError, "NaN or infinite"),
         (((x,),), {"epochs": 1, "eval_every": "steps"}, ValueError, "eval_every is 'epoch' or 'step'"),
         (((x,),), {"epochs": 1, "checkpoint_every": (2, "steps")}, ValueError, "checkpoint_every is"),

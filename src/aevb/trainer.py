@@ -354,6 +354,11 @@ class Trainer:
         counts that epoch's rest as the first.
         """
         check_fit_arguments(data, epochs, steps, eval_every, checkpoint_every)
+        width = getattr(getattr(self.model, "config", None), "data_dim", None)  # one example's (one step's) size
+        if isinstance(width, int) and isinstance(data[0], Tensor) and data[0].dim() >= 2 and data[0].shape[-1] != width:
+            raise ValueError(f"Trainer.fit: {type(self.model).__name__} takes examples of {width} values "
+                             f"(config.data_dim), and data[0] has shape {tuple(data[0].shape)}; flatten each example, "
+                             "or build the model for these data")
         batches = Batches(data, self.batch_size, self.generator, transform)
         if self.position > len(batches):
             raise ValueError(f"Trainer.fit: the epoch in progress has taken {self.position} batches, and these data "
