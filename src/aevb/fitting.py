@@ -45,7 +45,7 @@ from aevb.model import LatentVariableModel, build
 from aevb import runs
 from aevb.runs import default_device, device_name, read_json
 from aevb.threads import THREADS_HELP, default_threads
-from aevb.trainer import SCHEDULE_HELP, Schedule, Trainer
+from aevb.trainer import SCHEDULE_HELP, Schedule, Trainer, batch_sizes
 
 DATA_FIELDS = ("data_dim", "seq_len", "num_classes")  # config fields filled from the data, not from flags
 SAMPLE_SUFFIXES = (".png", ".npy", ".npz")  # what aevb sample writes
@@ -554,8 +554,8 @@ def last_epoch_mean(history: list[dict], key: str, examples: int, batch_size: in
     """``key`` over the last epoch's examples: its record, or where records are per step (factor analysis), its
     steps' weighted by their batches' sizes (an epoch's last batch holds what is left), as an epoch's record is."""
     last = [r for r in history if r["epoch"] == history[-1]["epoch"]]
-    steps = math.ceil(examples / batch_size)
-    sizes = [examples - (steps - 1) * batch_size if r["step"] % steps == 0 else batch_size for r in last]
+    epoch = batch_sizes(examples, batch_size)
+    sizes = [epoch[(r["step"] - 1) % len(epoch)] for r in last]
     return sum(size * r[key] for size, r in zip(sizes, last)) / sum(sizes)
 
 

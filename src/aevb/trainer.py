@@ -94,6 +94,12 @@ class Schedule:
 Transform = Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]]
 
 
+def batch_sizes(examples: int, batch_size: int) -> list[int]:
+    """The size of each of an epoch's batches: ``batch_size``, but for a last that holds what is left."""
+    steps = math.ceil(examples / batch_size)
+    return [batch_size] * (steps - 1) + [examples - (steps - 1) * batch_size]
+
+
 class Batches:
     """Mini-batches of in-memory tensors, in an order drawn afresh for each epoch from ``generator``.
 
@@ -110,10 +116,8 @@ class Batches:
         return math.ceil(len(self.tensors[0]) / self.batch_size)
 
     def sizes(self) -> Tensor:
-        """The (global) size of each of an epoch's batches, (len(self),): ``batch_size`` but for a shorter last."""
-        sizes = torch.full((len(self),), float(self.batch_size))
-        sizes[-1] = len(self.tensors[0]) - (len(self) - 1) * self.batch_size
-        return sizes
+        """The (global) size of each of an epoch's batches, (len(self),) (``batch_sizes``)."""
+        return torch.tensor(batch_sizes(len(self.tensors[0]), self.batch_size), dtype=torch.float32)
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         return self.epoch(self.order())
@@ -240,6 +244,8 @@ class Trainer:
         self.optimizers = {name: torch.optim.Adam(params, lr=lr, fused=True) for name, params in trained.items() if params}
         self.phase_parameters = {phase: [p for name in groups for p in trained[name]]
                                  for phase, groups in PHASE_GROUPS.items()}
+        self.phase_optimizers = {phase: [self.optimizers[name] for name in groups if name in self.optimizers]
+                                 for phase, groups in PHASE_GROUPS.items()}
         empty = [PHASE_NAMES[phase] for phase in self.schedule.phases() if not self.phase_parameters[phase]]
         if empty:
             raise ValueError(f"Trainer: the schedule {self.schedule} steps {' and '.join(empty)}, and "
@@ -276,8 +282,7 @@ class Trainer:
 
         Under torch.distributed, the gradient of -sum ELBO, the summed terms and the row count are summed over the
         ranks in one collective (``aevb.distributed``), then divided by the count: the mean over the global batch."""
-        optimizers = [self.optimizers[name] for name in PHASE_GROUPS[phase] if name in self.optimizers]
-        parameters = self.phase_parameters[phase]
+        optimizers, parameters = self.phase_optimizers[phase], self.phase_parameters[phase]
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         # torch.full launches a fill; torch.tensor would copy from the host and wait for the GPU at every step
