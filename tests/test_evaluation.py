@@ -92,6 +92,8 @@ def test_evaluation_is_seeded_batched_in_eval_mode_and_restores_the_mode():
     assert evaluation.evaluate(model, batch, num_samples=50, levels=256, seed=7) == first
     assert first["iwae_samples"] == 50 and first["iwae_log_likelihood"] >= first["test_elbo"]
     assert first["bits_per_dim"] == evaluation.bits_per_dim(first["iwae_log_likelihood"], D, 256)
+    assert first["evidence"] == "log p(x | y)"  # the batches carry the label: bounds on the conditional evidence
+    assert evaluation.evaluate(small_model(conditional=False)[0], batch[:1], 0)["evidence"] == "log p(x)"
     # batching changes only which noise each example gets: with many samples the estimates agree closely
     torch.manual_seed(0)
     one_batch = evaluation.iwae_log_likelihood(model, batch, 2000, batch_size=8, chunk_size=2000)

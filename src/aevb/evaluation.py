@@ -101,14 +101,16 @@ def bits_per_dim(log_density: float, data_dim: int, levels: int) -> float:
 def evaluate(
     model: LatentVariableModel, tensors: Sequence[Tensor], num_samples: int, levels: int | None = None, seed: int = 0
 ) -> dict:
-    """Summary keys ``test_elbo``, ``iwae_log_likelihood`` and ``iwae_samples`` (K = 0: no IWAE),
-    and ``bits_per_dim`` given ``levels`` (D is the size of one example, all of a sequence's steps).
+    """Summary keys ``evidence`` (what the bounds are of: ``log p(x)``, or ``log p(x | y)`` where the batches
+    carry a context y), ``test_elbo``, ``iwae_log_likelihood`` and ``iwae_samples`` (K = 0: no IWAE), and
+    ``bits_per_dim`` given ``levels`` (D is the size of one example, all of a sequence's steps).
 
     Seeded, so the same model, data and K give the same numbers; the caller's random state is left as it was.
     """
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        summary = {"test_elbo": test_elbo(model, tensors).item()}
+        summary = {"evidence": "log p(x | y)" if len(tensors) > 1 else "log p(x)",
+                   "test_elbo": test_elbo(model, tensors).item()}
         if num_samples:
             summary.update(iwae_log_likelihood=iwae_log_likelihood(model, tensors, num_samples).item(),
                            iwae_samples=num_samples)
