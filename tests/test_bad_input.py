@@ -487,6 +487,8 @@ def run_cases(command: list[str], kind: str = "vae") -> list[Case]:
         "config-args-schedule-bad": (edit_json("config.json", lambda c: replaced(c, "args.schedule", "x")), "config.json"),
         "config-args-iwae-list": (edit_json("config.json", lambda c: replaced(c, "args.iwae", [1])), "config.json"),
         "config-data-missing": (edit_json("config.json", lambda c: replaced(c, "data", ...)), "config.json"),
+        "config-data-range-reversed": (edit_json("config.json", lambda c: replaced(c, "data.range", [1, 0])), "config.json"),
+        "config-data-range-text": (edit_json("config.json", lambda c: replaced(c, "data.range", "0,1")), "config.json"),
         "config-disagrees-with-model-pt": (edit_json("config.json", lambda c: replaced(c, "config.latent_dim", 3)),
                                            "config.json"),
         "config-dataset-gone": (edit_json("config.json", lambda c: replaced(c, "args.dataset", "/nonesuch/x.npy")),

@@ -172,6 +172,27 @@ class WeightsWithoutPrior(Toy):
         return p_x_given_z(z).log_prob(x) - q_z.log_prob(z)  # log p(z) forgotten
 
 
+class WeightsTransposed(Toy):
+    def log_importance_weights(self, x: Tensor, num_samples: int) -> Tensor:
+        return super().log_importance_weights(x, num_samples=num_samples).T  # (B, K)
+
+
+class WeightsNotFinite(Toy):
+    def log_importance_weights(self, x: Tensor, num_samples: int) -> Tensor:
+        log_weights = super().log_importance_weights(x, num_samples=num_samples)
+        return torch.cat([log_weights[:-1], torch.full_like(log_weights[-1:], float("nan"))])  # a draw lost
+
+
+class TwoFactors(Toy):
+    def factors(self, x: Tensor):
+        return self.inference(x), self.p_z()  # p(x|z) forgotten
+
+
+class NumberPerExample(Toy):
+    def encode(self, x: Tensor) -> Tensor:
+        return self.inference(x).mean.sum(-1)  # (B,), not a code (B, L)
+
+
 class SamplesLatents(Toy):
     def sample(self, num_samples: int) -> Tensor:
         return self.p_z().sample((num_samples,))  # z, not x
@@ -215,6 +236,12 @@ BROKEN = {
         NormalizedDecoder, r"^isolation: two steps with schedule 'e-step' changed model.generative's "
                            r"net.1.num_batches_tracked, net.1.running_mean, net.1.running_var;"),
     "importance-weights-without-the-prior": (WeightsWithoutPrior, r"^iwae: over 200 draws log_importance_weights\(num_samples=1\)"),
+    "importance-weights-transposed": (WeightsTransposed, r"^importance weights: log_importance_weights\(num_samples=20\) "
+                                                         r"has shape \(6, 20\); expected shape \(20, 6\)"),
+    "importance-weights-not-finite": (WeightsNotFinite, r"^importance weights: .* has 6 non-finite values"),
+    "factors-without-the-likelihood": (TwoFactors, r"^elbo terms: factors\(\) returned a tuple of 2; expected three"),
+    "code-a-number-per-example": (NumberPerExample, r"^encode: encode\(\*batch\) has shape \(6,\); expected shape "
+                                                    r"\(6, L\)"),
     "sample-of-z": (SamplesLatents, r"^sample: sample\(6\) has shape \(6, 2\); expected shape \(6, 4\)"),
     "discrete-latent": (DiscreteLatent, r"^elbo terms: TypeError: q\(z\|x\) is a OneHotCategorical, which has no "
                                         r"reparameterized sample \(rsample\) for AEVB: use a relaxation"),
@@ -293,6 +320,33 @@ def test_a_kl_without_closed_form_is_sampled_and_its_sign_not_checked():
     report = check_model(GammaPrior(), X)
     assert report["kl"].startswith("skipped: the KL is sampled") and "No KL" in report["kl"]
     assert {outcome for name, outcome in report.items() if name != "kl"} == {"passed"}
+
+
+def test_a_hand_written_elbo_with_a_sampled_kl_skips_the_sign_check():
+    """A model whose only estimator samples the KL (log q(z) - log p(z) at the draw): a draw's KL may be < 0."""
+    class SampledKL(HandWritten):
+        estimators = ("sgvb",)
+
+        def terms(self, x: Tensor) -> tuple[Tensor, Tensor]:
+            q_z, p_z, p_x_given_z = self.factors(x)
+            z = q_z.rsample()
+            return p_x_given_z(z).log_prob(x), q_z.log_prob(z) - p_z.log_prob(z)
+
+        def elbo(self, x: Tensor, estimator: str = "sgvb") -> ELBO:
+            return super().elbo(x)
+
+    torch.manual_seed(0)
+    assert (SampledKL().elbo(X.repeat(20, 1)).kl < 0).any()  # so the sign check would fail it
+    report = check_model(SampledKL(), X)
+    assert report["kl"] == "skipped: the default estimator, sgvb, samples the KL"
+    assert {outcome for name, outcome in report.items() if name != "kl"} == {"passed"}
+
+
+def test_checks_runs_the_named_checks_only_in_their_order():
+    report = check_model(UnusedParameter(), X, checks=["sample", "config", "encode"])  # the gradients check would fail
+    assert list(report) == ["config", "sample", "encode"] and set(report.values()) == {"passed"}
+    with pytest.raises(ValueError, match="no check named 'shapes'; the checks are config, parameter groups"):
+        check_model(Toy(), X, checks=["shapes"])
 
 
 def test_the_callers_model_and_random_state_are_left_as_they_were():

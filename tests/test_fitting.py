@@ -72,7 +72,67 @@ class NoCode(OneEstimator):
     def factors(self, x):
         raise NotImplementedError("no factors")
 
+    def sample(self, num_samples):
+        return Linear.factors(self, torch.zeros(1, self.config.data_dim))[2](
+            torch.randn(num_samples, self.config.latent_dim)).sample()
+
     encode = LatentVariableModel.encode
+
+
+# Mistakes a researcher makes, each of which trained before aevb fit checked the contract (or failed after it)
+class LearnedPrior(Linear):
+    def __init__(self, config):
+        super().__init__(config)
+        self.prior_loc = nn.Parameter(torch.zeros(config.latent_dim))  # in neither group
+
+
+class PerCoordinateQ(Linear):
+    def q_z_given_x(self, x):
+        return Linear.q_z_given_x(self, x).base_dist  # (B, L): it broadcasts against a batch of 2 with L = 2
+
+
+class SampledZ(Linear):
+    def q_z_given_x(self, x):
+        q = Linear.q_z_given_x(self, x)
+        q.rsample = q.sample  # no gradient reaches phi through z
+        return q
+
+
+class TransposedWeights(Linear):
+    def log_importance_weights(self, x, num_samples):
+        return super().log_importance_weights(x, num_samples=num_samples).T
+
+
+class NumberCode(Linear):
+    def encode(self, x):
+        return self.q_z_given_x(x).mean.sum(-1)
+
+
+class WideSample(Linear):
+    def sample(self, num_samples):
+        return torch.randn(num_samples, self.config.data_dim + 1)
+
+
+class EarlyModule(Linear):
+    def __init__(self, config):
+        self.generative = nn.Linear(config.latent_dim, config.data_dim)  # before nn.Module's __init__
+        super().__init__(config)
+
+
+@dataclass
+class RichConfig:
+    data_dim: int = 5
+    latent_dim: int = 2
+    scales: tuple[float, ...] = (0.5, 1.0)
+    widths: list = None
+
+    def __post_init__(self):  # JSON gives tuples back as lists
+        self.scales = tuple(self.scales)
+        self.widths = None if self.widths is None else tuple(self.widths)
+
+
+class Rich(Linear):
+    Config = RichConfig
 '''
 
 
@@ -168,6 +228,85 @@ def test_a_model_with_its_own_elbo_and_no_encode_is_refused_before_training(user
                         "--no-progress"], capsys)
     assert code == 2 and "NoCode defines no encode(): a model with an elbo() of its own defines encode(x)" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("cls, message", [
+    ("LearnedPrior", "parameter groups: prior_loc in neither group"),
+    ("PerCoordinateQ", "elbo terms: factors' q(z|x) has batch shape (7, 2) and event shape ()"),
+    ("SampledZ", "reparameterization: the log-likelihood term does not reach any inference (phi) parameter"),
+    ("TransposedWeights", "importance weights: log_importance_weights(num_samples=5) has shape (7, 5)"),
+    ("NumberCode", "encode: encode(*batch) has shape (7,); expected shape (7, L)"),
+    ("WideSample", "sample: sample(7) has shape (7, 6); expected shape (7, 5)"),
+])
+def test_a_model_that_breaks_the_contract_is_refused_before_training(cls, message, user_files, tmp_path, capsys):
+    model_file, data_file = user_files
+    code, _, err = cli(["fit", "--model", f"{model_file}:{cls}", "--dataset", data_file, "--epochs", "1",
+                        "--out", tmp_path / "run", "--no-progress"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"breaks the model contract on 7 examples of --dataset {data_file} (vectors" in err and message in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_init_that_sets_modules_before_the_base_class_is_one_line(user_files, tmp_path, capsys):
+    model_file, data_file = user_files
+    code, _, err = cli(["fit", "--model", f"{model_file}:EarlyModule", "--dataset", data_file, "--out",
+                        tmp_path / "run"], capsys)
+    assert code == 2 and err.strip() == ("aevb: error: earlymodule: its __init__ sets a module or parameter before "
+                                         "super().__init__(config); call super().__init__(config) first")
+
+
+def test_tuple_fields_take_floats_or_ints_and_a_field_without_a_value_has_no_default(user_files, tmp_path, capsys):
+    model_file, data_file = user_files
+    code, out, _ = cli(["fit", "--model", f"{model_file}:Rich", "--help"], capsys)
+    assert code == 0 and "(default 0.5,1.0)" in out and "(default None)" in out
+    code, _, err = cli(["fit", "--model", f"{model_file}:Rich", "--dataset", data_file, "--scales", "0.25,x"], capsys)
+    assert code == 2 and "--scales: expected comma-separated numbers such as 0.5,1, got '0.25,x'" in err
+    code, _, err = cli(["fit", "--model", f"{model_file}:Rich", "--dataset", data_file, "--scales", "0.25,2",
+                        "--widths", "3,4", "--epochs", "1", "--iwae", "0", "--out", tmp_path / "run", "--no-progress"],
+                       capsys)
+    assert code == 0, err
+    config = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert config["scales"] == [0.25, 2.0] and config["widths"] == [3, 4]
+
+
+def test_a_model_file_imports_the_modules_beside_it_and_a_changed_config_is_named(user_files, tmp_path, capsys):
+    model_file, data_file = user_files
+    (tmp_path / "sizes.py").write_text("LATENT = 3\n")
+    (tmp_path / "sibling.py").write_text(model_file.read_text().replace(
+        "latent_dim: int = field(default=2", "latent_dim: int = field(default=__import__('sizes').LATENT"))
+    run = tmp_path / "run"
+    code, _, err = cli(["fit", "--model", f"{tmp_path / 'sibling.py'}:Linear", "--dataset", data_file, "--epochs", "1",
+                        "--iwae", "0", "--out", run, "--no-progress"], capsys)
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["config"]["latent_dim"] == 3
+    model_file.write_text(model_file.read_text().replace("    latent_dim: int", "    extra: float = 1.0\n    latent_dim: int"))
+    code, _, _ = cli(["fit", "--model", f"{model_file}:Linear", "--dataset", data_file, "--epochs", "1",
+                      "--iwae", "0", "--out", tmp_path / "mine", "--no-progress"], capsys)
+    assert code == 0
+    edited = json.loads((tmp_path / "mine" / "config.json").read_text())
+    del edited["args"]["config_extra"]  # as the run of the class before it had the field
+    (tmp_path / "mine" / "config.json").write_text(json.dumps(edited))
+    code, _, err = cli(["eval", tmp_path / "mine", "--iwae", "2"], capsys)
+    assert code == 2 and ("the run was fitted with another linear Config (the class has a field extra it did not "
+                          "have); restore the Config it had, or fit the run again") in err
+
+
+def test_counts_are_drawn_on_a_grey_scale_of_their_range(user_files, tmp_path, capsys, monkeypatch):
+    """Integer images of 0 to 16 modelled as they are (no dequantization): their figures span 0 to 16, not 0 to 1."""
+    model_file, _ = user_files
+    np.save(tmp_path / "counts.npy", np.random.default_rng(0).integers(0, 17, size=(120, 4, 4)))
+    run = tmp_path / "run"
+    code, _, err = cli(["fit", "--model", f"{model_file}:Linear", "--dataset", tmp_path / "counts.npy", "--transform",
+                        "none", "--epochs", "1", "--iwae", "0", "--out", run, "--no-progress"], capsys)
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["data"]["range"] == [0.0, 16.0]
+    from aevb import plotting
+
+    shown = {}
+    monkeypatch.setattr(plotting, "image_grid", lambda images, path, rows, title: shown.update(images=images, title=title))
+    fitting.plot_examples(torch.full((2, 16), 8.0), None, (4, 4), "images", tmp_path / "x.png", "samples",
+                          value_range=(0.0, 16.0))
+    assert (shown["images"][0, :2] == 0.5).all() and shown["title"] == "samples; grey levels from 0 to 16"
 
 
 def test_a_model_installed_by_a_package_is_found_through_its_entry_point(user_files, tmp_path, capsys, monkeypatch):

@@ -97,11 +97,16 @@ local_steps = at_most(non_negative_int, MAX_LOCAL_STEPS, "each is a forward and 
 draws = at_most(positive_int, MAX_DRAWS, "each is a decoder pass per example")
 
 
-def int_tuple(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(s) for s in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 500,500, got {text!r}") from None
+def number_tuple(kind: type) -> Callable[[str], tuple]:
+    """The parser of comma-separated numbers of one kind: ``int`` (500,500) or ``float`` (0.5,1, finite)."""
+    number, example = (int, "integers such as 500,500") if kind is int else (finite_float, "numbers such as 0.5,1")
+
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(number(s) for s in text.split(","))
+        except (ValueError, argparse.ArgumentTypeError):
+            raise argparse.ArgumentTypeError(f"expected comma-separated {example}, got {text!r}") from None
+    return parse
 
 
 def epoch_list(text: str) -> tuple[int, ...]:

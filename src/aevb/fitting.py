@@ -33,9 +33,9 @@ from typing import Any, Callable, ClassVar, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from aevb import diagnostics, distributed, evaluation, registry
-from aevb.arguments import (MAX_IWAE_SAMPLES, epoch_list, finite_float, fraction, int_tuple, iwae_samples,
-                            local_steps, positive_float, positive_int, positive_iwae_samples,
+from aevb import diagnostics, distributed, evaluation, registry, testing
+from aevb.arguments import (MAX_IWAE_SAMPLES, epoch_list, finite_float, fraction, iwae_samples,
+                            local_steps, number_tuple, positive_float, positive_int, positive_iwae_samples,
                             random_seed, sample_count, thread_count)
 from aevb.data import ARRAY_SUFFIXES, TRANSFORMS, as_sequences, dynamic_binarize, load_dataset, prepare, validate_support
 from aevb.disk import chunks
@@ -139,7 +139,7 @@ class Hooks:
         num_classes = data.num_classes if is_conditional(type(model)) else None
         x, rows = draw(model, num_classes, GRID_COLUMNS if num_classes else SAMPLES_PLOTTED)
         plot_examples(x, rows, data.shape, data.kind, path, title="samples x ~ p(x" + (" | y), one row per class y" if rows else ")"),
-                      reference=data.test[0])
+                      reference=data.test[0], value_range=grey_range(data.test[0]))
 
     def embedding(self, model: LatentVariableModel, data: Data, path: Path) -> None:
         """t-SNE of the test codes ``encode(x)``, coloured by label when the data have labels."""
@@ -200,7 +200,8 @@ def field_flag(field: dataclasses.Field) -> str:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One flag per config field, typed by its annotation: int, float, str, bool, Literal choices, int tuples."""
+    """One flag per config field, typed by its annotation: int, float, str, bool, Literal choices, tuples (or lists,
+    or Sequences) of ints or of floats."""
     hints = typing.get_type_hints(cls.Config)
     group = parser.add_argument_group(f"model configuration ({cls.Config.__name__})")
     for field in config_fields(cls):
@@ -216,8 +217,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if kind is bool:
             options["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) in (tuple, list, collections.abc.Sequence) or kind in (tuple, list):
-            options["type"] = int_tuple
-            default = tuple(default)
+            options["type"] = number_tuple(float if float in typing.get_args(kind) else int)
+            default = None if default is None else tuple(default)
         else:
             options["type"] = finite_float if kind is float else kind  # no nan or inf, whatever the model checks
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
@@ -332,14 +333,19 @@ def load_data(args: argparse.Namespace, cls: type) -> Data:
 
 # Fitting ----------------------------------------------------------------------------------------------
 def build_model(cls: type, args: argparse.Namespace, data: Data) -> LatentVariableModel:
-    """``cls(Config(...))`` from the config flags and the data; a config the model refuses, or one too large to
-    build (``aevb.model.build``), is a UsageError."""
+    """``cls(Config(...))`` from the config flags and the data; a config the model refuses, one too large to
+    build (``aevb.model.build``), or an ``__init__`` that sets modules before ``nn.Module``'s, is a UsageError."""
     values = {f.name: getattr(args, f"config_{f.name}") for f in config_fields(cls)}
     values.update(data.config_values([f.name for f in dataclasses.fields(cls.Config)]))
     try:
         return build(cls, cls.Config(**values))
     except ValueError as e:
         raise UsageError(f"{cls.name}: {e}") from None
+    except AttributeError as e:  # torch's "cannot assign module before Module.__init__() call"
+        if "before Module.__init__() call" not in str(e):
+            raise
+        raise UsageError(f"{cls.name}: its __init__ sets a module or parameter before super().__init__(config); call "
+                         "super().__init__(config) first") from None
 
 
 def check_batch_size(args: argparse.Namespace, data: Data) -> None:
@@ -363,21 +369,33 @@ def implausible(summary: dict, data: Data) -> list[str]:
             "dimension of x: the fit failed; fit again with a lower --lr or with --clip-grad NORM"]
 
 
+FIRST_BATCH = 7  # examples checked before training: a size unlikely to equal a dimension, so that a factor or
+# term of the wrong shape cannot hide by broadcasting against the batch
+
+
 def check_first_batch(model: LatentVariableModel, data: Data, args: argparse.Namespace) -> None:
-    """One ELBO and one code on a few training examples before training, on a fork of the random state (training
-    draws as it would without it): a model's ValueError (data outside its support, a wrong shape, an unknown
-    estimator), or a missing ``encode`` (which the figures use after training), becomes one line here, not a
-    traceback later."""
-    batch = tuple(t[:2] for t in data.train)
+    """Before training, on the first ``FIRST_BATCH`` training examples, on copies of the model and a fork of the
+    random state (training draws as it would without it): the contract's checks that hold for any model and batch
+    (``aevb.testing.BEFORE_FIT``), then one ELBO with ``--estimator``. A broken contract (a factor of the wrong
+    shape, z drawn without ``rsample``, a parameter in neither group, an ``encode`` that gives no code per example)
+    is one line naming the check, not a traceback or a wrong number after training; a model's ValueError (data
+    outside its support, an unknown estimator) is one line about the data."""
+    batch = tuple(t[:FIRST_BATCH] for t in data.train)
     options = {} if args.estimator is None else {"estimator": args.estimator}
-    try:
-        with torch.random.fork_rng(), evaluation.eval_mode(model) as device:
-            batch = tuple(t.to(device) for t in (data.transform(batch) if data.transform else batch))
+    with torch.random.fork_rng(), evaluation.eval_mode(model) as device:
+        batch = tuple(t.to(device) for t in (data.transform(batch) if data.transform else batch))
+        described = (f"--dataset {args.dataset} ({data.kind}, one example of shape {tuple(data.shape)}, "
+                     f"{str(batch[0].dtype).removeprefix('torch.')} batches)")
+        try:
+            testing.check_model(model, batch, num_samples=5, checks=testing.BEFORE_FIT)
             model.elbo(*batch, **options)
-            model.encode(*batch)
-    except (ValueError, RuntimeError, NotImplementedError) as e:
-        raise UsageError(f"{model.name} cannot fit --dataset {args.dataset} ({data.kind}, one example of shape "
-                         f"{tuple(data.shape)}): {registry.first_line(e)}") from None
+        except testing.ModelCheckError as e:
+            if isinstance(e.__cause__, ValueError):  # the model's word on the data (aevb.model: its support)
+                raise UsageError(f"{model.name} cannot fit {described}: {registry.first_line(e.__cause__)}") from None
+            raise UsageError(f"{model.name} breaks the model contract on {len(batch[0])} examples of {described}: "
+                             f"{registry.first_line(e)} (docs/models.md states the contract)") from None
+        except (ValueError, RuntimeError, NotImplementedError) as e:
+            raise UsageError(f"{model.name} cannot fit {described}: {registry.first_line(e)}") from None
 
 
 NOT_SETTINGS = ("device", "threads", "checkpoint_every", "compile", "tensorboard")  # what a resumed run may change
@@ -620,9 +638,10 @@ def resolve_device(text: str) -> torch.device:
 
 
 def run_config(cls: type, model: LatentVariableModel, flags: dict, data: Data) -> dict:
-    """config.json: how to import the model, its config, every flag, and the data's shape."""
+    """config.json: how to import the model, its config, every flag, and the data's shape and range."""
     return {"model": registry.reference(cls), "config": dataclasses.asdict(model.config), "args": flags,
-            "data": {"shape": list(data.shape), "kind": data.kind, "levels": data.levels, "num_classes": data.num_classes}}
+            "data": {"shape": list(data.shape), "kind": data.kind, "levels": data.levels, "num_classes": data.num_classes,
+                     "range": grey_range(data.test[0])}}
 
 
 def resolve_paths(args: argparse.Namespace) -> None:
@@ -739,6 +758,10 @@ def run_record(run_dir: Path) -> dict:
     if not (isinstance(shape, list) and 1 <= len(shape) <= 2 and all(isinstance(n, int) and n > 0 for n in shape)
             and data.get("kind") in KINDS and isinstance(data.get("num_classes"), (int, type(None)))):
         raise UsageError(f"{path} is damaged (its data are not a shape, kind and number of classes); {runs.REFIT}")
+    grey = data.setdefault("range", [0.0, 1.0])  # absent from the runs of earlier versions
+    if not (isinstance(grey, list) and len(grey) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v)
+                                                              for v in grey) and grey[0] < grey[1]):
+        raise UsageError(f"{path} is damaged (its data's range is not two finite numbers, low < high); {runs.REFIT}")
     return record
 
 
@@ -757,6 +780,12 @@ def parse_recorded_args(cls: type, flags: dict, path: Path) -> argparse.Namespac
     actions = {a.dest: a for a in parser._actions if a.dest != "help"}
     fixed = {k: v for k, v in vars(parser.parse_args([])).items() if k not in actions}  # set without a flag
     missing, unknown = sorted(actions.keys() - flags.keys()), sorted(flags.keys() - actions.keys() - fixed.keys())
+    changed = [key for key in missing + unknown if key.startswith("config_")]
+    if changed:  # the class's Config gained or lost a field since the fit: the run is as it was written
+        field = changed[0].removeprefix("config_")
+        now = f"has no field {field} now" if changed[0] in unknown else f"has a field {field} it did not have"
+        raise UsageError(f"{path}: the run was fitted with another {cls.name} Config (the class {now}); restore "
+                         f"the Config it had, or {runs.REFIT}")
     if missing or unknown:
         which = f"lack {missing[0]}" if missing else f"have an unknown {unknown[0]}"
         raise UsageError(f"{path} is damaged (its args {which}, not the flags of {cls.name}); {runs.REFIT}")
@@ -891,16 +920,25 @@ def draw(model: LatentVariableModel, num_classes: int | None, num_samples: int,
         return model.sample(len(labels), labels), [str(c) for c in classes]
 
 
+def grey_range(x: Tensor) -> list[float]:
+    """[low, high]: the grey scale of examples like ``x``, [0, 1] or wider where x is (counts of 0 to 16)."""
+    return [min(0.0, x.min().item()), max(1.0, x.max().item())]
+
+
 def plot_examples(x: Tensor, rows: list[str] | None, shape: Sequence[int], kind: str, path: Path, title: str,
-                  reference: Tensor | None = None) -> None:
-    """Examples as their kind shows best: images (and sequences, a step per row) as a grid, vectors as a heat
-    map and pairwise scatter plots, beside as many ``reference`` examples (the test data) when given."""
+                  reference: Tensor | None = None, value_range: Sequence[float] = (0.0, 1.0)) -> None:
+    """Examples as their kind shows best: images (and sequences, a step per row) as a grid, grey from
+    ``value_range``'s low (black) to its high (white), vectors as a heat map and pairwise scatter plots, beside as
+    many ``reference`` examples (the test data) when given."""
     from aevb import plotting
 
     if kind == "vectors":
         shown = None if reference is None else reference[:len(x)].cpu().numpy()
         plotting.vectors(x.cpu().numpy(), shown, path, title=title)
     else:
+        low, high = value_range
+        if (low, high) != (0, 1):
+            x, title = (x - low) / (high - low), f"{title}; grey levels from {low:g} to {high:g}"
         columns = len(x) // len(rows) if rows else GRID_COLUMNS
         plotting.image_grid(plotting.as_grid(x.flatten(1), shape, columns), path, rows, title=title)
 
@@ -930,7 +968,7 @@ def sample_run(run_dir: str | Path, out: Path, num_samples: int, label: int | No
     def write(path: Path) -> None:
         if out.suffix == ".png":
             plot_examples(x, rows, run.config["data"]["shape"], run.config["data"]["kind"], path,
-                          title=f"samples from {run_dir}")
+                          title=f"samples from {run_dir}", value_range=run.config["data"]["range"])
             return
         import numpy as np
 

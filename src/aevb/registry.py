@@ -95,13 +95,16 @@ def import_module(name: str, ref: str):
 
 
 def import_file(path: str, ref: str):
-    """The module of a .py file, loaded once per absolute path (its name derived from the path)."""
+    """The module of a .py file, loaded once per absolute path (its name derived from the path). As for a script
+    that Python runs, the file's folder goes first on ``sys.path``, so the file imports the modules beside it."""
     file = Path(path).expanduser().resolve()
     if not file.is_file():
         raise UsageError(f"model reference {ref!r}: {path}: no such file")
     name = FILE_MODULE_PREFIX + "".join(c if c.isalnum() else "_" for c in str(file))
     if name in sys.modules:
         return sys.modules[name]
+    if str(file.parent) not in sys.path:
+        sys.path.insert(0, str(file.parent))
     spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # before executing it: dataclasses look their module up there

@@ -7,26 +7,32 @@ x = batch[0] and context = batch[1:]:
    ``Config(**json.loads(json.dumps(asdict(config))))`` rebuilds an equal config.
 2. parameter groups: ``parameter_groups()`` has exactly 'generative' and 'inference', disjoint, and together they
    hold every parameter of the model.
-3. elbo terms: for a model with ``factors``, q(z|x) and p(x|z) have batch shape (B,) and p(z) () or (B,) (each
-   distribution's coordinates in its event: ``Independent``); ``elbo(*batch)`` has the terms elbo, log_likelihood
-   and kl, each finite and of shape (B,), and elbo = log_likelihood - kl.
+3. elbo terms: for a model with ``factors``, it returns three things, q(z|x) and p(x|z) have batch shape (B,) and
+   p(z) () or (B,) (each distribution's coordinates in its event: ``Independent``); ``elbo(*batch)`` has the terms
+   elbo, log_likelihood and kl, each finite and of shape (B,), and elbo = log_likelihood - kl.
 4. kl: kl >= 0 (to 1e-5): the default estimator's KL (analytic in every built-in model) is a divergence (skipped
-   where ``factors`` gives a pair torch.distributions has no KL for, which the default estimator samples).
+   where the KL is sampled: a model whose default estimator, the first of ``estimators``, is ``sgvb``, and a pair
+   from ``factors`` that torch.distributions has no KL for).
 5. gradients: -elbo.mean() sends a finite, non-zero gradient to every trainable parameter of both groups.
 6. reparameterization: log_likelihood.mean() alone sends a non-zero gradient to some inference (phi) parameter,
    as it does when z is drawn with ``rsample()`` (skipped when q has no trainable parameters).
 7. isolation: two ``Trainer`` steps with schedule 'e-step' leave the generative module's state (parameters and
    buffers) bit for bit as it was, and two with 'm-step' the inference module's.
-8. iwae: ``log_importance_weights(*batch, num_samples=K)`` is finite, (K, B); in eval mode, over 200 draws, a
-   single log-weight (the one-sample bound) has the ELBO's mean (within 5 standard errors) and the mean
-   ``iwae_bound(num_samples=K)`` (the model's own, which may be tighter) is not below the mean ELBO (within 5
-   standard errors).
-9. sample: ``sample(B, *context)`` is finite, of shape (B, *x.shape[1:]).
-10. encode: ``encode(*batch)`` is a finite tensor with first dimension B.
-11. checkpoint: ``checkpoint()``'s state_dict holds tensors only; through ``torch.save`` and
+8. importance weights: ``log_importance_weights(*batch, num_samples=K)`` is finite, of shape (K, B).
+9. iwae: in eval mode, over 200 draws, a single log-weight (the one-sample bound) has the ELBO's mean (within 5
+   standard errors) and the mean ``iwae_bound(num_samples=K)`` (the model's own, which may be tighter) is not
+   below the mean ELBO (within 5 standard errors).
+10. sample: ``sample(B, *context)`` is finite, of shape (B, *x.shape[1:]).
+11. encode: ``encode(*batch)`` is a finite tensor of shape (B, L).
+12. checkpoint: ``checkpoint()``'s state_dict holds tensors only; through ``torch.save`` and
     ``torch.load(weights_only=True)``, its config through JSON, ``from_checkpoint`` rebuilds an equal config, the
     same dtypes and, from the same seed in eval mode, bit for bit the same ELBO.
-12. determinism: the same seed gives the same ELBO twice.
+13. determinism: the same seed gives the same ELBO twice.
+
+``checks`` runs some of them, in this order: ``aevb fit`` runs ``BEFORE_FIT`` on a few training examples before
+it trains, the checks that hold for every model whatever its batch (the gradients check can fail on a batch that
+leaves a component unused, isolation on running statistics, determinism on a GPU's nondeterministic kernels)
+and whose failure would otherwise be a traceback or a wrong number after training.
 
 Every check runs on deep copies of the model, with its draws seeded from ``seed`` inside ``torch.random.fork_rng``:
 the caller's model (parameters, buffers, gradients, mode) and global random state are left as they were. An error
@@ -52,7 +58,7 @@ from torch.distributions import kl_divergence
 from aevb.model import PARAMETER_GROUPS, LatentVariableModel
 from aevb.trainer import Trainer
 
-__all__ = ["CHECKS", "ModelCheckError", "check_model"]
+__all__ = ["BEFORE_FIT", "CHECKS", "ModelCheckError", "check_model"]
 TERMS = ("elbo", "log_likelihood", "kl")
 DRAWS = 200  # draws of the one-sample bounds whose means the IWAE check compares
 STANDARD_ERRORS = 5  # how far apart two estimates of one mean may lie before the IWAE check fails
@@ -84,17 +90,23 @@ class Case(NamedTuple):
 
 
 def check_model(model: LatentVariableModel, batch: Tensor | Sequence[Tensor], num_samples: int = 20,
-                seed: int = 0) -> dict[str, str]:
+                seed: int = 0, checks: Sequence[str] | None = None) -> dict[str, str]:
     """Check ``model`` against the contract on ``batch`` = (x, *context) (or x); raise ModelCheckError at the first
-    broken property. Returns {property: 'passed' or 'skipped: why'}, in the order checked."""
+    broken property. ``checks``: names of ``CHECKS`` to run (default all). Returns {property: 'passed' or
+    'skipped: why'}, in the order checked."""
     if not isinstance(model, LatentVariableModel):
         raise TypeError(f"check_model takes an aevb.model.LatentVariableModel, got {type(model).__name__}")
+    unknown = sorted(set(checks or ()) - set(CHECKS))
+    if unknown:
+        raise ValueError(f"check_model: no check named {', '.join(map(repr, unknown))}; the checks are {', '.join(CHECKS)}")
     batch = (batch,) if isinstance(batch, Tensor) else tuple(batch)
     report = {}
     cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=cuda_devices), torch.enable_grad():
         case = Case(copy.deepcopy(model), batch, num_samples, seed)
         for name, check in CHECKS.items():
+            if checks is not None and name not in checks:
+                continue
             try:
                 report[name] = check(case) or "passed"
             except Broken as broken:
@@ -161,9 +173,13 @@ def factors(case: Case) -> tuple | None:
     """``factors`` on the case's batch: (q(z|x), p(z), p(x|z) as a function of z), or None for a model with an ELBO
     of its own."""
     try:
-        return case.model.factors(*case.batch)
+        found = case.model.factors(*case.batch)
     except NotImplementedError:
         return None
+    if not (isinstance(found, tuple) and len(found) == 3):
+        returned = f"a tuple of {len(found)}" if isinstance(found, tuple) else f"a {type(found).__name__}"
+        raise Broken(f"factors() returned {returned}; expected three things: (q(z|x), p(z), a function z -> p(x|z))")
+    return found
 
 
 def check_factor_shapes(case: Case) -> None:
@@ -198,6 +214,8 @@ def check_elbo_terms(case: Case) -> None:
 
 
 def check_kl(case: Case) -> str | None:
+    if case.model.estimators[:1] == ("sgvb",):
+        return "skipped: the default estimator, sgvb, samples the KL"
     found = factors(case)
     if found is not None:
         q_z, p_z, _ = found
@@ -208,7 +226,8 @@ def check_kl(case: Case) -> str | None:
     kl = seeded_elbo(case.model, case).kl
     if (kl < -1e-5).any():
         raise Broken(f"kl is negative for {int((kl < -1e-5).sum())} of {case.size} examples (down to "
-                     f"{kl.min().item():.4g}); expected KL(q || p) >= 0 from the default (analytic) estimator")
+                     f"{kl.min().item():.4g}); expected KL(q || p) >= 0 from the default estimator, an analytic KL "
+                     "(a model whose default estimator samples the KL names it first in estimators, as 'sgvb')")
 
 
 def check_gradients(case: Case) -> str | None:
@@ -248,13 +267,21 @@ def check_isolation(case: Case) -> str | None:
                          "updates, like BatchNorm's running statistics, moves outside its group's step)")
 
 
+def check_importance_weights(case: Case) -> None:
+    k, b = case.num_samples, case.size
+    with torch.no_grad():
+        log_weights = case.model.eval().log_importance_weights(*case.batch, num_samples=k)
+    if not isinstance(log_weights, Tensor) or log_weights.shape != (k, b):
+        raise Broken(f"log_importance_weights(num_samples={k}) {found(log_weights)}; expected shape {(k, b)}, "
+                     "one log-weight per draw (first) and example")
+    if not torch.isfinite(log_weights).all():
+        raise Broken(f"log_importance_weights(num_samples={k}) has {int((~torch.isfinite(log_weights)).sum())} "
+                     "non-finite values; expected finite values")
+
+
 def check_iwae(case: Case) -> None:
     model, k, b = case.model.eval(), case.num_samples, case.size
     with torch.no_grad():
-        log_weights = model.log_importance_weights(*case.batch, num_samples=k)
-        if not isinstance(log_weights, Tensor) or log_weights.shape != (k, b) or not torch.isfinite(log_weights).all():
-            raise Broken(f"log_importance_weights(num_samples={k}) {found(log_weights)} (or is not finite); "
-                         f"expected finite values of shape {(k, b)}")
         elbo = draws(lambda batch: model.elbo(*batch).elbo, case, DRAWS)  # (DRAWS, B), as are the next
         one = draws(lambda batch: model.log_importance_weights(*batch, num_samples=1)[0], case, DRAWS)
         many = draws(lambda batch: model.iwae_bound(*batch, num_samples=k), case, max(2, DRAWS // k))
@@ -300,9 +327,10 @@ def check_encode(case: Case) -> None:
     model = case.model.eval()
     with torch.no_grad():
         code = model.encode(*case.batch)
-    if not isinstance(code, Tensor) or code.dim() == 0 or len(code) != case.size or not torch.isfinite(code).all():
-        raise Broken(f"encode(*batch) {found(code)} (or is not finite); expected a finite code per example, "
-                     f"first dimension {case.size}")
+    if not isinstance(code, Tensor) or code.dim() != 2 or len(code) != case.size:
+        raise Broken(f"encode(*batch) {found(code)}; expected shape ({case.size}, L), a code of L numbers per example")
+    if not torch.isfinite(code).all():
+        raise Broken("encode(*batch) has non-finite values; expected finite codes")
 
 
 def check_checkpoint(case: Case) -> None:
@@ -345,9 +373,12 @@ CHECKS: dict[str, Callable[[Case], str | None]] = {
     "gradients": check_gradients,
     "reparameterization": check_reparameterization,
     "isolation": check_isolation,
+    "importance weights": check_importance_weights,
     "iwae": check_iwae,
     "sample": check_sample,
     "encode": check_encode,
     "checkpoint": check_checkpoint,
     "determinism": check_determinism,
 }
+BEFORE_FIT = ("config", "parameter groups", "elbo terms", "reparameterization", "importance weights", "sample",
+              "encode", "checkpoint")
