@@ -14,7 +14,7 @@ from torch.distributions import Independent, Normal
 
 from aevb import runs
 from aevb.cli import main
-from aevb.errors import Diverged
+from aevb.errors import Diverged, UsageError
 from aevb.models.vae import VAE, VAEConfig
 from aevb.trainer import Trainer
 
@@ -405,3 +405,85 @@ def test_trainer_arguments_are_refused_where_they_are_given():
         with pytest.raises(error, match=message):
             trainer.fit(*args, **kwargs)
     assert trainer.step_count == 0
+
+
+def interrupted_vae(tmp_path, monkeypatch) -> list[str]:
+    """A VAE fit stopped at step 20, in its second epoch (as SIGINT stops it), in tmp_path / 'run'; its flags."""
+    flags = ["fit", "vae", "--hidden", "4", "--latent-dim", "2", "--epochs", "2", "--iwae", "0", "--out",
+             str(tmp_path / "run"), "--no-progress"]
+    step = Trainer.step
+
+    def stop_at_20(self, batch, phase):
+        if self.step_count + 1 == 20:
+            self.request_stop(signal.SIGINT)
+        return step(self, batch, phase)
+
+    monkeypatch.setattr(Trainer, "step", stop_at_20)
+    assert main(flags) == 130
+    monkeypatch.undo()
+    return flags
+
+
+def test_a_file_put_in_an_interrupted_run_stays_the_users(tmp_path, capsys, monkeypatch):
+    """The finished run lists as its own only the files aevb wrote, so a later fit into it refuses to delete the
+    user's notes, instead of adopting them on completion and deleting them with the run."""
+    flags = interrupted_vae(tmp_path, monkeypatch)
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    assert main(["resume", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert "notes.txt" not in json.loads((tmp_path / "run" / runs.MARKER).read_text())["files"]
+    capsys.readouterr()
+    assert main(flags) == 2
+    assert "holds files aevb did not write (notes.txt)" in capsys.readouterr().err
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+
+
+def test_resume_refuses_another_model_and_damaged_records(tmp_path, capsys, monkeypatch):
+    flags = interrupted_vae(tmp_path, monkeypatch)
+    capsys.readouterr()
+    assert main([flags[0], "cvae", *flags[2:], "--resume"]) == 2
+    assert "--resume: the model is cvae here but vae in the run" in capsys.readouterr().err
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    kept = metrics.read_text()
+    metrics.write_text("{}\n" * len(kept.splitlines()))  # objects, but no records: no step, no epoch
+    assert main(["resume", str(tmp_path / "run")]) == 2
+    assert "metrics.jsonl is damaged: it holds 0 whole records" in capsys.readouterr().err
+    metrics.write_text(kept)
+    assert main(["resume", str(tmp_path / "run"), "--no-progress"]) == 0
+    (tmp_path / "run" / "summary.json").write_text("[1]")
+    capsys.readouterr()
+    assert main([*flags, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "summary.json is damaged (not a JSON object)" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_run_has_one_lock_whatever_it_is_called_and_is_not_replaced_through_a_link(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    with runs.locked(tmp_path / "a"):
+        with pytest.raises(UsageError, match="is being written by another aevb process"):
+            with runs.locked(tmp_path / "link"):
+                pass
+    (tmp_path / "a" / runs.MARKER).write_text(json.dumps({"format": "aevb run", "status": "complete"}))
+    with pytest.raises(UsageError, match="link is a link to .*a; aevb does not replace a run through a link"):
+        runs.remove_run(tmp_path / "link")
+    assert (tmp_path / "a" / runs.MARKER).is_file()
+
+
+def test_the_tour_removes_no_earlier_run_unless_it_can_remove_all_and_none_is_being_written(tmp_path):
+    from aevb import reproduce
+
+    planned = reproduce.plan(["fa-1", "vae"], dataset="digits", budget=reproduce.QUICK_TOUR, diagnosis=None)
+    (tmp_path / "fa-1").mkdir()
+    (tmp_path / "fa-1" / runs.MARKER).write_text(json.dumps({"format": "aevb run", "status": "complete"}))
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "mine.txt").write_text("mine")  # the user's folder, where the tour would fit the VAE
+    with pytest.raises(UsageError, match="vae exists and is not an aevb run directory"):
+        reproduce.run(planned, tmp_path, progress=False, resume=False)
+    (tmp_path / "vae" / "mine.txt").unlink()
+    with runs.locked(tmp_path / "fa-1"), pytest.raises(UsageError, match="fa-1 is being written by another aevb"):
+        reproduce.run(planned, tmp_path, progress=False, resume=False)
+    assert (tmp_path / "fa-1" / runs.MARKER).is_file()  # kept both times
+    (tmp_path / "fa-1" / reproduce.PROVENANCE).write_text("{")
+    (tmp_path / "fa-1" / "summary.json").write_text("{}")
+    with pytest.raises(UsageError, match=r"provenance.json is damaged \(not JSON"):
+        reproduce.run(planned, tmp_path, progress=False, resume=True)

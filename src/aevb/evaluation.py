@@ -76,18 +76,20 @@ def test_elbo(model: LatentVariableModel, tensors: Sequence[Tensor], batch_size:
 
 
 def iwae_log_likelihood(
-    model: LatentVariableModel, tensors: Sequence[Tensor], num_samples: int, batch_size: int = 100, chunk_size: int = IWAE_CHUNK
+    model: LatentVariableModel, tensors: Sequence[Tensor], num_samples: int, batch_size: int = 100,
+    chunk_size: int = IWAE_CHUNK, progress: bool = True
 ) -> Tensor:
     """Mean K-sample importance-weighted bound on log p(x) (or log p(x | context)); a 0-dim tensor.
 
-    Shows a progress bar in a terminal (K forward passes over the test set can take minutes on a CPU). Under
+    With ``progress``, shows a progress bar in a terminal (K forward passes over the test set can take minutes
+    on a CPU). Under
     torch.distributed each rank takes its shard of the rows.
     """
     mine = shard(tensors)
     with eval_mode(model) as device:
         batches = tqdm(in_batches(mine, batch_size, device), total=math.ceil(len(mine[0]) / batch_size),
                        desc=f"IWAE bound, K = {num_samples}", unit="batch", leave=False,
-                       disable=None if distributed.rank() == 0 else True)
+                       disable=None if progress and distributed.rank() == 0 else True)
         total = sum((model.iwae_bound(*batch, num_samples=num_samples, chunk_size=chunk_size).sum() for batch in batches),
                     torch.zeros((), device=device))
     return mean_over_ranks(total, len(tensors[0]))
@@ -99,7 +101,8 @@ def bits_per_dim(log_density: float, data_dim: int, levels: int) -> float:
 
 
 def evaluate(
-    model: LatentVariableModel, tensors: Sequence[Tensor], num_samples: int, levels: int | None = None, seed: int = 0
+    model: LatentVariableModel, tensors: Sequence[Tensor], num_samples: int, levels: int | None = None, seed: int = 0,
+    progress: bool = True
 ) -> dict:
     """Summary keys ``evidence`` (what the bounds are of: ``log p(x)``, or ``log p(x | y)`` where the batches
     carry a context y), ``test_elbo``, ``iwae_log_likelihood`` and ``iwae_samples`` (K = 0: no IWAE), and
@@ -112,7 +115,7 @@ def evaluate(
         summary = {"evidence": "log p(x | y)" if len(tensors) > 1 else "log p(x)",
                    "test_elbo": test_elbo(model, tensors).item()}
         if num_samples:
-            summary.update(iwae_log_likelihood=iwae_log_likelihood(model, tensors, num_samples).item(),
+            summary.update(iwae_log_likelihood=iwae_log_likelihood(model, tensors, num_samples, progress=progress).item(),
                            iwae_samples=num_samples)
     if levels is not None and num_samples:
         summary["bits_per_dim"] = bits_per_dim(summary["iwae_log_likelihood"], tensors[0][0].numel(), levels)

@@ -429,9 +429,12 @@ def run_fit(cls: type, args: argparse.Namespace, out: Path, progress: bool = Tru
     main = distributed.rank() == 0
     with contextlib.ExitStack() as lock:  # under torchrun, rank 0 writes the run directory; every rank learns if it can
         distributed.together(lambda: lock.enter_context(runs.locked(out)) if main else None)
-        state = distributed.together(lambda: check_run_dir(out, requested, resume))
+        state = distributed.together(lambda: check_run_dir(out, cls, requested, resume))
         if resume and state == "complete":
-            return read_json(out / "summary.json")
+            summary = read_json(out / "summary.json")
+            if not isinstance(summary, dict):
+                raise UsageError(f"{out / 'summary.json'} is damaged (not a JSON object); {runs.REFIT}")
+            return summary
         if resume and state == "incomplete" and not (out / runs.CHECKPOINT).is_file():
             # stopped before its first checkpoint: it starts over
             distributed.together(lambda: runs.remove_run(out) if main else None)
@@ -443,15 +446,19 @@ def run_fit(cls: type, args: argparse.Namespace, out: Path, progress: bool = Tru
             torch.set_num_threads(threads)
 
 
-def check_run_dir(out: Path, requested: dict, resume: bool) -> str | None:
+def check_run_dir(out: Path, cls: type, requested: dict, resume: bool) -> str | None:
     """The status of ``out`` (None, 'incomplete' or 'complete'), refused in one line where it cannot take this fit:
-    an interrupted run without ``resume``, or with other flags."""
+    an interrupted run without ``resume``, or with another model or other flags."""
     state = runs.status(out)
     if state == "incomplete" and not resume:
         raise UsageError(f"--out {out} holds an interrupted run; continue it with --resume (or aevb resume {out}), "
                          "or choose another --out")
-    if resume and state is not None:  # a complete run is returned as it is: only for the flags it was fitted with
-        compare_flags(run_record(out)["args"], requested, out)
+    if resume and state is not None:  # a complete run is returned as it is: only for its model and flags
+        record = run_record(out)
+        if record["model"] != registry.reference(cls):
+            raise UsageError(f"--resume: the model is {registry.reference(cls)} here but {record['model']} in the run "
+                             f"{out}; resume with its model (aevb resume {out}) or choose another --out")
+        compare_flags(record["args"], requested, out)
     return state
 
 
@@ -491,6 +498,7 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
     total = args.steps or args.epochs * math.ceil(len(data.train[0]) / args.batch_size)
     metrics_path = out / "metrics.jsonl"
     progress_so_far = {"lines": 0, "seconds": 0.0}
+    before = runs.snapshot(out) if resume else {}  # what a resumed run holds: a user's file among it stays theirs
     if resume:
         progress_so_far.update(distributed.together(lambda: resume_from(out / runs.CHECKPOINT, model, trainer)))
         if main:
@@ -553,7 +561,7 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
     summary = {"model": registry.reference(cls), "dataset": args.dataset, "transform": args.transform or "none",
                "schedule": str(args.schedule), "epochs": history[-1]["epoch"], "steps": trainer.step_count,
                "train_elbo": last_epoch_mean(history, "train_elbo", len(data.train[0]), args.batch_size),
-               **evaluation.evaluate(model, data.test, args.iwae, data.levels, args.seed)}
+               **evaluation.evaluate(model, data.test, args.iwae, data.levels, args.seed, progress)}
     summary.update(hooks.summary(model, data, history, summary))
     warnings = [*summary.pop("warnings", []), *implausible(summary, data)]  # the model's own, then the generic one
     summary.update({"warnings": warnings} if warnings else {})
@@ -564,7 +572,7 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
         for logger in logged:
             logger.add_figures(trainer.step_count)
             logger.close()
-        runs.save_run(out, model.cpu(), summary)
+        runs.save_run(out, model.cpu(), summary, before)
     return summary
 
 
@@ -854,7 +862,7 @@ def evaluate_run(run_dir: str | Path, num_samples: int, refine_steps: int = 0, p
     check_integers("evaluate_run", num_samples=(num_samples, iwae_samples), refine_steps=(refine_steps, local_steps))
     run, data = run_and_data(run_dir)
     summary = {"model": run.config["model"], **evaluation.evaluate(run.model, data.test, num_samples, data.levels,
-                                                                   run.args.seed)}
+                                                                   run.args.seed, progress)}
     with evaluation.eval_mode(run.model):
         extra = run.hooks.metrics(run.model, data, None)
     extra = {k: v.item() if isinstance(v, Tensor) and v.numel() == 1 else v for k, v in extra.items()}

@@ -15,8 +15,8 @@ its last checkpoint); a complete run with the same settings is kept, not fitted 
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
-import json
 import platform
 import shlex
 import sys
@@ -475,9 +475,19 @@ def available_models() -> set[str]:
 
 
 def complete(run_dir: Path) -> dict | None:
-    """The provenance of a finished run directory (written last, atomically), or None."""
+    """The provenance of a finished run directory (written last, atomically), or None; UsageError for a damaged
+    one."""
+    from aevb import runs
+
     path = run_dir / PROVENANCE
-    return json.loads(path.read_text()) if path.is_file() and (run_dir / "summary.json").is_file() else None
+    if not (path.is_file() and (run_dir / "summary.json").is_file()):
+        return None
+    advice = f"delete {run_dir} to fit it again, or use another --out"
+    provenance = runs.read_json(path, advice)
+    if not (isinstance(provenance, dict) and isinstance(provenance.get("flags"), dict)
+            and isinstance(provenance.get("command"), str) and isinstance(provenance.get("wall_seconds"), (int, float))):
+        raise UsageError(f"{path} is damaged (not the flags, command and time of a run); {advice}")
+    return provenance
 
 
 def comparable(flags: dict[str, str]) -> dict[str, str]:
@@ -496,11 +506,17 @@ def run(planned: list[Planned], out: Path, progress: bool = True, resume: bool =
     from aevb import runs
 
     models = available_models()
+    if not resume:  # the tour fits afresh: earlier runs of aevb's go, once every one is known to be one, and free
+        earlier = [out / p.name for p in planned if runs.status(out / p.name)]
+        with contextlib.ExitStack() as held:
+            for run_dir in earlier:
+                held.enter_context(runs.locked(run_dir))  # none is being written by another process
+                runs.check_removable(run_dir)
+            for run_dir in earlier:
+                runs.remove_run(run_dir)
     statuses, todo = {}, []
     for p in planned:
         previous = complete(out / p.name)
-        if not resume and runs.status(out / p.name):  # the tour fits afresh: an earlier run of aevb's goes
-            runs.remove_run(out / p.name)
         if p.experiment.model not in models:
             statuses[p.name] = "unavailable"
             log(f"{p.name}: skipped, model {p.experiment.model} is not installed (aevb fit --help lists those that are)")

@@ -38,7 +38,7 @@ WRITTEN = {MARKER, CHECKPOINT, "config.json", "metrics.jsonl", "summary.json", "
            "samples.png", "diagnostics.json", "diagnostics.png"}  # the files of every run (and what aevb reproduce,
 # aevb sample and aevb diagnose add by default)
 EVENTS_PREFIX = "events.out.tfevents."  # TensorBoard's event files, written while training
-REFIT = "fit the run again"  # what to do about a damaged run
+REFIT = "fit the run again (delete it first if it is interrupted)"  # what to do about a damaged run
 
 
 def read_umask() -> int:
@@ -56,7 +56,11 @@ def write_atomically(path: Path, write) -> None:
 
     The temporary file ends with ``path``'s suffix, so that writers that go by it (matplotlib, numpy) write that
     format, and gets the permissions of a file created the usual way (0666 less the umask; mkstemp's are 0600)."""
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    except OSError as e:
+        e.filename = str(path)  # the file the user knows of, not the temporary one it could not create
+        raise
     os.close(fd)
     try:
         os.chmod(temporary, 0o666 & ~UMASK)
@@ -93,7 +97,8 @@ def append_jsonl(path: Path, records: list[dict]) -> None:
 
 
 def keep_lines(path: Path, count: int, advice: str) -> None:
-    """Keep the first ``count`` records of the JSON-lines file ``path`` (what a checkpoint had seen), atomically.
+    """Keep the first ``count`` records (``is_record``) of the JSON-lines file ``path`` (what a checkpoint had seen),
+    atomically.
     UsageError, ending with ``advice``, if it holds fewer whole records than that: a resumed run would lose or
     garble its history."""
     try:
@@ -104,18 +109,20 @@ def keep_lines(path: Path, count: int, advice: str) -> None:
         raise UsageError(f"cannot read {path} ({e.reason}); {advice}") from None
     except OSError as e:
         raise UsageError(f"cannot read {path} ({e.strerror}); {advice}") from None
-    whole = [line for line in lines if line.endswith("\n") and is_json_object(line)]
+    whole = [line for line in lines if line.endswith("\n") and is_record(line)]
     if len(whole) < count:
         raise UsageError(f"{path} is damaged: it holds {len(whole)} whole records of the {count} the checkpoint has "
                          f"seen; {advice}")
     write_atomically(path, lambda p: p.write_text("".join(lines)))
 
 
-def is_json_object(text: str) -> bool:
+def is_record(text: str) -> bool:
+    """Whether a line of metrics.jsonl is a record: a JSON object with a whole-number step and epoch."""
     try:
-        return isinstance(json.loads(text), dict)
+        record = json.loads(text)
     except ValueError:
         return False
+    return isinstance(record, dict) and all(type(record.get(key)) is int for key in ("step", "epoch"))
 
 
 def status(out: Path, advice: str = "choose another --out") -> str | None:
@@ -142,8 +149,12 @@ def status(out: Path, advice: str = "choose another --out") -> str | None:
     return state["status"]
 
 
-def remove_run(out: Path) -> None:
-    """Delete an aevb run directory, refusing if it holds anything aevb did not write (the marker lists it)."""
+def check_removable(out: Path) -> None:
+    """UsageError unless ``out`` is a folder of aevb's own files only (the marker lists them), which ``remove_run``
+    may delete: never a link (it would delete what it points to, or fail) nor a user's file."""
+    if out.is_symlink():
+        raise UsageError(f"--out {out} is a link to {os.readlink(out)}; aevb does not replace a run through a link: "
+                         "name the folder itself, or choose another --out")
     state = read_json(out / MARKER)
     written = set(state.get("files", [])) | WRITTEN
     foreign = sorted(p.name for p in out.iterdir() if p.name not in written and not p.name.startswith(EVENTS_PREFIX)
@@ -151,16 +162,33 @@ def remove_run(out: Path) -> None:
     if foreign:
         raise UsageError(f"--out {out} holds files aevb did not write ({', '.join(foreign[:3])}); move them or "
                          "choose another --out")
+
+
+def remove_run(out: Path) -> None:
+    """Delete an aevb run directory, refusing if it holds anything aevb did not write (``check_removable``)."""
+    check_removable(out)
     try:  # a run is flat: its files go together, or (without write permission in it) none of them
         shutil.rmtree(out)
     except OSError as e:
         raise UsageError(f"--out {out}: cannot remove the run there ({e.strerror}); choose another --out") from None
 
 
-def mark(out: Path, status: str, **extra) -> None:
-    """The marker: aevb wrote this folder, its status, and (when complete) the files it wrote."""
-    files = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and p.name != CHECKPOINT) \
-        if status == "complete" else []
+def snapshot(out: Path) -> dict[str, int]:
+    """{name: modification time in ns} of what ``out`` holds (nothing, for a folder not there yet)."""
+    return {p.name: p.stat().st_mtime_ns for p in out.iterdir()} if out.is_dir() else {}
+
+
+def mark(out: Path, status: str, before: dict[str, int] | None = None, **extra) -> None:
+    """The marker: aevb wrote this folder, its status, and (when complete) the files it wrote: a run's own
+    (``WRITTEN``), TensorBoard's, and any other this process wrote, which were not in the ``snapshot`` ``before``
+    it began or have changed since (figures of an earlier attempt, drawn again): not a file a user put in the run
+    while it was interrupted."""
+    def written(p: Path) -> bool:
+        return (p.name in WRITTEN or p.name.startswith(EVENTS_PREFIX)
+                or (before or {}).get(p.name) != p.stat().st_mtime_ns)
+
+    files = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and p.name != CHECKPOINT
+                   and written(p)) if status == "complete" else []
     write_json(out / MARKER, {"format": "aevb run", "status": status, "updated": time.strftime("%Y-%m-%d %H:%M:%S %z"),
                               **({"files": files} if files else {}), **extra})
 
@@ -180,7 +208,8 @@ def locked(out: Path) -> Iterator[None]:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--out {out}: cannot create {out.parent} ({e.strerror})") from None
-    path = out.parent / f".{out.name}.lock"
+    target = out.resolve()  # one lock for a run however it is named (through a link too)
+    path = target.parent / f".{target.name}.lock"
     try:
         handle = open(path, "a+")
     except OSError as e:
@@ -229,11 +258,12 @@ def save_checkpoint(out: Path, state: dict) -> None:
     write_atomically(out / CHECKPOINT, lambda p: save(state, p))
 
 
-def save_run(run_dir: Path, model: LatentVariableModel, summary: dict) -> None:
-    """The finished run: ``summary.json`` and the checkpoint ``model.pt``; then it is marked complete."""
+def save_run(run_dir: Path, model: LatentVariableModel, summary: dict, before: dict[str, int]) -> None:
+    """The finished run: ``summary.json`` and the checkpoint ``model.pt``; then it is marked complete, with what
+    this process wrote since the ``snapshot`` ``before`` as aevb's."""
     write_json(run_dir / "summary.json", summary)
     write_atomically(run_dir / "model.pt", lambda p: save(model.checkpoint(), p))
-    mark(run_dir, "complete")  # before the checkpoint goes: a kill between the two leaves a complete run
+    mark(run_dir, "complete", before=before)  # before the checkpoint goes: a kill between the two leaves a complete run
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
 
 
