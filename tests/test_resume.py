@@ -426,11 +426,14 @@ def interrupted_vae(tmp_path, monkeypatch) -> list[str]:
 
 def test_a_file_put_in_an_interrupted_run_stays_the_users(tmp_path, capsys, monkeypatch):
     """The finished run lists as its own only the files aevb wrote, so a later fit into it refuses to delete the
-    user's notes, instead of adopting them on completion and deleting them with the run."""
+    user's notes, instead of adopting them on completion and deleting them with the run; a temporary file of a
+    killed writer goes."""
     flags = interrupted_vae(tmp_path, monkeypatch)
     (tmp_path / "run" / "notes.txt").write_text("mine")
+    (tmp_path / "run" / ".vae_samples.k2j_9x0q.tmp.png").write_bytes(b"")  # a figure's, its writer killed
     assert main(["resume", str(tmp_path / "run"), "--no-progress"]) == 0
     assert "notes.txt" not in json.loads((tmp_path / "run" / runs.MARKER).read_text())["files"]
+    assert not (tmp_path / "run" / ".vae_samples.k2j_9x0q.tmp.png").exists()
     capsys.readouterr()
     assert main(flags) == 2
     assert "holds files aevb did not write (notes.txt)" in capsys.readouterr().err

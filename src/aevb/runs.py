@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import pickle
+import re
 import shutil
 import tempfile
 import time
@@ -38,6 +39,7 @@ WRITTEN = {MARKER, CHECKPOINT, "config.json", "metrics.jsonl", "summary.json", "
            "samples.png", "diagnostics.json", "diagnostics.png"}  # the files of every run (and what aevb reproduce,
 # aevb sample and aevb diagnose add by default)
 EVENTS_PREFIX = "events.out.tfevents."  # TensorBoard's event files, written while training
+TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp(\.\w+)?")  # write_atomically's (mkstemp's 8 characters), left by a kill
 REFIT = "fit the run again (delete it first if it is interrupted)"  # what to do about a damaged run
 
 
@@ -158,7 +160,7 @@ def check_removable(out: Path) -> None:
     state = read_json(out / MARKER)
     written = set(state.get("files", [])) | WRITTEN
     foreign = sorted(p.name for p in out.iterdir() if p.name not in written and not p.name.startswith(EVENTS_PREFIX)
-                     and not (p.name.startswith(".") and ".tmp" in p.name))  # write_atomically's, left by a kill
+                     and not TEMPORARY.fullmatch(p.name))
     if foreign:
         raise UsageError(f"--out {out} holds files aevb did not write ({', '.join(foreign[:3])}); move them or "
                          "choose another --out")
@@ -260,11 +262,14 @@ def save_checkpoint(out: Path, state: dict) -> None:
 
 def save_run(run_dir: Path, model: LatentVariableModel, summary: dict, before: dict[str, int]) -> None:
     """The finished run: ``summary.json`` and the checkpoint ``model.pt``; then it is marked complete, with what
-    this process wrote since the ``snapshot`` ``before`` as aevb's."""
+    this process wrote since the ``snapshot`` ``before`` as aevb's, and loses what it no longer needs."""
     write_json(run_dir / "summary.json", summary)
     write_atomically(run_dir / "model.pt", lambda p: save(model.checkpoint(), p))
     mark(run_dir, "complete", before=before)  # before the checkpoint goes: a kill between the two leaves a complete run
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    for p in run_dir.iterdir():  # the temporaries of an earlier process killed while writing
+        if TEMPORARY.fullmatch(p.name):
+            p.unlink(missing_ok=True)
 
 
 def load_file(path: Path, advice: str = REFIT) -> dict:
