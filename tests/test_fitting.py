@@ -123,12 +123,8 @@ class EarlyModule(Linear):
 class RichConfig:
     data_dim: int = 5
     latent_dim: int = 2
-    scales: tuple[float, ...] = (0.5, 1.0)
+    scales: tuple[float, ...] = (0.5, 1.0)  # no __post_init__: JSON gives it back as a list, which the fit reads back
     widths: list = None
-
-    def __post_init__(self):  # JSON gives tuples back as lists
-        self.scales = tuple(self.scales)
-        self.widths = None if self.widths is None else tuple(self.widths)
 
 
 class Rich(Linear):

@@ -431,12 +431,13 @@ def test_a_file_put_in_an_interrupted_run_stays_the_users(tmp_path, capsys, monk
     flags = interrupted_vae(tmp_path, monkeypatch)
     (tmp_path / "run" / "notes.txt").write_text("mine")
     (tmp_path / "run" / ".vae_samples.k2j_9x0q.tmp.png").write_bytes(b"")  # a figure's, its writer killed
+    (tmp_path / "run" / "latest").symlink_to(tmp_path / "nonesuch")  # a link of the user's, to nothing
     assert main(["resume", str(tmp_path / "run"), "--no-progress"]) == 0
-    assert "notes.txt" not in json.loads((tmp_path / "run" / runs.MARKER).read_text())["files"]
+    assert {"notes.txt", "latest"}.isdisjoint(json.loads((tmp_path / "run" / runs.MARKER).read_text())["files"])
     assert not (tmp_path / "run" / ".vae_samples.k2j_9x0q.tmp.png").exists()
     capsys.readouterr()
     assert main(flags) == 2
-    assert "holds files aevb did not write (notes.txt)" in capsys.readouterr().err
+    assert "holds files aevb did not write (latest, notes.txt)" in capsys.readouterr().err
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
 
 

@@ -177,7 +177,7 @@ def remove_run(out: Path) -> None:
 
 def snapshot(out: Path) -> dict[str, int]:
     """{name: modification time in ns} of what ``out`` holds (nothing, for a folder not there yet)."""
-    return {p.name: p.stat().st_mtime_ns for p in out.iterdir()} if out.is_dir() else {}
+    return {p.name: p.lstat().st_mtime_ns for p in out.iterdir()} if out.is_dir() else {}  # a link's own time
 
 
 def mark(out: Path, status: str, before: dict[str, int] | None = None, **extra) -> None:
@@ -187,7 +187,7 @@ def mark(out: Path, status: str, before: dict[str, int] | None = None, **extra) 
     while it was interrupted."""
     def written(p: Path) -> bool:
         return (p.name in WRITTEN or p.name.startswith(EVENTS_PREFIX)
-                or (before or {}).get(p.name) != p.stat().st_mtime_ns)
+                or (before or {}).get(p.name) != p.lstat().st_mtime_ns)
 
     files = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and p.name != CHECKPOINT
                    and written(p)) if status == "complete" else []

@@ -30,9 +30,10 @@ x = batch[0] and context = batch[1:]:
 13. determinism: the same seed gives the same ELBO twice.
 
 ``checks`` runs some of them, in this order: ``aevb fit`` runs ``BEFORE_FIT`` on a few training examples before
-it trains, the checks that hold for every model whatever its batch (the gradients check can fail on a batch that
-leaves a component unused, isolation on running statistics, determinism on a GPU's nondeterministic kernels)
-and whose failure would otherwise be a traceback or a wrong number after training.
+it trains, the checks that hold for every model whatever its batch and settings (the gradients check can fail on
+a batch that leaves a component unused, isolation on running statistics, determinism on a GPU's nondeterministic
+kernels, and the config and checkpoint checks on a tuple field that the fit path reads back either way) and whose
+failure would otherwise be a traceback or a wrong number after training.
 
 Every check runs on deep copies of the model, with its draws seeded from ``seed`` inside ``torch.random.fork_rng``:
 the caller's model (parameters, buffers, gradients, mode) and global random state are left as they were. An error
@@ -380,5 +381,4 @@ CHECKS: dict[str, Callable[[Case], str | None]] = {
     "checkpoint": check_checkpoint,
     "determinism": check_determinism,
 }
-BEFORE_FIT = ("config", "parameter groups", "elbo terms", "reparameterization", "importance weights", "sample",
-              "encode", "checkpoint")
+BEFORE_FIT = ("parameter groups", "elbo terms", "reparameterization", "importance weights", "sample", "encode")
