@@ -100,9 +100,8 @@ def append_jsonl(path: Path, records: list[dict]) -> None:
 
 def keep_lines(path: Path, count: int, advice: str) -> None:
     """Keep the first ``count`` records (``is_record``) of the JSON-lines file ``path`` (what a checkpoint had seen),
-    atomically.
-    UsageError, ending with ``advice``, if it holds fewer whole records than that: a resumed run would lose or
-    garble its history."""
+    atomically. UsageError, ending with ``advice``, if it holds fewer whole records than that: a resumed run would
+    lose or garble its history."""
     try:
         lines = path.read_text().splitlines(keepends=True)[:count] if count else []
     except FileNotFoundError:

@@ -177,8 +177,8 @@ def factors(case: Case) -> tuple | None:
         found = case.model.factors(*case.batch)
     except NotImplementedError:
         return None
-    if not (isinstance(found, tuple) and len(found) == 3):
-        returned = f"a tuple of {len(found)}" if isinstance(found, tuple) else f"a {type(found).__name__}"
+    if not (isinstance(found, (tuple, list)) and len(found) == 3):
+        returned = f"{len(found)} things" if isinstance(found, (tuple, list)) else f"a {type(found).__name__}"
         raise Broken(f"factors() returned {returned}; expected three things: (q(z|x), p(z), a function z -> p(x|z))")
     return found
 
