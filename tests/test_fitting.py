@@ -342,6 +342,17 @@ def test_a_bad_model_reference_is_one_line(ref, message, user_files, tmp_path, c
     assert not (tmp_path / "run").exists()
 
 
+def test_a_run_whose_model_now_samples_the_wrong_shape_is_one_line(user_files, tmp_path, capsys, monkeypatch):
+    model_file, data_file = user_files
+    assert cli(["fit", "--model", f"{model_file}:Linear", "--dataset", data_file, "--epochs", "1", "--iwae", "0",
+                "--out", tmp_path / "run", "--no-progress"], capsys)[0] == 0
+    monkeypatch.setattr(registry.resolve(f"{model_file}:Linear"), "sample", lambda self, n: torch.zeros(n + 1, 5))
+    code, _, err = cli(["sample", tmp_path / "run", "--n", "3", "--out", tmp_path / "s.npy"], capsys)
+    assert code == 2 and err.strip() == ("aevb: error: Linear.sample(3) gives (4, 5), not (3, ...) of examples of "
+                                         "shape (5,); fix its sample() (aevb.testing.check_model checks it)")
+    assert not (tmp_path / "s.npy").exists()
+
+
 def test_a_run_whose_model_can_no_longer_be_imported_is_one_line(user_files, tmp_path, capsys):
     model_file, data_file = user_files
     assert cli(["fit", "--model", f"{model_file}:Linear", "--dataset", data_file, "--epochs", "1", "--iwae", "0",

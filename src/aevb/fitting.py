@@ -971,16 +971,21 @@ def sample_run(run_dir: str | Path, out: Path, num_samples: int, label: int | No
     with torch.random.fork_rng():  # drawn from ``seed``; the caller's random state is left alone
         torch.manual_seed(seed)
         x, rows = draw(run.model, num_classes, num_samples, label)
+    shape = run.config["data"]["shape"]
+    if not isinstance(x, Tensor) or len(x) != num_samples * len(rows or [None]) or x[0].numel() != math.prod(shape):
+        raise UsageError(f"{run.cls.__name__}.sample({num_samples}) gives {tuple(getattr(x, 'shape', ()))}, not "
+                         f"({num_samples}, ...) of examples of shape {tuple(shape)}; fix its sample() "
+                         "(aevb.testing.check_model checks it)")
     x = x.cpu()
 
     def write(path: Path) -> None:
         if out.suffix == ".png":
-            plot_examples(x, rows, run.config["data"]["shape"], run.config["data"]["kind"], path,
+            plot_examples(x, rows, shape, run.config["data"]["kind"], path,
                           title=f"samples from {run_dir}", value_range=run.config["data"]["range"])
             return
         import numpy as np
 
-        arrays = {"x": x.reshape(len(x), *run.config["data"]["shape"]).numpy()}  # each of the data's shape
+        arrays = {"x": x.reshape(len(x), *shape).numpy()}  # each of the data's shape
         if rows:
             arrays["y"] = np.repeat(np.array([int(r) for r in rows]), num_samples)
         np.save(path, arrays["x"]) if out.suffix == ".npy" else np.savez(path, **arrays)
