@@ -112,6 +112,21 @@ def truncate(name: str, keep: float) -> Callable[[Path], None]:
     return lambda run: (run / name).write_bytes((run / name).read_bytes()[:int(keep * (run / name).stat().st_size)])
 
 
+def flip_bit(name: str) -> Callable[[Path], None]:
+    """Flip one bit in the middle of the checkpoint's largest tensor, as a failing disk would: torch loads it."""
+    def damage(run: Path) -> None:
+        with zipfile.ZipFile(run / name) as archive:
+            storages = [entry for entry in archive.infolist() if "/data/" in entry.filename]  # not data.pkl
+            largest = max(storages, key=lambda entry: entry.file_size)
+        content = bytearray((run / name).read_bytes())
+        header = largest.header_offset  # a local header: 30 bytes, ending with the lengths of the name and extra field
+        start = header + 30 + int.from_bytes(content[header + 26:header + 28], "little") + int.from_bytes(
+            content[header + 28:header + 30], "little")
+        content[start + largest.file_size // 2] ^= 1
+        (run / name).write_bytes(bytes(content))
+    return damage
+
+
 def edit_checkpoint(name: str, change: Callable[[dict, Path], object]) -> Callable[[Path], None]:
     """Rewrite a checkpoint file of the run with ``change(checkpoint, run)``."""
     def damage(run: Path) -> None:
@@ -450,6 +465,7 @@ def run_cases(command: list[str], kind: str = "vae") -> list[Case]:
     damages = {
         "model-pt-random-bytes": (put("model.pt", noise(2000)), "model.pt"),
         "model-pt-truncated": (truncate("model.pt", 0.5), "model.pt"),
+        "model-pt-one-bit-flipped": (flip_bit("model.pt"), "checksum"),
         "model-pt-header-only": (truncate("model.pt", 0.02), "model.pt"),
         "model-pt-empty": (put("model.pt", b""), "model.pt"),
         "model-pt-hostile-pickle": (edit_checkpoint("model.pt", hostile), "holds code"),
@@ -555,6 +571,7 @@ RESUMES = [
     Case(f"resume-{name}", ["resume", "run"], a_run("interrupted", damage), says=says) for name, damage, says in [
         ("checkpoint-random-bytes", put("checkpoint.pt", noise(2000)), "checkpoint.pt"),
         ("checkpoint-truncated", truncate("checkpoint.pt", 0.5), "checkpoint.pt"),
+        ("checkpoint-one-bit-flipped", flip_bit("checkpoint.pt"), "checksum"),
         ("checkpoint-empty", put("checkpoint.pt", b""), "checkpoint.pt"),
         ("checkpoint-hostile-pickle", edit_checkpoint("checkpoint.pt", hostile), "holds code"),
         ("checkpoint-a-list", lambda run: torch.save([1], run / "checkpoint.pt"), "checkpoint.pt"),

@@ -7,7 +7,8 @@ killed process leaves the previous version of each, never half of one. A run is 
 provably aevb's: its marker says so and it holds nothing aevb did not write.
 
 Checkpoints hold tensors and JSON-able values only, and are read with ``torch.load(weights_only=True)``:
-nothing in a run directory is unpickled as code.
+nothing in a run directory is unpickled as code. The CRC-32 that ``torch.save`` stores for each entry is checked
+first, so that bytes changed on disk are reported, not loaded.
 """
 from __future__ import annotations
 
@@ -273,10 +274,15 @@ def save_run(run_dir: Path, model: LatentVariableModel, summary: dict, before: d
 
 def load_file(path: Path, advice: str = REFIT) -> dict:
     """A checkpoint file's dict, read with ``weights_only``; UsageError, one line ending with ``advice``, for a
-    missing, unreadable or damaged one."""
+    missing, unreadable or damaged one (an entry whose bytes fail their CRC-32 included)."""
     if not path.is_file():
         raise UsageError(f"no {path}; {advice}")
     try:
+        with zipfile.ZipFile(path) as archive:  # torch.save writes a zip with each entry's CRC-32; torch.load skips them
+            corrupt = archive.testzip()
+        if corrupt is not None:
+            raise UsageError(f"{path} is damaged (its bytes have changed since they were written: {corrupt} fails "
+                             f"its checksum); {advice}")
         with warnings.catch_warnings():  # torch's warnings about a damaged file: it is reported below, in one line
             warnings.simplefilter("ignore")
             checkpoint = torch.load(path, weights_only=True, map_location="cpu")
