@@ -1,6 +1,7 @@
 """Long runs: a fit killed in the middle of an epoch (SIGKILL) or stopped by SIGINT/SIGTERM, then resumed, ends
 with the same parameters, metrics and summary as the uninterrupted fit, bit for bit; diverging fits stop with
 one line; the trainer trains more when called again and leaves the global random state to its caller."""
+import importlib.metadata
 import itertools
 import json
 import signal
@@ -491,3 +492,41 @@ def test_the_tour_removes_no_earlier_run_unless_it_can_remove_all_and_none_is_be
     (tmp_path / "fa-1" / "summary.json").write_text("{}")
     with pytest.raises(UsageError, match=r"provenance.json is damaged \(not JSON"):
         reproduce.run(planned, tmp_path, progress=False, resume=True)
+
+
+def test_a_run_of_an_earlier_aevb_takes_the_default_of_each_flag_added_since(tmp_path, capsys, monkeypatch):
+    """An interrupted run whose config.json has no versions (as aevb wrote them before it recorded them), and no
+    --lr-gamma (as if the flag had come later), resumes and is read afterwards; one that says it was fitted by this
+    aevb and lacks a flag is damaged; one fitted by another aevb with a flag this one lacks says so."""
+    flags = interrupted_vae(tmp_path, monkeypatch)
+    config = tmp_path / "run" / "config.json"
+    record = json.loads(config.read_text())
+    assert record["versions"]["aevb"] == importlib.metadata.version("aevb")
+    assert record["versions"]["torch"] == torch.__version__
+    earlier = {k: v for k, v in record.items() if k != "versions"}
+    earlier["args"] = {k: v for k, v in record["args"].items() if k != "lr_gamma"}
+    config.write_text(json.dumps(earlier))
+    capsys.readouterr()
+    assert main([*flags, "--lr-gamma", "0.5", "--resume"]) == 2  # compared with the default
+    assert "--lr-gamma is 0.5 here but 0.1 in the run" in capsys.readouterr().err
+    assert main(["resume", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert main([*flags, "--resume"]) == 0
+    assert main(["eval", str(tmp_path / "run"), "--iwae", "2"]) == 0
+    config.write_text(json.dumps({**earlier, "versions": record["versions"]}))
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--iwae", "2"]) == 2
+    assert "config.json is damaged (its args lack lr_gamma, not the flags of vae)" in capsys.readouterr().err
+    later = {**record, "args": {**record["args"], "new_flag": 1}, "versions": {**record["versions"], "aevb": "99.0"}}
+    config.write_text(json.dumps(later))
+    assert main(["eval", str(tmp_path / "run"), "--iwae", "2"]) == 2
+    assert (f"the run was fitted by aevb 99.0, whose flag new_flag this aevb ({importlib.metadata.version('aevb')}) "
+            "does not have; read it with aevb 99.0, or fit the run again") in capsys.readouterr().err
+    config.write_text(json.dumps({**record, "versions": ["0.1.0"]}))
+    assert main(["eval", str(tmp_path / "run"), "--iwae", "2"]) == 2
+    assert "config.json is damaged (its versions are not names and version strings)" in capsys.readouterr().err
+
+
+def test_aevb_says_its_version(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    assert stopped.value.code == 0 and capsys.readouterr().out == f"aevb {importlib.metadata.version('aevb')}\n"

@@ -24,6 +24,7 @@ import threading
 import time
 from pathlib import Path
 
+import aevb
 from aevb.arguments import (MAX_IWAE_SAMPLES, MAX_SAMPLES, LocalEStep, draws, epochs_scale, local_steps,
                             non_negative_int, output_folder, positive_float, positive_int, positive_iwae_samples,
                             random_seed, sample_count)
@@ -43,6 +44,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="aevb", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"aevb {aevb.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     commands.add_parser("fit", help="fit a model (aevb fit --help lists them)", add_help=False)
 
@@ -210,7 +212,7 @@ def resume_command(args: argparse.Namespace) -> dict:
     fitting.run_status(args.run_dir)
     record = fitting.run_record(args.run_dir)
     cls = fitting.recorded_class(record, args.run_dir / "config.json")
-    recorded = fitting.parse_recorded_args(cls, record["args"], args.run_dir / "config.json")
+    recorded = fitting.parse_recorded_args(cls, record, args.run_dir / "config.json")
     summary = fitting.run_fit(cls, recorded, args.run_dir, args.progress, resume=True)
     return {**summary, "run_dir": str(args.run_dir)}
 

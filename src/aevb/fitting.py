@@ -33,6 +33,7 @@ from typing import Any, Callable, ClassVar, Iterator, Sequence
 import torch
 from torch import Tensor
 
+import aevb
 from aevb import diagnostics, distributed, evaluation, registry, testing
 from aevb.arguments import (MAX_IWAE_SAMPLES, epoch_list, finite_float, fraction, iwae_samples,
                             local_steps, number_tuple, positive_float, positive_int, positive_iwae_samples,
@@ -458,7 +459,7 @@ def check_run_dir(out: Path, cls: type, requested: dict, resume: bool) -> str | 
         if record["model"] != registry.reference(cls):
             raise UsageError(f"--resume: the model is {registry.reference(cls)} here but {record['model']} in the run "
                              f"{out}; resume with its model (aevb resume {out}) or choose another --out")
-        compare_flags(record["args"], requested, out)
+        compare_flags(recorded_flags(cls, record), requested, out)
     return state
 
 
@@ -646,10 +647,11 @@ def resolve_device(text: str) -> torch.device:
 
 
 def run_config(cls: type, model: LatentVariableModel, flags: dict, data: Data) -> dict:
-    """config.json: how to import the model, its config, every flag, and the data's shape and range."""
+    """config.json: how to import the model, its config, every flag, the data's shape and range, and the versions
+    of the software that fitted it."""
     return {"model": registry.reference(cls), "config": dataclasses.asdict(model.config), "args": flags,
             "data": {"shape": list(data.shape), "kind": data.kind, "levels": data.levels, "num_classes": data.num_classes,
-                     "range": grey_range(data.test[0])}}
+                     "range": grey_range(data.test[0])}, "versions": runs.software_versions()}
 
 
 def resolve_paths(args: argparse.Namespace) -> None:
@@ -730,7 +732,7 @@ def load_run(run_dir: str | Path) -> Run:
         raise UsageError(f"{run_dir} is an interrupted run, not a finished one; finish it with aevb resume {run_dir}")
     record = run_record(run_dir)
     cls = recorded_class(record, run_dir / "config.json")
-    args = parse_recorded_args(cls, record["args"], run_dir / "config.json")
+    args = parse_recorded_args(cls, record, run_dir / "config.json")
     model = runs.load_checkpoint(run_dir / "model.pt", cls)
     saved = json.loads(json.dumps(dataclasses.asdict(model.config), default=str))  # as config.json records it
     differing = sorted(k for k in set(saved) | set(record["config"]) if saved.get(k) != record["config"].get(k))
@@ -766,7 +768,10 @@ def run_record(run_dir: Path) -> dict:
     if not (isinstance(shape, list) and 1 <= len(shape) <= 2 and all(isinstance(n, int) and n > 0 for n in shape)
             and data.get("kind") in KINDS and isinstance(data.get("num_classes"), (int, type(None)))):
         raise UsageError(f"{path} is damaged (its data are not a shape, kind and number of classes); {runs.REFIT}")
-    grey = data.setdefault("range", [0.0, 1.0])  # absent from the runs of earlier versions
+    versions = record.setdefault("versions", {})  # absent from the runs of earlier versions, as is the range
+    if not (isinstance(versions, dict) and all(isinstance(v, str) for v in versions.values())):
+        raise UsageError(f"{path} is damaged (its versions are not names and version strings); {runs.REFIT}")
+    grey = data.setdefault("range", [0.0, 1.0])
     if not (isinstance(grey, list) and len(grey) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v)
                                                               for v in grey) and grey[0] < grey[1]):
         raise UsageError(f"{path} is damaged (its data's range is not two finite numbers, low < high); {runs.REFIT}")
@@ -781,9 +786,22 @@ def recorded_class(record: dict, path: Path) -> type:
         raise UsageError(f"{path}: {e}") from None
 
 
-def parse_recorded_args(cls: type, flags: dict, path: Path) -> argparse.Namespace:
-    """A run's recorded flags (config.json's args) as the namespace the fit parsed: every value goes through its
-    flag's type again. UsageError naming ``path`` if they are not ``cls``'s flags or a value is one its flag refuses."""
+def recorded_flags(cls: type, record: dict) -> dict:
+    """A run's recorded flags (config.json's args). For a run fitted by another version of aevb (or by one from
+    before runs recorded it), each of ``cls``'s fit flags that the run lacks is at its default: a flag added to aevb
+    since, whose default is what aevb did before it had the flag. Never the fields of the model's Config
+    (``config_*``), which are the model's own: ``parse_recorded_args`` refuses a run whose Config has changed."""
+    if record["versions"].get("aevb") == aevb.__version__:  # this version's flags, all
+        return record["args"]
+    defaults = flags_of(fit_parser(cls, f"aevb fit {cls.name}").parse_args([]))
+    return {**{k: v for k, v in defaults.items() if not k.startswith("config_")}, **record["args"]}
+
+
+def parse_recorded_args(cls: type, record: dict, path: Path) -> argparse.Namespace:
+    """A run's recorded flags (``recorded_flags``) as the namespace the fit parsed: every value goes through its
+    flag's type again. UsageError naming ``path`` if they are not ``cls``'s flags or a value is one its flag
+    refuses."""
+    flags = recorded_flags(cls, record)
     parser = fit_parser(cls, f"aevb fit {cls.name}")
     actions = {a.dest: a for a in parser._actions if a.dest != "help"}
     fixed = {k: v for k, v in vars(parser.parse_args([])).items() if k not in actions}  # set without a flag
@@ -794,6 +812,10 @@ def parse_recorded_args(cls: type, flags: dict, path: Path) -> argparse.Namespac
         now = f"has no field {field} now" if changed[0] in unknown else f"has a field {field} it did not have"
         raise UsageError(f"{path}: the run was fitted with another {cls.name} Config (the class {now}); restore "
                          f"the Config it had, or {runs.REFIT}")
+    fitted_by = record["versions"].get("aevb")
+    if unknown and fitted_by not in (None, aevb.__version__):
+        raise UsageError(f"{path}: the run was fitted by aevb {fitted_by}, whose flag {unknown[0]} this aevb "
+                         f"({aevb.__version__}) does not have; read it with aevb {fitted_by}, or {runs.REFIT}")
     if missing or unknown:
         which = f"lack {missing[0]}" if missing else f"have an unknown {unknown[0]}"
         raise UsageError(f"{path} is damaged (its args {which}, not the flags of {cls.name}); {runs.REFIT}")

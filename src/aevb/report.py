@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aevb.errors import UsageError
-from aevb.reproduce import EXPERIMENTS, Experiment, Published, Settings, complete, software_versions
-from aevb.runs import write_atomically
+from aevb.reproduce import EXPERIMENTS, Experiment, Published, Settings, complete
+from aevb.runs import software_versions, write_atomically
 
 IMAGE_SUFFIXES = (".png", ".gif", ".jpg", ".svg")
 CAPTIONS = {"diagnostics.png": "The E-step (aevb diagnose): log p(x) - ELBO[q_phi], split into the approximation and "

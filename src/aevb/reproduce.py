@@ -16,8 +16,6 @@ its last checkpoint); a complete run with the same settings is kept, not fitted 
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
-import platform
 import shlex
 import sys
 import time
@@ -552,7 +550,7 @@ def fit(planned: Planned, run_dir: Path, progress: bool, resume: bool) -> dict:
     """``aevb fit`` one planned experiment into ``run_dir`` (``resume``: continuing an interrupted run there), its
     evaluations and diagnosis (``aevb diagnose``), then its provenance; returns the summary."""
     from aevb import fitting, registry
-    from aevb.runs import write_json
+    from aevb.runs import software_versions, write_json
 
     cls = registry.resolve(planned.experiment.model)
     start = time.perf_counter()
@@ -573,15 +571,6 @@ def fit(planned: Planned, run_dir: Path, progress: bool, resume: bool) -> dict:
         "versions": software_versions(),
     })
     return {**summary, **evaluations}
-
-
-def software_versions() -> dict[str, str]:
-    """The versions of the software (the device and thread count a run used are in its summary)."""
-    import numpy as np
-    import torch
-
-    return {"aevb": importlib.metadata.version("aevb"), "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__, "platform": platform.platform()}
 
 
 def log(message: str) -> None:

@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import pickle
+import platform
 import re
 import shutil
 import tempfile
@@ -27,8 +28,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 
+import aevb
 from aevb.arguments import output_problem
 from aevb.errors import UsageError
 from aevb.model import LatentVariableModel
@@ -52,6 +55,12 @@ def read_umask() -> int:
 
 
 UMASK = read_umask()  # once, at import: a file another thread creates meanwhile sees the real one
+
+
+def software_versions() -> dict[str, str]:
+    """The versions of the software a run used (its device and thread count are in its summary)."""
+    return {"aevb": aevb.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "platform": platform.platform()}
 
 
 def write_atomically(path: Path, write) -> None:
