@@ -111,7 +111,8 @@ def time_pyro(plain: PlainGMVAE, tensors: tuple[Tensor, ...], args: argparse.Nam
 
     pyro.clear_param_store()
     pyro.enable_validation(False)
-    prior = torch.full((plain.y_dim,), -math.log(plain.y_dim), device=tensors[0].device)
+    device = next(plain.parameters()).device  # tensors are on the CPU, as the plain loop's DataLoader reads them
+    prior = torch.full((plain.y_dim,), -math.log(plain.y_dim), device=device)
 
     def model(x: Tensor) -> None:
         pyro.module("plain", plain)
@@ -129,5 +130,5 @@ def time_pyro(plain: PlainGMVAE, tensors: tuple[Tensor, ...], args: argparse.Nam
             pyro.sample("z", dist.Normal(plain.q_z_loc(h), F.softplus(plain.q_z_scale(h))).to_event(1))
 
     svi = SVI(model, guide, Adam({"lr": LR}), TraceEnum_ELBO(max_plate_nesting=1))
-    seconds, losses = time_loop(svi.step, tensors[0].device, tensors, args, steps)
+    seconds, losses = time_loop(svi.step, device, tensors, args, steps)
     return seconds, -sum(losses) / len(losses)

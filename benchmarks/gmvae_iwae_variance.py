@@ -37,7 +37,8 @@ def main(args: argparse.Namespace) -> None:
     x_train, _, x_test, _ = prepare(load_dataset(args.dataset, args.data_dir, seed=args.seed), "binarize", args.seed)
     torch.manual_seed(args.seed)
     model = GMVAE(GMVAEConfig(data_dim=x_train.shape[1]))
-    Trainer(model, lr=1e-3, batch_size=100, seed=args.seed, progress=False).fit((x_train,), epochs=args.train_epochs)
+    if args.train_epochs:
+        Trainer(model, lr=1e-3, batch_size=100, seed=args.seed, progress=False).fit((x_train,), epochs=args.train_epochs)
     x, C = x_test[: args.examples], model.config.num_components
     print(f"{args.repeats} repeats on {len(x)} test examples of {args.dataset} after {args.train_epochs} epochs; "
           f"C = {C}; cpu, {args.threads} thread(s)")

@@ -5,7 +5,7 @@
 #     benchmarks/gpu.sh [MNIST_DIR [OUT_DIR]]          defaults: .mnist and runs/gpu
 #
 # It reads nothing outside the work tree: copy MNIST's four IDX files into MNIST_DIR first (e.g. .mnist/,
-# ignored by git). It compiles from an empty cache, so the compile times are what a first run pays. Each row
+# which git does not ignore, so that a copy of the untracked work tree carries it to the GPU machine). It compiles from an empty cache, so the compile times are what a first run pays. Each row
 # is a JSON line in OUT_DIR/gpu.jsonl (and on the standard output), the whole output in OUT_DIR/log. It exits
 # 1 if a row failed or a compiled row skipped a CUDA graph, replayed none, broke its graph, generated no kernel
 # or synchronized with the host inside a step.

@@ -363,6 +363,25 @@ def test_the_nonfinite_check_names_the_first_bad_step_from_the_epochs_terms(monk
     assert torch.isfinite(trainer.terms[:2]).all() and not torch.isfinite(trainer.terms[2:]).all(1).any()
 
 
+def test_data_are_scanned_for_nan_once_while_they_stay_as_they_were(monkeypatch):
+    """A step-by-step loop of fit calls scans its data once; a change in place, or other tensors, are scanned."""
+    torch.manual_seed(0)
+    x = torch.rand(20, 4)
+    scanned = []
+    isfinite = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda t: scanned.append(t.shape) or isfinite(t))
+    trainer = Trainer(VAE(VAEConfig(data_dim=4, hidden=(4,), latent_dim=2)), batch_size=5, progress=False)
+    for _ in range(3):
+        trainer.fit((x,), steps=1)
+    assert scanned.count(x.shape) == 1
+    x[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        trainer.fit((x,), steps=1)
+    x[3, 1] = 0.5
+    trainer.fit((x.clone(),), steps=1)
+    assert scanned.count(x.shape) == 3
+
+
 def test_trainer_arguments_are_refused_where_they_are_given():
     model = VAE(VAEConfig(data_dim=4, latent_dim=2, hidden=(4,)))
     x = torch.rand(20, 4)

@@ -27,6 +27,7 @@ import math
 import numbers
 import re
 import signal
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -174,6 +175,18 @@ def check_trainer_arguments(model: LatentVariableModel, lr, batch_size, estimato
         raise ValueError(f"Trainer: {problem}")
 
 
+def data_identity(data: Sequence[Tensor]) -> list:
+    """A weak reference to each tensor of data, with its version (which each in-place change counts up): while
+    these match, its contents are as they were, and data found finite once need not be scanned again."""
+    return [(weakref.ref(t), t._version) if isinstance(t, Tensor) else None for t in data]
+
+
+def same_data(data: Sequence[Tensor], identity: list) -> bool:
+    """Whether ``data`` are the very tensors ``identity`` (``data_identity``) was taken of, unchanged since."""
+    return len(data) == len(identity) and all(
+        kept is not None and kept[0]() is t and kept[1] == t._version for t, kept in zip(data, identity))
+
+
 def check_fit_arguments(data, epochs: int | None, steps: int | None, eval_every: str,
                         checkpoint_every: tuple[int, str]) -> None:
     """``Trainer.fit``'s arguments, each mistake a TypeError or ValueError naming it (not an error deep inside)."""
@@ -183,8 +196,6 @@ def check_fit_arguments(data, epochs: int | None, steps: int | None, eval_every:
         raise ValueError(f"Trainer.fit: the tensors of data differ in length: {[len(t) for t in data]}")
     if not len(data[0]):
         raise ValueError("Trainer.fit: data hold no examples")
-    if any(isinstance(t, Tensor) and t.is_floating_point() and not torch.isfinite(t).all() for t in data):
-        raise ValueError("Trainer.fit: data contain NaN or infinite values; remove or impute them first")
     if (epochs is None) == (steps is None):
         raise TypeError("Trainer.fit takes epochs or steps, one of them")
     if not (isinstance(epochs or steps, int) and (epochs or steps) >= 1):
@@ -260,6 +271,7 @@ class Trainer:
         # in one tensor: thousands of small tensors, one per step, would scatter the heap between each step's buffers
         self.terms = torch.zeros(0, len(TERMS))
         self.stop_signal: int | None = None
+        self.finite_data: list = []  # data_identity of the data last found finite
         self.torch_compile = torch_compile
         self.sum_elbo = self._sum_elbo  # compiled after the first step, with ``torch_compile``
 
@@ -359,6 +371,10 @@ class Trainer:
         counts that epoch's rest as the first.
         """
         check_fit_arguments(data, epochs, steps, eval_every, checkpoint_every)
+        if not same_data(data, self.finite_data):  # scanned once, not by every call of a step-by-step loop
+            if any(isinstance(t, Tensor) and t.is_floating_point() and not torch.isfinite(t).all() for t in data):
+                raise ValueError("Trainer.fit: data contain NaN or infinite values; remove or impute them first")
+            self.finite_data = data_identity(data)
         width = getattr(getattr(self.model, "config", None), "data_dim", None)  # one example's (one step's) size
         if isinstance(width, int) and isinstance(data[0], Tensor) and data[0].dim() >= 2 and data[0].shape[-1] != width:
             raise ValueError(f"Trainer.fit: {type(self.model).__name__} takes examples of {width} values "
