@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import json
 import math
+import os
 import socket
 import threading
 from pathlib import Path
@@ -172,6 +173,9 @@ def test_download_is_verified_and_complete(tmp_path, mirror, unreachable_url):
     cache = tmp_path / "cache"
     download.download_mnist(cache, mirrors=(unreachable_url, url), sha256=checksums, timeout=5)
     assert sorted(p.name for p in cache.iterdir()) == sorted(f"{name}.gz" for name in checksums)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in cache.iterdir()} == {0o666 & ~umask}  # as any file made, not private
     data = load_dataset(f"idx:{cache}")
     assert torch.equal(data.x_test, torch.from_numpy(fake_dataset()["t10k-images-idx3-ubyte"]).to(torch.uint8))
     # files already there are not fetched again: no mirror is needed now

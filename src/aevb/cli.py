@@ -52,8 +52,7 @@ def build_parser() -> ArgumentParser:
                                 description="Continue the interrupted fit in RUN_DIR from its last checkpoint, with "
                                             "the flags it was started with; a finished run is not fitted again.")
     again.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="an interrupted (or finished) run directory")
-    again.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
-    again.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    add_summary_arguments(again)
     again.set_defaults(handler=resume_command)
 
     evaluate = commands.add_parser("eval", help="test ELBO, IWAE log-likelihood (and bits/dim) of a run")
@@ -64,8 +63,7 @@ def build_parser() -> ArgumentParser:
                           help="also the test ELBO after N local E-steps from the amortized q, and the IWAE "
                                "bound with that refined q as proposal (semi-amortized inference; aevb diagnose "
                                "says more) (default 0: none)")
-    evaluate.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
-    evaluate.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    add_summary_arguments(evaluate)
     evaluate.set_defaults(handler=eval_command)
 
     diagnose = commands.add_parser(
@@ -91,9 +89,8 @@ def build_parser() -> ArgumentParser:
                                f"(default {defaults.lr})")
     diagnose.add_argument("--eval-samples", type=draws, default=defaults.eval_samples, metavar="S",
                           help=f"draws per example for the ELBOs of q_phi and q* (default {defaults.eval_samples})")
-    diagnose.add_argument("--seed", type=random_seed, default=0, help="random seed, 0 to 2^32 - 1 (default 0)")
-    diagnose.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
-    diagnose.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    add_seed_argument(diagnose)
+    add_summary_arguments(diagnose)
     diagnose.set_defaults(handler=diagnose_command)
 
     sample = commands.add_parser("sample", help="draw from a run's model into a PNG, or into .npy/.npz arrays")
@@ -107,15 +104,15 @@ def build_parser() -> ArgumentParser:
                              "model) (default RUN_DIR/samples.png, replaced at each call); an existing file is "
                              "not replaced without --overwrite")
     sample.add_argument("--overwrite", action="store_true", help="replace the file --out names if it exists")
-    sample.add_argument("--seed", type=random_seed, default=0, help="random seed, 0 to 2^32 - 1 (default 0)")
-    sample.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
+    add_seed_argument(sample)
+    add_summary_arguments(sample, progress=False)
     sample.set_defaults(handler=sample_command)
 
     tour = commands.add_parser("tour", help="the main job: every model briefly, on embedded data, and a report",
                                description="Fit every experiment of the tutorial briefly on data that ship with the "
                                            "project (no network), then write OUT/report.html and OUT/report.md.")
     add_output_arguments(tour, default_out=Path("runs/tour"))
-    tour.add_argument("--seed", type=random_seed, default=0, help="random seed, 0 to 2^32 - 1 (default 0)")
+    add_seed_argument(tour)
     tour.add_argument("--quick", action="store_true", help="a tiny budget (seconds, not minutes), e.g. for tests")
     tour.set_defaults(handler=tour_command)
 
@@ -133,7 +130,7 @@ def build_parser() -> ArgumentParser:
     again.add_argument("--epochs-scale", type=epochs_scale, default=1.0, metavar="F",
                        help="multiply the tutorial's training lengths by F, at most 100 (at least 1 epoch or step) "
                             "(default 1)")
-    again.add_argument("--seed", type=random_seed, default=0, help="random seed, 0 to 2^32 - 1 (default 0)")
+    add_seed_argument(again)
     again.add_argument("--diagnose", type=non_negative_int, default=DIAGNOSIS.examples, metavar="N",
                        help=f"test examples of aevb diagnose after each fit, with K = {DIAGNOSIS.iwae} and "
                             f"{DIAGNOSIS.settings.steps} local E-steps (default {DIAGNOSIS.examples}; 0: none)")
@@ -146,8 +143,18 @@ def add_output_arguments(parser: argparse.ArgumentParser, default_out: Path | No
     group = parser.add_argument_group("output")
     group.add_argument("--out", type=output_folder, default=default_out,
                        help=f"run directory (default: {default_out or 'runs/MODEL-DATE-TIME'})")
-    group.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
-    group.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    add_summary_arguments(group)
+
+
+def add_summary_arguments(parser, progress: bool = True) -> None:
+    """--json, and --no-progress where the command shows progress, on a parser or an argument group."""
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
+    if progress:
+        parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+
+
+def add_seed_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=random_seed, default=0, help="random seed, 0 to 2^32 - 1 (default 0)")
 
 
 FIT_HELP = """usage: aevb fit MODEL [flags]   or   aevb fit --model REF [flags]

@@ -38,6 +38,7 @@ from torch import Tensor
 from aevb import download
 from aevb.disk import MAX_HELD_OUT, DiskArray, DiskRows, chunks, left_on_disk, shard_paths
 from aevb.errors import DataError
+from aevb.likelihoods import LIKELIHOODS
 
 ARRAY_SUFFIXES = (".npy", ".npz", ".csv")
 USER_KEYS = ("x", "y", "x_test", "y_test")
@@ -50,13 +51,12 @@ IDX_LAYOUT = {  # split -> (images, labels): IDX file names of the MNIST layout,
 }
 
 
-def load_array(path: str | Path, ndim: int | None = None) -> dict[str, np.ndarray]:
+def load_array(path: str | Path) -> dict[str, np.ndarray]:
     """Arrays of a .npy, .npz or .csv file: {'x': data} plus, for .npz, its other arrays.
 
     An .npz holds its data under 'x' (or as its only array) and optional integer labels under 'y'
     (``load_user_data`` also reads a test set under 'x_test' and 'y_test').
-    Raises DataError (one line, saying what to fix) for a missing or unreadable file, non-finite
-    values, or data that is not ``ndim``-dimensional.
+    Raises DataError (one line, saying what to fix) for a missing or unreadable file or non-finite values.
     """
     path = Path(path)
     if path.suffix not in ARRAY_SUFFIXES:
@@ -83,10 +83,7 @@ def load_array(path: str | Path, ndim: int | None = None) -> dict[str, np.ndarra
     arrays = {k: v.astype(v.dtype.newbyteorder("="), copy=False) for k, v in arrays.items()}  # torch: native order
     if "x" not in arrays:
         raise DataError(f"{path}: an .npz needs its data under the key 'x' (found {', '.join(arrays)})")
-    x = arrays["x"]
-    if ndim is not None and x.ndim != ndim:
-        raise DataError(f"{path}: expected {ndim}-dimensional data, got shape {x.shape}")
-    check_examples(x, path, "the data")
+    check_examples(arrays["x"], path, "the data")
     return arrays
 
 
@@ -382,8 +379,8 @@ def validate_support(x: Tensor | DiskRows, likelihood: str, source: str) -> None
 
     ``cb`` and ``cb-clamped`` (continuous Bernoulli): [0, 1]; ``bernoulli``: {0, 1}; ``gaussian``: any finite value.
     """
-    if likelihood not in ("cb", "cb-clamped", "bernoulli", "gaussian"):
-        raise ValueError(f"unknown likelihood {likelihood!r}; use cb, cb-clamped, bernoulli or gaussian")
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {likelihood!r}; use {', '.join(LIKELIHOODS)}")
     low, high, other, total = math.inf, -math.inf, 0, 0
     for values in chunks(x):
         if not torch.isfinite(values).all():

@@ -11,13 +11,13 @@ import gzip
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from aevb.errors import DataError
+from aevb.runs import write_atomically
 
 MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -57,7 +57,8 @@ def download_mnist(
     for name, checksum in sha256.items():
         if not any((directory / n).exists() for n in (name, f"{name}.gz")):
             content = _fetch_verified(f"{name}.gz", checksum, mirrors, timeout)
-            _write_atomically(directory / f"{name}.gz", content)
+            directory.mkdir(parents=True, exist_ok=True)
+            write_atomically(directory / f"{name}.gz", lambda path: path.write_bytes(content))
 
 
 def _fetch_verified(filename: str, checksum: str, mirrors: Sequence[str], timeout: float) -> bytes:
@@ -86,18 +87,3 @@ def _fetch_verified(filename: str, checksum: str, mirrors: Sequence[str], timeou
         )
     reason = unreachable[-1] if unreachable else "no mirror given"
     raise DataError(f"could not download MNIST (no network? {reason}); {OFFLINE_HELP}")
-
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    """Write to a temporary sibling, then rename: ``path`` is either absent or complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -958,8 +958,8 @@ def grey_range(x: Tensor) -> list[float]:
 def plot_examples(x: Tensor, rows: list[str] | None, shape: Sequence[int], kind: str, path: Path, title: str,
                   reference: Tensor | None = None, value_range: Sequence[float] = (0.0, 1.0)) -> None:
     """Examples as their kind shows best: images (and sequences, a step per row) as a grid, grey from
-    ``value_range``'s low (black) to its high (white), vectors as a heat map and pairwise scatter plots, beside as
-    many ``reference`` examples (the test data) when given."""
+    ``value_range``'s low (black) to its high (white); vectors as a heat map and pairwise scatter plots, beside as
+    many ``reference`` examples (the test data) when given (a grid of images shows the samples alone)."""
     from aevb import plotting
 
     if kind == "vectors":

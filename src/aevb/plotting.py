@@ -16,7 +16,7 @@ from torch import Tensor
 
 from aevb.runs import write_atomically
 
-PHASE_COLOURS = {"e": "tab:orange", "m": "tab:blue"}
+E_PHASE_COLOUR = "tab:orange"  # shading the E-phases of a history; M-phases stay plain
 
 
 def subplots(*grid: int, figsize: tuple[float, float], **kwargs):
@@ -102,7 +102,7 @@ def em_phases(history: list[dict], spans: list[tuple[str, int, int]], references
     fig, ax = subplots(figsize=(9, 4))
     for phase, start, stop in spans:
         if phase == "e":
-            ax.axvspan(start, stop, color=PHASE_COLOURS["e"], alpha=0.12, lw=0)
+            ax.axvspan(start, stop, color=E_PHASE_COLOUR, alpha=0.12, lw=0)
     plot_history(
         ax,
         history,

@@ -45,8 +45,6 @@ def names() -> list[str]:
 
 def resolve(ref: str) -> type:
     """The model class named by ``ref`` (see the module docstring); UsageError, one line, if there is none."""
-    from aevb.model import LatentVariableModel
-
     if ref in BUILTIN:
         ref = BUILTIN[ref]
     elif ":" not in ref:
@@ -59,7 +57,7 @@ def resolve(ref: str) -> type:
         except Exception as e:  # an installed plugin that fails to import: its error, on one line
             raise UsageError(f"model {ref!r} (entry point {installed[ref].value}) cannot be imported: "
                              f"{type(e).__name__}: {first_line(e)}") from None
-        return checked(cls, ref, LatentVariableModel)
+        return checked(cls, ref)
     location, _, qualname = ref.rpartition(":")
     if not location or not qualname:
         raise UsageError(f"bad model reference {ref!r}: use package.module:Class or path/to/file.py:Class")
@@ -69,13 +67,15 @@ def resolve(ref: str) -> type:
         cls = getattr(cls, part, None)
         if cls is None:
             raise UsageError(f"model reference {ref!r}: {location} has no {qualname}")
-    return checked(cls, ref, LatentVariableModel)
+    return checked(cls, ref)
 
 
-def checked(cls, ref: str, base: type) -> type:
-    """``cls`` if it is a model class that can be built: a subclass of ``base`` with a dataclass ``Config`` and every
-    abstract method defined; else UsageError, one line."""
-    if not (isinstance(cls, type) and issubclass(cls, base)):
+def checked(cls, ref: str) -> type:
+    """``cls`` if it is a model class that can be built: a subclass of ``LatentVariableModel`` with a dataclass
+    ``Config`` and every abstract method defined; else UsageError, one line."""
+    from aevb.model import LatentVariableModel  # torch, imported only once a model is asked for
+
+    if not (isinstance(cls, type) and issubclass(cls, LatentVariableModel)):
         raise UsageError(f"model reference {ref!r} is not a subclass of aevb.model.LatentVariableModel")
     if not is_dataclass(getattr(cls, "Config", None)):
         raise UsageError(f"model {ref!r}: {cls.__qualname__} declares no Config, the dataclass of its hyperparameters "

@@ -25,11 +25,10 @@ from typing import Callable
 
 from aevb.arguments import LocalEStep
 from aevb.errors import UsageError
+from aevb.tutorial import TUTORIAL_VRNN_TEST_ELBO
 
 PROVENANCE = "provenance.json"  # written into each run directory: the command, its flags, wall time, versions
 History = list[dict]
-# The tutorial's published VRNN test ELBOs on binarized MNIST, epochs 1-7 (its code draws z_t with sample()).
-TUTORIAL_VRNN_TEST_ELBO = (-93.0, -85.5, -81.2, -79.9, -79.2, -78.3, -78.5)
 Reader = Callable[[dict, History], "float | None"]
 
 

@@ -306,11 +306,11 @@ def load_file(path: Path, advice: str = REFIT) -> dict:
     return checkpoint
 
 
-def load_checkpoint(path: Path, cls: type[LatentVariableModel], checkpoint: dict | None = None) -> LatentVariableModel:
+def load_checkpoint(path: Path, cls: type[LatentVariableModel]) -> LatentVariableModel:
     """The model of ``cls`` a checkpoint file holds; UsageError, one line, for a missing, damaged or foreign file,
     one whose config asks for more than ``aevb.model.MAX_PARAMETERS`` (refused before anything is allocated), or
     one with non-finite weights."""
-    checkpoint = load_file(path) if checkpoint is None else checkpoint
+    checkpoint = load_file(path)
     if not isinstance(checkpoint.get("config"), dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise UsageError(f"{path} is not an aevb checkpoint (no config and state_dict); {REFIT}")
     try:

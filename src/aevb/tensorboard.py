@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numbers
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -69,12 +68,9 @@ class TensorBoardLogger:
                     self.writer.add_scalar(tag(key), value, step)
         self.writer.flush()
 
-    def add_figures(self, step: int, paths: Iterable[str | Path] | None = None) -> None:
-        """The figures ``paths`` (default: every PNG and GIF in the run directory) as images 'figures/NAME' at
-        ``step``."""
-        if paths is None:
-            paths = sorted(p for p in self.run_dir.iterdir() if p.suffix in FIGURE_SUFFIXES)
-        for path in map(Path, paths):
+    def add_figures(self, step: int) -> None:
+        """The run directory's figures (every PNG and GIF) as images 'figures/NAME' at ``step``."""
+        for path in sorted(p for p in self.run_dir.iterdir() if p.suffix in FIGURE_SUFFIXES):
             self.writer.add_image(f"figures/{path.stem}", read_figure(path), step, dataformats="HWC")
         self.writer.flush()
 

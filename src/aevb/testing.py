@@ -5,8 +5,8 @@ x = batch[0] and context = batch[1:]:
 
 1. config: ``type(model).Config`` is a dataclass, ``model.config`` an instance of it, and
    ``Config(**json.loads(json.dumps(asdict(config))))`` rebuilds an equal config.
-2. parameter groups: ``parameter_groups()`` has exactly 'generative' and 'inference', disjoint, and together they
-   hold every parameter of the model.
+2. parameter groups: ``parameter_groups()`` has exactly 'generative' and 'inference', disjoint in their trainable
+   parameters, and together they hold every trainable parameter of the model (a frozen one may be anywhere).
 3. elbo terms: for a model with ``factors``, it returns three things, q(z|x) and p(x|z) have batch shape (B,) and
    p(z) () or (B,) (each distribution's coordinates in its event: ``Independent``); ``elbo(*batch)`` has the terms
    elbo, log_likelihood and kl, each finite and of shape (B,), and elbo = log_likelihood - kl.

@@ -23,18 +23,11 @@ from torch.distributions import Categorical
 from aevb import clustering
 from aevb.errors import UsageError
 from aevb.evaluation import eval_mode, rows_over_ranks
-from aevb.arguments import non_negative_float, non_negative_int, positive_float
+from aevb.arguments import fraction, non_negative_float, non_negative_int, positive_float
 from aevb.fitting import Data, Hooks
 from aevb.models.gmvae import WARMUP_TERMS, GMVAE, KLWeightSchedule, TemperatureSchedule
 
 GENERATIONS_PER_CLUSTER = 10
-
-
-def decay_factor(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
 
 
 def cluster_metrics(model: GMVAE, data: Data) -> dict:
@@ -70,7 +63,7 @@ class GMVAEHooks(Hooks):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--temperature-decay", type=decay_factor, default=1.0,
+        parser.add_argument("--temperature-decay", type=fraction, default=1.0,
                             help="multiply tau by this after every epoch, in (0, 1]; 1 keeps it constant (default 1)")
         parser.add_argument("--temperature-min", type=positive_float, default=0.1,
                             help="the floor a decaying tau stops at (default 0.1)")

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 from aevb.evaluation import eval_mode
-from aevb.fitting import Data, Hooks
+from aevb.fitting import GRID_COLUMNS, Data, Hooks
 from aevb.models.vrnn import VRNN
-from aevb.reproduce import TUTORIAL_VRNN_TEST_ELBO
+from aevb.tutorial import TUTORIAL_VRNN_TEST_ELBO
 
-GRID_ROWS, GRID_COLUMNS = 4, 10
+GRID_ROWS = 4
 
 
 class VRNNHooks(Hooks):
