@@ -40,15 +40,16 @@ exact, so q(y|x) drops out and only z is sampled: less variance than drawing (y_
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Sequence, get_args
+from typing import Callable, Literal, Sequence, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Independent, Normal, OneHotCategorical, kl_divergence
+from torch.distributions import Independent, Normal, OneHotCategorical
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 
-from aevb.elbo import ELBO, IWAE_CHUNK, iwae_bound
+from aevb import elbo as estimators
+from aevb.elbo import ELBO, IWAE_CHUNK
 from aevb.model import EStepProblem, LatentVariableModel
 from aevb.models.cvae import LabelPrior
 from aevb.models.vae import Decoder, GaussianEncoder, mlp, standard_normal
@@ -204,22 +205,18 @@ class GMVAE(LatentVariableModel):
         """
         return (q_y.probs * (q_y.logits - self.p_y().logits)).sum(-1)
 
-    def given_y(self, x: Tensor, q_z: Independent, y: Tensor, num_samples: int = 1) -> tuple[Tensor, Tensor]:
-        """log p(x|z) at z ~ q(z|x,y) (averaged over ``num_samples`` draws) and KL(q(z|x,y) || p(z|y)), for y
-        (..., B or 1, C) and q_z of batch (..., B); shapes (..., B)."""
-        sample_shape = (num_samples,) if num_samples > 1 else ()
-        z = q_z.rsample(sample_shape)  # (S, ..., B, L) or (..., B, L)
-        log_likelihood = self.generative.p_x_given_z(z, y).log_prob(x)
-        if sample_shape:
-            log_likelihood = log_likelihood.mean(0)
-        return log_likelihood, kl_divergence(q_z, self.generative.p_z_given_y(y))
+    def given_y(self, y: Tensor) -> tuple[Independent, Callable[[Tensor], Independent]]:
+        """(p(z|y), z -> p(x|z, y)) for y (..., B or 1, C): with y fixed, the prior and likelihood that
+        ``aevb.elbo``'s estimators take, as a one-latent model's ``factors`` gives them."""
+        return self.generative.p_z_given_y(y), lambda z: self.generative.p_x_given_z(z, y)
 
     def marginal_elbo(self, x: Tensor, q_y: OneHotCategorical, q_z: Independent, num_samples: int = 1) -> ELBO:
         """sum_y q(y|x) [(1/S) sum_s log p(x|z_ys) - KL(q(z|x,y) || p(z|y))] - KL(q(y|x) || p(y)), z_ys ~ q(z|x,y),
         for q_y of batch (B,) and q_z of batch (C, B), one per value of y; shapes (B,)."""
-        log_likelihood, kl_z = self.given_y(x, q_z, self.components(), num_samples)  # (C, B) each
+        elbo_given_y = estimators.elbo(x, q_z, *self.given_y(self.components()), num_samples=num_samples)  # (C, B)
         weights = q_y.probs.T  # (C, B)
-        return self.terms((weights * log_likelihood).sum(0), (weights * kl_z).sum(0), self.kl_y(q_y), q_y)
+        return self.terms((weights * elbo_given_y.log_likelihood).sum(0), (weights * elbo_given_y.kl).sum(0),
+                          self.kl_y(q_y), q_y)
 
     def e_step_problem(self, x: Tensor) -> EStepProblem:
         """q = {"y": q(y|x), "z": q(z|x,y) for every y (batch (B, C): examples first, as the problem's factors
@@ -245,13 +242,13 @@ class GMVAE(LatentVariableModel):
         y = log_y.exp()
         if self.config.straight_through:
             y = y + (F.one_hot(y.argmax(-1), y.shape[-1]).to(y) - y).detach()
-        log_likelihood, kl_z = self.given_y(x, self.inference.q_z_given_x_y(x_part, y), y)
+        elbo_given_y = estimators.elbo(x, self.inference.q_z_given_x_y(x_part, y), *self.given_y(y))  # (B,)
         if estimator == "gumbel-analytic":
             kl_y = self.kl_y(q_y)
         else:
             relaxed_p_y = ExpRelaxedCategorical(self.tau, logits=self.p_y().logits, validate_args=False)
             kl_y = relaxed_q_y.log_prob(log_y) - relaxed_p_y.log_prob(log_y)
-        return self.terms(log_likelihood, kl_z, kl_y, q_y)
+        return self.terms(elbo_given_y.log_likelihood, elbo_given_y.kl, kl_y, q_y)
 
     def log_importance_weights(self, x: Tensor, num_samples: int) -> Tensor:
         """log p(x|z) + log p(z|y) + log p(y) - log q(y|x) - log q(z|x,y) at (y, z) ~ q(y|x) q(z|x,y); (K, B)."""
@@ -269,14 +266,13 @@ class GMVAE(LatentVariableModel):
         y = self.components()  # (C, 1, C)
         if q_z is None:
             q_z = self.inference.q_z_given_x_y(self.inference.z_from_x(x), y)  # batch (C, B)
-        z = q_z.rsample((num_samples,))  # (K, C, B, L)
-        return self.generative.p_x_given_z(z, y).log_prob(x) + self.generative.p_z_given_y(y).log_prob(z) - q_z.log_prob(z)
+        return estimators.log_importance_weights(x, q_z, *self.given_y(y), num_samples)  # z (K, C, B, L)
 
     def iwae_bound(self, x: Tensor, num_samples: int, chunk_size: int = IWAE_CHUNK, q_z: Independent | None = None) -> Tensor:
         """log sum_y p(y) (1/K) sum_k p(x, z_k | y) / q(z_k | x, y), K draws of z for each y (module docstring);
         shape (B,). Chunks of ``chunk_size`` // C draws keep the memory of the sampled-y bound's chunks."""
-        per_y = iwae_bound(lambda k: self.log_importance_weights_given_y(x, k, q_z), num_samples,
-                           max(1, chunk_size // self.config.num_components))  # log p(x|y) bounds, (C, B)
+        per_y = estimators.iwae_bound(lambda k: self.log_importance_weights_given_y(x, k, q_z), num_samples,
+                                      max(1, chunk_size // self.config.num_components))  # log p(x|y) bounds, (C, B)
         return torch.logsumexp(per_y + self.p_y().logits.log_softmax(-1)[:, None], dim=0)
 
     def sample(self, num_samples: int) -> Tensor:
