@@ -19,7 +19,7 @@ from typing import Literal, get_args
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Independent, Normal
+from torch.distributions import Independent
 
 from aevb.model import LatentVariableModel
 from aevb.models.vae import Decoder, GaussianEncoder, VAEConfig, standard_normal
@@ -42,19 +42,6 @@ class CVAEConfig(VAEConfig):
             raise ValueError(f"a conditional VAE needs at least 2 classes, got {self.num_classes}")
 
 
-class LabelPrior(nn.Module):
-    """p_theta(z | y) = N(A y + a, diag(softplus(B y + b)^2)) for one-hot y (B, C)."""
-
-    def __init__(self, num_classes: int, latent_dim: int) -> None:
-        super().__init__()
-        self.loc = nn.Linear(num_classes, latent_dim)
-        self.raw_scale = nn.Linear(num_classes, latent_dim)
-
-    def forward(self, y: Tensor) -> Independent:
-        scale = F.softplus(self.raw_scale(y))  # (B, L)
-        return Independent(Normal(self.loc(y), scale, validate_args=False), 1, validate_args=False)
-
-
 class CVAE(LatentVariableModel):
     """p_theta(x, z | y) in one of three factorizations; q_phi(z | x, y) diagonal Gaussian."""
 
@@ -72,7 +59,8 @@ class CVAE(LatentVariableModel):
             {"decoder": Decoder(decoder_in, c.hidden, c.data_dim, c.likelihood, c.likelihood_scale, c.dropout)}
         )
         if self.label_in_prior:
-            self.generative["prior"] = LabelPrior(c.num_classes, c.latent_dim)
+            # p(z | y) = N(A y + a, diag(softplus(B y + b)^2)): the Gaussian head without hidden layers
+            self.generative["prior"] = GaussianEncoder(c.num_classes, (), c.latent_dim, dropout=0.0)
         self.inference = GaussianEncoder(c.data_dim + c.num_classes, c.hidden, c.latent_dim, c.dropout)
 
     def one_hot(self, y: Tensor) -> Tensor:

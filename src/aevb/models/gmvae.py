@@ -51,7 +51,6 @@ from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 from aevb import elbo as estimators
 from aevb.elbo import ELBO, IWAE_CHUNK
 from aevb.model import EStepProblem, LatentVariableModel
-from aevb.models.cvae import LabelPrior
 from aevb.models.vae import Decoder, GaussianEncoder, mlp, standard_normal
 
 ESTIMATORS = ("marginal", "gumbel-relaxed", "gumbel-analytic")
@@ -102,7 +101,8 @@ class Generative(nn.Module):
         super().__init__()
         c, m2 = config, config.variant == "m2"
         self.m2, self.latent_dim = m2, c.latent_dim
-        self.prior = None if m2 else LabelPrior(c.num_components, c.latent_dim)
+        # p(z | y) = N(A y + a, diag(softplus(B y + b)^2)): the Gaussian head without hidden layers
+        self.prior = None if m2 else GaussianEncoder(c.num_components, (), c.latent_dim, dropout=0.0)
         decoder_in = c.latent_dim + (c.num_components if m2 else 0)
         self.decoder = Decoder(decoder_in, c.hidden, c.data_dim, "bernoulli", None, dropout=0.0)
 

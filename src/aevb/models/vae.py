@@ -109,7 +109,9 @@ def standard_normal(latent_dim: int, like: Tensor) -> Independent:
 
 
 class GaussianEncoder(nn.Module):
-    """q_phi(z | input) = N(loc, diag(scale^2)): loc = W h, scale = softplus(W' h), h = MLP(input)."""
+    """q_phi(z | input) = N(loc, diag(scale^2)): loc = W h, scale = softplus(W' h), h = MLP(input).
+
+    With no hidden layers (h = input) it is also the label prior p_theta(z | y) of the CVAE and the GMVAE."""
 
     def __init__(self, input_dim: int, hidden: Sequence[int], latent_dim: int, dropout: float) -> None:
         super().__init__()
