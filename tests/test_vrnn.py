@@ -11,7 +11,7 @@ from torch.distributions import kl_divergence
 from aevb.cli import main
 from aevb.elbo import iwae_bound
 from aevb import fitting
-from aevb.models.vrnn import VRNN, VRNNConfig, diagonal_normal
+from aevb.models.vrnn import VRNN, VRNNConfig, diagonal_normal_from
 from aevb.trainer import Trainer
 
 B, T, D = 6, 5, 7
@@ -34,7 +34,7 @@ def stepwise_elbo(model: VRNN, x: torch.Tensor) -> torch.Tensor:
     for t in range(x.shape[1]):
         if t > 0:
             h, state = generative.transition(x[:, t - 1], z, state)
-        q_z = diagonal_normal(posterior(h, posterior.read_x(x[:, t])))
+        q_z = diagonal_normal_from(posterior(h, posterior.read_x(x[:, t])))
         z = q_z.rsample()
         elbo = elbo + generative.p_x_given_z(h, z).log_prob(x[:, t]) - kl_divergence(q_z, generative.p_z(h))
     return elbo

@@ -12,8 +12,9 @@
   or, with ``scale`` given, that fixed number.
 
 Each head returns ``Independent(base, 1)``, so ``log_prob`` sums over the D pixels: shape (..., D) -> (...).
-Distributions are built with validate_args=False: data are validated once, at the data boundary
-(``aevb.data.validate_support``), not on every step.
+The models' Gaussians over z, priors and posteriors, are built here too: ``diagonal_normal`` and
+``standard_normal``. Distributions are built with validate_args=False: data are validated once, at the data
+boundary (``aevb.data.validate_support``), not on every step.
 """
 from __future__ import annotations
 
@@ -29,6 +30,17 @@ from aevb.continuous_bernoulli import ContinuousBernoulli
 
 Likelihood = Literal["cb", "cb-clamped", "bernoulli", "gaussian"]
 LIKELIHOODS = get_args(Likelihood)
+
+
+def diagonal_normal(loc: Tensor, scale: Tensor) -> Independent:
+    """N(loc, diag(scale^2)) for loc and scale of shape (..., L): batch shape (...), event (L,)."""
+    return Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
+
+
+def standard_normal(latent_dim: int, like: Tensor) -> Independent:
+    """p(z) = N(0, I_L), batch shape (), on the device and dtype of ``like``."""
+    zeros = like.new_zeros(latent_dim)
+    return diagonal_normal(zeros, torch.ones_like(zeros))
 
 
 class LikelihoodHead(nn.Module):

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Independent
 
+from aevb.likelihoods import standard_normal
 from aevb.model import LatentVariableModel
-from aevb.models.vae import Decoder, GaussianEncoder, VAEConfig, standard_normal
+from aevb.models.vae import Decoder, GaussianEncoder, VAEConfig
 
 Variant = Literal["full", "prior-only", "decoder-only"]
 VARIANTS = get_args(Variant)

@@ -19,8 +19,9 @@ from typing import Literal, get_args
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
+from torch.distributions import Independent, MultivariateNormal, kl_divergence
 
+from aevb.likelihoods import diagonal_normal, standard_normal
 from aevb.model import LatentVariableModel
 
 Posterior = Literal["full", "diagonal"]
@@ -62,7 +63,7 @@ class LinearGaussianDecoder(nn.Module):
         return F.softplus(self.raw_noise_std)
 
     def forward(self, z: Tensor) -> Independent:
-        return Independent(Normal(z @ self.weight.T, self.noise_std, validate_args=False), 1, validate_args=False)
+        return diagonal_normal(z @ self.weight.T, self.noise_std)
 
 
 class LinearGaussianEncoder(nn.Module):
@@ -86,8 +87,7 @@ class LinearGaussianEncoder(nn.Module):
         """N(V x, C C^T), batch (B,); the diagonal family as the product of its univariate Gaussians."""
         if self.full:
             return MultivariateNormal(x @ self.weight.T, scale_tril=self.scale_tril, validate_args=False)
-        return Independent(Normal(x @ self.weight.T, F.softplus(self.raw_scale), validate_args=False), 1,
-                           validate_args=False)
+        return diagonal_normal(x @ self.weight.T, F.softplus(self.raw_scale))
 
 
 class FactorAnalysis(LatentVariableModel):
@@ -111,8 +111,7 @@ class FactorAnalysis(LatentVariableModel):
     # Factors --------------------------------------------------------------------------------
     def p_z(self) -> Independent:
         """p(z) = N(0, I_L), as a diagonal Gaussian: its KL from q needs no triangular solves (aevb.kl)."""
-        zeros = self.generative.weight.new_zeros(self.config.latent_dim)
-        return Independent(Normal(zeros, torch.ones_like(zeros), validate_args=False), 1, validate_args=False)
+        return standard_normal(self.config.latent_dim, self.generative.weight)
 
     def factors(self, x: Tensor):
         return self.inference(x), self.p_z(), self.generative

@@ -45,13 +45,14 @@ from typing import Callable, Literal, Sequence, get_args
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Independent, Normal, OneHotCategorical
+from torch.distributions import Independent, OneHotCategorical
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 
 from aevb import elbo as estimators
 from aevb.elbo import ELBO, IWAE_CHUNK
+from aevb.likelihoods import diagonal_normal, standard_normal
 from aevb.model import EStepProblem, LatentVariableModel
-from aevb.models.vae import Decoder, GaussianEncoder, mlp, standard_normal
+from aevb.models.vae import Decoder, GaussianEncoder, mlp
 
 ESTIMATORS = ("marginal", "gumbel-relaxed", "gumbel-analytic")
 WARMUP_TERMS = ("kl", "mutual-information")
@@ -141,8 +142,7 @@ class Inference(nn.Module):
 
 def swap_batch(q: Independent) -> Independent:
     """A diagonal Gaussian with its two batch dimensions swapped: (C, B) to (B, C), and back."""
-    return Independent(Normal(q.base_dist.loc.transpose(0, 1), q.base_dist.scale.transpose(0, 1), validate_args=False),
-                       1, validate_args=False)
+    return diagonal_normal(q.base_dist.loc.transpose(0, 1), q.base_dist.scale.transpose(0, 1))
 
 
 class GMVAE(LatentVariableModel):

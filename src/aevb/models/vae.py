@@ -19,9 +19,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Independent, Normal
+from torch.distributions import Independent
 
-from aevb.likelihoods import Likelihood, LikelihoodHead
+from aevb.likelihoods import Likelihood, LikelihoodHead, diagonal_normal, standard_normal
 from aevb.model import LatentVariableModel
 
 
@@ -102,12 +102,6 @@ def mlp(sizes: Sequence[int], dropout: float) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def standard_normal(latent_dim: int, like: Tensor) -> Independent:
-    """p(z) = N(0, I_L), batch shape (), on the device and dtype of ``like``."""
-    zeros = like.new_zeros(latent_dim)
-    return Independent(Normal(zeros, torch.ones_like(zeros), validate_args=False), 1, validate_args=False)
-
-
 class GaussianEncoder(nn.Module):
     """q_phi(z | input) = N(loc, diag(scale^2)): loc = W h, scale = softplus(W' h), h = MLP(input).
 
@@ -123,7 +117,7 @@ class GaussianEncoder(nn.Module):
     def forward(self, inputs: Tensor) -> Independent:
         h = self.net(inputs)  # (B, H)
         scale = F.softplus(self.raw_scale(h))  # (B, L)
-        return Independent(Normal(self.loc(h), scale, validate_args=False), 1, validate_args=False)
+        return diagonal_normal(self.loc(h), scale)
 
 
 class Decoder(nn.Module):

@@ -22,10 +22,10 @@ from typing import Literal, NamedTuple, get_args
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Independent, Normal
+from torch.distributions import Independent
 
 from aevb.elbo import ELBO, kl_term
-from aevb.likelihoods import LikelihoodHead, parameter_image
+from aevb.likelihoods import LikelihoodHead, diagonal_normal, parameter_image
 from aevb.model import LatentVariableModel
 
 Likelihood = Literal["bernoulli", "cb"]
@@ -47,10 +47,10 @@ def mlp(in_dim: int, width: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, out_dim))
 
 
-def diagonal_normal(output: Tensor) -> Independent:
+def diagonal_normal_from(output: Tensor) -> Independent:
     """N(loc, diag scale^2) from a network output (..., 2L): loc, then scale through softplus."""
     loc, raw_scale = output.chunk(2, dim=-1)
-    return Independent(Normal(loc, F.softplus(raw_scale), validate_args=False), 1, validate_args=False)
+    return diagonal_normal(loc, F.softplus(raw_scale))
 
 
 class Transition(nn.Module):
@@ -91,7 +91,7 @@ class Generative(nn.Module):
 
     def p_z(self, h: Tensor) -> Independent:
         """p(z_t | h_t) for h of shape (..., H): batch shape (...), event (L,)."""
-        return diagonal_normal(self.prior(h))
+        return diagonal_normal_from(self.prior(h))
 
     def p_x_given_z(self, h: Tensor, z: Tensor) -> Independent:
         """p(x_t | h_t, z_t) for h (..., H) and z (..., L): batch shape (...), event (D,)."""
@@ -154,12 +154,12 @@ class VRNN(LatentVariableModel):
             if t > 0:
                 h, state = transition(x_steps[t - 1], z, state)
             q_output = self.inference(h, x_features[t])  # (B, 2L)
-            q_z_t = diagonal_normal(q_output)
+            q_z_t = diagonal_normal_from(q_output)
             z = q_z_t.mean if use_mean else q_z_t.rsample()  # (B, L)
             hs.append(h)
             zs.append(z)
             q_outputs.append(q_output)
-        return Trajectory(torch.stack(hs, 1), torch.stack(zs, 1), diagonal_normal(torch.stack(q_outputs, 1)))
+        return Trajectory(torch.stack(hs, 1), torch.stack(zs, 1), diagonal_normal_from(torch.stack(q_outputs, 1)))
 
     def elbo(self, x: Tensor, estimator: str = "aevb") -> ELBO:
         """sum_t log p(x_t | h_t, z_t) - KL(q(z_t | h_t, x_t) || p(z_t | h_t)) for x (B, T, D); shapes (B,)."""
