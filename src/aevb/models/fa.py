@@ -12,7 +12,6 @@ Beside the AEVB machinery the model has the closed-form E-step (q := p(z|x)) and
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -56,7 +55,7 @@ class LinearGaussianDecoder(nn.Module):
     def __init__(self, data_dim: int, latent_dim: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(data_dim, latent_dim))  # W, (D, L)
-        self.raw_noise_std = nn.Parameter(torch.full((data_dim,), math.log(math.expm1(1.0))))  # softplus^-1(1)
+        self.raw_noise_std = nn.Parameter(inverse_softplus(torch.ones(data_dim)))  # noise_std = 1
 
     @property
     def noise_std(self) -> Tensor:
