@@ -46,7 +46,6 @@ class CVAEConfig(VAEConfig):
 class CVAE(LatentVariableModel):
     """p_theta(x, z | y) in one of three factorizations; q_phi(z | x, y) diagonal Gaussian."""
 
-    name = "cvae"
     Config = CVAEConfig
     hooks = "aevb.experiments.vae:VAEHooks"
 

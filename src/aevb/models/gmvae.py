@@ -148,7 +148,6 @@ def swap_batch(q: Independent) -> Independent:
 class GMVAE(LatentVariableModel):
     """Gaussian-mixture VAE on binary data, trained by exact marginalization of y or by Gumbel-softmax."""
 
-    name = "gmvae"
     Config = GMVAEConfig
     hooks = "aevb.experiments.gmvae:GMVAEHooks"
     estimators = ESTIMATORS

@@ -137,7 +137,6 @@ class Decoder(nn.Module):
 class VAE(LatentVariableModel):
     """z ~ N(0, I), x | z ~ p_theta(x | z); q_phi(z | x) diagonal Gaussian."""
 
-    name = "vae"
     Config = VAEConfig
     hooks = "aevb.experiments.vae:VAEHooks"
 

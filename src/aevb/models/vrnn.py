@@ -126,7 +126,6 @@ class Trajectory(NamedTuple):
 class VRNN(LatentVariableModel):
     """Variational RNN on sequences x (B, T, D); the ELBO and importance weights are per sequence."""
 
-    name = "vrnn"
     Config = VRNNConfig
     hooks = "aevb.experiments.vrnn:VRNNHooks"
 
