@@ -237,7 +237,7 @@ def load_user_data(path: str | Path, seed: int = 0) -> ImageData:
         raise DataError(f"{path}: need at least 2 examples to hold out a test set, got {len(x)}")
     values = x if x_test is None else np.concatenate([x.ravel(), x_test.ravel()])
     levels = pixel_levels(x.dtype, values.min(), values.max(), path)
-    dtype = {None: torch.float32, 256: torch.uint8}.get(levels, torch.int64)
+    dtype = pixel_dtype(levels)
     x = torch.from_numpy(x).to(dtype)
     y = check_labels(arrays["y"], len(x), path, "y") if "y" in keys else None
     if x_test is None:  # split draws one permutation from (length, seed), so examples and labels stay paired
@@ -260,8 +260,7 @@ def load_from_disk(path: Path, seed: int = 0) -> ImageData:
     levels = pixel_levels(array.dtype, low, high, path)
     order = torch.randperm(len(array), generator=torch.Generator().manual_seed(seed)).numpy()
     num_test = min(max(1, round(TEST_FRACTION * len(array))), MAX_HELD_OUT)  # below the cap, the split of ``split``
-    dtype = {None: torch.float32, 256: torch.uint8}.get(levels, torch.int64)  # as ``load_user_data`` keeps them
-    x_test = torch.from_numpy(array.read(order[:num_test])).to(dtype)
+    x_test = torch.from_numpy(array.read(order[:num_test])).to(pixel_dtype(levels))
     return ImageData(DiskRows(array, order[num_test:]), None, x_test, None, tuple(array.row_shape), levels, None)
 
 
@@ -276,6 +275,12 @@ def pixel_levels(dtype: np.dtype, low: float, high: float, path: str | Path) -> 
         raise DataError(f"{path}: integer data are read as pixels, and {high:g} is above the {MAX_PIXEL_LEVELS - 1} of "
                         "16-bit pixels; save continuous data as floats")
     return 256 if dtype == np.uint8 else max(2, int(high) + 1)
+
+
+def pixel_dtype(levels: int | None) -> torch.dtype:
+    """The dtype that holds pixels of ``levels`` levels (``pixel_levels``): uint8 for 256, int64 for other
+    integers, float32 for float data (None)."""
+    return {None: torch.float32, 256: torch.uint8}.get(levels, torch.int64)
 
 
 def check_labels(y: np.ndarray, n: int, path: str | Path, name: str) -> Tensor:
