@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from aevb.arguments import non_negative_int
 from aevb.data import load_dataset, prepare
 from aevb.evaluation import eval_mode
 from aevb.model import LatentVariableModel
@@ -61,7 +62,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--train-epochs", type=int, default=60)
+    parser.add_argument("--train-epochs", type=non_negative_int, default=60)
     parser.add_argument("--examples", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--k", type=int, nargs="+", default=[1, 10, 100])

@@ -127,6 +127,21 @@ def flip_bit(name: str) -> Callable[[Path], None]:
     return damage
 
 
+def deflated(name: str) -> Callable[[Path], None]:
+    """Set the compression method of the checkpoint's largest tensor to deflate in the central directory (one bit,
+    as a failing disk would): reading it decompresses bytes that were stored as they are."""
+    def damage(run: Path) -> None:
+        with zipfile.ZipFile(run / name) as archive:
+            largest = max((e for e in archive.infolist() if "/data/" in e.filename), key=lambda e: e.file_size)
+            at = archive.start_dir  # the central directory: a 46-byte header, then the name, for each entry
+        content = bytearray((run / name).read_bytes())
+        while content[at + 46:at + 46 + len(largest.filename)] != largest.filename.encode():
+            at = content.index(b"PK\x01\x02", at + 1)
+        content[at + 10] |= 8  # the method: 0 (stored) -> 8 (deflated)
+        (run / name).write_bytes(bytes(content))
+    return damage
+
+
 def edit_checkpoint(name: str, change: Callable[[dict, Path], object]) -> Callable[[Path], None]:
     """Rewrite a checkpoint file of the run with ``change(checkpoint, run)``."""
     def damage(run: Path) -> None:
@@ -466,6 +481,7 @@ def run_cases(command: list[str], kind: str = "vae") -> list[Case]:
         "model-pt-random-bytes": (put("model.pt", noise(2000)), "model.pt"),
         "model-pt-truncated": (truncate("model.pt", 0.5), "model.pt"),
         "model-pt-one-bit-flipped": (flip_bit("model.pt"), "checksum"),
+        "model-pt-compression-flipped": (deflated("model.pt"), "model.pt is damaged"),
         "model-pt-header-only": (truncate("model.pt", 0.02), "model.pt"),
         "model-pt-empty": (put("model.pt", b""), "model.pt"),
         "model-pt-hostile-pickle": (edit_checkpoint("model.pt", hostile), "holds code"),
@@ -497,7 +513,8 @@ def run_cases(command: list[str], kind: str = "vae") -> list[Case]:
         "config-model-a-number": (edit_json("config.json", lambda c: {**c, "model": 7}), "config.json"),
         "config-args-a-list": (edit_json("config.json", lambda c: {**c, "args": []}), "config.json"),
         "config-args-empty": (edit_json("config.json", lambda c: {**c, "args": {}}), "config.json"),
-        "config-args-without-lr": (edit_json("config.json", lambda c: replaced(c, "args.lr", ...)), "config.json"),
+        "config-args-unknown-flag": (edit_json("config.json", lambda c: replaced(c, "args.nonesuch", 1)),
+                                     "unknown nonesuch"),
         "config-args-seed-text": (edit_json("config.json", lambda c: replaced(c, "args.seed", "x")), "config.json"),
         "config-args-seed-negative": (edit_json("config.json", lambda c: replaced(c, "args.seed", -1)), "config.json"),
         "config-args-schedule-bad": (edit_json("config.json", lambda c: replaced(c, "args.schedule", "x")), "config.json"),

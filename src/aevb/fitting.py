@@ -459,7 +459,7 @@ def check_run_dir(out: Path, cls: type, requested: dict, resume: bool) -> str | 
         if record["model"] != registry.reference(cls):
             raise UsageError(f"--resume: the model is {registry.reference(cls)} here but {record['model']} in the run "
                              f"{out}; resume with its model (aevb resume {out}) or choose another --out")
-        compare_flags(recorded_flags(cls, record), requested, out)
+        compare_flags(recorded_flags(cls, record["args"]), requested, out)
     return state
 
 
@@ -786,22 +786,20 @@ def recorded_class(record: dict, path: Path) -> type:
         raise UsageError(f"{path}: {e}") from None
 
 
-def recorded_flags(cls: type, record: dict) -> dict:
-    """A run's recorded flags (config.json's args). For a run fitted by another version of aevb (or by one from
-    before runs recorded it), each of ``cls``'s fit flags that the run lacks is at its default: a flag added to aevb
-    since, whose default is what aevb did before it had the flag. Never the fields of the model's Config
-    (``config_*``), which are the model's own: ``parse_recorded_args`` refuses a run whose Config has changed."""
-    if record["versions"].get("aevb") == aevb.__version__:  # this version's flags, all
-        return record["args"]
+def recorded_flags(cls: type, flags: dict) -> dict:
+    """A run's recorded ``flags`` (config.json's args, which hold every flag the fit had), each of ``cls``'s fit flags
+    that the run lacks at its default: a flag added to aevb since the run was fitted, whose default is what aevb
+    did before it had the flag. Never the fields of the model's Config (``config_*``), which are the model's own:
+    ``parse_recorded_args`` refuses a run whose Config has changed."""
     defaults = flags_of(fit_parser(cls, f"aevb fit {cls.name}").parse_args([]))
-    return {**{k: v for k, v in defaults.items() if not k.startswith("config_")}, **record["args"]}
+    return {**{k: v for k, v in defaults.items() if not k.startswith("config_")}, **flags}
 
 
 def parse_recorded_args(cls: type, record: dict, path: Path) -> argparse.Namespace:
     """A run's recorded flags (``recorded_flags``) as the namespace the fit parsed: every value goes through its
     flag's type again. UsageError naming ``path`` if they are not ``cls``'s flags or a value is one its flag
     refuses."""
-    flags = recorded_flags(cls, record)
+    flags = recorded_flags(cls, record["args"])
     parser = fit_parser(cls, f"aevb fit {cls.name}")
     actions = {a.dest: a for a in parser._actions if a.dest != "help"}
     fixed = {k: v for k, v in vars(parser.parse_args([])).items() if k not in actions}  # set without a flag
@@ -813,12 +811,12 @@ def parse_recorded_args(cls: type, record: dict, path: Path) -> argparse.Namespa
         raise UsageError(f"{path}: the run was fitted with another {cls.name} Config (the class {now}); restore "
                          f"the Config it had, or {runs.REFIT}")
     fitted_by = record["versions"].get("aevb")
-    if unknown and fitted_by not in (None, aevb.__version__):
+    if unknown and fitted_by not in (None, "unknown", aevb.__version__):
         raise UsageError(f"{path}: the run was fitted by aevb {fitted_by}, whose flag {unknown[0]} this aevb "
                          f"({aevb.__version__}) does not have; read it with aevb {fitted_by}, or {runs.REFIT}")
-    if missing or unknown:
-        which = f"lack {missing[0]}" if missing else f"have an unknown {unknown[0]}"
-        raise UsageError(f"{path} is damaged (its args {which}, not the flags of {cls.name}); {runs.REFIT}")
+    if unknown:
+        raise UsageError(f"{path} is damaged (its args have an unknown {unknown[0]}, not a flag of {cls.name}); "
+                         f"{runs.REFIT}")
     values = dict(fixed)
     for dest, value in flags.items():
         if dest in fixed:

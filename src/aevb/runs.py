@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import lzma
 import os
 import pickle
 import platform
@@ -24,12 +25,14 @@ import tempfile
 import time
 import warnings
 import zipfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
+from torch.utils.serialization import config as serialization
 
 import aevb
 from aevb.arguments import output_problem
@@ -257,10 +260,12 @@ def device_name(device: torch.device) -> str:
 
 
 def save(obj, path: Path) -> None:
-    """``torch.save``, a failed write (a full disk) raised as the OSError naming ``path`` that Python's own writes
-    raise, not as the RuntimeError of torch's C++ writer."""
+    """``torch.save`` with each entry's CRC-32 (``load_file`` checks them, whatever torch's configuration says), a
+    failed write (a full disk) raised as the OSError naming ``path`` that Python's own writes raise, not as the
+    RuntimeError of torch's C++ writer."""
     try:
-        torch.save(obj, path)
+        with serialization.patch({"save.compute_crc32": True}):
+            torch.save(obj, path)
     except RuntimeError as e:
         raise OSError(errno.EIO, f"could not be written ({first_line(e)}; is the disk full?)", str(path)) from e
 
@@ -297,7 +302,8 @@ def load_file(path: Path, advice: str = REFIT) -> dict:
             checkpoint = torch.load(path, weights_only=True, map_location="cpu")
     except PermissionError as e:
         raise UsageError(f"cannot read {path} ({e.strerror}); {advice}") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as e:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, zlib.error,
+            lzma.LZMAError) as e:  # the last two: an entry's compression method itself damaged
         code = isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e)  # a class or function
         reason = "it holds code, which aevb never loads" if code else "unreadable"
         raise UsageError(f"{path} is damaged or not an aevb checkpoint ({reason}); {advice}") from None

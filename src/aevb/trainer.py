@@ -176,9 +176,11 @@ def check_trainer_arguments(model: LatentVariableModel, lr, batch_size, estimato
 
 
 def data_identity(data: Sequence[Tensor]) -> list:
-    """A weak reference to each tensor of data, with its version (which each in-place change counts up): while
-    these match, its contents are as they were, and data found finite once need not be scanned again."""
-    return [(weakref.ref(t), t._version) if isinstance(t, Tensor) else None for t in data]
+    """A weak reference to each tensor of data, with its version (which each in-place change through torch counts
+    up, not one through ``.data`` or a numpy array sharing its memory): while these match, its contents are as they
+    were, and data found finite once need not be scanned again. None for what has no version (an inference
+    tensor, data that are not a tensor): scanned each time."""
+    return [(weakref.ref(t), t._version) if isinstance(t, Tensor) and not t.is_inference() else None for t in data]
 
 
 def same_data(data: Sequence[Tensor], identity: list) -> bool:
