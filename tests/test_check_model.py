@@ -117,6 +117,14 @@ class StrayParameter(Toy):
         return normal(self.prior_loc, torch.ones_like(self.prior_loc))
 
 
+class NaNInitialized(Toy):
+    """A decoder bias NaN from the start, as a faulty initialization formula leaves it."""
+
+    def __init__(self, config: ToyConfig = ToyConfig()) -> None:
+        super().__init__(config)
+        nn.init.constant_(self.generative.net[0].bias, float("nan"))
+
+
 class SharedLayer(Toy):
     """The encoder reuses the decoder's first layer: its parameters are in both groups."""
 
@@ -222,6 +230,7 @@ BROKEN = {
     "config-through-json": (lambda: TupleConfigToy(TupleConfig()), r"^config: .* comes back as .*widths=\[8\]"),
     "config-not-an-instance": (dict_config, r"^config: model.config is a dict; expected a ToyConfig"),
     "parameter-in-neither-group": (StrayParameter, r"^parameter groups: prior_loc in neither group"),
+    "parameter-not-finite": (NaNInitialized, r"^parameter groups: generative.net.0.bias holds NaN or infinite values"),
     "parameter-in-both-groups": (SharedLayer, r"^parameter groups: generative.net.0.weight, .* in both groups"),
     "parameter-outside-the-elbo": (UnusedParameter, r"^gradients: .* reaches generative.spare.weight, "
                                                      r"generative.spare.bias;"),

@@ -6,7 +6,8 @@ x = batch[0] and context = batch[1:]:
 1. config: ``type(model).Config`` is a dataclass, ``model.config`` an instance of it, and
    ``Config(**json.loads(json.dumps(asdict(config))))`` rebuilds an equal config.
 2. parameter groups: ``parameter_groups()`` has exactly 'generative' and 'inference', disjoint in their trainable
-   parameters, and together they hold every trainable parameter of the model (a frozen one may be anywhere).
+   parameters, and together they hold every trainable parameter of the model (a frozen one may be anywhere);
+   every parameter is finite.
 3. elbo terms: for a model with ``factors``, it returns three things, q(z|x) and p(x|z) have batch shape (B,) and
    p(z) () or (B,) (each distribution's coordinates in its event: ``Independent``); ``elbo(*batch)`` has the terms
    elbo, log_likelihood and kl, each finite and of shape (B,), and elbo = log_likelihood - kl.
@@ -168,6 +169,10 @@ def check_parameter_groups(case: Case) -> None:
     problem = case.model.parameter_group_problem()
     if problem:
         raise Broken(problem)
+    not_finite = [name for name, p in case.model.named_parameters() if not torch.isfinite(p).all()]
+    if not_finite:
+        raise Broken(f"{', '.join(not_finite[:3])} {'holds' if len(not_finite) == 1 else 'hold'} NaN or infinite "
+                     "values; expected finite parameters (look at how they are initialized)")
 
 
 def factors(case: Case) -> tuple | None:
