@@ -26,13 +26,17 @@ import time
 import warnings
 import zipfile
 import zlib
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.serialization import config as serialization
+
+try:  # where torch lets a user switch torch.save's CRC-32s off (this config), aevb's own files keep them
+    from torch.utils.serialization import config as serialization
+except ImportError:  # an older torch, which always writes them
+    serialization = None
 
 import aevb
 from aevb.arguments import output_problem
@@ -264,7 +268,7 @@ def save(obj, path: Path) -> None:
     failed write (a full disk) raised as the OSError naming ``path`` that Python's own writes raise, not as the
     RuntimeError of torch's C++ writer."""
     try:
-        with serialization.patch({"save.compute_crc32": True}):
+        with serialization.patch({"save.compute_crc32": True}) if serialization else nullcontext():
             torch.save(obj, path)
     except RuntimeError as e:
         raise OSError(errno.EIO, f"could not be written ({first_line(e)}; is the disk full?)", str(path)) from e
@@ -292,7 +296,7 @@ def load_file(path: Path, advice: str = REFIT) -> dict:
     if not path.is_file():
         raise UsageError(f"no {path}; {advice}")
     try:
-        with zipfile.ZipFile(path) as archive:  # torch.save writes a zip with each entry's CRC-32; torch.load skips them
+        with zipfile.ZipFile(path) as archive:  # a zip with each entry's CRC-32 (``save``); torch.load skips them
             corrupt = archive.testzip()
         if corrupt is not None:
             raise UsageError(f"{path} is damaged (its bytes have changed since they were written: {corrupt} fails "
