@@ -535,6 +535,7 @@ def test_a_run_of_an_earlier_aevb_takes_the_default_of_each_flag_added_since(tmp
     assert main([*flags, "--lr-gamma", "0.5", "--resume"]) == 2  # compared with the default
     assert "--lr-gamma is 0.5 here but 0.1 in the run" in capsys.readouterr().err
     assert main(["resume", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert "warnings" not in json.loads((tmp_path / "run" / "summary.json").read_text())  # no versions to compare
     assert main([*flags, "--resume"]) == 0
     assert main(["eval", str(tmp_path / "run"), "--iwae", "2"]) == 0
     capsys.readouterr()
@@ -560,3 +561,16 @@ def test_checkpoints_carry_checksums_whatever_torch_is_told(tmp_path):
         assert main(["fit", "vae", "--hidden", "4", "--latent-dim", "2", "--steps", "3", "--iwae", "0", "--out",
                      str(tmp_path / "run"), "--no-progress"]) == 0
         assert main(["eval", str(tmp_path / "run"), "--iwae", "2"]) == 0
+
+
+def test_a_run_resumed_with_another_torch_says_so(tmp_path, capsys, monkeypatch):
+    flags = interrupted_vae(tmp_path, monkeypatch)
+    config = tmp_path / "run" / "config.json"
+    record = json.loads(config.read_text())
+    config.write_text(json.dumps({**record, "versions": {**record["versions"], "torch": "2.4.0"}}))
+    capsys.readouterr()
+    assert main(["resume", str(tmp_path / "run"), "--no-progress"]) == 0
+    warning = (f"the run was resumed with other software (torch 2.4.0 then, {torch.__version__} now), so it may not "
+               "end bit for bit as an uninterrupted fit would")
+    assert f"aevb: warning: {warning}" in capsys.readouterr().err
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["warnings"] == [warning]

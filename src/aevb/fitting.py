@@ -370,6 +370,18 @@ def implausible(summary: dict, data: Data) -> list[str]:
             "dimension of x: the fit failed; fit again with a lower --lr or with --clip-grad NORM"]
 
 
+def resumed_with_other_software(out: Path) -> list[str]:
+    """A warning if the run in ``out`` was fitted with another aevb or torch than this process resumes it with: the
+    resumed fit is then not promised to end bit for bit as an uninterrupted one would."""
+    fitted, now = run_record(out)["versions"], runs.software_versions()
+    changed = [f"{name} {fitted[name]} then, {now[name]} now" for name in ("aevb", "torch")
+               if name in fitted and fitted[name] != now[name]]
+    if not changed:
+        return []
+    return [f"the run was resumed with other software ({'; '.join(changed)}), so it may not end bit for bit "
+            "as an uninterrupted fit would"]
+
+
 FIRST_BATCH = 7  # examples checked before training: a size unlikely to equal a dimension, so that a factor or
 # term of the wrong shape cannot hide by broadcasting against the batch
 
@@ -564,7 +576,8 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
                "train_elbo": last_epoch_mean(history, "train_elbo", len(data.train[0]), args.batch_size),
                **evaluation.evaluate(model, data.test, args.iwae, data.levels, args.seed, progress)}
     summary.update(hooks.summary(model, data, history, summary))
-    warnings = [*summary.pop("warnings", []), *implausible(summary, data)]  # the model's own, then the generic one
+    warnings = [*summary.pop("warnings", []), *implausible(summary, data),  # the model's own, then the generic ones
+                *(resumed_with_other_software(out) if resume else [])]
     summary.update({"warnings": warnings} if warnings else {})
     summary.update(train_seconds=seconds, device=device_name(device), threads=torch.get_num_threads(),
                    **({"processes": distributed.world_size()} if distributed.active() else {}))
