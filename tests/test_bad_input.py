@@ -607,6 +607,8 @@ RESUMES = [
             **c, "trainer": {**c["trainer"], "rng": torch.zeros(3)}}), "checkpoint.pt"),
         ("checkpoint-progress-missing", edit_checkpoint("checkpoint.pt", lambda c, r: replaced(c, "progress", ...)),
          "checkpoint.pt"),
+        ("checkpoint-software-a-number", edit_checkpoint("checkpoint.pt", lambda c, r: replaced(
+            c, "progress.software", 3)), "its software is 3"),
         ("checkpoint-a-folder", lambda run: ((run / "checkpoint.pt").unlink(), (run / "checkpoint.pt").mkdir()),
          "checkpoint.pt"),
         ("config-not-json", put("config.json", "{"), "config.json"),

@@ -370,16 +370,22 @@ def implausible(summary: dict, data: Data) -> list[str]:
             "dimension of x: the fit failed; fit again with a lower --lr or with --clip-grad NORM"]
 
 
-def resumed_with_other_software(out: Path) -> list[str]:
-    """A warning if the run in ``out`` was fitted with another aevb or torch than this process resumes it with: the
-    resumed fit is then not promised to end bit for bit as an uninterrupted one would."""
-    fitted, now = run_record(out)["versions"], runs.software_versions()
-    changed = [f"{name} {fitted[name]} then, {now[name]} now" for name in ("aevb", "torch")
-               if name in fitted and fitted[name] != now[name]]
-    if not changed:
+def trained_with(versions: dict) -> str:
+    """'aevb X, torch Y' of recorded software versions: what a fit's numbers depend on, beside its flags (aevb run
+    from a source tree that was never installed does not know its version: left out)."""
+    return ", ".join(f"{name} {versions[name]}" for name in ("aevb", "torch")
+                     if versions.get(name, "unknown") != "unknown")
+
+
+def trained_with_other_software(out: Path, software: list[str]) -> list[str]:
+    """A warning if the run in ``out`` was trained by more than one aevb or torch: those that fitted it
+    (config.json) and those of every process that trained it (``software``, its checkpoints' list). Such a run is
+    not promised to end bit for bit as an uninterrupted one would."""
+    used = list(dict.fromkeys(filter(None, [trained_with(run_record(out)["versions"]), *software])))
+    if len(used) < 2:
         return []
-    return [f"the run was resumed with other software ({'; '.join(changed)}), so it may not end bit for bit "
-            "as an uninterrupted fit would"]
+    return [f"the run was trained with more than one aevb or torch ({'; '.join(used)}), so it may not end bit for "
+            "bit as an uninterrupted fit would"]
 
 
 FIRST_BATCH = 7  # examples checked before training: a size unlikely to equal a dimension, so that a factor or
@@ -510,7 +516,7 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
                       lr_gamma=args.lr_gamma)
     total = args.steps or args.epochs * math.ceil(len(data.train[0]) / args.batch_size)
     metrics_path = out / "metrics.jsonl"
-    progress_so_far = {"lines": 0, "seconds": 0.0}
+    progress_so_far = {"lines": 0, "seconds": 0.0, "software": []}
     before = runs.snapshot(out) if resume else {}  # what a resumed run holds: a user's file among it stays theirs
     if resume:
         progress_so_far.update(distributed.together(lambda: resume_from(out / runs.CHECKPOINT, model, trainer)))
@@ -523,6 +529,8 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
         out.mkdir(exist_ok=True)
         runs.mark(out, "incomplete", model=registry.reference(cls))
         runs.write_json(out / "config.json", run_config(cls, model, flags, data))
+    progress_so_far["software"] = list(dict.fromkeys([*progress_so_far["software"],  # and this process's
+                                                      trained_with(runs.software_versions())]))
     start = time.perf_counter()
     logged = [tensorboard_logger(out, resume, progress_so_far["lines"])] if args.tensorboard and main else []
 
@@ -541,7 +549,7 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
         state = trainer.state_dict()  # on every rank: it gathers their random states
         if main:
             runs.save_checkpoint(out, {"model": model.checkpoint(), "trainer": state,
-                                       "progress": {"lines": progress_so_far["lines"], "seconds": seconds}})
+                                       "progress": {**progress_so_far, "seconds": seconds}})
 
     with stop_on_signals(trainer):
         try:
@@ -577,7 +585,7 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
                **evaluation.evaluate(model, data.test, args.iwae, data.levels, args.seed, progress)}
     summary.update(hooks.summary(model, data, history, summary))
     warnings = [*summary.pop("warnings", []), *implausible(summary, data),  # the model's own, then the generic ones
-                *(resumed_with_other_software(out) if resume else [])]
+                *(trained_with_other_software(out, progress_so_far["software"]) if resume else [])]
     summary.update({"warnings": warnings} if warnings else {})
     summary.update(train_seconds=seconds, device=device_name(device), threads=torch.get_num_threads(),
                    **({"processes": distributed.world_size()} if distributed.active() else {}))
@@ -601,12 +609,17 @@ def last_epoch_mean(history: list[dict], key: str, examples: int, batch_size: in
 
 def resume_from(path: Path, model: LatentVariableModel, trainer: Trainer) -> dict:
     """Load the checkpoint ``path`` of an interrupted run into the model and the trainer; returns its progress
-    (``lines`` of metrics.jsonl and ``seconds`` of training). One that does not fit them is damaged: UsageError."""
+    (``lines`` of metrics.jsonl, ``seconds`` of training, and the ``software`` that trained it, ``trained_with``
+    of each process: none in a checkpoint of an earlier aevb). One that does not fit them is damaged: UsageError."""
     checkpoint = runs.load_file(path, advice=RESTART)
     try:
         model.load_state_dict(checkpoint["model"]["state_dict"])
         trainer.load_state_dict(checkpoint["trainer"])
-        return {"lines": int(checkpoint["progress"]["lines"]), "seconds": float(checkpoint["progress"]["seconds"])}
+        progress = checkpoint["progress"]
+        software = progress.get("software", [])
+        if not (isinstance(software, list) and all(isinstance(s, str) for s in software)):
+            raise TypeError(f"its software is {software!r:.100}, not a list of versions")
+        return {"lines": int(progress["lines"]), "seconds": float(progress["seconds"]), "software": software}
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
         raise UsageError(f"{path} is damaged ({type(e).__name__}: {registry.first_line(e)}); {RESTART}") from None
 

@@ -33,9 +33,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-try:  # where torch lets a user switch torch.save's CRC-32s off (this config), aevb's own files keep them
+try:  # torch's switch for torch.save's CRC-32s, set per thread by ``patch``: aevb's own files keep them
     from torch.utils.serialization import config as serialization
-except ImportError:  # an older torch, which always writes them
+except ImportError:  # torch 2.4 always writes them (2.5's switch, set_crc32_options, is left as the user set it)
     serialization = None
 
 import aevb
