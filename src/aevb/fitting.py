@@ -371,8 +371,8 @@ def implausible(summary: dict, data: Data) -> list[str]:
 
 
 def trained_with(versions: dict) -> str:
-    """'aevb X, torch Y' of recorded software versions: what a fit's numbers depend on, beside its flags (aevb run
-    from a source tree that was never installed does not know its version: left out)."""
+    """'aevb X, torch Y' of recorded software versions, what a fit's numbers depend on beside its flags (an aevb
+    run from a source tree that was never installed does not know its version, which is then left out)."""
     return ", ".join(f"{name} {versions[name]}" for name in ("aevb", "torch")
                      if versions.get(name, "unknown") != "unknown")
 
