@@ -93,7 +93,6 @@ def test_iwae_bound_sums_y_out_exactly(variant):
     assert (exact_y.std(0) < sampled_y.std(0)).all()  # less variance at equal K
 
 
-
 @pytest.mark.parametrize("estimator", ["gumbel-analytic", "gumbel-relaxed"])
 def test_at_small_temperature_the_gumbel_estimators_approach_the_marginal_one(estimator):
     model, x = small_model(temperature=0.02), binary_data(3)
