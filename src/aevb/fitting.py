@@ -477,7 +477,7 @@ def check_run_dir(out: Path, cls: type, requested: dict, resume: bool) -> str | 
         if record["model"] != registry.reference(cls):
             raise UsageError(f"--resume: the model is {registry.reference(cls)} here but {record['model']} in the run "
                              f"{out}; resume with its model (aevb resume {out}) or choose another --out")
-        compare_flags(recorded_flags(cls, record["args"]), requested, out)
+        compare_flags(recorded_flags(fit_parser(cls, f"aevb fit {cls.name}"), record["args"]), requested, out)
     return state
 
 
@@ -812,12 +812,12 @@ def recorded_class(record: dict, path: Path) -> type:
         raise UsageError(f"{path}: {e}") from None
 
 
-def recorded_flags(cls: type, flags: dict) -> dict:
-    """A run's recorded ``flags`` (config.json's args, which hold every flag the fit had), each of ``cls``'s fit flags
-    that the run lacks at its default: a flag added to aevb since the run was fitted, whose default is what aevb
+def recorded_flags(parser: argparse.ArgumentParser, flags: dict) -> dict:
+    """A run's recorded ``flags`` (config.json's args, which hold every flag the fit had), each of the fit flags
+    (``parser``, ``fit_parser`` of the run's model) that the run lacks at its default: a flag added to aevb since the run was fitted, whose default is what aevb
     did before it had the flag. Never the fields of the model's Config (``config_*``), which are the model's own:
     ``parse_recorded_args`` refuses a run whose Config has changed."""
-    defaults = flags_of(fit_parser(cls, f"aevb fit {cls.name}").parse_args([]))
+    defaults = flags_of(parser.parse_args([]))
     return {**{k: v for k, v in defaults.items() if not k.startswith("config_")}, **flags}
 
 
@@ -825,8 +825,8 @@ def parse_recorded_args(cls: type, record: dict, path: Path) -> argparse.Namespa
     """A run's recorded flags (``recorded_flags``) as the namespace the fit parsed: every value goes through its
     flag's type again. UsageError naming ``path`` if they are not ``cls``'s flags or a value is one its flag
     refuses."""
-    flags = recorded_flags(cls, record["args"])
     parser = fit_parser(cls, f"aevb fit {cls.name}")
+    flags = recorded_flags(parser, record["args"])
     actions = {a.dest: a for a in parser._actions if a.dest != "help"}
     fixed = {k: v for k, v in vars(parser.parse_args([])).items() if k not in actions}  # set without a flag
     missing, unknown = sorted(actions.keys() - flags.keys()), sorted(flags.keys() - actions.keys() - fixed.keys())
