@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from aevb.arguments import positive_int
+from aevb.runs import read_jsonl
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -49,8 +50,7 @@ def values(run: Path, epoch: int | None) -> dict:
     """A run's numbers: its summary, or its metrics.jsonl record for ``epoch``."""
     if epoch is None:
         return json.loads((run / "summary.json").read_text())
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
+    for record in read_jsonl(run / "metrics.jsonl"):
         if record.get("epoch") == epoch and "test_elbo" in record:
             return record
     raise SystemExit(f"{run / 'metrics.jsonl'} has no evaluated record for epoch {epoch}")

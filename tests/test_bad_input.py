@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 
+from aevb import runs
 from aevb.arguments import MAX_DRAWS, MAX_IWAE_SAMPLES, MAX_LOCAL_STEPS, MAX_SAMPLES, SEED_MAX
 from aevb.cli import main
 from aevb.data import MAX_PIXEL_LEVELS
@@ -1072,6 +1073,26 @@ def test_the_files_aevb_writes_have_the_usual_permissions(fitted):
     os.umask(mask)
     for name in ("summary.json", "config.json", "model.pt", "aevb-run.json", "vae_learning_curve.png"):
         assert (fitted["vae"] / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
+def test_a_file_is_on_the_disk_before_it_replaces_the_old_one(tmp_path, monkeypatch):
+    """A crash of the machine after the rename must not leave an empty file where the old one was: the new file's
+    bytes are synced before the rename, and its folder after it."""
+    events = []
+    synced, replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"), os.fstat(fd).st_size))
+        synced(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))), replace(a, b)))
+    path = tmp_path / "summary.json"
+    path.write_text("old")
+    runs.write_json(path, {"new": 1})
+    (_, temporary, size), renamed, folder = events
+    assert Path(temporary).parent == tmp_path and size == len(path.read_bytes()) > 0
+    assert renamed == ("replace", str(path)) and folder[:2] == ("fsync", str(tmp_path))
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_half_written_diagnosis(tmp_path, fitted):

@@ -578,7 +578,7 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
             error.agreed = True  # every rank diverges at the same step: their summed terms are the same numbers
             raise error from None
     seconds = progress_so_far["seconds"] + time.perf_counter() - start
-    history = distributed.broadcast([json.loads(line) for line in metrics_path.read_text().splitlines()] if main else None)
+    history = distributed.broadcast(runs.read_jsonl(metrics_path) if main else None)
     summary = {"model": registry.reference(cls), "dataset": args.dataset, "transform": args.transform or "none",
                "schedule": str(args.schedule), "epochs": history[-1]["epoch"], "steps": trainer.step_count,
                "train_elbo": last_epoch_mean(history, "train_elbo", len(data.train[0]), args.batch_size),
@@ -630,8 +630,8 @@ def tensorboard_logger(out: Path, resume: bool, kept_lines: int):
 
     if not resume:
         return TensorBoardLogger(out)
-    kept = (out / "metrics.jsonl").read_text().splitlines()[:kept_lines]
-    return TensorBoardLogger(out, purge_step=json.loads(kept[-1])["step"] + 1 if kept else 0)  # 0: none was kept
+    kept = runs.read_jsonl(out / "metrics.jsonl")[:kept_lines]
+    return TensorBoardLogger(out, purge_step=kept[-1]["step"] + 1 if kept else 0)  # 0: none was kept
 
 
 @contextlib.contextmanager

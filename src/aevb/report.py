@@ -21,7 +21,7 @@ from pathlib import Path
 
 from aevb.errors import UsageError
 from aevb.reproduce import EXPERIMENTS, Experiment, Published, Settings, complete
-from aevb.runs import software_versions, write_atomically
+from aevb.runs import read_jsonl, software_versions, write_atomically
 
 IMAGE_SUFFIXES = (".png", ".gif", ".jpg", ".svg")
 CAPTIONS = {"diagnostics.png": "The E-step (aevb diagnose): log p(x) - ELBO[q_phi], split into the approximation and "
@@ -85,11 +85,6 @@ def duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 60 else f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {s:02d} s"
 
 
-def read_history(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-
-
 def at_epoch(history: list[dict], epoch: int, key: str = "test_elbo"):
     """``key`` of the last record of ``epoch`` that has it, or None."""
     return next((r[key] for r in reversed(history) if r["epoch"] == epoch and key in r), None)
@@ -142,7 +137,7 @@ def run_summary(run_dir: Path, provenance: dict) -> dict:
 def experiment_blocks(name: str, experiment: Experiment, run_dir: Path, provenance: dict,
                       summary: dict) -> tuple[list[Block], str]:
     """The experiment's section of the report, and its verdict, from the run's ``run_summary``."""
-    history = read_history(run_dir)
+    history = read_jsonl(run_dir / "metrics.jsonl")
     flags = provenance["flags"]
     different, length = differences(experiment, flags), length_difference(experiment, flags)
     rows, verdicts = [], []

@@ -26,7 +26,7 @@ import time
 import warnings
 import zipfile
 import zlib
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Iterator
 
@@ -70,11 +70,22 @@ def software_versions() -> dict[str, str]:
             "numpy": np.__version__, "platform": platform.platform()}
 
 
+def sync(path: str | Path) -> None:
+    """Flush ``path`` (a file or a folder) from the operating system's cache to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomically(path: Path, write) -> None:
     """``write(temporary_path)``, then rename it to ``path``: ``path`` is the old file or the new one, whole.
 
     The temporary file ends with ``path``'s suffix, so that writers that go by it (matplotlib, numpy) write that
-    format, and gets the permissions of a file created the usual way (0666 less the umask; mkstemp's are 0600)."""
+    format, and gets the permissions of a file created the usual way (0666 less the umask; mkstemp's are 0600).
+    The new file is on the disk before the rename, and the rename before this returns, so that a crash of the
+    machine (not only of the process) leaves the old file or the new one, not an empty one."""
     try:
         fd, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     except OSError as e:
@@ -84,12 +95,15 @@ def write_atomically(path: Path, write) -> None:
     try:
         os.chmod(temporary, 0o666 & ~UMASK)
         write(Path(temporary))
+        sync(temporary)
         os.replace(temporary, path)
     except BaseException as e:
         Path(temporary).unlink(missing_ok=True)
         if isinstance(e, OSError) and e.filename in (None, temporary, Path(temporary)):
             e.filename = str(path)  # the file the user knows of
         raise
+    with suppress(OSError):  # the file is written; some file systems cannot sync a folder
+        sync(path.parent)
 
 
 def write_json(path: Path, obj) -> None:
@@ -107,6 +121,11 @@ def read_json(path: Path, advice: str = REFIT):
         raise UsageError(f"{path} is damaged (not JSON: {e}); {advice}") from None
     except OSError as e:
         raise UsageError(f"cannot read {path} ({e.strerror}); {advice}") from None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of the JSON-lines file ``path`` (a run's metrics.jsonl), in order; none where it is absent."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
 def append_jsonl(path: Path, records: list[dict]) -> None:
