@@ -46,7 +46,8 @@ from aevb.model import LatentVariableModel, build
 from aevb import runs
 from aevb.runs import default_device, device_name, read_json
 from aevb.threads import THREADS_HELP, default_threads
-from aevb.trainer import SCHEDULE_HELP, Schedule, Trainer, batch_sizes
+from aevb.schedules import SCHEDULE_HELP, Schedule
+from aevb.trainer import Trainer, batch_sizes
 
 DATA_FIELDS = ("data_dim", "seq_len", "num_classes")  # config fields filled from the data, not from flags
 SAMPLE_SUFFIXES = (".png", ".npy", ".npz")  # what aevb sample writes

@@ -19,12 +19,13 @@ import contextlib
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 from aevb.arguments import LocalEStep
 from aevb.errors import UsageError
+from aevb.schedules import Schedule
 from aevb.tutorial import TUTORIAL_VRNN_TEST_ELBO
 
 PROVENANCE = "provenance.json"  # written into each run directory: the command, its flags, wall time, versions
@@ -146,8 +147,9 @@ def scale_epochs(value: str, factor: float) -> str:
 
 def scale_phases(value: str, factor: float) -> str:
     """'alternate:E,M' with both phase lengths scaled (at least one step each)."""
-    e_steps, m_steps = value.removeprefix("alternate:").split(",")
-    return f"alternate:{scale_epochs(e_steps, factor)},{scale_epochs(m_steps, factor)}"
+    schedule = Schedule.parse(value)
+    return str(replace(schedule, e_steps=max(1, round(schedule.e_steps * factor)),
+                       m_steps=max(1, round(schedule.m_steps * factor))))
 
 
 def image_settings(epochs: int) -> dict[str, str]:
@@ -187,10 +189,10 @@ def describe_fa_1(s: Settings) -> str:
 
 
 def describe_fa_2(s: Settings) -> str:
-    schedule = s["schedule"]
-    if not schedule.startswith("alternate:"):
+    schedule = Schedule.parse(s["schedule"])
+    if schedule.only:
         return f"The EM view with schedule {schedule}: {s['steps']} steps in all, on the tutorial's synthetic data."
-    e_steps, m_steps = map(int, schedule.removeprefix("alternate:").split(","))
+    e_steps, m_steps = schedule.e_steps, schedule.m_steps
     rounds = s["steps"] / (e_steps + m_steps)
     return (f"The EM view: {e_steps} steps on phi only (approximate E-step), then {m_steps} on theta only (approximate "
             f"M-step), {rounds:g} round{'s' * (rounds != 1)} ({s['steps']} steps of batch {s['batch_size']}, Adam "

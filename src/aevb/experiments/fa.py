@@ -23,7 +23,7 @@ from aevb.disk import DISK_ABOVE_BYTES, DiskRows
 from aevb.errors import DataError
 from aevb.fitting import Data, Hooks, load_data
 from aevb.models.fa import FactorAnalysis, fit_em, synthetic_data
-from aevb.trainer import Schedule
+from aevb.schedules import Schedule
 
 EXPERIMENT_2_SCHEDULE = "alternate:1000,1000"
 MLE_TOLERANCE = 0.1  # nats per dimension of x below the exact-EM fit's test evidence before a fit is called off
