@@ -1082,7 +1082,7 @@ def test_a_file_is_on_the_disk_before_it_replaces_the_old_one(tmp_path, monkeypa
     synced, replace = os.fsync, os.replace
 
     def fsync(fd):
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"), os.fstat(fd).st_size))
+        events.append(("fsync", os.fstat(fd).st_ino, os.fstat(fd).st_size))
         synced(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
@@ -1090,9 +1090,9 @@ def test_a_file_is_on_the_disk_before_it_replaces_the_old_one(tmp_path, monkeypa
     path = tmp_path / "summary.json"
     path.write_text("old")
     runs.write_json(path, {"new": 1})
-    (_, temporary, size), renamed, folder = events
-    assert Path(temporary).parent == tmp_path and size == len(path.read_bytes()) > 0
-    assert renamed == ("replace", str(path)) and folder[:2] == ("fsync", str(tmp_path))
+    file, renamed, folder = events  # the new file (renamed, so the same inode) whole, the rename, then its folder
+    assert file == ("fsync", path.stat().st_ino, len(path.read_bytes())) and json.loads(path.read_text()) == {"new": 1}
+    assert renamed == ("replace", str(path)) and folder[:2] == ("fsync", tmp_path.stat().st_ino)
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_half_written_diagnosis(tmp_path, fitted):
