@@ -235,7 +235,7 @@ def add_generic_arguments(parser: argparse.ArgumentParser, cls: type, hooks: typ
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default=hooks.dataset,
                       help=f"mnist, digits (scikit-learn's, offline), idx:DIR (a folder in the MNIST layout), a "
-                           f".npy/.npz/.csv file{hooks.datasets} (default {hooks.dataset})")
+                           f".npy/.npz/.csv file, a folder of .npy shards{hooks.datasets} (default {hooks.dataset})")
     data.add_argument("--data-dir", default=None, help="folder of the MNIST IDX files (else $AEVB_DATA_DIR, else download)")
     data.add_argument("--transform", choices=TRANSFORMS, default=hooks.transform,
                       help="integer pixels: dequantize, binarize (threshold the dequantized value at 0.5), "

@@ -2,8 +2,9 @@
 
 A run directory is visible from the moment training begins. Its marker file ``aevb-run.json`` says that
 aevb wrote it and whether it is complete; while it is not, ``checkpoint.pt`` holds what is needed to continue
-it exactly (``aevb resume RUN``). Every file is written atomically (a temporary file, then a rename), so a
-killed process leaves the previous version of each, never half of one. A run is replaced only when it is
+it exactly (``aevb resume RUN``). Every file is written atomically (a temporary file, synced, then a rename), so
+a killed process leaves the previous version of each, never half of one; metrics.jsonl alone is appended a record
+at a time, and a resume cuts it back (``keep_lines``) to the records its checkpoint had seen. A run is replaced only when it is
 provably aevb's: its marker says so and it holds nothing aevb did not write.
 
 Checkpoints hold tensors and JSON-able values only, and are read with ``torch.load(weights_only=True)``:
