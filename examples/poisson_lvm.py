@@ -3,8 +3,8 @@
 Generative model (theta = C, b; the observation model of Poisson linear dynamical systems, Macke et al.
 2011, "Empirical models of spiking in neural populations", NIPS, without the dynamics):
     z ~ N(0, I_L),    x_d | z ~ Poisson(exp(c_d^T z + b_d)),    d = 1..D,    C = [c_1 ... c_D]^T in R^{D x L}.
-The evidence p(x) has no closed form; C is identified up to an invertible L x L map acting on z,
-so what a fit recovers is span(C), the loading subspace.
+The evidence p(x) has no closed form; C is identified up to an orthogonal L x L map acting on z
+(a rotation leaves N(0, I) as it is), so what a fit recovers is span(C), the loading subspace.
 Variational family (phi = an MLP on log(1 + x), since counts span orders of magnitude):
     q_phi(z | x) = N(mu_phi(x), diag(sigma_phi(x)^2)).
 The ELBO, the importance-weighted bound and the code E_q[z | x] come from the base class through ``factors``.
@@ -98,7 +98,8 @@ class PoissonLVM(LatentVariableModel):
 
 def simulate(num_examples: int, config: PoissonLVMConfig = PoissonLVMConfig(), seed: int = 0,
              loading_std: float = 0.5) -> tuple[Tensor, PoissonLVM]:
-    """(x (N, D) float32 counts, the true model) with C_dl ~ N(0, loading_std^2), exp(b_d) ~ U(0.5, 5).
+    """(x (N, D) float32 counts, the true model) with C_dl ~ N(0, loading_std^2), b_d ~ U(log 0.5, log 5)
+    (baseline rates exp(b_d) log-uniform on [0.5, 5]).
 
     The true model's q is untrained; fit it with ``Trainer(model, schedule="e-step")`` before using its bound.
     """

@@ -115,7 +115,8 @@ class PPCA(LatentVariableModel):
 
 
 def closed_form_mle(x: Tensor, latent_dim: int) -> PPCA:
-    """The maximum-likelihood PPCA of x (N, D) (module docstring), computed in float64, with q := p(z|x)."""
+    """The maximum-likelihood PPCA of x (N, D) (module docstring), with q := p(z|x): the eigendecomposition in
+    float64, the model in x's dtype."""
     x64 = x.double()
     loc = x64.mean(0)
     covariance = (x64 - loc).T @ (x64 - loc) / len(x64)  # the MLE's 1/N sample covariance

@@ -33,11 +33,13 @@ def test_log_normalizer_is_exact_in_float32_from_minus_to_plus_1000():
 
 
 def test_torch_clamped_normalizer_is_what_this_one_corrects():
-    """The defect this distribution exists for: in float32 torch's log C is stuck beyond |l| ~ 16.6."""
+    """The defect this distribution exists for: in float32 torch's log C is stuck beyond |l| ~ 15.9, with zero
+    gradient beyond 16.6."""
     logits = torch.tensor([20.0, 500.0], requires_grad=True)
     clamped = TorchContinuousBernoulli(logits=logits)._cont_bern_log_norm()
     assert clamped[1].item() - reference_log_normalizer(500.0) == pytest.approx(-3.45, abs=0.01)
     assert torch.autograd.grad(clamped.sum(), logits)[0].abs().max() == 0
+    assert TorchContinuousBernoulli(logits=torch.tensor(16.0))._cont_bern_log_norm() == clamped[1]  # stuck from 15.9
     exact = log_normalizer(logits)
     gradient = torch.autograd.grad(exact.sum(), logits)[0]
     torch.testing.assert_close(gradient, 1 / logits.detach() - 1 / torch.sinh(logits.detach()))

@@ -11,8 +11,9 @@ artanh(tanh(a)) = a, this is C(l) = l / tanh(l / 2), even in l, so
 
 Every term is finite and accurate in float32 for any finite logit: log C grows like log |l| and its gradient
 is 1/l - 1/sinh(l), never zero. torch's ``ContinuousBernoulli`` computes C from lambda clamped to
-[eps, 1 - eps] (float32 eps = 1.19e-7), so beyond |l| ~ 16.6 its log C is stuck at log C(16.6) (off by -3.45
-nats at l = 500) and has zero gradient: a decoder that needs a pixel's lambda near 0 or 1 cannot get there.
+[eps, 1 - eps] (float32 eps = 1.19e-7), so beyond |l| ~ 15.9 (logit(1 - eps)) its log C is stuck at 2.769 (off by
+-3.45 nats at l = 500), with zero gradient beyond 16.6: a decoder that needs a pixel's lambda near 0 or 1 cannot get
+there.
 
 In the natural parameterization, p(x | l) = exp(l x) / Z(l) with Z(l) = expm1(l) / l = exp(softplus(l)) / C(l).
 ``log_prob`` computes l x - log Z(l), with a = |l|,

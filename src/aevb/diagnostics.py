@@ -239,7 +239,7 @@ def diagnose(model: LatentVariableModel, tensors: Sequence[Tensor], settings: Lo
     rows of ``tensors`` = (x, *context) (all of them: the caller chooses the subset and seeds the generator).
 
     log p(x) is ``model.log_evidence`` where the model has it, else the IWAE bound with q* as proposal (closer to
-    p(z|x) than q_phi, so a tighter bound), or with q_phi for a model without ``e_step_problem``."""
+    p(z|x) than q_phi in KL(q || p), so usually a tighter bound), or with q_phi for a model without ``e_step_problem``."""
     if len(tensors[0]) < 2:
         raise ValueError(f"diagnose needs at least 2 examples (active units and standard errors are over examples), "
                          f"got {len(tensors[0])}")

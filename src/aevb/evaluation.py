@@ -1,6 +1,7 @@
 """Honest evaluation of a fitted model on a test set, in eval mode (dropout off), in batches.
 
-* ``test_elbo``: the mean over the test set of the one-sample AEVB estimate of the ELBO, nats per example;
+* ``test_elbo``: the mean over the test set of the model's default one-draw estimate of the ELBO (AEVB for a
+  model with one latent; the GMVAE's sums y out), nats per example;
 * ``iwae_log_likelihood``: the mean K-sample importance-weighted bound
   log (1/K) sum_k p(x, z_k) / q(z_k | x) <= log p(x), K weights drawn in chunks (bounded memory for any K);
   for a conditional model the batch's context (the label y) makes it a bound on log p(x | y);

@@ -112,7 +112,7 @@ class Hooks:
         """Set starting values from the training data (e.g. k-means centres) before the first step."""
 
     def callbacks(self, model: LatentVariableModel) -> list[Callable[[list[dict]], None]]:
-        """Trainer callbacks, called with each finished epoch's records."""
+        """Trainer callbacks, called with each epoch's records (``Trainer``: and a last, unfinished one's)."""
         return []
 
     def metrics(self, model: LatentVariableModel, data: Data, step: int | None) -> dict[str, Any]:

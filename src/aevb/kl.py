@@ -4,7 +4,8 @@ torch knows KL(MultivariateNormal || MultivariateNormal) but not a full-covarian
 diagonal one, the pair of an FA posterior N(m, C C^T) and its prior N(0, I). With p diagonal the general
 formula needs no triangular solves:
 
-    KL(N(m, C C^T) || N(mu, diag s^2)) = 1/2 [ ||C / s||_F^2 + ||(m - mu) / s||^2 - L + 2 sum log s - 2 sum log diag C ]
+    KL(N(m, C C^T) || N(mu, diag s^2)) = 1/2 [ ||diag(s)^-1 C||_F^2 + ||diag(s)^-1 (m - mu)||^2 - L + 2 sum log s
+                                             - 2 sum log diag C ]
 
 The reverse pair, a mean-field q N(m, diag s^2) against a full-covariance p (FA's diagonal posterior against the
 exact one), is torch's Gaussian KL with q written as a MultivariateNormal.

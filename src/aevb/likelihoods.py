@@ -4,9 +4,10 @@
   for dequantized images; its log-density is often positive, so image ELBOs in nats are positive), with the
   exact normalizer of ``aevb.continuous_bernoulli``;
 * ``cb-clamped``: the same with torch's ``ContinuousBernoulli``, whose normalizer is computed from lambda clamped to
-  [eps, 1 - eps] in float32 (stuck beyond |output| ~ 16.6, with zero gradient there): the tutorial's density,
-  for comparison with its numbers. Its density integrates to less than 1 where clamped, so its log-densities
-  still bound the data's, loosely;
+  [eps, 1 - eps] in float32 (stuck beyond |output| ~ 15.9, with zero gradient beyond 16.6): the tutorial's
+  density, for comparison with its numbers. Its density integrates to less than 1 where clamped, but to up to
+  1.026 just below (float32 rounding of lambda, worst near |output| = 15.5), so its log-densities bound the data's
+  only approximately;
 * ``bernoulli``: x in {0, 1}^D ~ prod_d Bernoulli(p_d), p = sigmoid(output) (binarized images, §5.5);
 * ``gaussian``: x in R^D ~ N(output, diag(sigma^2)), sigma a learned per-pixel vector (independent of z)
   or, with ``scale`` given, that fixed number.

@@ -247,7 +247,7 @@ def image_results(of: str = "log p(x)") -> tuple[Published, ...]:
 
 
 CB_NOTE = ("The tutorial's code uses torch's ContinuousBernoulli, whose normalizer is clamped in float32 (its log C is "
-           "stuck beyond |logit| ≈ 16.6, with zero gradient there). Its setting here is therefore `--likelihood "
+           "stuck beyond |logit| ≈ 15.9, with zero gradient beyond 16.6). Its setting here is therefore `--likelihood "
            "cb-clamped`, the same density, so that its numbers and ours are the same quantity. aevb's default, "
            "`--likelihood cb`, is exact (aevb.continuous_bernoulli): a decoder can then reach pixels near 0 and 1, and "
            "its ELBO and IWAE bound are higher (its bits/dim lower) and comparable with the literature, but not with "

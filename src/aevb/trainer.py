@@ -158,8 +158,9 @@ class Trainer:
     step (``eval_every='step'``) or per epoch, each with ``step``, ``epoch``, ``phase`` (the step's, or the
     epoch's: 'mixed' for one of E and M steps), the training ELBO and its terms (``train_elbo``,
     ``train_log_likelihood``, ``train_kl``: the step's, or the epoch's means over its examples) and
-    whatever ``evaluate(model)`` returns. ``callbacks`` are called with each
-    finished epoch's records, and ``checkpoint(trainer)`` every ``checkpoint_every`` epochs or steps, after them.
+    whatever ``evaluate(model)`` returns. ``callbacks`` are called with each epoch's records (with the part
+    of an epoch a call ends in too: the next call gives that epoch's again, whole, once it finishes it), and
+    ``checkpoint(trainer)`` every ``checkpoint_every`` epochs or steps, after them.
 
     The trainer draws from the global random generator (seed it, e.g. with ``torch.manual_seed``) and orders
     the batches with its own generator, seeded by ``seed``. A non-finite ELBO, log-likelihood or KL, or a

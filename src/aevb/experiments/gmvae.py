@@ -143,7 +143,8 @@ class GMVAEHooks(Hooks):
         self.generations(model, data, run_dir / "gmvae_cluster_generations.png")
 
     def generations(self, model: GMVAE, data: Data, path: Path) -> None:
-        """p(x = 1 | z), z ~ p(z | y = c): one row per cluster c, rows in the order of their matched labels."""
+        """p(x = 1 | z) (``m2``: p(x = 1 | y = c, z)), z ~ p(z | y = c): one row per cluster c, rows in the order of
+        their matched labels."""
         from aevb import plotting
 
         c, proportions = model.config.num_components, self.final["cluster_proportions"]

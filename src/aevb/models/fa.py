@@ -158,11 +158,11 @@ class FactorAnalysis(LatentVariableModel):
     def expected_elbo(self, x: Tensor) -> Tensor:
         """ELBO in closed form, E_q[log p(x|z)] - KL(q || p(z)), shape (B,).
 
-        With q = N(m, S): E_q[log N(x; W z, Phi)] = log N(x; W m, Phi) - tr(Phi^-1 W S W^T) / 2.
+        With q = N(m, Sigma): E_q[log N(x; W z, Phi)] = log N(x; W m, Phi) - tr(Phi^-1 W Sigma W^T) / 2.
         """
         q = self.inference(x)
         w, noise_std = self.generative.weight, self.generative.noise_std
-        trace = ((w @ self.inference.scale_tril / noise_std[:, None]) ** 2).sum()  # S = C C^T is shared by all x
+        trace = ((w @ self.inference.scale_tril / noise_std[:, None]) ** 2).sum()  # Sigma = C C^T is shared by all x
         expected_log_likelihood = self.generative(q.mean).log_prob(x) - trace / 2
         return expected_log_likelihood - kl_divergence(q, self.p_z())
 

@@ -22,7 +22,7 @@ Evaluation should use ``marginal``: it is the discrete model's bound, whatever e
 
 A warm-up of the discrete KL (``discrete_kl_weight`` = w, set between epochs by ``KLWeightSchedule``) trains on
     ELBO(x) + (1 - w) KL(q(y|x) || p(y))
-while w < 1, every estimator alike: below 1 the entropy of q(y|x) is rewarded less, above 1 more. The ELBO itself
+while w != 1, every estimator alike: below 1 the entropy of q(y|x) is rewarded less, above 1 more. The ELBO itself
 is what every record and evaluation reports. (On MNIST, from w = 0 every example fell into one cluster and from
 w = 3 q(y|x) went uniform: the README's GMVAE section.) Averaged over the data the discrete KL is the mutual
 information of x and y under q plus a balance term, E_x KL(q(y|x) || p(y)) = I_q(x; y) + KL(q_bar || p(y)) with
@@ -281,7 +281,8 @@ class GMVAE(LatentVariableModel):
         return self.generative.p_x_given_z(z, y).sample()
 
     def generate(self, num_per_component: int) -> Tensor:
-        """Bernoulli means p(x = 1 | z), z ~ p(z | y = c), for each component c; shape (C, N, D)."""
+        """Bernoulli means p(x = 1 | z) (``m2``: p(x = 1 | y = c, z)), z ~ p(z | y = c), for each component c;
+        shape (C, N, D)."""
         y = self.components().expand(-1, num_per_component, -1)  # (C, N, C)
         z = self.generative.p_z_given_y(y).sample()  # (C, N, L)
         return self.generative.p_x_given_z(z, y).mean
@@ -300,7 +301,9 @@ class EpochSchedule:
     """A value for each 0-based epoch e (``__call__``), held in a model buffer that a trainer callback sets."""
 
     def callback(self, buffer: Tensor):
-        """A trainer callback: after each finished epoch, set ``buffer`` to the value the next epoch trains with."""
+        """A trainer callback: after each epoch, set ``buffer`` to the value the next epoch trains with. A
+        ``Trainer.fit`` call that ends inside an epoch sets it too, so the rest of that epoch, in the next call,
+        trains with the next epoch's value (``aevb fit`` trains in one call, and resumes with the checkpoint's)."""
 
         def update(records: list[dict]) -> None:
             buffer.fill_(self(records[-1]["epoch"]))

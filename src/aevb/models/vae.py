@@ -115,8 +115,8 @@ class GaussianEncoder(nn.Module):
         self.raw_scale = nn.Linear(sizes[-1], latent_dim)
 
     def forward(self, inputs: Tensor) -> Independent:
-        h = self.net(inputs)  # (B, H)
-        scale = F.softplus(self.raw_scale(h))  # (B, L)
+        h = self.net(inputs)  # (..., H): (B, H), or (C, B, H) for the GMVAE's q(z|x,y)
+        scale = F.softplus(self.raw_scale(h))  # (..., L)
         return diagonal_normal(self.loc(h), scale)
 
 
