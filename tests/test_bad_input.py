@@ -217,7 +217,7 @@ class Case:
     argv: list[str]
     setup: Setup | None = None
     code: int = 2
-    says: str = ""  # a fragment the error line holds
+    says: str = ""  # a fragment the error line holds (every case of the table names one)
     cwd: str = "."  # the working directory, inside the case's folder (created empty if absent)
     interrupt: tuple[str, str] | None = None  # (module, function) that raises KeyboardInterrupt when called
     outside: tuple[str, ...] = ()  # paths outside the case's folder that must not exist afterwards
@@ -240,7 +240,8 @@ def fit_case(name: str, flags: list[str], says: str = "", setup: Setup | None = 
 
 
 def flag_cases(model: str, flag: str, *values: str, says: str = "") -> list[Case]:
-    return [fit_case(f"{flag[2:]}={value or 'empty'}", [flag, value], says, model=model) for value in values]
+    """``--flag value`` for each value; by default the error names the flag (argparse's "argument --flag: ...")."""
+    return [fit_case(f"{flag[2:]}={value or 'empty'}", [flag, value], says or flag, model=model) for value in values]
 
 
 def data_case(name: str, setup: Setup, says: str = "", file: str | None = None, model: str = "vae",
@@ -250,11 +251,11 @@ def data_case(name: str, setup: Setup, says: str = "", file: str | None = None, 
 
 
 PARSE = [
-    Case("no-command", []),
-    Case("unknown-command", ["nonesuch"]),
-    Case("unknown-top-level-flag", ["--nonesuch"]),
+    Case("no-command", [], says="required: command"),
+    Case("unknown-command", ["nonesuch"], says="invalid choice: 'nonesuch'"),
+    Case("unknown-top-level-flag", ["--nonesuch"], says="required: command"),
     Case("fit-without-a-model", ["fit"], says="name a model"),
-    Case("fit-model-flag-without-value", ["fit", "--model"]),
+    Case("fit-model-flag-without-value", ["fit", "--model"], says="name a model first"),
     Case("fit-model-equals-empty", ["fit", "--model="], says="unknown model"),
     Case("fit-unknown-model", ["fit", "nonesuch"], says="unknown model"),
     Case("fit-flag-before-model", ["fit", "--epochs", "1"], says="name a model first"),
@@ -274,21 +275,21 @@ PARSE = [
     Case("fit-unknown-flag", [*FIT, "--nonesuch", "1"], DATA, says="unrecognized"),
     Case("fit-underscored-flag", [*FIT, "--latent_dim", "3"], DATA, says="unrecognized"),
     Case("fit-resume-without-out", [*FIT, "--resume"], DATA, says="--resume needs the --out"),
-    Case("eval-without-run", ["eval"]),
-    Case("sample-without-run", ["sample"]),
-    Case("resume-without-run", ["resume"]),
-    Case("reproduce-without-experiment", ["reproduce"]),
-    Case("reproduce-unknown-experiment", ["reproduce", "nonesuch"]),
-    Case("reproduce-epochs-scale-0", ["reproduce", "fa-1", "--epochs-scale", "0"]),
-    Case("reproduce-epochs-scale-inf", ["reproduce", "fa-1", "--epochs-scale", "inf"]),
-    Case("reproduce-epochs-scale-nan", ["reproduce", "fa-1", "--epochs-scale", "nan"]),
-    Case("reproduce-epochs-scale-negative", ["reproduce", "fa-1", "--epochs-scale", "-1"]),
+    Case("eval-without-run", ["eval"], says="required: RUN_DIR"),
+    Case("sample-without-run", ["sample"], says="required: RUN_DIR"),
+    Case("resume-without-run", ["resume"], says="required: RUN_DIR"),
+    Case("reproduce-without-experiment", ["reproduce"], says="required: EXPERIMENT"),
+    Case("reproduce-unknown-experiment", ["reproduce", "nonesuch"], says="invalid choice: 'nonesuch'"),
+    Case("reproduce-epochs-scale-0", ["reproduce", "fa-1", "--epochs-scale", "0"], says="--epochs-scale"),
+    Case("reproduce-epochs-scale-inf", ["reproduce", "fa-1", "--epochs-scale", "inf"], says="--epochs-scale"),
+    Case("reproduce-epochs-scale-nan", ["reproduce", "fa-1", "--epochs-scale", "nan"], says="--epochs-scale"),
+    Case("reproduce-epochs-scale-negative", ["reproduce", "fa-1", "--epochs-scale", "-1"], says="--epochs-scale"),
     Case("reproduce-epochs-scale-huge", ["reproduce", "fa-1", "--epochs-scale", "1e300"], says="--epochs-scale"),
-    Case("reproduce-seed-negative", ["reproduce", "fa-1", "--seed", "-1"]),
+    Case("reproduce-seed-negative", ["reproduce", "fa-1", "--seed", "-1"], says="--seed"),
     Case("reproduce-diagnose-negative", ["reproduce", "fa-1", "--diagnose", "-1"], says="--diagnose"),
-    Case("reproduce-seed-too-large", ["reproduce", "fa-1", "--seed", str(SEED_MAX + 1)]),
-    Case("tour-seed-negative", ["tour", "--quick", "--seed", "-1"]),
-    Case("tour-seed-text", ["tour", "--quick", "--seed", "x"]),
+    Case("reproduce-seed-too-large", ["reproduce", "fa-1", "--seed", str(SEED_MAX + 1)], says="--seed"),
+    Case("tour-seed-negative", ["tour", "--quick", "--seed", "-1"], says="--seed"),
+    Case("tour-seed-text", ["tour", "--quick", "--seed", "x"], says="--seed"),
     Case("reproduce-unknown-dataset", ["reproduce", "vae", "--dataset", "nonesuch", "--out", "r"], says="unknown dataset"),
     Case("reproduce-data-dir-missing", ["reproduce", "vae", "--data-dir", "missing", "--out", "r"], says="no such folder"),
 ]
@@ -310,35 +311,43 @@ FLAGS = [
     *flag_cases("vae", "--threads", "0", "-1", "100000", str(10**12), says="--threads"),
     *flag_cases("vae", "--device", "nonesuch", "cuda:99"),
     *flag_cases("vae", "--checkpoint-every", "0", "0steps", "xsteps", "-1"),
-    *flag_cases("vae", "--latent-dim", "0", "-3", "x"),
+    *flag_cases("vae", "--latent-dim", "0", "-3", says="dimensions must be positive"),
+    *flag_cases("vae", "--latent-dim", "x"),
     fit_case("latent-dim-enormous", ["--latent-dim", str(10**12)], f"{MAX_PARAMETERS:,}"),
-    *flag_cases("vae", "--hidden", "500,,500", "", "a", "0", "-5", "4,0"),
+    *flag_cases("vae", "--hidden", "500,,500", "", "a"),
+    *flag_cases("vae", "--hidden", "0", "-5", "4,0", says="dimensions must be positive"),
     fit_case("hidden-enormous", ["--hidden", str(10**11)], f"{MAX_PARAMETERS:,}"),
     fit_case("hidden-enormous-two-layers", ["--hidden", "100000,100000"], f"{MAX_PARAMETERS:,}"),
-    *flag_cases("vae", "--dropout", "1", "-0.1", "nan", "inf"),
+    *flag_cases("vae", "--dropout", "1", "-0.1", says="dropout must be in [0, 1)"),
+    *flag_cases("vae", "--dropout", "nan", "inf"),
     *flag_cases("vae", "--likelihood", "nonesuch"),
     fit_case("gaussian-scale-without-gaussian", ["--gaussian-scale", "1"], "gaussian"),
-    *[fit_case(f"gaussian-scale={v}", ["--likelihood", "gaussian", "--gaussian-scale", v])
+    *[fit_case(f"gaussian-scale={v}", ["--likelihood", "gaussian", "--gaussian-scale", v],
+               "--gaussian-scale" if v in ("nan", "inf") else "scale must be in [1e-6, 1e6]")
       for v in ("0", "-1", "nan", "inf", "1e300", "1e-300")],
     fit_case("batch-size-above-the-training-set", ["--batch-size", "5000"],
              "--batch-size 5000 exceeds the 50 training examples"),
-    *flag_cases("gmvae", "--components", "1", "0", "-1", str(10**11)),
+    *flag_cases("gmvae", "--components", "1", "0", "-1", says="at least 2 components"),
+    *flag_cases("gmvae", "--components", str(10**11), says=f"{MAX_PARAMETERS:,}"),
     fit_case("components-above-the-training-set", ["--components", "51"], "51 components", model="gmvae"),
-    *flag_cases("gmvae", "--temperature", "nan", "0", "-1", "inf"),
+    *flag_cases("gmvae", "--temperature", "nan", "inf"),
+    *flag_cases("gmvae", "--temperature", "0", "-1", says="temperature must be positive"),
     *flag_cases("gmvae", "--temperature-decay", "0", "nan", "2"),
     *flag_cases("gmvae", "--temperature-min", "0", "nan", "inf"),
     *flag_cases("gmvae", "--estimator", "aevb"),
     *flag_cases("gmvae", "--variant", "nonesuch"),
     fit_case("straight-through-with-the-marginal", ["--straight-through"], "--straight-through", model="gmvae"),
-    *flag_cases("vrnn", "--hidden", "0", str(10**7)),
-    *flag_cases("vrnn", "--mlp-dim", "0", str(10**11)),
+    *flag_cases("vrnn", "--hidden", "0", says="dimensions must be positive"),
+    *flag_cases("vrnn", "--hidden", str(10**7), says=f"{MAX_PARAMETERS:,}"),
+    *flag_cases("vrnn", "--mlp-dim", "0", says="dimensions must be positive"),
+    *flag_cases("vrnn", "--mlp-dim", str(10**11), says="overflow int64"),
     fit_case("vectors-are-not-sequences", ["--dataset", "b.npy"], "shape (T, D)", model="vrnn"),
     *flag_cases("cvae", "--variant", "nonesuch"),
     fit_case("no-labels", [], "no labels", model="cvae"),
-    Case("fit-fa-experiment-3", ["fit", "fa", "--experiment", "3", "--no-progress"]),
+    Case("fit-fa-experiment-3", ["fit", "fa", "--experiment", "3", "--no-progress"], says="--experiment"),
     Case("fit-fa-latent-dim-above-data-dim", ["fit", "fa", "--latent-dim", "4", "--no-progress"], says="between 1 and"),
-    Case("fit-fa-latent-dim-0", ["fit", "fa", "--latent-dim", "0", "--no-progress"]),
-    Case("fit-fa-posterior", ["fit", "fa", "--posterior", "nonesuch"]),
+    Case("fit-fa-latent-dim-0", ["fit", "fa", "--latent-dim", "0", "--no-progress"], says="between 1 and"),
+    Case("fit-fa-posterior", ["fit", "fa", "--posterior", "nonesuch"], says="--posterior"),
     Case("fit-fa-constant-column", ["fit", "fa", "--dataset", "c.npy", "--latent-dim", "1", "--no-progress"],
          array("c.npy", np.c_[X[:, :2], np.ones(60)]), says="constant"),
 ]
@@ -363,7 +372,7 @@ DATASETS = [
     data_case("bool.npy", array("bool.npy", X > 0.5), "real numbers"),
     data_case("strings.npy", array("strings.npy", X.astype(str)), "real numbers"),
     data_case("no-rows.npy", array("no-rows.npy", X[:0]), "no examples"),
-    data_case("no-columns.npy", array("no-columns.npy", X[:, :0])),
+    data_case("no-columns.npy", array("no-columns.npy", X[:, :0]), "examples of the data are empty"),
     data_case("one-row.npy", array("one-row.npy", X[:1]), "at least 2"),
     data_case("huge-integers.npy", array("huge-integers.npy", (X * 2**62).astype(np.int64)), f"{MAX_PIXEL_LEVELS - 1}"),
     data_case("large-integers.npy", array("large-integers.npy", (X * 2**20).astype(np.int32)), f"{MAX_PIXEL_LEVELS - 1}"),
@@ -548,10 +557,10 @@ RUN_ARGS = [
     Case("eval-an-empty-folder", ["eval", "empty"], folder_with("empty"), says="an empty folder"),
     Case("eval-a-folder-of-mine", ["eval", "mine"], folder_with("mine", "config.json", "model.pt"),
          says="not an aevb run directory"),
-    Case("eval-iwae-0", ["eval", "run", "--iwae", "0"], a_run()),
-    Case("eval-iwae-negative", ["eval", "run", "--iwae", "-1"], a_run()),
+    Case("eval-iwae-0", ["eval", "run", "--iwae", "0"], a_run(), says="--iwae"),
+    Case("eval-iwae-negative", ["eval", "run", "--iwae", "-1"], a_run(), says="--iwae"),
     Case("eval-iwae-above-the-bound", ["eval", "run", "--iwae", str(MAX_IWAE_SAMPLES + 1)], a_run(), says="--iwae"),
-    Case("eval-iwae-text", ["eval", "run", "--iwae", "x"], a_run()),
+    Case("eval-iwae-text", ["eval", "run", "--iwae", "x"], a_run(), says="--iwae"),
     Case("eval-refine-negative", ["eval", "run", "--refine", "-1"], a_run(), says="--refine"),
     Case("eval-refine-text", ["eval", "run", "--refine", "x"], a_run(), says="--refine"),
     Case("eval-refine-above-the-bound", ["eval", "run", "--refine", str(MAX_LOCAL_STEPS + 1)], a_run(),
@@ -571,15 +580,15 @@ RUN_ARGS = [
     Case("diagnose-lr-nan", ["diagnose", "run", "--lr", "nan"], a_run(), says="--lr"),
     Case("diagnose-seed-negative", ["diagnose", "run", "--seed", "-1"], a_run(), says="--seed"),
     Case("sample-missing-run", ["sample", "missing"], says="no such run directory"),
-    Case("sample-n-0", ["sample", "run", "--n", "0"], a_run()),
-    Case("sample-n-negative", ["sample", "run", "--n", "-1"], a_run()),
+    Case("sample-n-0", ["sample", "run", "--n", "0"], a_run(), says="--n"),
+    Case("sample-n-negative", ["sample", "run", "--n", "-1"], a_run(), says="--n"),
     Case("sample-n-above-the-bound", ["sample", "run", "--n", str(MAX_SAMPLES + 1)], a_run(), says="--n"),
     Case("sample-label-of-an-unconditional-model", ["sample", "run", "--label", "0"], a_run(), says="conditional"),
     Case("sample-label-too-large", ["sample", "run", "--label", "99"], a_run("cvae"), says="not a class"),
     Case("sample-label-negative", ["sample", "run", "--label", "-1"], a_run("cvae"), says="not a class"),
-    Case("sample-label-text", ["sample", "run", "--label", "x"], a_run("cvae")),
-    Case("sample-seed-negative", ["sample", "run", "--seed", "-1"], a_run()),
-    Case("sample-seed-too-large", ["sample", "run", "--seed", str(SEED_MAX + 1)], a_run()),
+    Case("sample-label-text", ["sample", "run", "--label", "x"], a_run("cvae"), says="--label"),
+    Case("sample-seed-negative", ["sample", "run", "--seed", "-1"], a_run(), says="--seed"),
+    Case("sample-seed-too-large", ["sample", "run", "--seed", str(SEED_MAX + 1)], a_run(), says="--seed"),
     Case("resume-missing-run", ["resume", "missing"], says="missing"),
     Case("resume-a-file", ["resume", "mine.txt"], write("mine.txt", "mine"), says="mine.txt"),
     Case("resume-a-folder-of-mine", ["resume", "mine"], folder_with("mine", "config.json"), says="not an aevb run"),
@@ -634,24 +643,28 @@ RESUMES = [
 ]
 
 INTERRUPTIONS = [
-    Case("interrupt-importing-the-model", [*FIT, "--out", "run"], DATA, code=130,
+    Case("interrupt-importing-the-model", [*FIT, "--out", "run"], DATA, code=130, says="aevb: interrupted",
          interrupt=("aevb.registry", "import_module")),
-    Case("interrupt-resolving-the-model", [*FIT, "--out", "run"], DATA, code=130,
+    Case("interrupt-resolving-the-model", [*FIT, "--out", "run"], DATA, code=130, says="aevb: interrupted",
          interrupt=("aevb.registry", "resolve")),
-    Case("interrupt-loading-data", [*FIT, "--out", "run"], DATA, code=130, interrupt=("aevb.fitting", "load_dataset")),
-    Case("interrupt-building-the-model", [*FIT, "--out", "run"], DATA, code=130,
+    Case("interrupt-loading-data", [*FIT, "--out", "run"], DATA, code=130, says="aevb: interrupted",
+         interrupt=("aevb.fitting", "load_dataset")),
+    Case("interrupt-building-the-model", [*FIT, "--out", "run"], DATA, code=130, says="aevb: interrupted",
          interrupt=("aevb.fitting", "build_model")),
-    Case("interrupt-first-batch", [*FIT, "--out", "run"], DATA, code=130,
+    Case("interrupt-first-batch", [*FIT, "--out", "run"], DATA, code=130, says="aevb: interrupted",
          interrupt=("aevb.fitting", "check_first_batch")),
-    Case("interrupt-eval-loading", ["eval", "run"], a_run(), code=130, interrupt=("aevb.runs", "load_checkpoint")),
-    Case("interrupt-eval-evaluating", ["eval", "run"], a_run(), code=130, interrupt=("aevb.evaluation", "evaluate")),
-    Case("interrupt-diagnose-diagnosing", ["diagnose", "run"], a_run(), code=130,
+    Case("interrupt-eval-loading", ["eval", "run"], a_run(), code=130, says="aevb: interrupted",
+         interrupt=("aevb.runs", "load_checkpoint")),
+    Case("interrupt-eval-evaluating", ["eval", "run"], a_run(), code=130, says="aevb: interrupted",
+         interrupt=("aevb.evaluation", "evaluate")),
+    Case("interrupt-diagnose-diagnosing", ["diagnose", "run"], a_run(), code=130, says="aevb: interrupted",
          interrupt=("aevb.diagnostics", "diagnose")),
-    Case("interrupt-sample-drawing", ["sample", "run", "--out", "s.png"], a_run(), code=130,
+    Case("interrupt-sample-drawing", ["sample", "run", "--out", "s.png"], a_run(), code=130, says="aevb: interrupted",
          interrupt=("aevb.fitting", "draw")),
     Case("interrupt-resume-loading", ["resume", "run", "--no-progress"], a_run("interrupted"), code=130,
+         says="interrupted; continue the run with aevb resume",
          interrupt=("aevb.runs", "load_file")),
-    Case("interrupt-reproduce-planning", ["reproduce", "fa-1", "--out", "r"], code=130,
+    Case("interrupt-reproduce-planning", ["reproduce", "fa-1", "--out", "r"], code=130, says="aevb: interrupted",
          interrupt=("aevb.reproduce", "plan")),
 ]
 
@@ -748,6 +761,7 @@ def fitted(tmp_path_factory) -> dict[str, Path]:
 
 def test_the_table_covers_every_command_with_at_least_150_cases():
     assert len(CASES) >= 150 and len({c.name for c in CASES}) == len(CASES)
+    assert [c.name for c in CASES if not c.says] == []  # each case names what its error must say
     assert {c.argv[0] for c in CASES if c.argv} >= {"fit", "eval", "sample", "resume", "tour", "reproduce", "diagnose"}
 
 

@@ -86,9 +86,10 @@ def test_bits_per_dim_of_the_uniform_density_is_the_bits_of_the_levels():
 
 def test_evaluation_is_seeded_batched_in_eval_mode_and_restores_the_mode():
     model, batch = small_model(conditional=True)
-    model.train()
-    first = evaluation.evaluate(model, batch, num_samples=50, levels=256, seed=7)
+    in_eval_mode = evaluation.evaluate(model.eval(), batch, num_samples=50, levels=256, seed=7)
+    first = evaluation.evaluate(model.train(), batch, num_samples=50, levels=256, seed=7)
     assert model.training  # restored
+    assert first == in_eval_mode  # dropout (0.1) off while evaluating a model in training mode
     assert evaluation.evaluate(model, batch, num_samples=50, levels=256, seed=7) == first
     assert first["iwae_samples"] == 50 and first["iwae_log_likelihood"] >= first["test_elbo"]
     assert first["bits_per_dim"] == evaluation.bits_per_dim(first["iwae_log_likelihood"], D, 256)
