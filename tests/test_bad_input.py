@@ -1074,11 +1074,15 @@ def test_sample_replaces_a_file_only_when_told_and_its_own_default_always(tmp_pa
     run = tmp_path / "run"
     shutil.copytree(fitted["vae"], run)
     (tmp_path / "mine.npy").write_text("mine")
+    assert main(["sample", run, "--out", tmp_path / "mine.npy"]) == 2  # not without --overwrite
+    assert "--overwrite" in capsys.readouterr().err and (tmp_path / "mine.npy").read_text() == "mine"
     assert main(["sample", run, "--out", tmp_path / "mine.npy", "--overwrite"]) == 0
     assert np.load(tmp_path / "mine.npy").shape == (30, 2, 2)
     for _ in range(2):  # RUN/samples.png, aevb's own, is drawn afresh at each call
+        if (run / "samples.png").exists():
+            os.utime(run / "samples.png", ns=(0, 0))
         assert main(["sample", run]) == 0
-    assert (run / "samples.png").stat().st_size > 1000
+        assert (run / "samples.png").stat().st_mtime_ns != 0 and (run / "samples.png").stat().st_size > 1000
 
 
 def test_the_files_aevb_writes_have_the_usual_permissions(fitted):

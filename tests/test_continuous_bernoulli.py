@@ -97,6 +97,13 @@ def test_rsample_inverts_the_cdf_and_draws_from_the_density():
     draws = ContinuousBernoulli(logits.float()).sample((20_000,))  # (20000, 8), float32 throughout
     assert torch.isfinite(draws).all() and ((draws >= 0) & (draws <= 1)).all()
     torch.testing.assert_close(draws.double().mean(0), ContinuousBernoulli(logits).mean, atol=0.01, rtol=0)
+    l = logits.clone().requires_grad_()
+    torch.manual_seed(3)
+    reparameterized = ContinuousBernoulli(l).rsample((5,))  # the icdf of uniforms, differentiable in the logits
+    torch.manual_seed(3)
+    torch.testing.assert_close(reparameterized, ContinuousBernoulli(logits).icdf(torch.rand(5, 8, dtype=torch.float64)))
+    (gradient,) = torch.autograd.grad(reparameterized.sum(), l)
+    assert torch.isfinite(gradient).all() and (gradient[logits.abs() < 100] != 0).all()
 
 
 def test_a_batched_distribution_expands_and_keeps_probs_as_lambda():

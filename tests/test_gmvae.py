@@ -116,14 +116,16 @@ def test_at_small_temperature_the_gumbel_estimators_approach_the_marginal_one(es
 def test_concrete_kl_does_not_depend_on_temperature_and_bounds_the_categorical_kl():
     model, x = small_model(), binary_data(3)
     repeated = x.repeat(4000, 1)
-    kls = []
+    kls, variances = [], []
     with torch.no_grad():
         for temperature in (1.0, 0.1):
             model.temperature = temperature
             relaxed, analytic = (model.elbo(repeated, estimator=e) for e in ("gumbel-relaxed", "gumbel-analytic"))
-            kls.append((relaxed.kl - analytic.kl).reshape(4000, -1).mean(0))  # E[relaxed KL_y] - KL_y (z parts agree)
+            draws = (relaxed.kl - analytic.kl).reshape(4000, -1)  # relaxed KL_y - KL_y per draw (z parts agree)
+            kls.append(draws.mean(0))
+            variances.append(draws.var(0) / 4000)
     assert (kls[0] > 0).all() and (kls[1] > 0).all()
-    torch.testing.assert_close(kls[0], kls[1], atol=0.3, rtol=0.05)
+    assert ((kls[0] - kls[1]).abs() < 4 * (variances[0] + variances[1]).sqrt()).all()  # 4 standard errors
 
 
 def test_straight_through_feeds_one_hot_forward_and_gradients_back_to_q_y(monkeypatch):
@@ -327,20 +329,6 @@ def test_cli_fits_the_digits_and_writes_the_clustering_summary_and_figures(tmp_p
     assert cli.main(["eval", str(out), "--iwae", "5", "--json"]) == 0  # the run's test set rebuilt, same seed
     evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert evaluated["test_elbo"] == pytest.approx(summary["test_elbo"], abs=1e-4)
-
-
-@pytest.mark.parametrize("flags, message", [
-    (["--components", "1"], "at least 2 components"),
-    (["--straight-through"], "--straight-through is for the Gumbel estimators"),
-    (["--temperature-decay", "1.5"], "must be in (0, 1]"),
-])
-def test_cli_rejects_bad_flags_on_one_line(flags, message, capsys, tmp_path):
-    with pytest.raises(SystemExit) as exit_info:  # argparse errors exit from parse_args
-        code = cli.main(["fit", "gmvae", *flags, "--out", str(tmp_path / "run")])
-        raise SystemExit(code)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1
 
 
 def test_cli_rejects_non_binary_data_on_one_line(tmp_path, capsys):

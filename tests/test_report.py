@@ -287,16 +287,6 @@ def test_the_literature_anchor_runs_end_to_end_with_its_extra_bound(tmp_path, ca
     assert "statically binarized pixels" in markdown and "decayed by 0.631 after epochs 200, 350" in markdown
 
 
-def test_bad_reproduce_input_is_one_line_and_exit_2(tmp_path, capsys):
-    assert main(["reproduce", "vae", "--dataset", "nope", "--out", str(tmp_path / "r"), "--no-progress"]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("aevb: error: unknown dataset 'nope'")
-    with pytest.raises(SystemExit) as exit:
-        main(["reproduce", "pca"])
-    assert exit.value.code == 2
-    with pytest.raises(SystemExit):
-        main(["reproduce", "all", "--epochs-scale", "0"])
-
-
 def test_a_report_replaces_only_its_own_files(tour, tmp_path, capsys):
     """aevb's report files carry its mark; anything else of their names is the user's, refused before fitting."""
     assert all(report.written_by_aevb(tour / name) for name in report.REPORT_MARKS)

@@ -26,18 +26,20 @@ def binary_sequences(n: int = B, seed: int = 1) -> torch.Tensor:
     return torch.bernoulli(torch.full((n, T, D), 0.3), generator=torch.Generator().manual_seed(seed))
 
 
-def stepwise_elbo(model: VRNN, x: torch.Tensor) -> torch.Tensor:
-    """The ELBO as the tutorial computes it: every network called inside the time loop; shape (B,)."""
+def stepwise(model: VRNN, x: torch.Tensor, use_mean: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ELBO as the tutorial computes it, every network called inside the time loop, shape (B,); and the
+    z_t it drew (or, with ``use_mean``, q's means, each fed forward), concatenated over t: (B, T * L)."""
     generative, posterior = model.generative, model.inference
     state = generative.transition.initial_state(len(x), x)
-    h, elbo = state[-1][0], 0
+    h, elbo, zs = state[-1][0], 0, []
     for t in range(x.shape[1]):
         if t > 0:
             h, state = generative.transition(x[:, t - 1], z, state)
         q_z = diagonal_normal_from(posterior(h, posterior.read_x(x[:, t])))
-        z = q_z.rsample()
+        z = q_z.mean if use_mean else q_z.rsample()
+        zs.append(z)
         elbo = elbo + generative.p_x_given_z(h, z).log_prob(x[:, t]) - kl_divergence(q_z, generative.p_z(h))
-    return elbo
+    return elbo, torch.cat(zs, 1)
 
 
 def test_batched_prior_and_decoder_give_the_stepwise_elbo():
@@ -45,7 +47,7 @@ def test_batched_prior_and_decoder_give_the_stepwise_elbo():
     torch.manual_seed(3)
     batched = model.elbo(x)
     torch.manual_seed(3)  # the same noise for every z_t
-    torch.testing.assert_close(batched.elbo, stepwise_elbo(model, x))
+    torch.testing.assert_close(batched.elbo, stepwise(model, x)[0])
     torch.testing.assert_close(batched.elbo, batched.log_likelihood - batched.kl)
     assert batched.elbo.shape == (B,) and (batched.kl >= 0).all()
 
@@ -60,9 +62,13 @@ def test_one_importance_weight_is_the_sampled_kl_elbo():
 
 
 def test_importance_weights_are_whole_independent_trajectories():
+    """Weight k of sequence b is the sampled-KL ELBO of its own trajectory: that of the k-th copy of the batch."""
     model, x = small_model(), binary_sequences()
     with torch.no_grad():
+        torch.manual_seed(5)
         log_w = model.log_importance_weights(x, num_samples=64)  # (K, B)
+        torch.manual_seed(5)
+        torch.testing.assert_close(log_w, model.elbo(x.repeat(64, 1, 1), estimator="sgvb").elbo.view(64, B))
         bound = iwae_bound(lambda k: model.log_importance_weights(x, num_samples=k), 64, chunk_size=16)
         elbos = torch.stack([model.elbo(x).elbo for _ in range(64)])
     assert log_w.shape == (64, B) and log_w.std(0).min() > 0
@@ -101,11 +107,11 @@ def test_generation_has_the_sequence_shape_and_is_binary_when_sampled():
     assert ((continuous >= 0) & (continuous <= 1)).all() and continuous.shape == (4, T, D)
 
 
-def test_encode_concatenates_posterior_means_deterministically():
+def test_encode_concatenates_the_posterior_means_each_fed_forward():
     model, x = small_model(), binary_sequences()
     codes = model.encode(x)
     assert codes.shape == (B, T * 2)
-    torch.testing.assert_close(codes, model.encode(x))
+    torch.testing.assert_close(codes, stepwise(model, x, use_mean=True)[1])
 
 
 def test_training_raises_the_elbo():
