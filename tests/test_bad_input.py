@@ -253,7 +253,7 @@ def data_case(name: str, setup: Setup, says: str = "", file: str | None = None, 
 PARSE = [
     Case("no-command", [], says="required: command"),
     Case("unknown-command", ["nonesuch"], says="invalid choice: 'nonesuch'"),
-    Case("unknown-top-level-flag", ["--nonesuch"], says="required: command"),
+    Case("unknown-top-level-flag", ["--nonesuch"], says="unrecognized arguments: --nonesuch"),
     Case("fit-without-a-model", ["fit"], says="name a model"),
     Case("fit-model-flag-without-value", ["fit", "--model"], says="name a model first"),
     Case("fit-model-equals-empty", ["fit", "--model="], says="unknown model"),

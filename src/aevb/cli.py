@@ -45,7 +45,8 @@ class ArgumentParser(argparse.ArgumentParser):
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="aevb", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"aevb {aevb.__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    # not required here, so that a flag the parser does not know is named before a missing command (parse_command)
+    commands = parser.add_subparsers(dest="command", parser_class=ArgumentParser)
     commands.add_parser("fit", help="fit a model (aevb fit --help lists them)", add_help=False)
 
     again = commands.add_parser("resume", help="continue an interrupted fit from its last checkpoint",
@@ -302,6 +303,15 @@ def terminate(signum: int, frame) -> None:
     raise Terminated
 
 
+def parse_command(argv: list[str]) -> argparse.Namespace:
+    """The command line of every command but ``fit`` (``parse_fit``): one command is required."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.error("the following arguments are required: command")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     torchrun = "WORLD_SIZE" in os.environ  # set by torchrun, for every world size
@@ -312,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if torchrun:
             join_processes(argv)
-        args = parse_fit(argv[1:]) if argv[:1] == ["fit"] else build_parser().parse_args(argv)
+        args = parse_fit(argv[1:]) if argv[:1] == ["fit"] else parse_command(argv)
         summary = args.handler(args)
     except UsageError as e:
         if reporting or not getattr(e, "agreed", False):
