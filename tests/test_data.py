@@ -430,6 +430,7 @@ def test_rows_on_disk_are_the_rows_asked_for_in_any_order_across_shards(tmp_path
     torch.testing.assert_close(rows[4], torch.from_numpy(2 * x[positions[4]]))
     torch.testing.assert_close(torch.cat(list(rows.chunks())), torch.from_numpy(2 * x[positions]))
     np.testing.assert_array_equal(array.read(np.arange(5, 12)), x[5:12])  # one run per shard: a, b, c
+    assert rows[torch.tensor([], dtype=torch.long)].shape == (0, 4)  # none: a rank's slice of a short last batch
     np.save(tmp_path / "big-endian.npy", x.astype(">f4"))
     torch.testing.assert_close(disk.DiskRows(disk.DiskArray([tmp_path / "big-endian.npy"]), np.arange(30))[[3, 1]],
                                torch.from_numpy(x[[3, 1]]))

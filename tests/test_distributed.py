@@ -16,6 +16,7 @@ import pytest
 import torch
 
 SCRIPT = textwrap.dedent('''
+    import signal
     import sys
     from pathlib import Path
 
@@ -27,6 +28,7 @@ SCRIPT = textwrap.dedent('''
     from aevb import distributed
     from aevb.disk import DiskArray, DiskRows, shard_paths
     from aevb.elbo import ELBO
+    from aevb.errors import Interrupted
     from aevb.models.fa import FactorAnalysis, FAConfig
     from aevb.models.vae import VAE, VAEConfig
     from aevb.trainer import Trainer
@@ -75,6 +77,26 @@ SCRIPT = textwrap.dedent('''
             return type(e).__name__, str(e), getattr(e, "agreed", False)
 
 
+    def signalled_late_on_rank_1():
+        """The step at which every rank stops when rank 1 alone is signalled just after step 3's reduction (as a
+        signal that lands during the optimizer step is): the next step's, on both, none left waiting for the other."""
+        torch.manual_seed(0)
+        trainer = Trainer(VAE(VAEConfig(data_dim=6, latent_dim=2, hidden=(8,))), lr=0.01, batch_size=10, progress=False)
+        step = trainer.step
+
+        def step_then_signal(batch, phase):
+            terms = step(batch, phase)
+            if distributed.rank() == 1 and trainer.step_count == 3:
+                trainer.request_stop(signal.SIGTERM)  # what aevb fit's signal handler does
+            return terms
+
+        trainer.step = step_then_signal
+        try:
+            trainer.fit((torch.rand(50, 6),), steps=9)
+        except Interrupted as e:
+            return e.step
+
+
     if __name__ == "__main__":
         if len(sys.argv) > 2:
             distributed.init_from_environment()
@@ -82,6 +104,7 @@ SCRIPT = textwrap.dedent('''
             train(kind, f"{sys.argv[1]}-{kind}")
         if len(sys.argv) > 2:
             torch.save(fail_on_rank_1(), f"{sys.argv[1]}-failure-{distributed.rank()}.pt")
+            torch.save(signalled_late_on_rank_1(), f"{sys.argv[1]}-stop-{distributed.rank()}.pt")
             from aevb.cli import main  # the command line's resume of an interrupted run, on these two processes
             sys.exit(main(["resume", sys.argv[2], "--no-progress", "--json"]))
 ''')
@@ -112,7 +135,14 @@ def launched(tmp_path_factory) -> dict:
         Trainer.step = step
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
                "--monitor-interval", "0.1", str(script), str(folder / "2"), str(folder / "run")]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=folder)  # a hang fails here
+    launch = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=folder)
+    try:
+        stdout, stderr = launch.communicate(timeout=240)  # a hang fails here
+    except subprocess.TimeoutExpired:
+        launch.terminate()  # torchrun ends its workers (each in a session of its own) on SIGTERM
+        launch.communicate(timeout=60)
+        raise
+    done = subprocess.CompletedProcess(command, launch.returncode, stdout, stderr)
     assert done.returncode == 0, done.stderr[-3000:]
     script_functions = {}
     exec(SCRIPT, script_functions)  # the one-process runs, in this process: no process group
@@ -123,6 +153,7 @@ def launched(tmp_path_factory) -> dict:
         results[kind, 1] = [torch.load(f"{folder / '1'}-{kind}-0.pt")]
         results[kind, 2] = [torch.load(f"{folder / '2'}-{kind}-{rank}.pt") for rank in range(2)]
     results["failures"] = [torch.load(f"{folder / '2'}-failure-{rank}.pt") for rank in range(2)]
+    results["stops"] = [torch.load(f"{folder / '2'}-stop-{rank}.pt") for rank in range(2)]
     return results
 
 
@@ -165,10 +196,14 @@ def test_torchrun_resumes_a_fit_on_another_number_of_processes(launched):
     assert "aevb: error" not in done.stderr and "Traceback" not in done.stderr
 
 
+def test_a_signal_on_one_rank_after_a_steps_reduction_stops_every_rank_after_the_next(launched):
+    assert launched["stops"] == [4, 4]  # before, rank 1 stopped after step 3 and rank 0 waited in step 4 until killed
+
+
 def test_a_rank_that_fails_ends_every_rank_with_its_error(launched):
     """No rank goes on to wait for the other: both raise, rank 0 with rank 1's message, marked for rank 0 to report
     alone (the command line prints it once: the test below)."""
-    assert launched["failures"] == [("RuntimeError", "rank 1: ValueError: rank 1 cannot model these values", True),
+    assert launched["failures"] == [("OtherRankFailed", "rank 1: ValueError: rank 1 cannot model these values", True),
                                     ("ValueError", "rank 1 cannot model these values", True)]
 
 

@@ -28,7 +28,7 @@ import aevb
 from aevb.arguments import (MAX_IWAE_SAMPLES, MAX_SAMPLES, LocalEStep, draws, epochs_scale, local_steps,
                             non_negative_int, output_folder, positive_float, positive_int, positive_iwae_samples,
                             random_seed, sample_count)
-from aevb.errors import Interrupted, Terminated, UsageError
+from aevb.errors import Interrupted, OtherRankFailed, Terminated, UsageError
 from aevb.reproduce import DIAGNOSIS, EXPERIMENTS
 
 
@@ -347,6 +347,10 @@ def main(argv: list[str] | None = None) -> int:
         if reporting:
             print(f"aevb: error: {e.filename}: {e.strerror}" + continuation(args if "args" in locals() else None,
                                                                              "once that is fixed"), file=sys.stderr)
+        return 2
+    except OtherRankFailed as e:  # that rank reports its own error; rank 0 names it
+        if reporting:
+            print(f"aevb: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
         if not compile_error(e):

@@ -60,7 +60,10 @@ class DiskArray:
             file.close()
 
     def read(self, rows: np.ndarray) -> np.ndarray:
-        """The rows (global indices, any order) as one in-memory array (len(rows), *row_shape)."""
+        """The rows (global indices, any order) as one in-memory array (len(rows), *row_shape); none is an empty
+        array (a rank's slice of a last batch smaller than the number of processes)."""
+        if len(rows) == 0:
+            return np.empty((0, *self.row_shape), self.dtype)
         order = np.argsort(rows, kind="stable")
         ordered = rows[order]
         out = np.empty((len(rows), *self.row_shape), self.dtype)

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from aevb.errors import UsageError
+from aevb.errors import OtherRankFailed, Terminated, UsageError
 
 T = TypeVar("T")
 TIMEOUT = timedelta(minutes=10)  # a rank that stops answering (a crash outside a collective) fails the others then
@@ -99,22 +99,32 @@ def all_gather(obj) -> list:
     return gathered
 
 
+INTERRUPTIONS = {"KeyboardInterrupt": KeyboardInterrupt, "Terminated": Terminated}  # a signal on one rank
+
+
 def together(fn: Callable[[], T]) -> T:
     """``fn()`` on every rank; if it raises on any, every rank raises: the failing rank its own error, the others a
-    ``UsageError`` with its message (or a RuntimeError naming the rank, for an error that is not the user's), so
-    that no rank goes on to wait for the others in a collective. The raised error has ``agreed = True``: one rank
-    (rank 0) reports it."""
+    ``UsageError`` with its message, the same interruption (KeyboardInterrupt, ``Terminated``), or
+    ``OtherRankFailed`` naming the rank and the error, so that no rank goes on to wait for the others in a
+    collective. The raised error has ``agreed = True``: one rank (rank 0) reports it."""
     if not active():
         return fn()
     try:
         result, failure = fn(), None
-    except Exception as e:  # noqa: BLE001  (re-raised below, on every rank)
+    except BaseException as e:  # noqa: BLE001  (re-raised below, on every rank)
         result, failure = None, e
     described = None if failure is None else (isinstance(failure, UsageError), type(failure).__name__, str(failure))
     failures = [(r, f) for r, f in enumerate(all_gather(described)) if f is not None]
     if not failures:
         return result
     r, (usage, name, message) = failures[0]
-    error = failure if r == rank() else UsageError(message) if usage else RuntimeError(f"rank {r}: {name}: {message}")
+    if r == rank():
+        error = failure
+    elif usage:
+        error = UsageError(message)
+    elif name in INTERRUPTIONS:
+        error = INTERRUPTIONS[name]()
+    else:
+        error = OtherRankFailed(f"rank {r}: {name}: {message}")
     error.agreed = True
     raise error

@@ -32,3 +32,8 @@ class Terminated(BaseException):
     """SIGTERM outside training, which stops at a step boundary instead (``Interrupted``): the ``aevb`` command
     raises it, as Python raises KeyboardInterrupt on SIGINT, so that it ends with one line. Not an Exception:
     no ``except Exception`` on the way may swallow it."""
+
+
+class OtherRankFailed(RuntimeError):
+    """Under torch.distributed, what the other ranks raise when one fails with an error that is not the user's
+    (``aevb.distributed.together``): that rank reports its own, and rank 0 names it in one line."""

@@ -521,26 +521,24 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
     before = runs.snapshot(out) if resume else {}  # what a resumed run holds: a user's file among it stays theirs
     if resume:
         progress_so_far.update(distributed.together(lambda: resume_from(out / runs.CHECKPOINT, model, trainer)))
-        if main:
-            runs.keep_lines(metrics_path, progress_so_far["lines"],
-                            f"delete {out / runs.CHECKPOINT} to start the run over, or fit into another --out")
-    elif main:
-        if out.exists() and any(out.iterdir()):
-            runs.remove_run(out)
-        out.mkdir(exist_ok=True)
-        runs.mark(out, "incomplete", model=registry.reference(cls))
-        runs.write_json(out / "config.json", run_config(cls, model, flags, data))
+        distributed.together(lambda: runs.keep_lines(
+            metrics_path, progress_so_far["lines"],
+            f"delete {out / runs.CHECKPOINT} to start the run over, or fit into another --out") if main else None)
+    else:
+        distributed.together(lambda: start_run(out, cls, model, flags, data) if main else None)
     progress_so_far["software"] = list(dict.fromkeys([*progress_so_far["software"],  # and this process's
                                                       trained_with(runs.software_versions())]))
     start = time.perf_counter()
-    logged = [tensorboard_logger(out, resume, progress_so_far["lines"])] if args.tensorboard and main else []
+    logged = distributed.together(
+        lambda: [tensorboard_logger(out, resume, progress_so_far["lines"])] if args.tensorboard and main else [])
 
     def evaluate(model: LatentVariableModel) -> dict:
         return {"test_elbo": evaluation.test_elbo(model, data.test), **hooks.metrics(model, data, trainer.step_count)}
 
+    # under torchrun rank 0 alone writes, and every rank learns whether it could (``distributed.together``): a full
+    # disk on rank 0 must not leave the others waiting in the next step's collective
     def write_metrics(records: list[dict]) -> None:
-        if main:
-            runs.append_jsonl(metrics_path, records)
+        distributed.together(lambda: runs.append_jsonl(metrics_path, records) if main else None)
         progress_so_far["lines"] += len(records)
 
     def checkpoint(trainer: Trainer) -> None:
@@ -548,9 +546,9 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
             raise Diverged(trainer.step_count, trainer.epoch, "a parameter")
         seconds = progress_so_far["seconds"] + time.perf_counter() - start
         state = trainer.state_dict()  # on every rank: it gathers their random states
-        if main:
-            runs.save_checkpoint(out, {"model": model.checkpoint(), "trainer": state,
-                                       "progress": {**progress_so_far, "seconds": seconds}})
+        distributed.together(lambda: runs.save_checkpoint(out, {
+            "model": model.checkpoint(), "trainer": state,
+            "progress": {**progress_so_far, "seconds": seconds}}) if main else None)
 
     with stop_on_signals(trainer):
         try:
@@ -559,7 +557,7 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
                             eval_every=hooks.eval_every, transform=data.transform,
                             callbacks=[write_metrics, *logged, *hooks.callbacks(model)], checkpoint=checkpoint,
                             checkpoint_every=args.checkpoint_every)
-            if trainer.stop_signal is not None:  # asked during the last step, which then checkpointed as the last
+            if trainer.stopping():  # asked during the last step, which then checkpointed as the last
                 raise Interrupted(trainer.stop_signal, trainer.step_count)
         except BaseException as e:
             for logger in logged:
@@ -579,7 +577,7 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
             error.agreed = True  # every rank diverges at the same step: their summed terms are the same numbers
             raise error from None
     seconds = progress_so_far["seconds"] + time.perf_counter() - start
-    history = distributed.broadcast(runs.read_jsonl(metrics_path) if main else None)
+    history = distributed.broadcast(distributed.together(lambda: runs.read_jsonl(metrics_path) if main else None))
     summary = {"model": registry.reference(cls), "dataset": args.dataset, "transform": args.transform or "none",
                "schedule": str(args.schedule), "epochs": history[-1]["epoch"], "steps": trainer.step_count,
                "train_elbo": last_epoch_mean(history, "train_elbo", len(data.train[0]), args.batch_size),
@@ -597,6 +595,15 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
             logger.close()
         runs.save_run(out, model.cpu(), summary, before)
     return summary
+
+
+def start_run(out: Path, cls: type, model: LatentVariableModel, flags: dict, data: Data) -> None:
+    """A new run in ``out`` (empty, or an earlier run of aevb's, replaced): marked incomplete, with its config."""
+    if out.exists() and any(out.iterdir()):
+        runs.remove_run(out)
+    out.mkdir(exist_ok=True)
+    runs.mark(out, "incomplete", model=registry.reference(cls))
+    runs.write_json(out / "config.json", run_config(cls, model, flags, data))
 
 
 def last_epoch_mean(history: list[dict], key: str, examples: int, batch_size: int) -> float:

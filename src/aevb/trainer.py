@@ -205,6 +205,7 @@ class Trainer:
         if empty:
             raise ValueError(f"Trainer: the schedule {self.schedule} steps {' and '.join(empty)}, and "
                              f"{type(model).__name__} has no trainable parameters there")
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)  # the batch order
         self.step_count = 0  # gradient steps taken
         self.epoch = 0  # the epoch in progress (1-based), or the last one finished
@@ -215,6 +216,7 @@ class Trainer:
         # in one tensor: thousands of small tensors, one per step, would scatter the heap between each step's buffers
         self.terms = torch.zeros(0, len(TERMS))
         self.stop_signal: int | None = None
+        self.stop_agreed = False  # under torch.distributed: whether a rank was signalled, as of the last step's reduction
         self.finite_data: list = []  # data_identity of the data last found finite
         self.torch_compile = torch_compile
         self.sum_elbo = self._sum_elbo  # compiled after the first step, with ``torch_compile``
@@ -257,7 +259,10 @@ class Trainer:
                     p.grad = torch.zeros_like(p)
             stop = torch.full((1,), float(self.stop_signal is not None), device=count.device)
             distributed.all_reduce_sum([*(p.grad for p in parameters), terms, count, stop])
-            if stop.item() and self.stop_signal is None:  # another rank was signalled: every rank stops after this step
+            # every rank stops after this step if any was signalled before it; a signal that comes later travels
+            # with the next step's reduction (``stopping``), so that no rank waits in a collective the others left
+            self.stop_agreed = bool(stop.item())
+            if self.stop_agreed and self.stop_signal is None:  # another rank was signalled
                 self.stop_signal = signal.SIGTERM
             for p in parameters:
                 p.grad.div_(count)
@@ -293,6 +298,11 @@ class Trainer:
     def request_stop(self, signal: int) -> None:
         """Stop at the next step boundary: checkpoint, then raise ``Interrupted(signal)``."""
         self.stop_signal = signal
+
+    def stopping(self) -> bool:
+        """Whether to stop at this step boundary: a stop was requested or, under torch.distributed, one was on some
+        rank before the last step's reduction (every rank answers alike)."""
+        return self.stop_agreed if distributed.active() else self.stop_signal is not None
 
     def fit(
         self,
@@ -352,11 +362,11 @@ class Trainer:
                     if eval_every == "step":
                         self.pending.append(self._record(phase, self.terms[self.position - 1], evaluate))
                     bar.update()
-                    if self.step_count >= total or self.stop_signal is not None:
+                    if self.step_count >= total or self.stopping():
                         break
                     if checkpoint and unit == "step" and self.step_count % every == 0:
                         checkpoint(self)
-                if self.stop_signal is not None and self.step_count < total:
+                if self.stopping() and self.step_count < total:
                     if checkpoint:
                         checkpoint(self)
                     raise Interrupted(self.stop_signal, self.step_count)
@@ -412,7 +422,7 @@ class Trainer:
             "pending": [{k: v.item() if isinstance(v, Tensor) else v for k, v in r.items()} for r in self.pending],
             "terms": self.terms[:self.position].cpu(),
             "rng": distributed.all_gather(torch.get_rng_state()),  # every rank's (draws of z, dropout, ...)
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "cuda_rng": distributed.all_gather(torch.cuda.get_rng_state()) if torch.cuda.is_available() else [],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -428,9 +438,15 @@ class Trainer:
             raise ValueError(f"terms of shape {tuple(self.terms.shape)} for {self.position} steps of the epoch")
         if not isinstance(state["rng"], list):
             raise TypeError("rng is not a list of the ranks' random states")
-        if len(state["rng"]) == distributed.world_size():
-            torch.set_rng_state(state["rng"][distributed.rank()])
-        else:  # resumed on another number of processes: fresh draws for each rank, seeded by the step and the rank
-            torch.manual_seed(self.step_count * 1_000_003 + distributed.rank())
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        ranks, rank = distributed.world_size(), distributed.rank()
+        # resumed on another number of processes: fresh draws for each rank, seeded by the seed, the step and the rank
+        fresh = self.seed + 1_000_003 * (self.step_count + 1) + 7_919 * rank
+        if len(state["rng"]) == ranks:
+            torch.set_rng_state(state["rng"][rank])
+        else:
+            torch.manual_seed(fresh)
+        if torch.cuda.is_available():  # each rank's GPU's (its current device's)
+            if len(state["cuda_rng"]) == len(state["rng"]) == ranks:
+                torch.cuda.set_rng_state(state["cuda_rng"][rank])
+            else:
+                torch.cuda.manual_seed(fresh)
