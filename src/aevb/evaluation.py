@@ -62,9 +62,10 @@ def shard(tensors: Sequence[Tensor]) -> list[Tensor]:
 def rows_over_ranks(fn: Callable[..., Tensor], tensors: Sequence[Tensor], batch_size: int,
                     device: torch.device) -> Tensor:
     """``fn(*batch)`` for every row of ``tensors``, concatenated in order on the CPU; under torch.distributed each
-    rank computes its shard and the shards are gathered."""
-    mine = torch.cat([fn(*batch).cpu() for batch in in_batches(shard(tensors), batch_size, device)])
-    return torch.cat(distributed.all_gather(mine))
+    rank computes its shard and the shards are gathered (a rank's shard is empty when there are fewer rows than
+    ranks)."""
+    mine = [fn(*batch).cpu() for batch in in_batches(shard(tensors), batch_size, device)]
+    return torch.cat([part for parts in distributed.all_gather(mine) for part in parts])
 
 
 def test_elbo(model: LatentVariableModel, tensors: Sequence[Tensor], batch_size: int = 1000) -> Tensor:
