@@ -77,6 +77,23 @@ SCRIPT = textwrap.dedent('''
             return type(e).__name__, str(e), getattr(e, "agreed", False)
 
 
+    def unused_parameter_moves():
+        """Whether a parameter the ELBO stopped reading still moves (by Adam's momentum, were its gradient zeros
+        rather than none): one process leaves it where it was."""
+        torch.manual_seed(0)
+        model = ClosedFormFA(FAConfig(4, 2))
+        model.generative.shift = torch.nn.Parameter(torch.zeros(4))
+        shifted = [True]
+        elbo = model.elbo
+        model.elbo = lambda x, estimator="aevb": elbo(x - model.generative.shift if shifted[0] else x)
+        trainer = Trainer(model, lr=0.05, batch_size=20, progress=False)
+        x = torch.randn(50, 4)
+        trainer.fit((x,), steps=3)
+        shifted[0], before = False, model.generative.shift.detach().clone()
+        trainer.fit((x,), steps=3)
+        return not torch.equal(before, model.generative.shift)
+
+
     def signalled_late_on_rank_1():
         """The step at which every rank stops when rank 1 alone is signalled just after step 3's reduction (as a
         signal that lands during the optimizer step is): the next step's, on both, none left waiting for the other."""
@@ -105,6 +122,7 @@ SCRIPT = textwrap.dedent('''
         if len(sys.argv) > 2:
             torch.save(fail_on_rank_1(), f"{sys.argv[1]}-failure-{distributed.rank()}.pt")
             torch.save(signalled_late_on_rank_1(), f"{sys.argv[1]}-stop-{distributed.rank()}.pt")
+            torch.save(unused_parameter_moves(), f"{sys.argv[1]}-unused-{distributed.rank()}.pt")
             from aevb.cli import main  # the command line's resume of an interrupted run, on these two processes
             sys.exit(main(["resume", sys.argv[2], "--no-progress", "--json"]))
 ''')
@@ -154,6 +172,8 @@ def launched(tmp_path_factory) -> dict:
         results[kind, 2] = [torch.load(f"{folder / '2'}-{kind}-{rank}.pt") for rank in range(2)]
     results["failures"] = [torch.load(f"{folder / '2'}-failure-{rank}.pt") for rank in range(2)]
     results["stops"] = [torch.load(f"{folder / '2'}-stop-{rank}.pt") for rank in range(2)]
+    results["unused moves"] = [torch.load(f"{folder / '2'}-unused-{rank}.pt") for rank in range(2)]
+    results["unused moves", 1] = script_functions["unused_parameter_moves"]()
     return results
 
 
@@ -198,6 +218,10 @@ def test_torchrun_resumes_a_fit_on_another_number_of_processes(launched):
 
 def test_a_signal_on_one_rank_after_a_steps_reduction_stops_every_rank_after_the_next(launched):
     assert launched["stops"] == [4, 4]  # before, rank 1 stopped after step 3 and rank 0 waited in step 4 until killed
+
+
+def test_a_parameter_no_rank_used_is_left_where_it_was_as_by_one_process(launched):
+    assert launched["unused moves", 1] is False and launched["unused moves"] == [False, False]
 
 
 def test_a_rank_that_fails_ends_every_rank_with_its_error(launched):

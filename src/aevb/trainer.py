@@ -254,18 +254,24 @@ class Trainer:
         else:  # this rank's slice of a short last batch is empty
             terms = torch.zeros(len(TERMS), device=count.device)
         if several:
-            for p in parameters:  # unused by this rank's rows (or no rows): zero, so that every rank reduces alike
-                if p.grad is None:
+            used = torch.ones(len(parameters), device=count.device)  # by this rank: summed, by any
+            for i, p in enumerate(parameters):  # unused by this rank's rows (or no rows): zero, so that every rank
+                if p.grad is None:  # reduces alike
                     p.grad = torch.zeros_like(p)
+                    used[i] = 0
             stop = torch.full((1,), float(self.stop_signal is not None), device=count.device)
-            distributed.all_reduce_sum([*(p.grad for p in parameters), terms, count, stop])
+            distributed.all_reduce_sum([*(p.grad for p in parameters), terms, count, stop, used])
+            for p, by_some_rank in zip(parameters, used.tolist()):
+                if not by_some_rank:  # unused by every rank: no gradient, so that Adam skips it as in one process
+                    p.grad = None
             # every rank stops after this step if any was signalled before it; a signal that comes later travels
             # with the next step's reduction (``stopping``), so that no rank waits in a collective the others left
             self.stop_agreed = bool(stop.item())
             if self.stop_agreed and self.stop_signal is None:  # another rank was signalled
                 self.stop_signal = signal.SIGTERM
             for p in parameters:
-                p.grad.div_(count)
+                if p.grad is not None:
+                    p.grad.div_(count)
         if self.clip_grad is not None:
             torch.nn.utils.clip_grad_norm_(self.phase_parameters[phase], self.clip_grad, foreach=True)
         for optimizer in optimizers:
