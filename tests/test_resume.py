@@ -1,8 +1,8 @@
 """Long runs: a fit killed in the middle of an epoch (SIGKILL) or stopped by SIGINT/SIGTERM, then resumed, ends
 with the same parameters, metrics and summary as the uninterrupted fit, bit for bit; diverging fits stop with
 one line; the trainer trains more when called again and leaves the global random state to its caller."""
-import importlib.metadata
 import copy
+import importlib.metadata
 import itertools
 import json
 import signal
