@@ -588,3 +588,18 @@ def test_a_run_trained_by_another_torch_says_so_however_often_it_was_resumed(tmp
                "bit as an uninterrupted fit would")
     assert f"aevb: warning: {warning}" in capsys.readouterr().err
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["warnings"] == [warning]
+
+
+def test_one_process_keeps_and_restores_the_random_state_of_every_gpu(monkeypatch):
+    """A fit on cuda:1 draws from cuda:1's generator, which is not the current device's: every device's state goes
+    into the checkpoint and comes back (stand-ins for two GPUs' states, on a machine without one)."""
+    states = [torch.tensor([1], dtype=torch.uint8), torch.tensor([2], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    trainer = Trainer(VAE(VAEConfig(data_dim=6, latent_dim=2, hidden=(8,))), batch_size=10, progress=False)
+    state = trainer.state_dict()
+    assert state["cuda_rng"] == states
+    trainer.load_state_dict(state)
+    assert restored == [states]

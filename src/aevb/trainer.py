@@ -13,7 +13,8 @@ steps on its slice of every batch, and the ranks' gradients are summed before ea
 the same step, the one a single process takes on the whole batch (up to float summation order and the draws
 of z). Seed each rank's global generator differently after building the model (its draws of z and dropout);
 the batch-order generator is the trainer's own, seeded alike on every rank. A state_dict holds every rank's
-random state; resumed on another number of processes, each rank draws afresh from a seed of the step and rank.
+random state (of its CPU, and of its GPU); resumed on another number of processes, each rank draws afresh from a
+seed of the trainer's seed, the step and the rank.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import signal
 import weakref
 from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -428,7 +430,9 @@ class Trainer:
             "pending": [{k: v.item() if isinstance(v, Tensor) else v for k, v in r.items()} for r in self.pending],
             "terms": self.terms[:self.position].cpu(),
             "rng": distributed.all_gather(torch.get_rng_state()),  # every rank's (draws of z, dropout, ...)
-            "cuda_rng": distributed.all_gather(torch.cuda.get_rng_state()) if torch.cuda.is_available() else [],
+            # each rank's GPU's (its current device's); in one process, every device's
+            "cuda_rng": ((distributed.all_gather(torch.cuda.get_rng_state()) if distributed.active()
+                          else torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else []),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -444,15 +448,14 @@ class Trainer:
             raise ValueError(f"terms of shape {tuple(self.terms.shape)} for {self.position} steps of the epoch")
         if not isinstance(state["rng"], list):
             raise TypeError("rng is not a list of the ranks' random states")
-        ranks, rank = distributed.world_size(), distributed.rank()
-        # resumed on another number of processes: fresh draws for each rank, seeded by the seed, the step and the rank
-        fresh = self.seed + 1_000_003 * (self.step_count + 1) + 7_919 * rank
-        if len(state["rng"]) == ranks:
+        rank = distributed.rank()
+        if len(state["rng"]) == distributed.world_size():
             torch.set_rng_state(state["rng"][rank])
-        else:
-            torch.manual_seed(fresh)
-        if torch.cuda.is_available():  # each rank's GPU's (its current device's)
-            if len(state["cuda_rng"]) == len(state["rng"]) == ranks:
-                torch.cuda.set_rng_state(state["cuda_rng"][rank])
-            else:
-                torch.cuda.manual_seed(fresh)
+            if state["cuda_rng"] and torch.cuda.is_available():
+                if distributed.active():
+                    torch.cuda.set_rng_state(state["cuda_rng"][rank])
+                else:
+                    torch.cuda.set_rng_state_all(state["cuda_rng"])
+        else:  # resumed on another number of processes: fresh draws for each rank (CPU and GPUs), from a seed of
+            # its own (SeedSequence: unlike a sum, it is no other rank's seed at any step)
+            torch.manual_seed(int(np.random.SeedSequence([self.seed, self.step_count, rank]).generate_state(1)[0]))
