@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -73,21 +74,23 @@ def main() -> None:
     except OSError as e:
         parser.error(f"--out {args.out}: {e.strerror}")
 
-    failed = []
+    codes = {}
     pool = ThreadPoolExecutor(args.parallel)
     futures = [pool.submit(fit, seed, fit_args, args.out) for seed in args.seeds]
     try:
         for future in as_completed(futures):
-            seed, code, seconds = future.result()
-            print(f"seed {seed}: exit {code} after {seconds:.0f} s", flush=True)
-            if code:
-                failed.append(seed)
+            seed, codes[seed], seconds = future.result()
+            print(f"seed {seed}: exit {codes[seed]} after {seconds:.0f} s", flush=True)
     except KeyboardInterrupt:  # the fits had the signal too: each stops at its checkpoint
         pool.shutdown(cancel_futures=True)
-        print("interrupted: the same command resumes the unfinished fits", file=sys.stderr)
-        raise SystemExit(130) from None
+        codes[None] = 130
     pool.shutdown()
-    failed.sort()
+    # a fit stopped by SIGINT or SIGTERM is interrupted, not failed: also where this process ignores SIGINT (started
+    # in the background by a shell, which leaves it ignored) and only the fits, which handle it, stopped
+    if any(code in (128 + signal.SIGINT, 128 + signal.SIGTERM) for code in codes.values()):
+        print("interrupted: the same command resumes the unfinished fits", file=sys.stderr)
+        raise SystemExit(130)
+    failed = sorted(seed for seed, code in codes.items() if code)
     if failed:
         raise SystemExit(f"fits failed for seeds {failed}: see {args.out}/seed-{failed[0]}.log")
 

@@ -1,7 +1,11 @@
 """benchmarks/seeds.py: one fit over several seeds, resumed rather than refitted, summarized per number."""
 import json
+import os
+import signal
 import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "seeds.py"
@@ -48,3 +52,26 @@ def test_parse_seeds_reads_ranges_and_lists():
     finally:
         sys.path.remove(str(SCRIPT.parent))
     assert parse_seeds("0-2,8") == [0, 1, 2, 8] and parse_seeds("5") == [5]
+
+
+def test_fits_stopped_by_a_signal_are_interrupted_not_failed_even_where_seeds_py_ignores_it(tmp_path):
+    """Started in the background by a shell, seeds.py ignores SIGINT (the shell leaves it ignored) while the fits,
+    which handle it, stop at a checkpoint: the same command resumes them, so it says so and exits 130."""
+    out = tmp_path / "runs"
+    command = [sys.executable, SCRIPT, "--seeds", "0,1", "--parallel", "2", "--out", out, *FIT[:2], "--epochs", "1000",
+               *FIT[4:]]
+    ignoring = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                                start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 120
+        while not all((out / f"seed-{s}" / "metrics.jsonl").is_file() for s in (0, 1)):  # both are training
+            assert ignoring.poll() is None and time.monotonic() < deadline, "the fits did not start training"
+            time.sleep(0.1)
+        os.killpg(ignoring.pid, signal.SIGINT)
+        _, err = ignoring.communicate(timeout=120)
+    finally:
+        if ignoring.poll() is None:
+            os.killpg(ignoring.pid, signal.SIGKILL)
+    assert ignoring.returncode == 130 and err.strip().splitlines()[-1] == (
+        "interrupted: the same command resumes the unfinished fits")
+    assert all((out / f"seed-{s}" / "checkpoint.pt").is_file() for s in (0, 1))
