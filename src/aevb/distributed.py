@@ -128,3 +128,9 @@ def together(fn: Callable[[], T]) -> T:
         error = OtherRankFailed(f"rank {r}: {name}: {message}")
     error.agreed = True
     raise error
+
+
+def on_rank_0(fn: Callable[[], T]) -> T | None:
+    """``fn()`` on rank 0 alone (what it writes, say), every rank learning whether it raised (``together``);
+    None on the other ranks."""
+    return together(lambda: fn() if rank() == 0 else None)

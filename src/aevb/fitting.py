@@ -448,7 +448,7 @@ def run_fit(cls: type, args: argparse.Namespace, out: Path, progress: bool = Tru
     requested = flags_of(args)
     main = distributed.rank() == 0
     with contextlib.ExitStack() as lock:  # under torchrun, rank 0 writes the run directory; every rank learns if it can
-        distributed.together(lambda: lock.enter_context(runs.locked(out)) if main else None)
+        distributed.on_rank_0(lambda: lock.enter_context(runs.locked(out)))
         state = distributed.together(lambda: check_run_dir(out, cls, requested, resume))
         if resume and state == "complete":
             summary = read_json(out / "summary.json")
@@ -457,7 +457,7 @@ def run_fit(cls: type, args: argparse.Namespace, out: Path, progress: bool = Tru
             return summary
         if resume and state == "incomplete" and not (out / runs.CHECKPOINT).is_file():
             # stopped before its first checkpoint: it starts over
-            distributed.together(lambda: runs.remove_run(out) if main else None)
+            distributed.on_rank_0(lambda: runs.remove_run(out))
             state = None
         threads = torch.get_num_threads()
         try:
@@ -521,24 +521,24 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
     before = runs.snapshot(out) if resume else {}  # what a resumed run holds: a user's file among it stays theirs
     if resume:
         progress_so_far.update(distributed.together(lambda: resume_from(out / runs.CHECKPOINT, model, trainer)))
-        distributed.together(lambda: runs.keep_lines(
+        distributed.on_rank_0(lambda: runs.keep_lines(
             metrics_path, progress_so_far["lines"],
-            f"delete {out / runs.CHECKPOINT} to start the run over, or fit into another --out") if main else None)
+            f"delete {out / runs.CHECKPOINT} to start the run over, or fit into another --out"))
     else:
-        distributed.together(lambda: start_run(out, cls, model, flags, data) if main else None)
+        distributed.on_rank_0(lambda: start_run(out, cls, model, flags, data))
     progress_so_far["software"] = list(dict.fromkeys([*progress_so_far["software"],  # and this process's
                                                       trained_with(runs.software_versions())]))
     start = time.perf_counter()
-    logged = distributed.together(
-        lambda: [tensorboard_logger(out, resume, progress_so_far["lines"])] if args.tensorboard and main else [])
+    logged = distributed.on_rank_0(
+        lambda: [tensorboard_logger(out, resume, progress_so_far["lines"])] if args.tensorboard else []) or []
 
     def evaluate(model: LatentVariableModel) -> dict:
         return {"test_elbo": evaluation.test_elbo(model, data.test), **hooks.metrics(model, data, trainer.step_count)}
 
-    # under torchrun rank 0 alone writes, and every rank learns whether it could (``distributed.together``): a full
+    # under torchrun rank 0 alone writes, and every rank learns whether it could (``distributed.on_rank_0``): a full
     # disk on rank 0 must not leave the others waiting in the next step's collective
     def write_metrics(records: list[dict]) -> None:
-        distributed.together(lambda: runs.append_jsonl(metrics_path, records) if main else None)
+        distributed.on_rank_0(lambda: runs.append_jsonl(metrics_path, records))
         progress_so_far["lines"] += len(records)
 
     def checkpoint(trainer: Trainer) -> None:
@@ -546,9 +546,8 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
             raise Diverged(trainer.step_count, trainer.epoch, "a parameter")
         seconds = progress_so_far["seconds"] + time.perf_counter() - start
         state = trainer.state_dict()  # on every rank: it gathers their random states
-        distributed.together(lambda: runs.save_checkpoint(out, {
-            "model": model.checkpoint(), "trainer": state,
-            "progress": {**progress_so_far, "seconds": seconds}}) if main else None)
+        distributed.on_rank_0(lambda: runs.save_checkpoint(out, {
+            "model": model.checkpoint(), "trainer": state, "progress": {**progress_so_far, "seconds": seconds}}))
 
     with stop_on_signals(trainer):
         try:
@@ -577,7 +576,7 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
             error.agreed = True  # every rank diverges at the same step: their summed terms are the same numbers
             raise error from None
     seconds = progress_so_far["seconds"] + time.perf_counter() - start
-    history = distributed.broadcast(distributed.together(lambda: runs.read_jsonl(metrics_path) if main else None))
+    history = distributed.broadcast(distributed.on_rank_0(lambda: runs.read_jsonl(metrics_path)))
     summary = {"model": registry.reference(cls), "dataset": args.dataset, "transform": args.transform or "none",
                "schedule": str(args.schedule), "epochs": history[-1]["epoch"], "steps": trainer.step_count,
                "train_elbo": last_epoch_mean(history, "train_elbo", len(data.train[0]), args.batch_size),
