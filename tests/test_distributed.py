@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent('''
     import torch.distributed as dist
     from torch.distributions import kl_divergence
 
-    from aevb import distributed
+    from aevb import distributed, evaluation
     from aevb.disk import DiskArray, DiskRows, shard_paths
     from aevb.elbo import ELBO
     from aevb.errors import Interrupted
@@ -94,6 +94,30 @@ SCRIPT = textwrap.dedent('''
         return not torch.equal(before, model.generative.shift)
 
 
+    def failing_alone_on_rank_1(where):
+        """What each rank raises, and after how many steps, when rank 1 alone fails (a model's error on its rows, its
+        GPU's memory) in a training step (the third), or in the evaluation after the first epoch (5 steps): in the
+        test ELBO, or in a function of the test rows gathered from the ranks."""
+        torch.manual_seed(0)
+        model = VAE(VAEConfig(data_dim=6, latent_dim=2, hidden=(8,)))
+        trainer = Trainer(model, lr=0.01, batch_size=10, progress=False)
+        x, elbo = torch.rand(50, 6), model.elbo
+
+        def fails(*batch, **options):
+            if distributed.rank() == 1 and trainer.step_count == (2 if where == "step" else 5):
+                raise RuntimeError("out of memory (a stand-in)")
+            return elbo(*batch, **options)
+
+        model.elbo = fails
+        evaluate = {"step": None, "test ELBO": lambda m: {"test_elbo": evaluation.test_elbo(m, (x,))},
+                    "gathered rows": lambda m: {"rows": evaluation.rows_over_ranks(
+                        lambda rows: m.elbo(rows).elbo, (x,), 10, torch.device("cpu")).sum()}}[where]
+        try:
+            trainer.fit((x,), steps=7, evaluate=evaluate)
+        except Exception as e:
+            return type(e).__name__, str(e), getattr(e, "agreed", False), trainer.step_count
+
+
     def signalled_late_on_rank_1():
         """The step at which every rank stops when rank 1 alone is signalled just after step 3's reduction (as a
         signal that lands during the optimizer step is): the next step's, on both, none left waiting for the other."""
@@ -121,6 +145,8 @@ SCRIPT = textwrap.dedent('''
             train(kind, f"{sys.argv[1]}-{kind}")
         if len(sys.argv) > 2:
             torch.save(fail_on_rank_1(), f"{sys.argv[1]}-failure-{distributed.rank()}.pt")
+            torch.save({where: failing_alone_on_rank_1(where) for where in ("step", "test ELBO", "gathered rows")},
+                       f"{sys.argv[1]}-failing-alone-{distributed.rank()}.pt")
             torch.save(signalled_late_on_rank_1(), f"{sys.argv[1]}-stop-{distributed.rank()}.pt")
             torch.save(unused_parameter_moves(), f"{sys.argv[1]}-unused-{distributed.rank()}.pt")
             from aevb.cli import main  # the command line's resume of an interrupted run, on these two processes
@@ -171,6 +197,7 @@ def launched(tmp_path_factory) -> dict:
         results[kind, 1] = [torch.load(f"{folder / '1'}-{kind}-0.pt")]
         results[kind, 2] = [torch.load(f"{folder / '2'}-{kind}-{rank}.pt") for rank in range(2)]
     results["failures"] = [torch.load(f"{folder / '2'}-failure-{rank}.pt") for rank in range(2)]
+    results["failing alone"] = [torch.load(f"{folder / '2'}-failing-alone-{rank}.pt") for rank in range(2)]
     results["stops"] = [torch.load(f"{folder / '2'}-stop-{rank}.pt") for rank in range(2)]
     results["unused moves"] = [torch.load(f"{folder / '2'}-unused-{rank}.pt") for rank in range(2)]
     results["unused moves", 1] = script_functions["unused_parameter_moves"]()
@@ -229,6 +256,16 @@ def test_a_rank_that_fails_ends_every_rank_with_its_error(launched):
     alone (the command line prints it once: the test below)."""
     assert launched["failures"] == [("OtherRankFailed", "rank 1: ValueError: rank 1 cannot model these values", True),
                                     ("ValueError", "rank 1 cannot model these values", True)]
+
+
+@pytest.mark.parametrize("where, step", [("step", 2), ("test ELBO", 5), ("gathered rows", 5)])
+def test_an_error_of_one_rank_in_a_step_or_an_evaluation_ends_every_rank(launched, where, step):
+    """Rank 1 alone fails where the other waits for it in a collective (the step's reduction, the evaluation's): it
+    raises its error, rank 0 names it (before, with gloo, rank 0 raised gloo's "Connection closed by peer" once rank
+    1's process had ended)."""
+    assert [ranks[where] for ranks in launched["failing alone"]] == [
+        ("OtherRankFailed", "rank 1: RuntimeError: out of memory (a stand-in)", True, step),
+        ("RuntimeError", "out of memory (a stand-in)", True, step)]
 
 
 def test_what_several_processes_cannot_run_is_one_line(tmp_path, monkeypatch, capsys):

@@ -103,20 +103,27 @@ INTERRUPTIONS = {"KeyboardInterrupt": KeyboardInterrupt, "Terminated": Terminate
 
 
 def together(fn: Callable[[], T]) -> T:
-    """``fn()`` on every rank; if it raises on any, every rank raises: the failing rank its own error, the others a
-    ``UsageError`` with its message, the same interruption (KeyboardInterrupt, ``Terminated``), or
-    ``OtherRankFailed`` naming the rank and the error, so that no rank goes on to wait for the others in a
-    collective. The raised error has ``agreed = True``: one rank (rank 0) reports it."""
+    """``fn()`` on every rank; if it raises on any, every rank raises (``agree``), so that no rank goes on to wait
+    for the others in a collective."""
     if not active():
         return fn()
     try:
         result, failure = fn(), None
     except BaseException as e:  # noqa: BLE001  (re-raised below, on every rank)
         result, failure = None, e
+    agree(failure)
+    return result
+
+
+def agree(failure: BaseException | None) -> None:
+    """Every rank passes what it raised (None: nothing); if any raised, every rank raises: the first rank that failed
+    its own error, the others a ``UsageError`` with its message, the same interruption
+    (KeyboardInterrupt, ``Terminated``), or ``OtherRankFailed`` naming the rank and the error. The raised error has
+    ``agreed = True``: one rank (rank 0) reports it. A collective (an all-gather) in a process group."""
     described = None if failure is None else (isinstance(failure, UsageError), type(failure).__name__, str(failure))
     failures = [(r, f) for r, f in enumerate(all_gather(described)) if f is not None]
     if not failures:
-        return result
+        return
     r, (usage, name, message) = failures[0]
     if r == rank():
         error = failure

@@ -46,7 +46,9 @@ def in_batches(tensors: Sequence[Tensor], batch_size: int, device: torch.device)
 
 
 def mean_over_ranks(total: Tensor, count: int) -> Tensor:
-    """A sum over this rank's shard of ``count`` rows, summed over the ranks and divided by ``count``; 0-dim."""
+    """A sum over this rank's shard of ``count`` rows, summed over the ranks and divided by ``count``; 0-dim.
+    The callers compute each rank's sum inside ``distributed.together``: a rank that failed alone would leave the
+    others waiting here."""
     if not count:
         raise ValueError("no examples to evaluate on: the test set is empty")
     total = total.reshape(1)
@@ -63,8 +65,8 @@ def rows_over_ranks(fn: Callable[..., Tensor], tensors: Sequence[Tensor], batch_
                     device: torch.device) -> Tensor:
     """``fn(*batch)`` for every row of ``tensors``, concatenated in order on the CPU; under torch.distributed each
     rank computes its shard and the shards are gathered (a rank's shard is empty when there are fewer rows than
-    ranks)."""
-    mine = [fn(*batch).cpu() for batch in in_batches(shard(tensors), batch_size, device)]
+    ranks; an error on one rank is raised on every rank: ``distributed.together``)."""
+    mine = distributed.together(lambda: [fn(*batch).cpu() for batch in in_batches(shard(tensors), batch_size, device)])
     return torch.cat([part for parts in distributed.all_gather(mine) for part in parts])
 
 
@@ -72,8 +74,9 @@ def test_elbo(model: LatentVariableModel, tensors: Sequence[Tensor], batch_size:
     """Mean one-sample ELBO over the rows of ``tensors`` = (x, *context); a 0-dim tensor, nats per example.
     Under torch.distributed each rank takes its shard of the rows."""
     with eval_mode(model) as device:
-        total = sum((model.elbo(*batch).elbo.sum() for batch in in_batches(shard(tensors), batch_size, device)),
-                    torch.zeros((), device=device))
+        total = distributed.together(lambda: sum(
+            (model.elbo(*batch).elbo.sum() for batch in in_batches(shard(tensors), batch_size, device)),
+            torch.zeros((), device=device)))
     return mean_over_ranks(total, len(tensors[0]))
 
 
@@ -92,8 +95,9 @@ def iwae_log_likelihood(
         batches = tqdm(in_batches(mine, batch_size, device), total=math.ceil(len(mine[0]) / batch_size),
                        desc=f"IWAE bound, K = {num_samples}", unit="batch", leave=False,
                        disable=None if progress and distributed.rank() == 0 else True)
-        total = sum((model.iwae_bound(*batch, num_samples=num_samples, chunk_size=chunk_size).sum() for batch in batches),
-                    torch.zeros((), device=device))
+        total = distributed.together(lambda: sum(
+            (model.iwae_bound(*batch, num_samples=num_samples, chunk_size=chunk_size).sum() for batch in batches),
+            torch.zeros((), device=device)))
     return mean_over_ranks(total, len(tensors[0]))
 
 

@@ -241,18 +241,26 @@ class Trainer:
         batch for the groups of ``phase``; returns the batch's mean log-likelihood, KL and ELBO (3,).
 
         Under torch.distributed, the gradient of -sum ELBO, the summed terms and the row count are summed over the
-        ranks in one collective (``aevb.distributed``), then divided by the count: the mean over the global batch."""
+        ranks in one collective (``aevb.distributed``), then divided by the count: the mean over the global batch. An error
+        on one rank (its rows, its GPU's memory) is agreed in that collective: every rank raises (``distributed.agree``)."""
         optimizers, parameters = self.phase_optimizers[phase], self.phase_parameters[phase]
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         # torch.full launches a fill; torch.tensor would copy from the host and wait for the GPU at every step
         count = torch.full((), float(len(batch[0])), device=parameters[0].device)
-        several = distributed.active()
+        several, failure = distributed.active(), None
         if len(batch[0]):
-            sums = self.sum_elbo(batch)
-            # gradients only for the groups this phase moves; one process: of the mean at once
-            (-sums[3] if several else -sums[3] / count).backward(inputs=parameters)
-            terms = sums[:len(TERMS)].detach().clone()  # a copy: a CUDA graph's next replay overwrites its output
+            try:
+                sums = self.sum_elbo(batch)
+                # gradients only for the groups this phase moves; one process: of the mean at once
+                (-sums[3] if several else -sums[3] / count).backward(inputs=parameters)
+                terms = sums[:len(TERMS)].detach().clone()  # a copy: a CUDA graph's next replay overwrites its output
+            except BaseException as e:  # noqa: BLE001  (raised on every rank after the reduction below)
+                if not several:
+                    raise
+                # an error of this rank's alone (a model's on its rows, the GPU's memory): the others would wait in
+                # the reduction for this rank; it joins it instead, and every rank raises after it
+                failure, terms = e, torch.zeros(len(TERMS), device=count.device)
         else:  # this rank's slice of a short last batch is empty
             terms = torch.zeros(len(TERMS), device=count.device)
         if several:
@@ -261,14 +269,18 @@ class Trainer:
                 if p.grad is None:  # reduces alike
                     p.grad = torch.zeros_like(p)
                     used[i] = 0
-            stop = torch.full((1,), float(self.stop_signal is not None), device=count.device)
-            distributed.all_reduce_sum([*(p.grad for p in parameters), terms, count, stop, used])
+            flags = torch.tensor([self.stop_signal is not None, failure is not None], dtype=torch.float32,
+                                 device=count.device)
+            distributed.all_reduce_sum([*(p.grad for p in parameters), terms, count, flags, used])
+            stopped, failed = flags.tolist()
+            if failed:
+                distributed.agree(failure)
             for p, by_some_rank in zip(parameters, used.tolist()):
                 if not by_some_rank:  # unused by every rank: no gradient, so that Adam skips it as in one process
                     p.grad = None
             # every rank stops after this step if any was signalled before it; a signal that comes later travels
             # with the next step's reduction (``stopping``), so that no rank waits in a collective the others left
-            self.stop_agreed = bool(stop.item())
+            self.stop_agreed = bool(stopped)
             if self.stop_agreed and self.stop_signal is None:  # another rank was signalled
                 self.stop_signal = signal.SIGTERM
             for p in parameters:
