@@ -269,18 +269,17 @@ class Trainer:
                 if p.grad is None:  # reduces alike
                     p.grad = torch.zeros_like(p)
                     used[i] = 0
-            flags = torch.tensor([self.stop_signal is not None, failure is not None], dtype=torch.float32,
-                                 device=count.device)
-            distributed.all_reduce_sum([*(p.grad for p in parameters), terms, count, flags, used])
-            stopped, failed = flags.tolist()
-            if failed:
+            stop = torch.full((1,), float(self.stop_signal is not None), device=count.device)
+            failed = torch.full((1,), float(failure is not None), device=count.device)
+            distributed.all_reduce_sum([*(p.grad for p in parameters), terms, count, stop, failed, used])
+            if failed.item():
                 distributed.agree(failure)
             for p, by_some_rank in zip(parameters, used.tolist()):
                 if not by_some_rank:  # unused by every rank: no gradient, so that Adam skips it as in one process
                     p.grad = None
             # every rank stops after this step if any was signalled before it; a signal that comes later travels
             # with the next step's reduction (``stopping``), so that no rank waits in a collective the others left
-            self.stop_agreed = bool(stopped)
+            self.stop_agreed = bool(stop.item())
             if self.stop_agreed and self.stop_signal is None:  # another rank was signalled
                 self.stop_signal = signal.SIGTERM
             for p in parameters:
