@@ -6,9 +6,11 @@
 Each model has a module ``bench_<model>.py`` beside this file exposing ``time_model(args) -> list[dict]``,
 one row per mode (eager; compiled: aevb's trainer with ``torch_compile=True``), each with at least ``device``,
 ``compiled``, ``ours_seconds``, ``plain_seconds`` and ``ratio`` (ours / plain). The loops are timed in the
-same process, on the same device, data, architecture, batch size and initial parameters. This driver runs
-the models asked for, prints the ratio per row, and writes each row as a JSON line to ``--out`` as soon as it
-is measured (and, with ``--json``, to the standard output), so that a run cut short keeps what it measured.
+same process, on the same device, data, architecture, batch size and initial parameters, after checking that
+they compute the same ELBO and gradient (``check_same_numbers``: a model whose two loops differ is not timed, its
+row says why). This driver runs the models asked for, prints the ratio per row, and appends each model's rows as
+JSON lines to ``--out`` as soon as that model is measured (and, with ``--json``, prints them), so that a run cut
+short keeps the models it finished and no run replaces another's results.
 With ``--repeats R`` every loop of a model is timed R times in rounds, back to back, and a row gives the
 medians (on a shared machine the load changes between minutes more than within one round).
 On a GPU a row also counts host-device synchronizations per step, and a compiled row the CUDA-graph replays
@@ -276,11 +278,16 @@ def gradient_norm(module: nn.Module) -> float:
     return torch.sqrt(sum(p.grad.pow(2).sum() for p in module.parameters() if p.grad is not None)).item()
 
 
+SAME_ELBO, SAME_GRADIENT = 1e-5, 1e-4  # relative: float32 summation order, not a different computation
+
+
 def check_same_numbers(ours: tuple[nn.Module, Callable[[], Tensor]], plain: tuple[nn.Module, Callable[[], Tensor]],
                        seed: int) -> dict:
-    """Mean ELBO and its gradient norm from both implementations, from the same noise (the same seed): aevb's
-    dropout draws its masks as torch's does here (its own draws on a CPU are cheaper: ``aevb.models.vae.Dropout``,
-    whose masks ``tests/test_vae.py`` checks)."""
+    """Mean ELBO and its gradient norm from both implementations, from the same noise (the same seed), and their
+    differences; ValueError where they differ by more than float rounding (``SAME_ELBO``, ``SAME_GRADIENT``):
+    timing two loops that compute different numbers would compare different work. aevb's dropout draws its masks
+    as torch's does here (its own draws on a CPU are cheaper: ``aevb.models.vae.Dropout``, whose masks
+    ``tests/test_vae.py`` checks)."""
     results = []
     for module, elbo in (ours, plain):
         module.zero_grad()
@@ -291,8 +298,12 @@ def check_same_numbers(ours: tuple[nn.Module, Callable[[], Tensor]], plain: tupl
         results.append((value.item(), gradient_norm(module)))
         module.zero_grad()
     (ours_elbo, ours_grad), (plain_elbo, plain_grad) = results
-    return {"elbo_ours": ours_elbo, "elbo_plain": plain_elbo, "elbo_abs_diff": abs(ours_elbo - plain_elbo),
-            "grad_norm_rel_diff": abs(ours_grad - plain_grad) / plain_grad}
+    numbers = {"elbo_ours": ours_elbo, "elbo_plain": plain_elbo, "elbo_abs_diff": abs(ours_elbo - plain_elbo),
+               "grad_norm_rel_diff": abs(ours_grad - plain_grad) / plain_grad}
+    if numbers["elbo_abs_diff"] > SAME_ELBO * max(1.0, abs(plain_elbo)) or numbers["grad_norm_rel_diff"] > SAME_GRADIENT:
+        raise ValueError(f"the two loops compute different numbers, so they were not timed: mean ELBO {ours_elbo:.6g} "
+                         f"(aevb) and {plain_elbo:.6g} (plain), gradient norms {ours_grad:.6g} and {plain_grad:.6g}")
+    return numbers
 
 
 def compare(ours: Callable[[int | None, bool], tuple[float, float, dict]], plain: Callable[[int | None], tuple[float, float]],
@@ -420,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--modes", default="eager", type=lambda text: text.split(","),
                         help="comma-separated: eager, compiled (aevb's trainer with torch_compile=True); default eager")
     parser.add_argument("--out", type=Path, default=Path("runs/bench.jsonl"),
-                        help="JSON Lines results file, a row written as each finishes (default runs/bench.jsonl)")
+                        help="JSON Lines results file, each model's rows appended as it finishes (default runs/bench.jsonl)")
     parser.add_argument("--json", action="store_true", help="print each row as one JSON line too")
     return parser
 
@@ -435,7 +446,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     sys.path.insert(0, str(Path(__file__).parent))  # the bench_<model> modules, whatever the working folder
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
-    with args.out.open("w") as out:
+    with args.out.open("a") as out:
         for name in args.models.split(","):
             try:
                 model_rows = importlib.import_module(f"bench_{name}").time_model(args)
@@ -459,7 +470,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     print(json.dumps(row), flush=True)
                 out.write(json.dumps(row) + "\n")
                 out.flush()
-    print(f"results written to {args.out}")
+    print(f"results appended to {args.out}")
     if any("error" in row for row in rows):
         sys.exit(1)
     return rows

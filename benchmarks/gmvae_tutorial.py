@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from bench_gmvae import PlainGMVAE, diagonal_normal
 
+from aevb.arguments import positive_int, thread_count
 from aevb.clustering import cluster_accuracy, nmi
 from aevb.data import load_dataset, prepare
 from aevb.evaluation import eval_mode
@@ -109,7 +110,7 @@ def run_seed(args: argparse.Namespace, seed: int, out) -> dict:
 
 def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    with open(args.out, "w") if args.out else contextlib.nullcontext() as out:
+    with open(args.out, "a") if args.out else contextlib.nullcontext() as out:
         last = [run_seed(args, seed, out) for seed in args.seeds]
     print(f"\n{args.dataset}, epoch {args.epochs}, seeds {' '.join(map(str, args.seeds))}: median (min to max)\n")
     print("| cluster accuracy | H(q(y\\|x)) | test ELBO | test ELBO without -log C |\n| --- | --- | --- | --- |")
@@ -121,11 +122,11 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="digits", choices=["digits", "mnist"])
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=positive_int, default=20)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=None, help="JSONL file: one record per epoch and seed")
+    parser.add_argument("--threads", type=thread_count, default=1)
+    parser.add_argument("--out", default=None, help="JSONL file: one record per epoch and seed, appended")
     main(parser.parse_args())

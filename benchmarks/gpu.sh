@@ -5,17 +5,24 @@
 #     benchmarks/gpu.sh [MNIST_DIR [OUT_DIR]]          defaults: .mnist and runs/gpu
 #
 # It reads nothing outside the work tree: copy MNIST's four IDX files into MNIST_DIR first (e.g. .mnist/,
-# which git does not ignore, so that a copy of the untracked work tree carries it to the GPU machine). It compiles from an empty cache, so the compile times are what a first run pays. Each row
-# is a JSON line in OUT_DIR/gpu.jsonl (and on the standard output), the whole output in OUT_DIR/log. It exits
-# 1 if a row failed or a compiled row skipped a CUDA graph, replayed none, broke its graph, generated no kernel
-# or synchronized with the host inside a step.
+# which git does not ignore, so that a copy of the untracked work tree carries it to the GPU machine). It
+# compiles from an empty cache (a temporary folder, removed at the end), so the compile times are what a first
+# run pays. Each row is a JSON line in OUT_DIR/gpu.jsonl (and on the standard output), the whole output in
+# OUT_DIR/log; an OUT_DIR that holds either already is refused (exit 2). It exits 1 if a row failed or a compiled
+# row skipped a CUDA graph, replayed none, broke its graph, generated no kernel or synchronized with the host
+# inside a step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:-.mnist}
 out=${2:-runs/gpu}
+if [ -e "$out/gpu.jsonl" ] || [ -e "$out/log" ]; then
+    echo "gpu.sh: $out already holds gpu.jsonl or log: name another OUT_DIR" >&2
+    exit 2
+fi
 mkdir -p "$out"
 export PYTHONPATH=src:benchmarks PYTHONUNBUFFERED=1
 cache=$(mktemp -d)
+trap 'rm -rf "$cache"' EXIT
 export TORCHINDUCTOR_CACHE_DIR=$cache/inductor TRITON_CACHE_DIR=$cache/triton
 python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, "cuda", torch.version.cuda)'
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader

@@ -7,13 +7,13 @@ the cost of writing a checkpoint, as a share of an epoch.
 runs ``aevb ARGS`` three times in fresh processes: uninterrupted into OUT/uninterrupted (timing each checkpoint
 write and each epoch), killed just before step --kill-at into OUT/killed, then ``aevb resume OUT/killed``. It
 prints whether the parameters, metrics.jsonl and summary (bar its train_seconds) are identical, and the
-checkpoint seconds against the epoch seconds, and writes them as JSON.
+checkpoint seconds against the epoch seconds, and writes them as JSON to OUT/result.json. OUT (default
+runs/kill_and_resume) must not exist yet, or be empty.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from aevb.arguments import positive_int
 
 # Runs `aevb ARGV` in this process, SIGKILLing itself before gradient step AT (0: never), timing checkpoints and
 # epochs; prints the timings as JSON on its last line.
@@ -64,23 +66,31 @@ def same_run(a: Path, b: Path) -> dict[str, bool]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kill-at", type=int, required=True, help="the gradient step to SIGKILL the fit before")
-    parser.add_argument("--out", type=Path, default=Path("runs/kill_and_resume"))
+    parser.add_argument("--kill-at", type=positive_int, required=True, help="the gradient step to SIGKILL the fit before")
+    parser.add_argument("--out", type=Path, default=Path("runs/kill_and_resume"),
+                        help="a new or empty folder for the two runs and result.json (default runs/kill_and_resume)")
     parser.add_argument("fit", nargs=argparse.REMAINDER, help="-- then the aevb fit command's arguments (no --out)")
     args = parser.parse_args()
     command = [a for a in args.fit if a != "--"]
-    shutil.rmtree(args.out, ignore_errors=True)
-    args.out.mkdir(parents=True)
+    if args.out.exists() and not (args.out.is_dir() and not any(args.out.iterdir())):
+        parser.error(f"--out {args.out} exists and is not an empty folder: choose a new one (nothing there is replaced)")
+    args.out.mkdir(parents=True, exist_ok=True)
     uninterrupted, killed = args.out / "uninterrupted", args.out / "killed"
 
+    def check(result: subprocess.CompletedProcess, expected: int, what: str) -> None:
+        if result.returncode != expected:
+            sys.exit(f"{what} exited {result.returncode}, not {expected}: {result.stderr.strip()[-2000:]}")
+
     first, wall = aevb(0, [*command, "--out", str(uninterrupted)])
-    assert first.returncode == 0, first.stderr
+    check(first, 0, "the uninterrupted fit")
     times = json.loads(first.stdout.strip().splitlines()[-1])
     epochs = [b - a for a, b in zip(times["epoch_starts"], times["epoch_starts"][1:])]
     second, _ = aevb(args.kill_at, [*command, "--out", str(killed)])
-    assert second.returncode == -signal.SIGKILL, second.stderr
+    if second.returncode == 0:
+        parser.error(f"the fit ended before step --kill-at {args.kill_at}: choose a step inside it")
+    check(second, -signal.SIGKILL, "the fit to kill")
     third, resume_wall = aevb(0, ["resume", str(killed)])
-    assert third.returncode == 0, third.stderr
+    check(third, 0, "aevb resume")
     result = {"command": command, "kill_at": args.kill_at, "uninterrupted_wall_seconds": wall,
               "resume_wall_seconds": resume_wall, "identical": same_run(uninterrupted, killed),
               "checkpoint_seconds": times["checkpoint"], "epoch_seconds": epochs,

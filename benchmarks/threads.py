@@ -1,6 +1,6 @@
 """Where a second CPU thread pays: training steps with torch.set_num_threads(1) against 2, across work sizes.
 
-    PYTHONPATH=src python benchmarks/threads.py [--out threads.json] [--repeats 5] [--block 0.3] [--only vae] [--large]
+    PYTHONPATH=src python benchmarks/threads.py [--out threads.jsonl] [--threads 2] [--repeats 5] [--block 0.3] [--only vae] [--large]
 
 For each case (a model, its sizes and a batch size) one model and one ``aevb.trainer.Trainer`` train on
 random data of the model's kind (in [0, 1] for the continuous-Bernoulli VAE, binary for the GMVAE and the
@@ -10,7 +10,7 @@ seconds (its number of steps is set by a warm-up block with the same thread coun
 median time per step with each count, t2/t1 (the ratio of the medians; below 1: two threads are faster),
 the range of the rounds' own ratios, the case's work (``aevb.threads.step_flops``: FLOPs of one ELBO
 forward and backward), the one-minute load average when it finished, and what ``default_threads`` picks.
-The table is printed, and everything is written as JSON to ``--out``.
+The table is printed, and the whole report is appended to ``--out`` as one JSON line.
 
 On a machine busy with other work the second thread is often not running when the first waits for it at
 the end of an operation, so two threads can be many times slower than one. Run it as the machine usually
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from aevb.arguments import positive_float, positive_int, thread_count
 from aevb.models.fa import FAConfig, FactorAnalysis
 from aevb.models.gmvae import GMVAE, GMVAEConfig
 from aevb.models.vae import VAE, VAEConfig
@@ -163,14 +164,14 @@ def load_line() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("threads.json"), help="where to write the JSON results")
-    parser.add_argument("--repeats", type=int, default=5, help="rounds of 1-thread and 2-thread blocks per case")
-    parser.add_argument("--block", type=float, default=0.3, help="seconds of training per timed block")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                        help="the thread count compared with 1 (default: torch's default here)")
+    parser.add_argument("--out", type=Path, default=Path("threads.jsonl"),
+                        help="JSON Lines file the report is appended to (default threads.jsonl)")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="rounds of 1-thread and 2-thread blocks per case")
+    parser.add_argument("--block", type=positive_float, default=0.3, help="seconds of training per timed block")
+    parser.add_argument("--threads", type=thread_count, default=2, help="the thread count compared with 1 (default 2)")
     parser.add_argument("--only", default="", help="run only the cases whose name contains this text")
     parser.add_argument("--large", action="store_true", help="also VAEs larger than any default (h=1000 to 4000)")
-    parser.add_argument("--budget", type=float, default=240.0, help=(
+    parser.add_argument("--budget", type=positive_float, default=240.0, help=(
         "seconds for the whole run: a case behind this schedule gets 2 rounds, not --repeats "
         "(two threads on a busy machine can be many times slower than their warm-up said)"))
     args = parser.parse_args()
@@ -203,8 +204,9 @@ def main() -> None:
               "load_average_before": load_before, "load_average_after": load_after,
               "seconds": time.perf_counter() - started, "threshold_flops": THRESHOLD_FLOPS,
               "suggestion": suggestion, "results": results}
-    args.out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {args.out}")
+    with args.out.open("a") as out:
+        out.write(json.dumps(report) + "\n")
+    print(f"appended the report to {args.out}")
 
 
 if __name__ == "__main__":
