@@ -1,6 +1,5 @@
 """The benchmark scripts' own checks: two loops timed only when they compute the same numbers, and no user file
 replaced or deleted (``seeds.py`` has its own tests)."""
-import sys
 from pathlib import Path
 
 import numpy as np
