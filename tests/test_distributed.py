@@ -147,6 +147,9 @@ SCRIPT = textwrap.dedent('''
             torch.save(fail_on_rank_1(), f"{sys.argv[1]}-failure-{distributed.rank()}.pt")
             torch.save({where: failing_alone_on_rank_1(where) for where in ("step", "test ELBO", "gathered rows")},
                        f"{sys.argv[1]}-failing-alone-{distributed.rank()}.pt")
+            one_row = torch.tensor([[3.0, 4.0]])  # fewer rows than ranks: rank 1's shard is empty
+            torch.save(evaluation.rows_over_ranks(lambda x: 2 * x, (one_row,), 10, torch.device("cpu")),
+                       f"{sys.argv[1]}-one-row-{distributed.rank()}.pt")
             torch.save(signalled_late_on_rank_1(), f"{sys.argv[1]}-stop-{distributed.rank()}.pt")
             torch.save(unused_parameter_moves(), f"{sys.argv[1]}-unused-{distributed.rank()}.pt")
             from aevb.cli import main  # the command line's resume of an interrupted run, on these two processes
@@ -198,6 +201,7 @@ def launched(tmp_path_factory) -> dict:
         results[kind, 2] = [torch.load(f"{folder / '2'}-{kind}-{rank}.pt") for rank in range(2)]
     results["failures"] = [torch.load(f"{folder / '2'}-failure-{rank}.pt") for rank in range(2)]
     results["failing alone"] = [torch.load(f"{folder / '2'}-failing-alone-{rank}.pt") for rank in range(2)]
+    results["one row"] = [torch.load(f"{folder / '2'}-one-row-{rank}.pt") for rank in range(2)]
     results["stops"] = [torch.load(f"{folder / '2'}-stop-{rank}.pt") for rank in range(2)]
     results["unused moves"] = [torch.load(f"{folder / '2'}-unused-{rank}.pt") for rank in range(2)]
     results["unused moves", 1] = script_functions["unused_parameter_moves"]()
@@ -256,6 +260,11 @@ def test_a_rank_that_fails_ends_every_rank_with_its_error(launched):
     alone (the command line prints it once: the test below)."""
     assert launched["failures"] == [("OtherRankFailed", "rank 1: ValueError: rank 1 cannot model these values", True),
                                     ("ValueError", "rank 1 cannot model these values", True)]
+
+
+def test_rows_fewer_than_the_ranks_are_gathered_whole_on_every_rank(launched):
+    """The GMVAE's q(y|x) over a test set of fewer rows than processes: the empty shard adds nothing."""
+    assert [rows.tolist() for rows in launched["one row"]] == [[[6.0, 8.0]], [[6.0, 8.0]]]
 
 
 @pytest.mark.parametrize("where, step", [("step", 2), ("test ELBO", 5), ("gathered rows", 5)])
