@@ -241,8 +241,9 @@ class Trainer:
         batch for the groups of ``phase``; returns the batch's mean log-likelihood, KL and ELBO (3,).
 
         Under torch.distributed, the gradient of -sum ELBO, the summed terms and the row count are summed over the
-        ranks in one collective (``aevb.distributed``), then divided by the count: the mean over the global batch. An error
-        on one rank (its rows, its GPU's memory) is agreed in that collective: every rank raises (``distributed.agree``)."""
+        ranks in one collective (``aevb.distributed``), then divided by the count: the mean over the global batch.
+        An error on one rank alone (its rows, its GPU's memory) is agreed in that collective: every rank raises
+        (``distributed.agree``)."""
         optimizers, parameters = self.phase_optimizers[phase], self.phase_parameters[phase]
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
