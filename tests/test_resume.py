@@ -80,6 +80,8 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert first == second
     states = [torch.load(run / "model.pt", weights_only=True)["state_dict"] for run in (a, b)]
     assert states[0].keys() == states[1].keys() and all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    figures = [sorted(p.name for p in run.glob("*.png")) for run in (a, b)]  # FA's drew its samples at step 5 too
+    assert figures[0] == figures[1] and all((a / name).read_bytes() == (b / name).read_bytes() for name in figures[0])
 
 
 def fit(argv: list) -> int:

@@ -124,3 +124,26 @@ def test_without_the_package_one_usage_error(tmp_path, monkeypatch):
     assert message.startswith("--tensorboard needs the tensorboard package: pip install 'aevb[tensorboard]'")
     assert "\n" not in message
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_a_run_stopped_as_it_is_saved_logs_its_figures_once(tmp_path, monkeypatch):
+    """Stopped after its figures are drawn (SIGTERM there raises Terminated), then resumed: the figures reach
+    TensorBoard once, at the last step (a resumed writer keeps what an earlier process logged at that step)."""
+    pytest.importorskip("tensorboard")
+    from aevb import runs
+    from aevb.cli import main
+    from aevb.errors import Terminated
+
+    save_run = runs.save_run
+
+    def terminated(*args, **kwargs):
+        monkeypatch.setattr(runs, "save_run", save_run)
+        raise Terminated
+
+    monkeypatch.setattr(runs, "save_run", terminated)
+    flags = ["--hidden", "8", "--latent-dim", "2", "--epochs", "1", "--iwae", "0", "--no-progress"]
+    assert main(["fit", "vae", *flags, "--tensorboard", "--out", str(tmp_path / "run")]) == 143
+    assert main(["resume", str(tmp_path / "run"), "--no-progress"]) == 0
+    events = read_events(tmp_path / "run")
+    figures = [tag for tag in events.Tags()["images"] if tag.startswith("figures/")]
+    assert figures and {tag: [e.step for e in events.Images(tag)] for tag in figures} == {tag: [15] for tag in figures}

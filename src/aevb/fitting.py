@@ -123,6 +123,15 @@ class Hooks:
         """Summary entries of the model's own, after the ``generic`` ones (they may replace them)."""
         return {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """What these hooks gather during a fit that its figures or summary need (tensors, numbers, strings, and
+        lists and dicts of them): kept in the checkpoint, so that a resumed fit has what the interrupted one
+        gathered."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back ``state_dict()``'s from a checkpoint (``{}`` from one of an earlier aevb)."""
+
     def figures(self, model: LatentVariableModel, history: list[dict], data: Data, run_dir: Path) -> None:
         """The learning curve, samples and an embedding of the test codes; override to add or replace."""
         self.learning_curve(history, run_dir / f"{model.name}_learning_curve.png", title=f"{model.name} on {self.args.dataset}")
@@ -520,7 +529,7 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
     progress_so_far = {"lines": 0, "seconds": 0.0, "software": []}
     before = runs.snapshot(out) if resume else {}  # what a resumed run holds: a user's file among it stays theirs
     if resume:
-        progress_so_far.update(distributed.together(lambda: resume_from(out / runs.CHECKPOINT, model, trainer)))
+        progress_so_far.update(distributed.together(lambda: resume_from(out / runs.CHECKPOINT, model, trainer, hooks)))
         distributed.on_rank_0(lambda: runs.keep_lines(
             metrics_path, progress_so_far["lines"],
             f"delete {out / runs.CHECKPOINT} to start the run over, or fit into another --out"))
@@ -547,7 +556,8 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
         seconds = progress_so_far["seconds"] + time.perf_counter() - start
         state = trainer.state_dict()  # on every rank: it gathers their random states
         distributed.on_rank_0(lambda: runs.save_checkpoint(out, {
-            "model": model.checkpoint(), "trainer": state, "progress": {**progress_so_far, "seconds": seconds}}))
+            "model": model.checkpoint(), "trainer": state, "hooks": hooks.state_dict(),
+            "progress": {**progress_so_far, "seconds": seconds}}))
 
     with stop_on_signals(trainer):
         try:
@@ -589,10 +599,15 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
                    **({"processes": distributed.world_size()} if distributed.active() else {}))
     if main:
         hooks.figures(model, history, data, out)
-        for logger in logged:
-            logger.add_figures(trainer.step_count)
-            logger.close()
-        runs.save_run(out, model.cpu(), summary, before)
+        try:
+            runs.save_run(out, model.cpu(), summary, before)
+            # only now: a resumed writer keeps what was logged at the last record's step, so figures logged before a
+            # stop here would be there twice once the resumed fit logged them again
+            for logger in logged:
+                logger.add_figures(trainer.step_count)
+        finally:
+            for logger in logged:
+                logger.close()
     return summary
 
 
@@ -614,14 +629,15 @@ def last_epoch_mean(history: list[dict], key: str, examples: int, batch_size: in
     return sum(size * r[key] for size, r in zip(sizes, last)) / sum(sizes)
 
 
-def resume_from(path: Path, model: LatentVariableModel, trainer: Trainer) -> dict:
-    """Load the checkpoint ``path`` of an interrupted run into the model and the trainer; returns its progress
+def resume_from(path: Path, model: LatentVariableModel, trainer: Trainer, hooks: Hooks) -> dict:
+    """Load the checkpoint ``path`` of an interrupted run into the model, the trainer and the hooks; returns its progress
     (``lines`` of metrics.jsonl, ``seconds`` of training, and the ``software`` that trained it, ``trained_with``
     of each process: none in a checkpoint of an earlier aevb). One that does not fit them is damaged: UsageError."""
     checkpoint = runs.load_file(path, advice=RESTART)
     try:
         model.load_state_dict(checkpoint["model"]["state_dict"])
         trainer.load_state_dict(checkpoint["trainer"])
+        hooks.load_state_dict(checkpoint.get("hooks", {}))
         progress = checkpoint["progress"]
         software = progress.get("software", [])
         if not (isinstance(software, list) and all(isinstance(s, str) for s in software)):

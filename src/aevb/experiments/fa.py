@@ -83,6 +83,15 @@ class FAHooks(Hooks):
             metrics["posterior_mean_error"], metrics["posterior_covariance_error"] = model.posterior_errors()
         return metrics
 
+    def state_dict(self) -> dict:
+        return {"snapshots": self.snapshots}
+
+    def load_state_dict(self, state: dict) -> None:
+        snapshots = state.get("snapshots", {})
+        if not all(step in SNAPSHOT_STEPS and isinstance(x, torch.Tensor) for step, x in snapshots.items()):
+            raise TypeError(f"its snapshots are {snapshots!r:.100}, not samples at steps {SNAPSHOT_STEPS}")
+        self.snapshots = dict(snapshots)
+
     def summary(self, model: FactorAnalysis, data: Data, history: list[dict], generic: dict) -> dict:
         """The closed-form test ELBO and the exact evidence, against the exact-EM fit (and the true model)."""
         x_train, x_test = data.train[0].cpu(), data.test[0].cpu()
