@@ -5,6 +5,8 @@ import copy
 import importlib.metadata
 import itertools
 import json
+import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -18,6 +20,7 @@ from torch.distributions import Independent, Normal
 from aevb import runs
 from aevb.cli import main
 from aevb.errors import Diverged, UsageError
+from aevb.models.gmvae import GMVAE, GMVAEConfig
 from aevb.models.vae import VAE, VAEConfig
 from aevb.trainer import Trainer
 
@@ -224,6 +227,31 @@ def test_divergence_after_a_checkpoint_keeps_the_last_finite_one(tmp_path, capsy
     assert all(torch.isfinite(p).all() for p in checkpoint["model"]["state_dict"].values())
     assert all(all(isinstance(v, str) or v == v for v in json.loads(line).values())  # no NaN written
                for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+
+
+@pytest.mark.compile
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="torch.compile on a CPU needs a C++ compiler")
+def test_a_compiled_fit_resumed_from_its_state_goes_on_as_the_uninterrupted_one():
+    """The resumed trainer compiles before its first step, as the uninterrupted one did after its first: the
+    compiled Gumbel-softmax ELBO draws otherwise than the eager one, so one eager step would set the fits apart."""
+    x = (torch.rand(40, 6, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+
+    def trainer() -> Trainer:
+        torch.manual_seed(0)
+        model = GMVAE(GMVAEConfig(data_dim=6, num_components=3, latent_dim=2, hidden=(8,)))
+        return Trainer(model, lr=0.01, batch_size=10, estimator="gumbel-relaxed", torch_compile=True, progress=False)
+
+    uninterrupted = trainer()
+    uninterrupted.fit((x,), steps=8)
+    interrupted = trainer()
+    interrupted.fit((x,), steps=5)
+    state, parameters = copy.deepcopy(interrupted.state_dict()), copy.deepcopy(interrupted.model.state_dict())
+    resumed = trainer()
+    resumed.model.load_state_dict(parameters)
+    resumed.load_state_dict(state)
+    resumed.fit((x,), steps=3)
+    for a, b in zip(uninterrupted.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_fit_trains_the_asked_for_steps_each_time_and_draws_from_the_callers_random_state():

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from aevb import distributed
 from aevb.errors import Diverged, Interrupted
+from aevb.evaluation import eval_mode
 from aevb.model import LatentVariableModel
 from aevb.schedules import PHASE_GROUPS, PHASE_NAMES, Schedule
 
@@ -252,6 +253,8 @@ class Trainer:
         several, failure = distributed.active(), None
         if len(batch[0]):
             try:
+                if self.torch_compile and self.sum_elbo == self._sum_elbo and self.step_count:  # resumed
+                    self.compile(first=batch)
                 sums = self.sum_elbo(batch)
                 # gradients only for the groups this phase moves; one process: of the mean at once
                 (-sums[3] if several else -sums[3] / count).backward(inputs=parameters)
@@ -292,10 +295,19 @@ class Trainer:
             optimizer.step()
         self.step_count += 1
         if self.torch_compile and self.sum_elbo == self._sum_elbo:
-            # Compiled only now: torch.compile cannot trace the search in torch's KL registry, which the eager
-            # step has just memoized. On a GPU, "reduce-overhead" replays the forward and backward as CUDA graphs.
-            self.sum_elbo = torch.compile(self._sum_elbo, mode="reduce-overhead")
+            self.compile()
         return terms / count
+
+    def compile(self, first: Sequence[Tensor] | None = None) -> None:
+        """The ELBO's forward (and so its backward) compiled by torch.compile, after an eager pass that memoizes the
+        search in torch's KL registry, which torch.compile cannot trace: the first step's or, for a resumed fit,
+        one on its ``first`` batch (in eval mode, without gradients, its draws forgotten), so that it is compiled
+        from its first step on, as the interrupted fit was (compiled code rounds, and may draw, otherwise than
+        eager code). On a GPU, "reduce-overhead" replays the forward and backward as CUDA graphs."""
+        if first is not None:
+            with torch.random.fork_rng(), eval_mode(self.model):
+                self._sum_elbo(first)
+        self.sum_elbo = torch.compile(self._sum_elbo, mode="reduce-overhead")
 
     def check_finite(self, records: list[dict]) -> None:
         """Raise ``Diverged`` for the epoch's first step with a non-finite term, or a non-finite number in ``records``.
