@@ -8,18 +8,20 @@ mean, precisions diag(Sigma*^-1), which ``FactorAnalysis.e_step`` sets) with a d
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 
 import pytest
 import torch
 from torch.distributions import (Beta, ExpTransform, Independent, LogNormal, MultivariateNormal, Normal, OneHotCategorical,
-                                 RelaxedOneHotCategorical, TransformedDistribution, kl_divergence)
+                                 RelaxedOneHotCategorical, StudentT, TransformedDistribution, Uniform, kl_divergence)
 
 from aevb.arguments import LocalEStep
 from aevb.cli import main
-from aevb.diagnostics import (NoLocalParameters, active_units, diagnose, free_parameters, local_e_step,
-                              mutual_information, per_example)
+from aevb.diagnostics import (NoLocalParameters, active_units, collapse, diagnose, free_parameters,
+                              kl_per_dimension, local_e_step, mutual_information, per_example)
+from aevb.model import LatentVariableModel
 from aevb.evaluation import evaluate
 from aevb.models.fa import FactorAnalysis, FAConfig
 from aevb.models.gmvae import GMVAE, GMVAEConfig
@@ -50,7 +52,7 @@ def closed_form_elbo(model: FactorAnalysis, x: torch.Tensor, q) -> torch.Tensor:
 def test_local_e_steps_reach_the_best_member_of_the_family_and_never_lower_the_bound(posterior):
     model, x = fa_model(posterior)
     problem = model.e_step_problem(x)
-    q_star, curve = local_e_step(problem, SETTINGS)
+    q_star, curve, kept = local_e_step(problem, SETTINGS)
     optimum = copy.deepcopy(model)
     optimum.e_step()  # the exact posterior, or the mean-field optimum
     with torch.no_grad():
@@ -61,6 +63,7 @@ def test_local_e_steps_reach_the_best_member_of_the_family_and_never_lower_the_b
     assert (after >= before).all()  # refinement never lowers an example's bound
     assert (best - after).abs().max() < 5e-3  # and converges to the exact optimum, example by example
     assert curve.shape == (SETTINGS.steps,) and curve[-10:].mean() > curve[0]
+    assert not kept.any()  # every example's q* is its last iterate
 
 
 def test_local_e_steps_started_at_the_optimum_keep_it():
@@ -72,10 +75,28 @@ def test_local_e_steps_started_at_the_optimum_keep_it():
         model.e_step()  # q_phi is the exact posterior
         problem = model.e_step_problem(x)
         torch.manual_seed(seed)
-        q_star, _ = local_e_step(problem, LocalEStep(steps=50, samples=4, lr=0.05, eval_samples=100))
+        q_star, _, _ = local_e_step(problem, LocalEStep(steps=50, samples=4, lr=0.05, eval_samples=100))
         with torch.no_grad():
             kl = model.log_evidence(x) - closed_form_elbo(model, x, q_star["z"])  # KL(q* || p(z|x))
         assert kl.mean() < 0.005 and kl.max() < 0.1
+
+
+def test_an_example_whose_elbo_is_not_finite_keeps_q_phi_and_leaves_the_curve_to_the_others():
+    """Its local steps left the prior's support, say: the curve is the mean over the examples where it is finite."""
+    model, x = fa_model("diagonal")
+    problem = model.e_step_problem(x)
+    seen = []
+
+    def first_lost(q, num_samples):
+        elbo = problem.elbo(q, num_samples).index_fill(0, torch.tensor([0]), -math.inf)
+        seen.append(elbo.detach())
+        return elbo
+
+    torch.manual_seed(0)
+    _, curve, kept = local_e_step(problem._replace(elbo=first_lost), LocalEStep(steps=20, samples=4, lr=0.05,
+                                                                                eval_samples=20))
+    torch.testing.assert_close(curve, torch.stack([elbo[1:].mean() for elbo in seen[:20]]))
+    assert kept[0]  # its -inf estimate does not beat -inf
 
 
 def test_every_factor_of_an_e_step_problem_has_the_examples_first():
@@ -136,6 +157,20 @@ def test_free_parameters_rebuild_the_same_distribution():
         assert type(rebuilt) is type(q) and all(u.is_leaf and u.requires_grad for u in free.values())
         value = q.sample((7,))
         torch.testing.assert_close(rebuilt.log_prob(value), q.log_prob(value))
+    # a constant of the family (a Student t's fixed degrees of freedom, broadcast) is held; one that depends on a
+    # trainable parameter is an example's own, even when it is the same for every example
+    loc, scale = torch.randn(4, 3), torch.rand(4, 3) + 0.1
+    free, build = free_parameters(Independent(StudentT(4.0, loc, scale), 1))
+    assert set(free) == {"loc", "scale"} and torch.equal(build(free).base_dist.df, torch.full((4, 3), 4.0))
+    learned = torch.tensor(4.0, requires_grad=True)
+    assert set(free_parameters(StudentT(learned, loc, scale))[0]) == {"df", "loc", "scale"}
+    with pytest.raises(NoLocalParameters, match="every parameter of StudentT .* is a constant of its family"):
+        free_parameters(StudentT(4.0, torch.tensor(0.0).expand(4, 3), torch.tensor(1.0).expand(4, 3)))
+    with pytest.raises(NoLocalParameters, match="the constraints of Uniform's low and high depend on its other"):
+        free_parameters(Uniform(torch.zeros(4, 3), torch.ones(4, 3)))  # low < high: neither could pass the other
+    full = MultivariateNormal(torch.randn(4, 3), scale_tril=cases[1].scale_tril)
+    full.covariance_matrix  # computed, and kept on it
+    assert set(free_parameters(full)[0]) == {"loc", "scale_tril"}
     with pytest.raises(NoLocalParameters, match="TransformedDistribution has no parameters"):  # arg_constraints: none
         free_parameters(TransformedDistribution(Normal(torch.zeros(3), 1.0), [ExpTransform()]))
     with pytest.raises(NoLocalParameters, match=r"RelaxedOneHotCategorical is not built from its parameters \(logits"):
@@ -180,6 +215,40 @@ def test_active_units_and_mutual_information():
     assert abs(estimate) < 3 * se < 0.05  # 0, within the estimate's noise
     apart = Independent(Normal(100 * torch.randn(300, 4), torch.ones(300, 4)), 1)  # each x its own region of z
     assert mutual_information(apart)[0] == pytest.approx(math.log(300), abs=0.01)
+
+
+def test_a_q_whose_support_depends_on_x_has_its_mutual_information():
+    """q(z|x) = U(x, x + 1), disjoint for these x: q(z_n | x_m) = 0 for m != n, where torch's check of the
+    argument would raise, so I = log N exactly."""
+
+    @dataclasses.dataclass
+    class Config:
+        data_dim: int = 1
+
+    class UniformCodes(LatentVariableModel):
+        def __init__(self, config: Config) -> None:
+            super().__init__(config)
+            self.generative, self.inference = torch.nn.Linear(2, 1), torch.nn.Linear(1, 1)
+
+        def factors(self, x):
+            low = (x + 0 * self.inference(x)).expand(-1, 2)
+            p_x_given_z = lambda z: Independent(Normal(self.generative(z), 1.0), 1)  # noqa: E731
+            return Independent(Uniform(low, low + 1), 1), Independent(Normal(torch.zeros(2), 100.0), 1), p_x_given_z
+
+        def sample(self, num_samples):
+            return torch.zeros(num_samples, 1)
+
+    UniformCodes.Config = Config
+    result = collapse(UniformCodes(Config()), (2 * torch.arange(50.0).view(50, 1),))
+    assert (result["mutual_information"], result["mutual_information_se"]) == (pytest.approx(math.log(50)), 0.0)
+
+
+def test_kl_per_dimension_is_over_every_dimension_of_a_latent_with_a_shape():
+    q = Independent(Normal(torch.randn(7, 2, 3), torch.rand(7, 2, 3) + 0.5), 2)
+    p = Independent(Normal(torch.zeros(2, 3), torch.ones(2, 3)), 2)
+    per_dimension = kl_per_dimension(q, p)
+    assert len(per_dimension) == 6
+    assert sum(per_dimension) == pytest.approx(kl_divergence(q, p).mean().item(), rel=1e-5)
 
 
 def test_diagnose_and_refine_from_the_command_line(tmp_path, capsys):

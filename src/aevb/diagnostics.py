@@ -20,6 +20,9 @@ family for this x alone (Cremer, Li & Duvenaud 2018, *Inference Suboptimality in
   examples) do not cover it; more steps shrink it.
 * ELBO[q_phi] and ELBO[q*] are then estimated afresh with the same random numbers (``eval_samples`` draws per
   example, common to both), so the amortization gap's noise is that of the difference, and 0 where q* = q_phi.
+  That holds for samplers that turn a fixed count of standard draws into z (location-scale families and their
+  transforms); torch's Gamma sampler (behind Beta, Dirichlet and Student t) rejects a number of draws that depends
+  on the parameters, so for those families the two estimates are not coupled.
 * log p(x) is exact where the model has ``log_evidence`` (factor analysis), else the K-sample IWAE bound with
   q* as proposal: q_phi can be so much narrower or further off than p(z|x) that its IWAE bound stays below
   ELBO[q*] even at K = 1000 (a VAE on MNIST, 11 nats below). The bound is below log p(x), so the approximation
@@ -41,7 +44,7 @@ import inspect
 import math
 from contextlib import contextmanager
 from dataclasses import asdict
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
 from torch import Tensor
@@ -52,18 +55,24 @@ from aevb.arguments import LocalEStep
 from aevb.elbo import kl_term
 from aevb.evaluation import eval_mode, in_batches
 from aevb.model import EStepProblem, LatentVariableModel
+from aevb.trainer import validation
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2016)
+T = TypeVar("T")
 
 
 @contextmanager
-def theta_fixed(model: LatentVariableModel) -> Iterator[None]:
-    """Eval mode (dropout off) and gradients on, with no parameter of the model tracked; restored after."""
+def theta_fixed(model: LatentVariableModel, build: Callable[[], T]) -> Iterator[T]:
+    """Eval mode (dropout off) and gradients on: ``build()``, while the parameters are tracked as they are (so
+    that what depends on none of them shows as a constant: ``free_parameters``), then no parameter of the model
+    tracked; restored after. Yields what ``build`` returned."""
     was_training, flags = model.training, [p.requires_grad for p in model.parameters()]
-    model.eval().requires_grad_(False)
+    model.eval()
     try:
         with torch.enable_grad():
-            yield
+            built = build()
+            model.requires_grad_(False)
+            yield built
     finally:
         for p, flag in zip(model.parameters(), flags):
             p.requires_grad_(flag)
@@ -74,18 +83,29 @@ class NoLocalParameters(NotImplementedError):
     """q's family has no parameters that ``free_parameters`` can find: its local E-step is not covered."""
 
 
+ALTERNATIVES = {"logits": ("probs",), "scale_tril": ("covariance_matrix", "precision_matrix")}  # preferred: others
+
+
 def free_parameters(q: Distribution) -> tuple[dict[str, Tensor], Callable[[dict[str, Tensor]], Distribution]]:
-    """q's parameters in unconstrained space, as new leaf tensors, and the map from such values to the member
-    of q's family they define (``Independent`` wrappers kept). The parameters are those of q's ``arg_constraints``
-    that q was built from: stored on it, or read through a property (LogNormal's loc and scale live on its base
-    Normal); not those it derives lazily (a MultivariateNormal built from scale_tril computes its covariance).
-    Logits are preferred to probabilities."""
+    """q's per-example parameters in unconstrained space, as new leaf tensors, and the map from such values to the
+    member of q's family they define (``Independent`` wrappers kept). The parameters are those of q's
+    ``arg_constraints`` that q was built from: stored on it, or read through a property (LogNormal's loc and scale
+    live on its base Normal); of alternative ones, logits rather than probabilities and scale_tril rather than a
+    covariance (which a MultivariateNormal may have computed). A constant, a parameter that depends on no trainable
+    parameter of the model (it does not require grad where ``refine`` builds q) and is broadcast over the examples
+    (stride 0 along the first dimension: a Student t's fixed degrees of freedom), belongs to the family, and is
+    held where q_phi has it; one the encoder computes, even the same for every x, is an example's own to
+    optimize. NoLocalParameters where there is nothing to free,
+    q is not built from its parameters alone, or they constrain one another (a Uniform's low < high: moving each
+    within a bound set by the other's start would freeze the interval's ends)."""
     if isinstance(q, Independent):
         free, build = free_parameters(q.base_dist)
         return free, lambda u: Independent(build(u), q.reinterpreted_batch_ndims, validate_args=False)
     constraints = q.arg_constraints
-    names = ["logits"] if "logits" in constraints else [
-        name for name in constraints if name in vars(q) or isinstance(inspect.getattr_static(q, name, None), property)]
+    names = [name for name in constraints
+             if name in vars(q) or isinstance(inspect.getattr_static(q, name, None), property)]
+    for preferred, others in ALTERNATIVES.items():
+        names = [name for name in names if name not in others] if preferred in names else names
     if not names:
         raise NoLocalParameters(f"{type(q).__name__} has no parameters (arg_constraints) that aevb can optimize "
                                 "per example")
@@ -94,9 +114,19 @@ def free_parameters(q: Distribution) -> tuple[dict[str, Tensor], Callable[[dict[
     except TypeError as e:
         raise NoLocalParameters(f"{type(q).__name__} is not built from its parameters ({', '.join(names)}) alone "
                                 f"({e})") from None
-    free = {name: transform_to(constraints[name]).inv(getattr(q, name).detach()).clone().requires_grad_()
-            for name in names}
-    return free, lambda u: type(q)(**{name: transform_to(constraints[name])(u[name]) for name in names},
+    values = {name: getattr(q, name) for name in names}
+    held = {name: value for name, value in values.items()
+            if not value.requires_grad and value.dim() and value.stride(0) == 0}
+    if len(held) == len(names):
+        raise NoLocalParameters(f"every parameter of {type(q).__name__} ({', '.join(names)}) is a constant of its "
+                                "family: none is an example's own to optimize")
+    coupled = [name for name in names if any(isinstance(v, Tensor) for v in vars(constraints[name]).values())]
+    if coupled:
+        raise NoLocalParameters(f"the constraints of {type(q).__name__}'s {' and '.join(coupled)} depend on its other "
+                                "parameters, which aevb cannot move unconstrained")
+    free = {name: transform_to(constraints[name]).inv(value.detach()).clone().requires_grad_()
+            for name, value in values.items() if name not in held}
+    return free, lambda u: type(q)(**{name: transform_to(constraints[name])(u[name]) for name in free}, **held,
                                    validate_args=False)
 
 
@@ -108,10 +138,11 @@ def estimate(elbo: Callable[[dict[str, Distribution], int], Tensor], q: dict[str
         return sum(elbo(q, size) * size for size in sizes) / num_samples
 
 
-def local_e_step(problem: EStepProblem, settings: LocalEStep) -> tuple[dict[str, Distribution], Tensor]:
+def local_e_step(problem: EStepProblem, settings: LocalEStep) -> tuple[dict[str, Distribution], Tensor, Tensor]:
     """q*: ``settings.steps`` Adam steps of ascent on sum_x ELBO(x; q) from q_phi, each example then keeping its
-    last iterate or q_phi, whichever an ``eval_samples``-draw estimate of its ELBO puts higher; and the mean ELBO
-    estimate before each step, shape (steps,)."""
+    last iterate or q_phi, whichever an ``eval_samples``-draw estimate of its ELBO puts higher; the mean ELBO
+    estimate before each step, shape (steps,), over the examples where it is finite (an example whose steps left
+    its prior's support, say, drops out, and keeps q_phi); and which examples kept q_phi, (B,) bool."""
     free, build = {}, {}
     for name, q in problem.q.items():
         free[name], build[name] = free_parameters(q)
@@ -126,7 +157,7 @@ def local_e_step(problem: EStepProblem, settings: LocalEStep) -> tuple[dict[str,
             leaf.grad = grad
         optimizer.step()
         schedule.step()
-        curve.append(elbo.detach().mean())
+        curve.append(torch.where(torch.isfinite(elbo), elbo, math.nan).detach().nanmean())
     with torch.no_grad():
         last = {name: build[name](free[name]) for name in free}
         last_elbo, start_elbo = same_draws(problem.elbo, (last, problem.q), settings.eval_samples)
@@ -138,7 +169,7 @@ def local_e_step(problem: EStepProblem, settings: LocalEStep) -> tuple[dict[str,
         kept = {name: {k: torch.where(better.view(-1, *[1] * (u.dim() - 1)), u, start[name][k])
                        for k, u in values.items()} for name, values in free.items()}
         q_star = {name: build[name](kept[name]) for name in kept}
-    return q_star, torch.stack(curve) if curve else torch.empty(0)
+    return q_star, torch.stack(curve) if curve else torch.empty(0), ~better
 
 
 def same_draws(elbo: Callable[[dict[str, Distribution], int], Tensor], qs: Sequence[dict[str, Distribution]],
@@ -157,13 +188,12 @@ def refine(model: LatentVariableModel, batch: Sequence[Tensor], settings: LocalE
            iwae_samples: int = 0) -> dict[str, Tensor]:
     """Local E-steps on one batch (x, *context) on the model's device, theta fixed: per example (B,) the ELBO of
     q_phi and of q* ("elbo_amortized", "elbo_optimal"), with ``iwae_samples`` the IWAE bound with q* as proposal
-    ("iwae"), and the steps' mean curve ("curve", (steps,)). NotImplementedError for a model without
-    ``e_step_problem``."""
-    with theta_fixed(model):
-        problem = model.e_step_problem(*batch)
-        q_star, curve = local_e_step(problem, settings)
+    ("iwae"), whether the example kept q_phi ("q_phi_kept", 1.0 or 0.0), and the steps' mean curve ("curve",
+    (steps,)). NotImplementedError for a model without ``e_step_problem``."""
+    with theta_fixed(model, lambda: model.e_step_problem(*batch)) as problem:
+        q_star, curve, kept = local_e_step(problem, settings)
         amortized, optimal = same_draws(problem.elbo, (problem.q, q_star), settings.eval_samples)
-        result = {"elbo_amortized": amortized, "elbo_optimal": optimal, "curve": curve}
+        result = {"elbo_amortized": amortized, "elbo_optimal": optimal, "q_phi_kept": kept.double(), "curve": curve}
         if iwae_samples:
             with torch.no_grad():
                 result["iwae"] = problem.iwae_bound(q_star, iwae_samples)
@@ -191,18 +221,25 @@ def mutual_information(q_z: Distribution, num_samples: int = 10, chunk: int = 10
     for _ in range(num_samples):
         z = q_z.sample()  # (N, L)
         log_q_aggregate = torch.cat([  # row n: log (1/N) sum_m q(z_n | x_m)
-            torch.logsumexp(q_z.log_prob(rows.unsqueeze(-1 - event)), dim=-1) for rows in z.split(chunk)
+            torch.logsumexp(log_density(q_z, rows.unsqueeze(-1 - event)), dim=-1) for rows in z.split(chunk)
         ]) - math.log(n)
         estimates.append((q_z.log_prob(z) - log_q_aggregate).mean())
     return mean_and_se(torch.stack(estimates))
 
 
+def log_density(q: Distribution, value: Tensor) -> Tensor:
+    """q.log_prob(value), -inf where value is outside q's support (a q whose support depends on x: a Uniform's),
+    where torch's check of the argument would raise and its formula may give NaN."""
+    with validation(False):
+        return torch.where(q.support.check(value), q.log_prob(value), -math.inf)
+
+
 def kl_per_dimension(q_z: Distribution, p_z: Distribution) -> list[float] | None:
-    """E_x KL(q(z_d|x) || p(z_d)) for each d, for factorized Gaussians q and p (else None)."""
+    """E_x KL(q(z_d|x) || p(z_d)) for each d of the flattened event, for factorized Gaussians q and p (else None)."""
     factorized = [isinstance(d, Independent) and isinstance(d.base_dist, Normal) for d in (q_z, p_z)]
     if not all(factorized):
         return None
-    kl = kl_divergence(q_z.base_dist, p_z.base_dist)  # (N, L)
+    kl = kl_divergence(q_z.base_dist, p_z.base_dist).flatten(-q_z.reinterpreted_batch_ndims)  # (N, L)
     return kl.reshape(-1, kl.shape[-1]).mean(0).tolist()
 
 
@@ -235,8 +272,9 @@ def per_example(model: LatentVariableModel, tensors: Sequence[Tensor], settings:
 
 def diagnose(model: LatentVariableModel, tensors: Sequence[Tensor], settings: LocalEStep = LocalEStep(),
              iwae_samples: int = 5000, batch_size: int = 100, progress: bool = False) -> dict:
-    """The gaps, their standard errors, the local E-steps' curve and the collapse diagnostics of ``model`` on the
-    rows of ``tensors`` = (x, *context) (all of them: the caller chooses the subset and seeds the generator).
+    """The gaps, their standard errors, the local E-steps' curve, the number of examples whose q* is q_phi
+    (``q_phi_kept``) and the collapse diagnostics of ``model`` on the rows of ``tensors`` = (x, *context) (all of
+    them: the caller chooses the subset and seeds the generator).
 
     log p(x) is ``model.log_evidence`` where the model has it, else the IWAE bound with q* as proposal (closer to
     p(z|x) than q_phi in KL(q || p), so usually a tighter bound), or with q_phi for a model without ``e_step_problem``."""
@@ -261,7 +299,8 @@ def diagnose(model: LatentVariableModel, tensors: Sequence[Tensor], settings: Lo
         gaps.update(elbo_optimal=optimal, approximation_gap=log_px - optimal, amortization_gap=optimal - amortized)
     for key, values in gaps.items():
         result[key], result[key + "_se"] = mean_and_se(values)
-    if covered:
+    if covered:  # how many examples the local E-steps did not improve, as far as their estimates tell
+        result["q_phi_kept"] = int(columns["q_phi_kept"].sum())
         result["e_step_curve"] = curve.tolist()
     result.update(collapse(model, tensors))
     return result

@@ -947,7 +947,7 @@ def evaluate_run(run_dir: str | Path, num_samples: int, refine_steps: int = 0, p
         # the pair from the same draws, and their difference: test_elbo (one draw, as plain eval's) is not its baseline
         summary.update(refine_steps=refine_steps, test_elbo_amortized=columns["elbo_amortized"].mean().item(),
                        test_elbo_refined=columns["elbo_optimal"].mean().item(), refinement_gain=gain,
-                       refinement_gain_se=gain_se)
+                       refinement_gain_se=gain_se, refine_q_phi_kept=int(columns["q_phi_kept"].sum()))
         if num_samples:
             summary["iwae_log_likelihood_refined"] = columns["iwae"].double().mean().item()
             if data.levels is not None:

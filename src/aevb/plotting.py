@@ -305,13 +305,14 @@ def e_step_diagnostics(result: dict, path: Path) -> Path:
         if panel == "gaps":
             gap_bars(ax, {result["model"]: result})
         elif panel == "curve":
-            curve = result["e_step_curve"]
+            curve = result["e_step_curve"]  # NaN at a step where no example's ELBO was finite: a gap in the line
             ax.plot(range(len(curve)), curve, lw=1.2,
                     label=f"ELBO during local E-steps ({result['local_e_step']['samples']}-draw estimates)")
             ax.axhline(result["log_px"], color="k", ls="--", lw=1, label=f"log p(x) ({result['log_evidence']})")
             ax.axhline(result["elbo_optimal"], color="tab:orange", ls=":", lw=1, label="ELBO[q*]")
             ax.axhline(result["elbo_amortized"], color="tab:gray", ls="-.", lw=1, label="ELBO[q_phi]")
-            shown = [*curve, result["log_px"], result["elbo_optimal"], result["elbo_amortized"]]
+            shown = [v for v in (*curve, result["log_px"], result["elbo_optimal"], result["elbo_amortized"])
+                     if np.isfinite(v)]
             low, high = min(shown), max(shown)
             ax.set_ylim(low - 0.05 * (high - low) - 0.01, high + 0.05 * (high - low) + 0.01)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
