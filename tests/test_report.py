@@ -117,6 +117,7 @@ def test_report_states_each_runs_own_settings_and_numbers(tour):
             assert f"| {quantity} | {number(diagnosis[key])} ± {number(diagnosis[key + '_se'])} |" in text
         covered = name != "vrnn"  # its q(z_t | h_t, x_t) has no per-example parameters
         assert ("| amortization gap ELBO[q*] - ELBO[q_phi] | not covered |" in text) != covered
+        assert f"; {diagnosis['q_phi_kept']} of the examples kept q_phi" in text if covered else "kept q_phi" not in text
         threads = summary["threads"]
         assert f"| device | {summary['device']}, {threads} torch thread{'s' * (threads != 1)} |" in text
         assert f"| trained | epochs: {summary['epochs']}, gradient steps: {summary['steps']} |" in text

@@ -224,6 +224,8 @@ def e_step_blocks(result: dict, command: str | None) -> list[Block]:
     steps = result["local_e_step"]
     how = (f"{steps['steps']} local E-steps (Adam from learning rate {steps['lr']:g}, cosine decay, {steps['samples']} "
            f"draws per gradient) from q_phi for each example, and ELBOs from {steps['eval_samples']} draws"
+           + (f"; {result['q_phi_kept']} of the examples kept q_phi (their last iterate's estimate was not higher)"
+              if "q_phi_kept" in result else "")
            if isinstance(steps, dict) else f"local E-steps {steps}")
     mutual = (f"{with_se(result, 'mutual_information')} (Monte Carlo; at least 0, at most log N = "
               f"{number(result['mutual_information_bound'])})"
