@@ -73,6 +73,14 @@ def test_user_data_from_a_file(tmp_path):
     assert abs(summary["test_log_evidence"] - summary["mle_log_evidence"]) < 0.2
 
 
+@pytest.mark.parametrize("columns", [1, 2])
+def test_data_of_fewer_than_three_columns_get_their_predictive_checks(tmp_path, columns):
+    """The figure's panels at step 5: x1's histogram for one column, x1 against x2 for two (it drew three pairs)."""
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(100, columns)))
+    fit(tmp_path, "--dataset", str(tmp_path / "x.npy"), "--latent-dim", "1", "--steps", "6", "--iwae", "0")
+    assert (tmp_path / "run" / "fa_learning_curve.png").stat().st_size > 20_000
+
+
 BAD_INPUT_CASES = (
     "missing file", "NaNs", "wrong dimensionality", "corrupt file", "latent dim above data dim",
     "latent dim above synthetic dim", "malformed schedule", "unknown flag", "negative epochs", "constant column",

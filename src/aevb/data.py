@@ -30,6 +30,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -182,7 +183,7 @@ def load_idx(directory: str | Path, fix: str) -> ImageData:
     if x_train.shape[1:] != x_test.shape[1:]:
         shapes = f"train images are {tuple(x_train.shape[1:])}, test images {tuple(x_test.shape[1:])}"
         raise DataError(f"{directory}: {shapes}; {fix}")
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    num_classes = class_count(y_train, y_test, directory)
     return ImageData(x_train, y_train, x_test, y_test, tuple(x_train.shape[1:]), levels=256, num_classes=num_classes)
 
 
@@ -246,7 +247,7 @@ def load_user_data(path: str | Path, seed: int = 0) -> ImageData:
     else:
         x_test = torch.from_numpy(x_test).to(dtype)
         y_test = check_labels(arrays["y_test"], len(x_test), path, "y_test") if y is not None else None
-    num_classes = None if y is None else int(max(y.max(), y_test.max())) + 1
+    num_classes = None if y is None else class_count(y, y_test, path)
     return ImageData(x, y, x_test, y_test, tuple(x.shape[1:]), levels, num_classes)
 
 
@@ -287,9 +288,26 @@ def check_labels(y: np.ndarray, n: int, path: str | Path, name: str) -> Tensor:
     """Class labels 0, 1, 2, ... as an int64 (n,) tensor, one per example."""
     if y.shape != (n,):
         raise DataError(f"{path}: {name} must hold one label per example, shape ({n},), got {y.shape}")
-    if not np.issubdtype(y.dtype, np.number) or not np.isfinite(y).all() or (y < 0).any() or (y != np.round(y)).any():
+    if (not np.issubdtype(y.dtype, np.number) or not np.isfinite(y).all() or (y < 0).any() or (y != np.round(y)).any()
+            or (y > np.iinfo(np.int64).max).any()):
         raise DataError(f"{path}: {name} must hold integer class labels 0, 1, 2, ...")
     return torch.from_numpy(y.astype(np.int64))
+
+
+def class_count(y_train: Tensor, y_test: Tensor, path: str | Path) -> int:
+    """C, for labels 0, ..., C - 1 that each occur in the training labels, and test labels among them. A class
+    with no training example has nothing to learn from, and a stray large label would make C, and every one-hot
+    of width C, as large."""
+    present = torch.unique(y_train).tolist()  # sorted
+    renumber = "number the classes 0, ..., C - 1 (np.unique(y, return_inverse=True)[1] does)"
+    missing = next((k for k, label in enumerate(present) if k != label), None)
+    if missing is not None:
+        raise DataError(f"{path}: the training labels go up to {present[-1]} but have no class {missing} (they hold "
+                        f"{len(present)} classes); {renumber}")
+    if int(y_test.max()) >= len(present):
+        raise DataError(f"{path}: the test labels hold class {int(y_test.max())}, which no training example has (the "
+                        f"training labels are 0 to {len(present) - 1}); give every class training examples")
+    return len(present)
 
 
 def dequantize(x: Tensor, levels: int, generator: torch.Generator) -> Tensor:
@@ -378,9 +396,9 @@ def as_sequences(x: Tensor | DiskRows, shape: tuple[int, ...]) -> Tensor | DiskR
     return x.reshape(len(x), *shape)
 
 
-def validate_support(x: Tensor | DiskRows, likelihood: str, source: str) -> None:
+def validate_support(x: Tensor | DiskRows, likelihood: str, source: str, offered: Sequence[str] = LIKELIHOODS) -> None:
     """Raise DataError unless every value of ``x`` (a tensor, or rows on disk, read in chunks) lies in the support
-    of the likelihood.
+    of the likelihood; its advice names only the likelihoods ``offered`` (by the model's --likelihood).
 
     ``cb`` and ``cb-clamped`` (continuous Bernoulli): [0, 1]; ``bernoulli``: {0, 1}; ``gaussian``: any finite value.
     """
@@ -395,9 +413,12 @@ def validate_support(x: Tensor | DiskRows, likelihood: str, source: str) -> None
         elif likelihood == "bernoulli":
             other, total = other + int(((values != 0) & (values != 1)).sum()), total + values.numel()
     if low < 0 or high > 1:
+        gaussian = ", use --likelihood gaussian" if "gaussian" in offered else ""
         raise DataError(f"{source}: values must lie in [0, 1] for the continuous Bernoulli likelihood; found "
-                        f"values in [{low:g}, {high:g}] (rescale the data, use --likelihood gaussian, or save integer "
-                        "pixels as integers in a .npy, which a .csv cannot say)")
+                        f"values in [{low:g}, {high:g}] (rescale the data{gaussian}, or save integer pixels as integers "
+                        "in a .npy, which a .csv cannot say)")
     if likelihood == "bernoulli" and other:
+        cb = ", or use --likelihood cb" if "cb" in offered else ""
         raise DataError(f"{source}: values must be exactly 0 or 1 for the Bernoulli likelihood; {other} of "
-                        f"{total} are not (binarize the data, or use --likelihood cb)")
+                        f"{total} are not (binarize them: --transform dynamic-binarize or static-binarize for values "
+                        f"in [0, 1]{cb})")

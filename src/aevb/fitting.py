@@ -315,6 +315,12 @@ def absolute_dataset(name: str) -> str:
     return name
 
 
+def likelihood_choices(cls: type) -> tuple[str, ...]:
+    """The likelihoods ``--likelihood`` offers ``cls`` (its config field's Literal), none without that field."""
+    hint = typing.get_type_hints(cls.Config).get("likelihood")
+    return typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
+
+
 def load_data(args: argparse.Namespace, cls: type) -> Data:
     """``--dataset`` prepared for ``cls``: transformed, validated against the likelihood, sequences or labels
     as the config's fields ask (``seq_len``: sequences (N, T, D); ``num_classes``: batches (x, y))."""
@@ -328,7 +334,8 @@ def load_data(args: argparse.Namespace, cls: type) -> Data:
     if likelihood in LIKELIHOODS:  # dynamic binarization's training data are probabilities, binarized per batch
         checked = {"test": x_test} if transform == "dynamic-binarize" else {"training": x_train, "test": x_test}
         for split, x in checked.items():
-            validate_support(x, likelihood, f"{args.dataset} ({split} set, --transform {transform})")
+            validate_support(x, likelihood, f"{args.dataset} ({split} set, --transform {transform})",
+                             likelihood_choices(cls))
     shape, kind = tuple(raw.shape), "images" if len(raw.shape) == 2 else "vectors"
     if "seq_len" in fields:
         x_train, x_test, kind = as_sequences(x_train, shape), as_sequences(x_test, shape), "sequences"

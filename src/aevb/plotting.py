@@ -5,6 +5,7 @@ never through pyplot: a notebook's backend and its open figures are left as they
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Sequence
 
@@ -73,8 +74,9 @@ def fa_learning_curve(
 ) -> Path:
     """Tutorial Figure 2: test ELBO and exact evidence per step, and predictive checks at a few steps.
 
-    ``snapshots`` maps a step to (generated x, test x), each (N, 3); each row of small panels shows the
-    three 2-D projections of generated (orange) against test (blue) points.
+    ``snapshots`` maps a step to (generated x, test x), each (N, D); each row of small panels shows the 2-D
+    projections onto pairs of the first three coordinates of generated (orange) against test (blue) points (for
+    D = 1, their histograms).
     """
     rows = len(snapshots)
     fig = Figure(figsize=(9, 3.2 + 2.2 * rows))
@@ -86,11 +88,15 @@ def fa_learning_curve(
     ax.legend(loc="best", fontsize=8)
     for row, (step, (generated, test)) in enumerate(sorted(snapshots.items()), start=1):
         ax.axvline(step, color="grey", lw=0.6)
-        for col, (i, j) in enumerate(((0, 1), (0, 2), (1, 2))):
+        for col, (i, j) in enumerate(list(itertools.combinations(range(min(test.shape[1], 3)), 2)) or [(0, 0)]):
             inset = fig.add_subplot(grid[row, col])
-            inset.scatter(test[:, i], test[:, j], s=2, alpha=0.4, label="test")
-            inset.scatter(generated[:, i], generated[:, j], s=2, alpha=0.4, label="generated")
-            inset.set_title(f"step {step}: x{i + 1} vs x{j + 1}", fontsize=8)
+            if i == j:
+                inset.hist([test[:, 0], generated[:, 0]], bins=30, label=["test", "generated"])
+                inset.set_title(f"step {step}: x1", fontsize=8)
+            else:
+                inset.scatter(test[:, i], test[:, j], s=2, alpha=0.4, label="test")
+                inset.scatter(generated[:, i], generated[:, j], s=2, alpha=0.4, label="generated")
+                inset.set_title(f"step {step}: x{i + 1} vs x{j + 1}", fontsize=8)
             inset.tick_params(labelsize=6)
             if row == 1 and col == 0:
                 inset.legend(fontsize=6, markerscale=3)
