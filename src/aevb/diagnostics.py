@@ -95,9 +95,9 @@ def free_parameters(q: Distribution) -> tuple[dict[str, Tensor], Callable[[dict[
     parameter of the model (it does not require grad where ``refine`` builds q) and is broadcast over the examples
     (stride 0 along the first dimension: a Student t's fixed degrees of freedom), belongs to the family, and is
     held where q_phi has it; one the encoder computes, even the same for every x, is an example's own to
-    optimize. NoLocalParameters where there is nothing to free,
-    q is not built from its parameters alone, or they constrain one another (a Uniform's low < high: moving each
-    within a bound set by the other's start would freeze the interval's ends)."""
+    optimize. NoLocalParameters where there is nothing to free, q is not built from its parameters alone, or they
+    constrain one another (a Uniform's low < high: moving each within a bound set by the other's start would
+    freeze the interval's ends)."""
     if isinstance(q, Independent):
         free, build = free_parameters(q.base_dist)
         return free, lambda u: Independent(build(u), q.reinterpreted_batch_ndims, validate_args=False)
