@@ -280,3 +280,15 @@ def test_diagnose_and_refine_from_the_command_line(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["test_log_evidence"] - summary["iwae_log_likelihood"] > 0.1
     assert summary["iwae_log_likelihood_refined"] == pytest.approx(summary["test_log_evidence"], abs=0.05)
+
+
+def test_refining_a_model_without_local_e_steps_is_refused_before_the_evaluation(tmp_path, capsys, monkeypatch):
+    from aevb import evaluation
+
+    run = tmp_path / "vrnn"
+    assert main(["fit", "vrnn", "--hidden", "8", "--latent-dim", "2", "--steps", "3", "--iwae", "0", "--out", run,
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(evaluation, "evaluate", lambda *args, **kwargs: pytest.fail("evaluated before the refusal"))
+    assert main(["eval", run, "--refine", "5"]) == 2
+    assert "vrnn defines no e_step_problem (see aevb.diagnostics), so it has no local E-steps" in capsys.readouterr().err

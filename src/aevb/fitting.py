@@ -937,6 +937,13 @@ def evaluate_run(run_dir: str | Path, num_samples: int, refine_steps: int = 0, p
     tighter where q* is nearer p(z|x) than q_phi is."""
     check_integers("evaluate_run", num_samples=(num_samples, iwae_samples), refine_steps=(refine_steps, local_steps))
     run, data = run_and_data(run_dir)
+    if refine_steps:  # first: a model it cannot refine is refused before the evaluation (each part draws its own seed)
+        settings = diagnostics.LocalEStep(steps=refine_steps)
+        with torch.random.fork_rng():
+            torch.manual_seed(run.args.seed)
+            columns, curve = diagnostics.per_example(run.model, data.test, settings, num_samples, progress=progress)
+        if isinstance(curve, str):
+            raise UsageError(f"--refine: {curve}, so it has no local E-steps; evaluate it without --refine")
     summary = {"model": run.config["model"], **evaluation.evaluate(run.model, data.test, num_samples, data.levels,
                                                                    run.args.seed, progress)}
     with evaluation.eval_mode(run.model):
@@ -944,12 +951,6 @@ def evaluate_run(run_dir: str | Path, num_samples: int, refine_steps: int = 0, p
     extra = {k: v.item() if isinstance(v, Tensor) and v.numel() == 1 else v for k, v in extra.items()}
     summary.update({k: v for k, v in extra.items() if isinstance(v, (int, float, str))})
     if refine_steps:
-        settings = diagnostics.LocalEStep(steps=refine_steps)
-        with torch.random.fork_rng():
-            torch.manual_seed(run.args.seed)
-            columns, curve = diagnostics.per_example(run.model, data.test, settings, num_samples, progress=progress)
-        if isinstance(curve, str):
-            raise UsageError(f"--refine: {curve}, so it has no local E-steps; evaluate it without --refine")
         gain, gain_se = diagnostics.mean_and_se(columns["elbo_optimal"] - columns["elbo_amortized"])
         # the pair from the same draws, and their difference: test_elbo (one draw, as plain eval's) is not its baseline
         summary.update(refine_steps=refine_steps, test_elbo_amortized=columns["elbo_amortized"].mean().item(),
