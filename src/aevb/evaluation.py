@@ -45,13 +45,13 @@ def in_batches(tensors: Sequence[Tensor], batch_size: int, device: torch.device)
         yield tuple(t[start:start + batch_size].to(device) for t in tensors)
 
 
-def mean_over_ranks(total: Tensor, count: int) -> Tensor:
-    """A sum over this rank's shard of ``count`` rows, summed over the ranks and divided by ``count``; 0-dim.
-    The callers compute each rank's sum inside ``distributed.together``: a rank that failed alone would leave the
-    others waiting here."""
+def mean_over_ranks(local_sum: Callable[[], Tensor], count: int) -> Tensor:
+    """``local_sum()``, a sum over this rank's shard of ``count`` rows, summed over the ranks and divided by
+    ``count``; 0-dim. An error in ``local_sum`` on one rank is raised on every rank (``distributed.together``), not
+    left for the others to wait on in the sum."""
     if not count:
         raise ValueError("no examples to evaluate on: the test set is empty")
-    total = total.reshape(1)
+    total = distributed.together(local_sum).reshape(1)
     distributed.all_reduce_sum([total])
     return total[0] / count
 
@@ -74,10 +74,9 @@ def test_elbo(model: LatentVariableModel, tensors: Sequence[Tensor], batch_size:
     """Mean one-sample ELBO over the rows of ``tensors`` = (x, *context); a 0-dim tensor, nats per example.
     Under torch.distributed each rank takes its shard of the rows."""
     with eval_mode(model) as device:
-        total = distributed.together(lambda: sum(
+        return mean_over_ranks(lambda: sum(
             (model.elbo(*batch).elbo.sum() for batch in in_batches(shard(tensors), batch_size, device)),
-            torch.zeros((), device=device)))
-    return mean_over_ranks(total, len(tensors[0]))
+            torch.zeros((), device=device)), len(tensors[0]))
 
 
 def iwae_log_likelihood(
@@ -95,10 +94,9 @@ def iwae_log_likelihood(
         batches = tqdm(in_batches(mine, batch_size, device), total=math.ceil(len(mine[0]) / batch_size),
                        desc=f"IWAE bound, K = {num_samples}", unit="batch", leave=False,
                        disable=None if progress and distributed.rank() == 0 else True)
-        total = distributed.together(lambda: sum(
+        return mean_over_ranks(lambda: sum(
             (model.iwae_bound(*batch, num_samples=num_samples, chunk_size=chunk_size).sum() for batch in batches),
-            torch.zeros((), device=device)))
-    return mean_over_ranks(total, len(tensors[0]))
+            torch.zeros((), device=device)), len(tensors[0]))
 
 
 def bits_per_dim(log_density: float, data_dim: int, levels: int) -> float:
