@@ -24,6 +24,7 @@ from aevb.data import (
     binarize,
     dequantize,
     dynamic_binarize,
+    load_array,
     load_dataset,
     prepare,
     validate_support,
@@ -255,6 +256,23 @@ def test_user_arrays(tmp_path):
     other_order = load_dataset(str(tmp_path / "big-endian.npy"), seed=1)
     assert torch.equal(other_order.x_test, torch.from_numpy(np.load(tmp_path / "big-endian.npy").astype("<f4"))[
         torch.randperm(60, generator=torch.Generator().manual_seed(1))[:10]])
+
+
+def test_csv_reads_numbers_after_an_optional_header_and_names_the_line_it_cannot_read(tmp_path):
+    values = np.random.default_rng(0).normal(size=(5, 3))
+    np.savetxt(tmp_path / "plain.csv", values, delimiter=",")
+    np.savetxt(tmp_path / "header.csv", values, delimiter=",", header="a,b,c", comments="")  # as pandas writes it
+    assert np.array_equal(load_array(tmp_path / "plain.csv")["x"], values)
+    assert np.array_equal(load_array(tmp_path / "header.csv")["x"], values)
+
+    for text, phrase in (("a,b\n1,2\n3,x\n", "line 3, column 2 holds 'x', not a number"),
+                         ("1,2\n\n# a comment\n3\n", "line 4 has 1 value but line 1 has 2"),
+                         ("1;2\n3;4\n", "line 1, column 1 holds '1;2', not a number"),
+                         ("1,2,\n", "line 1, column 3 is empty")):
+        (tmp_path / "bad.csv").write_text(text)
+        with pytest.raises(DataError) as excinfo:
+            load_array(tmp_path / "bad.csv")
+        assert_one_line_error(excinfo, "bad.csv", phrase)
 
 
 @pytest.mark.parametrize(

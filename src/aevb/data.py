@@ -18,7 +18,7 @@ tutorial's transforms and returns float32 (N, D) tensors:
 * ``none``: the values as they are.
 
 Continuous data (``levels`` None) need no dequantization: there u = x. A .csv file carries no type: its values are
-floats (integer pixels go in an integer .npy).
+floats (integer pixels go in an integer .npy), under at most one header line of names.
 """
 from __future__ import annotations
 
@@ -73,9 +73,7 @@ def load_array(path: str | Path) -> dict[str, np.ndarray]:
             if "x" not in arrays and len(arrays) == 1:
                 arrays = {"x": next(iter(arrays.values()))}
         else:
-            with warnings.catch_warnings():  # an empty file: "holds no examples" below, not a warning as well
-                warnings.simplefilter("ignore")
-                arrays = {"x": np.loadtxt(path, delimiter=",", ndmin=2)}
+            arrays = {"x": load_csv(path)}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{path}: cannot read it as {path.suffix} ({e})") from None
     unread = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]  # an .npz member that is not .npy
@@ -86,6 +84,54 @@ def load_array(path: str | Path) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: an .npz needs its data under the key 'x' (found {', '.join(arrays)})")
     check_examples(arrays["x"], path, "the data")
     return arrays
+
+
+def load_csv(path: Path) -> np.ndarray:
+    """The (N, D) floats of a comma-separated file; a first line of names (no number, some letter) is skipped.
+
+    Raises DataError naming the first line (counted from 1, as an editor does) and column that is not a number,
+    or the first row whose length differs from the first row's.
+    """
+    with open(path, encoding="utf-8", errors="replace") as f:
+        first = f.readline()
+    header = any(c.isalpha() for c in first) and not any(is_number(field) for field in first.split(","))
+    try:
+        with warnings.catch_warnings():  # an empty file: "holds no examples" later, not a warning as well
+            warnings.simplefilter("ignore")
+            return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=int(header), encoding="utf-8")
+    except ValueError:
+        csv_problem(path, skip=int(header))
+        raise
+
+
+def is_number(field: str) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
+
+
+def csv_problem(path: Path, skip: int) -> None:
+    """Raise DataError for the first line of a .csv that numpy cannot read as a row of numbers."""
+    columns = None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            line = line.split("#", 1)[0].strip()  # numpy's comments and blank lines
+            if number <= skip or not line:
+                continue
+            fields = line.split(",")
+            for column, field in enumerate(fields, start=1):
+                if not is_number(field):
+                    what = "is empty" if not field.strip() else f"holds {field.strip()[:40]!r}, not a number"
+                    raise DataError(f"{path}: line {number}, column {column} {what}; a .csv holds numbers only, "
+                                    f"separated by commas (one header line at the top is allowed)")
+            if columns is None:
+                columns, first = len(fields), number
+            elif len(fields) != columns:
+                values = f"{len(fields)} value{'s' * (len(fields) != 1)}"
+                raise DataError(f"{path}: line {number} has {values} but line {first} has {columns}; every row "
+                                f"needs the same number of comma-separated values")
 
 
 def check_examples(x: np.ndarray, path: str | Path, name: str) -> None:
