@@ -305,6 +305,26 @@ def test_counts_are_drawn_on_a_grey_scale_of_their_range(user_files, tmp_path, c
     assert (shown["images"][0, :2] == 0.5).all() and shown["title"] == "samples; grey levels from 0 to 16"
 
 
+def test_vectors_drawn_class_by_class_are_shown_beside_test_examples_of_the_same_classes(tmp_path, monkeypatch):
+    from aevb import plotting
+
+    plotting.vectors(np.zeros((6, 3)), np.zeros((4, 3)), tmp_path / "drawn.png", sample_classes=np.repeat([0, 1, 2], 2),
+                     data_classes=np.array([0, 0, 1, 2]))
+    assert (tmp_path / "drawn.png").stat().st_size > 1000
+    shown = {}
+    monkeypatch.setattr(plotting, "vectors", lambda samples, data, path, **kwargs: shown.update(data=data, **kwargs))
+    x_test, y_test = torch.arange(12.0)[:, None].repeat(1, 3), torch.tensor([2, 0, 1, 0, 2, 2, 0, 1, 1, 0, 2, 0])
+    fitting.plot_examples(torch.zeros(6, 3), ["0", "1", "2"], (3,), "vectors", tmp_path / "x.png", "samples",
+                          reference=x_test, reference_labels=y_test)
+    assert shown["sample_classes"].tolist() == [0, 0, 1, 1, 2, 2]
+    assert shown["data_classes"].tolist() == [0, 0, 1, 1, 2, 2]
+    assert shown["data"][:, 0].tolist() == [1, 3, 2, 7, 0, 4]  # the first test examples of each class, in order
+
+    fitting.plot_examples(torch.zeros(6, 3), ["0", "1", "2"], (3,), "vectors", tmp_path / "x.png", "samples",
+                          reference=x_test[:4], reference_labels=y_test[:4])  # class 1 has one test example
+    assert shown["data_classes"].tolist() == [0, 0, 1, 2] and shown["sample_classes"].tolist() == [0, 0, 1, 1, 2, 2]
+
+
 def test_a_model_installed_by_a_package_is_found_through_its_entry_point(user_files, tmp_path, capsys, monkeypatch):
     """A throwaway package, installed as pip would (a dist-info with entry_points.txt) on sys.path."""
     model_file, data_file = user_files

@@ -149,8 +149,9 @@ class Hooks:
         torch.manual_seed(self.args.seed)
         num_classes = data.num_classes if is_conditional(type(model)) else None
         x, rows = draw(model, num_classes, GRID_COLUMNS if num_classes else SAMPLES_PLOTTED)
-        plot_examples(x, rows, data.shape, data.kind, path, title="samples x ~ p(x" + (" | y), one row per class y" if rows else ")"),
-                      reference=data.test[0], value_range=grey_range(data.test[0]))
+        by_class = ", a band per class y" if data.kind == "vectors" else ", one row per class y"
+        plot_examples(x, rows, data.shape, data.kind, path, title="samples x ~ p(x" + (f" | y){by_class}" if rows else ")"),
+                      reference=data.test[0], value_range=grey_range(data.test[0]), reference_labels=data.y_test)
 
     def embedding(self, model: LatentVariableModel, data: Data, path: Path) -> None:
         """t-SNE of the test codes ``encode(x)``, coloured by label when the data have labels."""
@@ -1011,15 +1012,26 @@ def grey_range(x: Tensor) -> list[float]:
 
 
 def plot_examples(x: Tensor, rows: list[str] | None, shape: Sequence[int], kind: str, path: Path, title: str,
-                  reference: Tensor | None = None, value_range: Sequence[float] = (0.0, 1.0)) -> None:
+                  reference: Tensor | None = None, value_range: Sequence[float] = (0.0, 1.0),
+                  reference_labels: Tensor | None = None) -> None:
     """Examples as their kind shows best: images (and sequences, a step per row) as a grid, grey from
     ``value_range``'s low (black) to its high (white); vectors as a heat map and pairwise scatter plots, beside as
-    many ``reference`` examples (the test data) when given (a grid of images shows the samples alone)."""
+    many ``reference`` examples (the test data) when given (a grid of images shows the samples alone). Examples
+    drawn class by class (``rows`` their classes) are shown by class, beside as many test examples of each class
+    as ``reference_labels`` holds, up to as many as were drawn."""
     from aevb import plotting
 
     if kind == "vectors":
-        shown = None if reference is None else reference[:len(x)].cpu().numpy()
-        plotting.vectors(x.cpu().numpy(), shown, path, title=title)
+        per_class = len(x) // len(rows) if rows else len(x)
+        sample_classes = None if not rows else torch.tensor([int(r) for r in rows]).repeat_interleave(per_class).numpy()
+        shown = shown_classes = None
+        if reference is not None and rows and reference_labels is not None:
+            chosen = torch.cat([torch.nonzero(reference_labels.cpu() == int(r))[:per_class, 0] for r in rows])
+            shown, shown_classes = reference.cpu()[chosen].numpy(), reference_labels.cpu()[chosen].numpy()
+        elif reference is not None:
+            shown = reference[:len(x)].cpu().numpy()
+        plotting.vectors(x.cpu().numpy(), shown, path, title=title, sample_classes=sample_classes,
+                         data_classes=shown_classes)
     else:
         low, high = value_range
         if (low, high) != (0, 1):

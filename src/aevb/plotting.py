@@ -209,21 +209,29 @@ def rows_animation(images: np.ndarray, path: Path, title: str = "", fps: int = 4
     return path
 
 
-def vectors(samples: np.ndarray, data: np.ndarray | None, path: Path, title: str = "", dims: int = 3) -> Path:
+def vectors(samples: np.ndarray, data: np.ndarray | None, path: Path, title: str = "", dims: int = 3,
+            sample_classes: np.ndarray | None = None, data_classes: np.ndarray | None = None) -> Path:
     """Vector examples (N, D): a heat map of the samples beside one of as many data rows (same colour scale),
-    and below, scatter plots of the first ``dims`` dimensions in pairs, samples over data."""
-    panels = [("samples", samples)] + ([] if data is None else [("test data", data)])
+    and below, scatter plots of the first ``dims`` dimensions in pairs, samples over data. Rows sorted by class
+    with their classes given, (N,) each, are shown in bands, white lines between them, each band's class beside it."""
+    panels = [("samples", samples, sample_classes)] + ([] if data is None else [("test data", data, data_classes)])
     pairs = [(i, j) for i in range(min(dims, samples.shape[1])) for j in range(i + 1, min(dims, samples.shape[1]))]
-    low, high = np.percentile(np.concatenate([p.ravel() for _, p in panels]), [1, 99])
+    low, high = np.percentile(np.concatenate([p.ravel() for _, p, _ in panels]), [1, 99])
     fig = Figure(figsize=(max(6, 3.2 * max(len(pairs), len(panels))), 6.4 if pairs else 3.4), layout="constrained")
     grid = fig.add_gridspec(2 if pairs else 1, max(len(pairs), len(panels)) * 2)
     width = grid.ncols // len(panels)
-    for k, (name, values) in enumerate(panels):
+    for k, (name, values, classes) in enumerate(panels):
         ax = fig.add_subplot(grid[0, k * width:(k + 1) * width])
         shown = ax.imshow(values, aspect="auto", cmap="viridis", vmin=low, vmax=high, interpolation="nearest")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("dimension")
-        ax.set_ylabel("example")
+        ax.set_ylabel("example" if classes is None else "class")
+        if classes is not None:
+            starts = np.flatnonzero(np.r_[True, classes[1:] != classes[:-1]])
+            ends = np.r_[starts[1:], len(classes)]
+            ax.hlines(starts[1:] - 0.5, -0.5, values.shape[1] - 0.5, colors="white", linewidths=1)
+            ax.set_yticks((starts + ends - 1) / 2, [str(c) for c in classes[starts]], fontsize=7)
+            ax.tick_params(axis="y", length=0)
     fig.colorbar(shown, ax=fig.axes, shrink=0.8)
     for k, (i, j) in enumerate(pairs):
         ax = fig.add_subplot(grid[1, 2 * k:2 * k + 2])
