@@ -325,6 +325,25 @@ def test_vectors_drawn_class_by_class_are_shown_beside_test_examples_of_the_same
     assert shown["data_classes"].tolist() == [0, 0, 1, 2] and shown["sample_classes"].tolist() == [0, 0, 1, 1, 2, 2]
 
 
+def test_sequences_of_images_are_drawn_as_images_and_other_sequences_as_series_over_time(tmp_path, monkeypatch):
+    from aevb import plotting
+
+    assert plotting.image_like((28, 28)) and plotting.image_like((8, 32)) and plotting.image_like((28, 28, 3)) is False
+    assert not plotting.image_like((120, 2)) and not plotting.image_like((2, 120))
+    x = torch.rand(5, 120, 2)
+    plotting.series(x.numpy(), tmp_path / "lines.png")  # as lines
+    plotting.series(torch.rand(5, 120, 20).numpy(), tmp_path / "heat.png", value_range=(0.0, 1.0))  # as heat maps
+    assert (tmp_path / "lines.png").stat().st_size > 1000 and (tmp_path / "heat.png").stat().st_size > 1000
+
+    drawn = {}
+    monkeypatch.setattr(plotting, "series", lambda x, path, **kwargs: drawn.update(series=x))
+    monkeypatch.setattr(plotting, "image_grid", lambda images, *args, **kwargs: drawn.update(grid=images))
+    fitting.plot_examples(x.flatten(1), None, (120, 2), "sequences", tmp_path / "x.png", "samples")
+    assert np.array_equal(drawn.pop("series"), x.numpy()) and not drawn
+    fitting.plot_examples(torch.rand(5, 8, 8), None, (8, 8), "sequences", tmp_path / "x.png", "samples")
+    assert drawn.pop("grid").shape == (1, fitting.GRID_COLUMNS, 8, 8) and not drawn
+
+
 def test_a_model_installed_by_a_package_is_found_through_its_entry_point(user_files, tmp_path, capsys, monkeypatch):
     """A throwaway package, installed as pip would (a dist-info with entry_points.txt) on sys.path."""
     model_file, data_file = user_files

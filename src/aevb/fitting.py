@@ -1014,8 +1014,8 @@ def grey_range(x: Tensor) -> list[float]:
 def plot_examples(x: Tensor, rows: list[str] | None, shape: Sequence[int], kind: str, path: Path, title: str,
                   reference: Tensor | None = None, value_range: Sequence[float] = (0.0, 1.0),
                   reference_labels: Tensor | None = None) -> None:
-    """Examples as their kind shows best: images (and sequences, a step per row) as a grid, grey from
-    ``value_range``'s low (black) to its high (white); vectors as a heat map and pairwise scatter plots, beside as
+    """Examples as their kind shows best: images (and sequences of images, a step per row) as a grid, grey from
+    ``value_range``'s low (black) to its high (white); other sequences as series over time; vectors as a heat map and pairwise scatter plots, beside as
     many ``reference`` examples (the test data) when given (a grid of images shows the samples alone). Examples
     drawn class by class (``rows`` their classes) are shown by class, beside as many test examples of each class
     as ``reference_labels`` holds, up to as many as were drawn."""
@@ -1032,6 +1032,8 @@ def plot_examples(x: Tensor, rows: list[str] | None, shape: Sequence[int], kind:
             shown = reference[:len(x)].cpu().numpy()
         plotting.vectors(x.cpu().numpy(), shown, path, title=title, sample_classes=sample_classes,
                          data_classes=shown_classes)
+    elif kind == "sequences" and not plotting.image_like(shape):
+        plotting.series(x.reshape(len(x), *shape).cpu().numpy(), path, title=title, value_range=value_range)
     else:
         low, high = value_range
         if (low, high) != (0, 1):

@@ -20,9 +20,9 @@ from aevb.runs import write_atomically
 E_PHASE_COLOUR = "tab:orange"  # shading the E-phases of a history; M-phases stay plain
 
 
-def subplots(*grid: int, figsize: tuple[float, float], **kwargs):
+def subplots(*grid: int, figsize: tuple[float, float], layout: str | None = None, **kwargs):
     """A figure of its own and its axes, as ``pyplot.subplots`` gives them, without pyplot."""
-    fig = Figure(figsize=figsize)
+    fig = Figure(figsize=figsize, layout=layout)
     return fig, fig.subplots(*grid, **kwargs)
 
 
@@ -207,6 +207,49 @@ def rows_animation(images: np.ndarray, path: Path, title: str = "", fps: int = 4
     animation = FuncAnimation(fig, frame, frames=frames)
     write_atomically(Path(path), lambda p: animation.save(p, writer=PillowWriter(fps=fps)))
     return path
+
+
+def image_like(shape: Sequence[int]) -> bool:
+    """Whether examples of ``shape`` show best as images: (H, W) images, and sequences (T, D) of as many steps
+    as values per step, within a factor of 4 (images read row by row); a longer or wider sequence is a series."""
+    return len(shape) == 2 and shape[0] <= 4 * shape[1] and shape[1] <= 4 * shape[0]
+
+
+SERIES_SHOWN = 12  # panels of a sequence figure
+SERIES_LINES = 8  # at most this many values per step are drawn as lines, more as a heat map
+
+
+def series(x: np.ndarray, path: Path, title: str = "", value_range: Sequence[float] | None = None) -> Path:
+    """Sequences (N, T, D) that are not images: a panel for each of the first 12, step t across; D <= 8 values
+    per step as lines, more as a heat map (value index up); every panel on one scale, ``value_range`` or the
+    values' own."""
+    x = x[:SERIES_SHOWN]
+    low, high = value_range if value_range is not None else (float(x.min()), float(x.max()))
+    columns = min(len(x), 4)
+    fig, axes = subplots(-(-len(x) // columns), columns, figsize=(3.2 * columns, 1.8 * -(-len(x) // columns) + 0.6),
+                         squeeze=False, sharex=True, sharey=True, layout="constrained")
+    steps, width = x.shape[1:]
+    for ax, example in zip(axes.flat, x):
+        if width <= SERIES_LINES:
+            for d in range(width):
+                ax.plot(np.arange(1, steps + 1), example[:, d], linewidth=0.8, label=f"x{d + 1}")
+            ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
+        else:
+            shown = ax.imshow(example.T, aspect="auto", origin="lower", cmap="viridis", vmin=low, vmax=high,
+                              interpolation="nearest", extent=(0.5, steps + 0.5, 0.5, width + 0.5))
+    for ax in axes.flat[len(x):]:
+        ax.set_axis_off()
+    for ax in axes.flat[max(0, len(x) - columns):len(x)]:  # the lowest panel of each column
+        ax.set_xlabel("step t")
+        ax.xaxis.set_tick_params(labelbottom=True)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("value" if width <= SERIES_LINES else "value index")
+    if width <= SERIES_LINES and width > 1:
+        axes.flat[0].legend(fontsize=6, ncols=min(width, 4))
+    elif width > SERIES_LINES:
+        fig.colorbar(shown, ax=axes, shrink=0.8)
+    fig.suptitle(title, fontsize=10)
+    return save(fig, path)
 
 
 def vectors(samples: np.ndarray, data: np.ndarray | None, path: Path, title: str = "", dims: int = 3,

@@ -5,8 +5,8 @@ Defaults are the tutorial's (latent 2 per step, a 2-layer LSTM of 256, MLPs 500-
 (28 steps of 28 pixels) with ``--dataset mnist --data-dir DIR``; your own sequences as an (N, T, D) array in
 a .npy/.npz file: binary ones with the Bernoulli likelihood, values in [0, 1] with ``--likelihood cb``.
 Image pixels are binarized as in the tutorial. Beside the generic figures, a fit draws generations from the
-prior row by row (each row's decoder parameters given the rows above, and an animated GIF of the rows
-appearing); on MNIST its learning curve shows the tutorial's published one. Numbers are nats per sequence.
+prior step by step (each step's decoder parameters given the steps before, and for images read row by row an
+animated GIF of the rows appearing; longer sequences are drawn as series over time); on MNIST its learning curve shows the tutorial's published one. Numbers are nats per sequence.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from aevb.evaluation import eval_mode
-from aevb.fitting import GRID_COLUMNS, Data, Hooks
+from aevb.fitting import GRID_COLUMNS, Data, Hooks, plot_examples
 from aevb.models.vrnn import VRNN
 from aevb.tutorial import TUTORIAL_VRNN_TEST_ELBO
 
@@ -37,10 +37,11 @@ class VRNNHooks(Hooks):
         torch.manual_seed(self.args.seed)
         with eval_mode(model):
             samples, parameters = model.generate(GRID_ROWS * GRID_COLUMNS)
-        parameter_grid = plotting.as_grid(parameters.flatten(1), data.shape, GRID_COLUMNS)
-        plotting.image_grid(parameter_grid, run_dir / "vrnn_decoder_parameters.png",
-                            title="generated row by row from the prior: each row's decoder parameters given the rows above")
-        plotting.image_grid(plotting.as_grid(samples.flatten(1), data.shape, GRID_COLUMNS), run_dir / "vrnn_samples.png",
-                            title="generated row by row from the prior: samples")
-        plotting.rows_animation(parameter_grid, run_dir / "vrnn_generation.gif", title="generation row by row from the prior")
+        plot_examples(parameters, None, data.shape, data.kind, run_dir / "vrnn_decoder_parameters.png",
+                      title="generated step by step from the prior: each step's decoder parameters given the steps before")
+        plot_examples(samples, None, data.shape, data.kind, run_dir / "vrnn_samples.png",
+                      title="generated step by step from the prior: samples")
+        if plotting.image_like(data.shape):
+            plotting.rows_animation(plotting.as_grid(parameters.flatten(1), data.shape, GRID_COLUMNS),
+                                    run_dir / "vrnn_generation.gif", title="generation row by row from the prior")
         self.embedding(model, data, run_dir / "vrnn_tsne.png")
