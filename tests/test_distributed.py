@@ -96,8 +96,9 @@ SCRIPT = textwrap.dedent('''
 
     def failing_alone_on_rank_1(where):
         """What each rank raises, and after how many steps, when rank 1 alone fails (a model's error on its rows, its
-        GPU's memory) in a training step (the third), or in the evaluation after the first epoch (5 steps): in the
-        test ELBO, or in a function of the test rows gathered from the ranks."""
+        GPU's memory) in a training step (the third), or in reading its rows of the third batch (a disk's error; here
+        the batch's transform's), or in the evaluation after the first epoch (5 steps): in the test ELBO, or in a
+        function of the test rows gathered from the ranks."""
         torch.manual_seed(0)
         model = VAE(VAEConfig(data_dim=6, latent_dim=2, hidden=(8,)))
         trainer = Trainer(model, lr=0.01, batch_size=10, progress=False)
@@ -108,12 +109,18 @@ SCRIPT = textwrap.dedent('''
                 raise RuntimeError("out of memory (a stand-in)")
             return elbo(*batch, **options)
 
-        model.elbo = fails
-        evaluate = {"step": None, "test ELBO": lambda m: {"test_elbo": evaluation.test_elbo(m, (x,))},
+        def unreadable(batch):
+            if distributed.rank() == 1 and trainer.step_count == 2:
+                raise OSError("input/output error (a stand-in)")
+            return batch
+
+        if where != "read":
+            model.elbo = fails
+        evaluate = {"step": None, "read": None, "test ELBO": lambda m: {"test_elbo": evaluation.test_elbo(m, (x,))},
                     "gathered rows": lambda m: {"rows": evaluation.rows_over_ranks(
                         lambda rows: m.elbo(rows).elbo, (x,), 10, torch.device("cpu")).sum()}}[where]
         try:
-            trainer.fit((x,), steps=7, evaluate=evaluate)
+            trainer.fit((x,), steps=7, evaluate=evaluate, transform=unreadable if where == "read" else None)
         except Exception as e:
             return type(e).__name__, str(e), getattr(e, "agreed", False), trainer.step_count
 
@@ -145,7 +152,7 @@ SCRIPT = textwrap.dedent('''
             train(kind, f"{sys.argv[1]}-{kind}")
         if len(sys.argv) > 2:
             torch.save(fail_on_rank_1(), f"{sys.argv[1]}-failure-{distributed.rank()}.pt")
-            torch.save({where: failing_alone_on_rank_1(where) for where in ("step", "test ELBO", "gathered rows")},
+            torch.save({where: failing_alone_on_rank_1(where) for where in ("step", "read", "test ELBO", "gathered rows")},
                        f"{sys.argv[1]}-failing-alone-{distributed.rank()}.pt")
             one_row = torch.tensor([[3.0, 4.0]])  # fewer rows than ranks: rank 1's shard is empty
             torch.save(evaluation.rows_over_ranks(lambda x: 2 * x, (one_row,), 10, torch.device("cpu")),
@@ -267,14 +274,17 @@ def test_rows_fewer_than_the_ranks_are_gathered_whole_on_every_rank(launched):
     assert [rows.tolist() for rows in launched["one row"]] == [[[6.0, 8.0]], [[6.0, 8.0]]]
 
 
-@pytest.mark.parametrize("where, step", [("step", 2), ("test ELBO", 5), ("gathered rows", 5)])
-def test_an_error_of_one_rank_in_a_step_or_an_evaluation_ends_every_rank(launched, where, step):
+@pytest.mark.parametrize("where, step, error", [("step", 2, "RuntimeError: out of memory (a stand-in)"),
+                                                ("read", 2, "OSError: input/output error (a stand-in)"),
+                                                ("test ELBO", 5, "RuntimeError: out of memory (a stand-in)"),
+                                                ("gathered rows", 5, "RuntimeError: out of memory (a stand-in)")])
+def test_an_error_of_one_rank_in_a_step_or_an_evaluation_ends_every_rank(launched, where, step, error):
     """Rank 1 alone fails where the other waits for it in a collective (the step's reduction, the evaluation's): it
     raises its error, rank 0 names it (before, with gloo, rank 0 raised gloo's "Connection closed by peer" once rank
     1's process had ended)."""
+    kind, message = error.split(": ", 1)
     assert [ranks[where] for ranks in launched["failing alone"]] == [
-        ("OtherRankFailed", "rank 1: RuntimeError: out of memory (a stand-in)", True, step),
-        ("RuntimeError", "out of memory (a stand-in)", True, step)]
+        ("OtherRankFailed", f"rank 1: {error}", True, step), (kind, message, True, step)]
 
 
 def test_what_several_processes_cannot_run_is_one_line(tmp_path, monkeypatch, capsys):

@@ -75,10 +75,18 @@ class Batches:
         # The order moves to each tensor's device once per epoch: a CPU index into a GPU tensor would be
         # copied over at every batch, and that copy waits for the GPU (a host-device sync per step).
         # Under torch.distributed every rank draws the same order and takes its slice of each batch.
+        # An error of this rank's alone in reading its rows (from disk) or transforming them is yielded in the
+        # batch's place: the step agrees it with the other ranks, which would otherwise wait for this one.
         orders = [order.to(t.device).split(self.batch_size)[start:] for t in self.tensors]
         for indices in zip(*orders):
-            batch = tuple(t[i[distributed.shard(len(i))]] for t, i in zip(self.tensors, indices))
-            yield self.transform(batch) if self.transform else batch
+            try:
+                batch = tuple(t[i[distributed.shard(len(i))]] for t, i in zip(self.tensors, indices))
+                batch = self.transform(batch) if self.transform else batch
+            except Exception as e:  # noqa: BLE001  (raised on every rank by the step)
+                if not distributed.active():
+                    raise
+                batch = e
+            yield batch
 
 
 Evaluate = Callable[[LatentVariableModel], dict[str, Tensor]]
@@ -237,21 +245,21 @@ class Trainer:
         objective = terms.elbo if terms.objective is None else terms.objective
         return torch.stack([terms.log_likelihood, terms.kl, terms.elbo, objective]).sum(-1)
 
-    def step(self, batch: Sequence[Tensor], phase: str) -> Tensor:
+    def step(self, batch: Sequence[Tensor] | Exception, phase: str) -> Tensor:
         """One gradient step on -mean ELBO (or on the model's ``ELBO.objective``, where it has one) over the (global)
         batch for the groups of ``phase``; returns the batch's mean log-likelihood, KL and ELBO (3,).
 
         Under torch.distributed, the gradient of -sum ELBO, the summed terms and the row count are summed over the
         ranks in one collective (``aevb.distributed``), then divided by the count: the mean over the global batch.
-        An error on one rank alone (its rows, its GPU's memory) is agreed in that collective: every rank raises
-        (``distributed.agree``)."""
+        An error on one rank alone (its rows, its GPU's memory; or the error that reading its rows raised, given in
+        the batch's place by ``Batches``) is agreed in that collective: every rank raises (``distributed.agree``)."""
         optimizers, parameters = self.phase_optimizers[phase], self.phase_parameters[phase]
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
+        several, failure = distributed.active(), batch if isinstance(batch, Exception) else None
         # torch.full launches a fill; torch.tensor would copy from the host and wait for the GPU at every step
-        count = torch.full((), float(len(batch[0])), device=parameters[0].device)
-        several, failure = distributed.active(), None
-        if len(batch[0]):
+        count = torch.full((), 0.0 if failure is not None else float(len(batch[0])), device=parameters[0].device)
+        if failure is None and len(batch[0]):
             try:
                 if self.torch_compile and self.sum_elbo == self._sum_elbo and self.step_count:  # resumed
                     self.compile(first=batch)
@@ -265,7 +273,7 @@ class Trainer:
                 # an error of this rank's alone (a model's on its rows, the GPU's memory): the others would wait in
                 # the reduction for this rank; it joins it instead, and every rank raises after it
                 failure, terms = e, torch.zeros(len(TERMS), device=count.device)
-        else:  # this rank's slice of a short last batch is empty
+        else:  # this rank's slice of a short last batch is empty, or could not be read
             terms = torch.zeros(len(TERMS), device=count.device)
         if several:
             used = torch.ones(len(parameters), device=count.device)  # by this rank: summed, by any
