@@ -265,14 +265,16 @@ def vectors(samples: np.ndarray, data: np.ndarray | None, path: Path, title: str
     width = grid.ncols // len(panels)
     for k, (name, values, classes) in enumerate(panels):
         ax = fig.add_subplot(grid[0, k * width:(k + 1) * width])
-        shown = ax.imshow(values, aspect="auto", cmap="viridis", vmin=low, vmax=high, interpolation="nearest")
+        shown = ax.imshow(values, aspect="auto", cmap="viridis", vmin=low, vmax=high, interpolation="nearest",
+                          extent=(0.5, values.shape[1] + 0.5, len(values) - 0.5, -0.5))  # dimensions 1..D, as x1..xD
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("dimension")
         ax.set_ylabel("example" if classes is None else "class")
         if classes is not None:
             starts = np.flatnonzero(np.r_[True, classes[1:] != classes[:-1]])
             ends = np.r_[starts[1:], len(classes)]
-            ax.hlines(starts[1:] - 0.5, -0.5, values.shape[1] - 0.5, colors="white", linewidths=1)
+            ax.hlines(starts[1:] - 0.5, 0.5, values.shape[1] + 0.5, colors="white", linewidths=1)
             ax.set_yticks((starts + ends - 1) / 2, [str(c) for c in classes[starts]], fontsize=7)
             ax.tick_params(axis="y", length=0)
     fig.colorbar(shown, ax=fig.axes, shrink=0.8)
