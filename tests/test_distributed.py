@@ -152,7 +152,8 @@ SCRIPT = textwrap.dedent('''
             train(kind, f"{sys.argv[1]}-{kind}")
         if len(sys.argv) > 2:
             torch.save(fail_on_rank_1(), f"{sys.argv[1]}-failure-{distributed.rank()}.pt")
-            torch.save({where: failing_alone_on_rank_1(where) for where in ("step", "read", "test ELBO", "gathered rows")},
+            places = ("step", "read", "test ELBO", "gathered rows")
+            torch.save({where: failing_alone_on_rank_1(where) for where in places},
                        f"{sys.argv[1]}-failing-alone-{distributed.rank()}.pt")
             one_row = torch.tensor([[3.0, 4.0]])  # fewer rows than ranks: rank 1's shard is empty
             torch.save(evaluation.rows_over_ranks(lambda x: 2 * x, (one_row,), 10, torch.device("cpu")),

@@ -150,7 +150,8 @@ class Hooks:
         num_classes = data.num_classes if is_conditional(type(model)) else None
         x, rows = draw(model, num_classes, GRID_COLUMNS if num_classes else SAMPLES_PLOTTED)
         by_class = ", a band per class y" if data.kind == "vectors" else ", one row per class y"
-        plot_examples(x, rows, data.shape, data.kind, path, title="samples x ~ p(x" + (f" | y){by_class}" if rows else ")"),
+        title = "samples x ~ p(x" + (f" | y){by_class}" if rows else ")")
+        plot_examples(x, rows, data.shape, data.kind, path, title=title,
                       reference=data.test[0], value_range=grey_range(data.test[0]), reference_labels=data.y_test)
 
     def embedding(self, model: LatentVariableModel, data: Data, path: Path) -> None:
@@ -1015,10 +1016,10 @@ def plot_examples(x: Tensor, rows: list[str] | None, shape: Sequence[int], kind:
                   reference: Tensor | None = None, value_range: Sequence[float] = (0.0, 1.0),
                   reference_labels: Tensor | None = None) -> None:
     """Examples as their kind shows best: images (and sequences of images, a step per row) as a grid, grey from
-    ``value_range``'s low (black) to its high (white); other sequences as series over time; vectors as a heat map and pairwise scatter plots, beside as
-    many ``reference`` examples (the test data) when given (a grid of images shows the samples alone). Examples
-    drawn class by class (``rows`` their classes) are shown by class, beside as many test examples of each class
-    as ``reference_labels`` holds, up to as many as were drawn."""
+    ``value_range``'s low (black) to its high (white); other sequences as series over time; vectors as a heat map
+    and pairwise scatter plots, beside as many ``reference`` examples (the test data) when given (a grid of images
+    shows the samples alone). Examples drawn class by class (``rows`` their classes) are shown by class, beside as
+    many test examples of each class as ``reference_labels`` holds, up to as many as were drawn."""
     from aevb import plotting
 
     if kind == "vectors":

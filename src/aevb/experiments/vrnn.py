@@ -6,7 +6,8 @@ Defaults are the tutorial's (latent 2 per step, a 2-layer LSTM of 256, MLPs 500-
 a .npy/.npz file: binary ones with the Bernoulli likelihood, values in [0, 1] with ``--likelihood cb``.
 Image pixels are binarized as in the tutorial. Beside the generic figures, a fit draws generations from the
 prior step by step (each step's decoder parameters given the steps before, and for images read row by row an
-animated GIF of the rows appearing; longer sequences are drawn as series over time); on MNIST its learning curve shows the tutorial's published one. Numbers are nats per sequence.
+animated GIF of the rows appearing; longer sequences are drawn as series over time); on MNIST its learning
+curve shows the tutorial's published one. Numbers are nats per sequence.
 """
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ class VRNNHooks(Hooks):
         torch.manual_seed(self.args.seed)
         with eval_mode(model):
             samples, parameters = model.generate(GRID_ROWS * GRID_COLUMNS)
-        plot_examples(parameters, None, data.shape, data.kind, run_dir / "vrnn_decoder_parameters.png",
-                      title="generated step by step from the prior: each step's decoder parameters given the steps before")
+        plot_examples(parameters, None, data.shape, data.kind, run_dir / "vrnn_decoder_parameters.png", title=(
+            "generated step by step from the prior: each step's decoder parameters given the steps before"))
         plot_examples(samples, None, data.shape, data.kind, run_dir / "vrnn_samples.png",
                       title="generated step by step from the prior: samples")
         if plotting.image_like(data.shape):
