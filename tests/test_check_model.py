@@ -351,6 +351,25 @@ def test_a_hand_written_elbo_with_a_sampled_kl_skips_the_sign_check():
     assert {outcome for name, outcome in report.items() if name != "kl"} == {"passed"}
 
 
+def test_the_derived_code_of_a_latent_per_step_is_its_posterior_mean_flattened():
+    class PerStep(Toy):
+        """z of event shape (T, L) = (3, 2), a latent per step; q's mean is the code, T * L numbers."""
+
+        def factors(self, x: Tensor):
+            q_z = self.inference(x)
+            loc, scale = q_z.mean[:, None].expand(-1, 3, -1), q_z.stddev[:, None].expand(-1, 3, -1)
+            zeros = torch.zeros(3, self.config.latent_dim)
+            return (Independent(Normal(loc, scale), 2), Independent(Normal(zeros, 1.0), 2),
+                    lambda z: self.generative(z.mean(1)))
+
+        encode = LatentVariableModel.encode  # derived from factors
+
+    model = PerStep()
+    code = model.encode(X)
+    assert code.shape == (B, 6) and torch.equal(code, model.factors(X)[0].mean.flatten(1))
+    assert check_model(model, X, checks=["encode"]) == {"encode": "passed"}
+
+
 def test_checks_runs_the_named_checks_only_in_their_order():
     report = check_model(UnusedParameter(), X, checks=["sample", "config", "encode"])  # the gradients check would fail
     assert list(report) == ["config", "sample", "encode"] and set(report.values()) == {"passed"}

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.distributions import Independent, Normal
 
-from aevb import elbo as estimators
+from aevb import elbo as estimators, fitting
 from aevb.model import LatentVariableModel
 
 
@@ -129,6 +129,34 @@ class RichConfig:
 
 class Rich(Linear):
     Config = RichConfig
+
+
+class CovariateHooks(fitting.Hooks):
+    def data(self):
+        """x = c w + noise, with a float covariate c per example (a context other than class labels)."""
+        c = torch.cat([torch.linspace(-2, 2, 100), torch.linspace(-2, 2, 20)])[:, None]
+        x = c * torch.arange(1.0, 6.0) + torch.randn(120, 5, generator=torch.Generator().manual_seed(0))
+        return fitting.Data(train=(x[:100], c[:100]), test=(x[100:], c[100:]), y_test=None, shape=(5,), kind="vectors")
+
+
+class Covariate(Linear):
+    """p(x | z, c) = N(W z + b + c v, I), v = (1, ..., 5) known: sample needs c."""
+    hooks = CovariateHooks
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.register_buffer("v", torch.arange(1.0, config.data_dim + 1))
+
+    def factors(self, x, c):
+        p_z = Independent(Normal(torch.zeros(self.config.latent_dim), torch.ones(self.config.latent_dim)), 1)
+        return self.q_z_given_x(x), p_z, lambda z: Independent(Normal(self.generative(z) + c * self.v, 1.0), 1)
+
+    def sample(self, num_samples, c):
+        return self.factors(torch.zeros(num_samples, self.config.data_dim), c)[2](
+            torch.randn(num_samples, self.config.latent_dim)).sample()
+
+    def encode(self, x, c):
+        return self.q_z_given_x(x).mean
 '''
 
 
@@ -285,6 +313,29 @@ def test_a_model_file_imports_the_modules_beside_it_and_a_changed_config_is_name
     code, _, err = cli(["eval", tmp_path / "mine", "--iwae", "2"], capsys)
     assert code == 2 and ("the run was fitted with another linear Config (the class has a field extra it did not "
                           "have); restore the Config it had, or fit the run again") in err
+
+
+def test_a_model_given_a_float_covariate_is_fitted_and_drawn_given_the_test_covariates(user_files, tmp_path, capsys,
+                                                                                       monkeypatch):
+    """Its data come from its hooks as (x, c); sample(n, c) cannot do without c, which aevb sample cannot give."""
+    model_file, _ = user_files
+    from aevb import plotting
+
+    drawn = {}
+    monkeypatch.setattr(plotting, "vectors", lambda samples, data, path, title, **kwargs: drawn.update(
+        samples=samples, data=data, title=title))
+    run = tmp_path / "run"
+    code, out, err = cli(["fit", "--model", f"{model_file}:Covariate", "--epochs", "3",
+                          "--iwae", "0", "--out", run, "--no-progress", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out.splitlines()[-1])["evidence"] == "log p(x | c)"
+    assert drawn["title"] == "samples x ~ p(x | c) for the contexts c of the first 20 test examples"
+    assert len(drawn["samples"]) == len(drawn["data"]) == 20  # beside the test examples of those contexts
+    # the samples follow the contexts: x_5 - x_1 = 4 c + noise, and c rises from -2 to 2 over the test examples
+    assert np.corrcoef(drawn["samples"][:, 4] - drawn["samples"][:, 0], np.arange(20))[0, 1] > 0.8
+
+    code, _, err = cli(["sample", run, "--n", "3", "--out", tmp_path / "s.npz"], capsys)
+    assert code == 2 and "Covariate.sample needs a context" in err and not (tmp_path / "s.npz").exists()
 
 
 def test_counts_are_drawn_on_a_grey_scale_of_their_range(user_files, tmp_path, capsys, monkeypatch):

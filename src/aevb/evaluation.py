@@ -4,7 +4,8 @@
   model with one latent; the GMVAE's sums y out), nats per example;
 * ``iwae_log_likelihood``: the mean K-sample importance-weighted bound
   log (1/K) sum_k p(x, z_k) / q(z_k | x) <= log p(x), K weights drawn in chunks (bounded memory for any K);
-  for a conditional model the batch's context (the label y) makes it a bound on log p(x | y);
+  for a conditional model the batch's context (the label y, or another context c) makes it a bound on
+  log p(x | y) (or log p(x | c));
 * ``bits_per_dim``: for dequantized data u = (x + noise) / levels of integer pixels x, a density p on
   [0, 1]^D bounds the probability of the discrete data, log P(x) >= E_noise[log p(u)] - D ln(levels), so
   bits/dim = -(log p(u) - D ln levels) / (D ln 2), with log p(u) estimated by the IWAE bound. This makes
@@ -108,15 +109,16 @@ def evaluate(
     model: LatentVariableModel, tensors: Sequence[Tensor], num_samples: int, levels: int | None = None, seed: int = 0,
     progress: bool = True
 ) -> dict:
-    """Summary keys ``evidence`` (what the bounds are of: ``log p(x)``, or ``log p(x | y)`` where the batches
-    carry a context y), ``test_elbo``, ``iwae_log_likelihood`` and ``iwae_samples`` (K = 0: no IWAE), and
+    """Summary keys ``evidence`` (what the bounds are of: ``log p(x)``, ``log p(x | y)`` where the batches carry
+    class labels y, ``log p(x | c)`` where they carry another context c), ``test_elbo``, ``iwae_log_likelihood`` and ``iwae_samples`` (K = 0: no IWAE), and
     ``bits_per_dim`` given ``levels`` (D is the size of one example, all of a sequence's steps).
 
     Seeded, so the same model, data and K give the same numbers; the caller's random state is left as it was.
     """
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        summary = {"evidence": "log p(x | y)" if len(tensors) > 1 else "log p(x)",
+        labels = len(tensors) == 2 and not tensors[1].is_floating_point()
+        summary = {"evidence": "log p(x)" if len(tensors) == 1 else "log p(x | y)" if labels else "log p(x | c)",
                    "test_elbo": test_elbo(model, tensors).item()}
         if num_samples:
             summary.update(iwae_log_likelihood=iwae_log_likelihood(model, tensors, num_samples, progress=progress).item(),

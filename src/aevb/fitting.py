@@ -17,6 +17,7 @@ import argparse
 import collections.abc
 import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -148,9 +149,11 @@ class Hooks:
     def samples(self, model: LatentVariableModel, data: Data, path: Path) -> None:
         torch.manual_seed(self.args.seed)
         num_classes = data.num_classes if is_conditional(type(model)) else None
-        x, rows = draw(model, num_classes, GRID_COLUMNS if num_classes else SAMPLES_PLOTTED)
+        context = () if num_classes else tuple(t[:SAMPLES_PLOTTED] for t in data.test[1:])  # other than labels
+        x, rows = draw(model, num_classes, GRID_COLUMNS if num_classes else SAMPLES_PLOTTED, context=context)
         by_class = ", a band per class y" if data.kind == "vectors" else ", one row per class y"
-        title = "samples x ~ p(x" + (f" | y){by_class}" if rows else ")")
+        title = ("samples x ~ p(x" + (f" | y){by_class}" if rows else ")") if not context else
+                 f"samples x ~ p(x | c) for the contexts c of the first {len(x)} test examples")
         plot_examples(x, rows, data.shape, data.kind, path, title=title,
                       reference=data.test[0], value_range=grey_range(data.test[0]), reference_labels=data.y_test)
 
@@ -991,20 +994,29 @@ def diagnose_run(run_dir: str | Path, examples: int, num_samples: int, settings:
     return {**result, "figure": str(figure)}
 
 
-def draw(model: LatentVariableModel, num_classes: int | None, num_samples: int,
-         label: int | None = None) -> tuple[Tensor, list[str] | None]:
+def draw(model: LatentVariableModel, num_classes: int | None, num_samples: int, label: int | None = None,
+         context: Sequence[Tensor] = ()) -> tuple[Tensor, list[str] | None]:
     """x ~ p(x), (N, ...), and no row labels; for a conditional model ``num_samples`` for ``label`` or for each
-    class, one row per class, and the rows' labels."""
+    class, one row per class, and the rows' labels; given a ``context`` other than labels (tensors of N' rows),
+    x ~ p(x | c) for each of its rows, (N', ...)."""
     if label is not None and not num_classes:
         raise UsageError(f"--label is for conditional models; {model.name} is not one")
     if label is not None and not 0 <= label < num_classes:
         raise UsageError(f"--label {label} is not a class of this run: use 0 to {num_classes - 1}")
     with evaluation.eval_mode(model) as device:
+        if context:
+            return model.sample(len(context[0]), *(c.to(device) for c in context)), None
         if not num_classes:
             return model.sample(num_samples), None
         classes = [label] if label is not None else list(range(num_classes))
         labels = torch.tensor(classes, device=device).repeat_interleave(num_samples)
         return model.sample(len(labels), labels), [str(c) for c in classes]
+
+
+def needs_context(model: LatentVariableModel) -> bool:
+    """Whether ``model.sample`` has an argument after the number of samples that it cannot do without."""
+    after = list(inspect.signature(model.sample).parameters.values())[1:]
+    return any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in after)
 
 
 def grey_range(x: Tensor) -> list[float]:
@@ -1060,6 +1072,10 @@ def sample_run(run_dir: str | Path, out: Path, num_samples: int, label: int | No
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise UsageError(f"--out {out} exists; name another file, or pass --overwrite to replace it")
     num_classes = run.config["data"]["num_classes"] if is_conditional(run.cls) else None
+    if not num_classes and needs_context(run.model):
+        raise UsageError(f"{run.cls.__name__}.sample needs a context, which aevb sample cannot give (it gives "
+                         f"conditional models class labels, --label); draw from Python: "
+                         f"aevb.fitting.load_run({str(run_dir)!r}).model.sample(n, c)")
     with torch.random.fork_rng():  # drawn from ``seed``; the caller's random state is left alone
         torch.manual_seed(seed)
         x, rows = draw(run.model, num_classes, num_samples, label)

@@ -163,14 +163,15 @@ class LatentVariableModel(nn.Module, ABC):
         """Draw x ~ p_theta(x) (or p_theta(x | context)), shape (N, ...)."""
 
     def encode(self, x: Tensor, *context: Tensor) -> Tensor:
-        """A code per example, shape (B, L): by default the posterior mean E_q[z | x] of ``factors``."""
+        """A code per example, shape (B, L): by default the posterior mean E_q[z | x] of ``factors``, flattened
+        (a latent of event shape (T, L') gives a code of T * L' numbers)."""
         try:
             q_z = self.factors(x, *context)[0]
         except NotImplementedError:
             raise NotImplementedError(f"{type(self).__name__} defines no encode(): a model with an elbo() of its own "
                                       "defines encode(x), a code per example (B, L)") from None
         try:
-            return q_z.mean
+            return q_z.mean.flatten(1)
         except NotImplementedError:
             raise NotImplementedError(f"{type(self).__name__}'s q(z|x), a {type(q_z).__name__}, has no mean: define "
                                       "encode() to give a code per example") from None
