@@ -103,6 +103,19 @@ def test_evaluation_is_seeded_batched_in_eval_mode_and_restores_the_mode():
     assert small_batches.item() == pytest.approx(one_batch.item(), abs=0.05)
 
 
+def test_a_model_with_an_exact_evidence_reports_it_beside_its_bounds():
+    from aevb.models.fa import FactorAnalysis, FAConfig
+
+    torch.manual_seed(0)
+    model = FactorAnalysis(FAConfig(data_dim=3, latent_dim=2))
+    x = model.sample(300)
+    summary = evaluation.evaluate(model, (x,), num_samples=200, levels=256)
+    assert summary["test_log_evidence"] == pytest.approx(model.log_evidence(x).mean().item(), rel=1e-6)
+    assert summary["test_elbo"] < summary["iwae_log_likelihood"] < summary["test_log_evidence"] + 0.05
+    assert summary["bits_per_dim"] == evaluation.bits_per_dim(summary["test_log_evidence"], 3, 256)  # not the bound's
+    assert "test_log_evidence" not in evaluation.evaluate(*small_model(conditional=False), num_samples=0)
+
+
 def test_draw_gives_one_row_per_class_for_a_conditional_model():
     model, _ = small_model(conditional=True)
     x, rows = draw(model, C, 4)

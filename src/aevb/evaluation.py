@@ -80,6 +80,14 @@ def test_elbo(model: LatentVariableModel, tensors: Sequence[Tensor], batch_size:
             torch.zeros((), device=device)), len(tensors[0]))
 
 
+def test_log_evidence(model: LatentVariableModel, tensors: Sequence[Tensor], batch_size: int = 1000) -> Tensor:
+    """Mean exact log p(x) (``model.log_evidence``, where the model has it) over the rows of ``tensors``; 0-dim."""
+    with eval_mode(model) as device:
+        return mean_over_ranks(lambda: sum(
+            (model.log_evidence(*batch).sum() for batch in in_batches(shard(tensors), batch_size, device)),
+            torch.zeros((), device=device)), len(tensors[0]))
+
+
 def iwae_log_likelihood(
     model: LatentVariableModel, tensors: Sequence[Tensor], num_samples: int, batch_size: int = 100,
     chunk_size: int = IWAE_CHUNK, progress: bool = True
@@ -110,8 +118,10 @@ def evaluate(
     progress: bool = True
 ) -> dict:
     """Summary keys ``evidence`` (what the bounds are of: ``log p(x)``, ``log p(x | y)`` where the batches carry
-    class labels y, ``log p(x | c)`` where they carry another context c), ``test_elbo``, ``iwae_log_likelihood`` and ``iwae_samples`` (K = 0: no IWAE), and
-    ``bits_per_dim`` given ``levels`` (D is the size of one example, all of a sequence's steps).
+    class labels y, ``log p(x | c)`` where they carry another context c), ``test_elbo``, ``iwae_log_likelihood``
+    and ``iwae_samples`` (K = 0: no IWAE), ``test_log_evidence`` (the exact mean) where the model has
+    ``log_evidence``, and ``bits_per_dim`` given ``levels`` (D is the size of one example, all of a sequence's
+    steps; from the exact evidence where there is one, else from the IWAE bound).
 
     Seeded, so the same model, data and K give the same numbers; the caller's random state is left as it was.
     """
@@ -123,6 +133,9 @@ def evaluate(
         if num_samples:
             summary.update(iwae_log_likelihood=iwae_log_likelihood(model, tensors, num_samples, progress=progress).item(),
                            iwae_samples=num_samples)
-    if levels is not None and num_samples:
-        summary["bits_per_dim"] = bits_per_dim(summary["iwae_log_likelihood"], tensors[0][0].numel(), levels)
+    if callable(getattr(model, "log_evidence", None)):
+        summary["test_log_evidence"] = test_log_evidence(model, tensors).item()
+    log_density = summary.get("test_log_evidence", summary.get("iwae_log_likelihood"))
+    if levels is not None and log_density is not None:
+        summary["bits_per_dim"] = bits_per_dim(log_density, tensors[0][0].numel(), levels)
     return summary
