@@ -338,6 +338,18 @@ def test_a_model_given_a_float_covariate_is_fitted_and_drawn_given_the_test_cova
     assert code == 2 and "Covariate.sample needs a context" in err and not (tmp_path / "s.npz").exists()
 
 
+@pytest.mark.parametrize("command", ["eval", "diagnose", "sample"])
+def test_threads_sets_torchs_threads_for_the_command_and_restores_them(command, tmp_path, capsys, monkeypatch):
+    seen = []
+    for name in ("evaluate_run", "diagnose_run", "sample_run"):
+        monkeypatch.setattr(fitting, name, lambda *args, **kwargs: seen.append(torch.get_num_threads()) or {})
+    before = torch.get_num_threads()
+    other = 1 if before > 1 else 2
+    code, _, err = cli([command, tmp_path, "--threads", other], capsys)
+    assert code == 0, err
+    assert seen == [other] and torch.get_num_threads() == before
+
+
 def test_counts_are_drawn_on_a_grey_scale_of_their_range(user_files, tmp_path, capsys, monkeypatch):
     """Integer images of 0 to 16 modelled as they are (no dequantization): their figures span 0 to 16, not 0 to 1."""
     model_file, _ = user_files

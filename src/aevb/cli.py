@@ -27,9 +27,10 @@ from pathlib import Path
 import aevb
 from aevb.arguments import (MAX_IWAE_SAMPLES, MAX_SAMPLES, LocalEStep, draws, epochs_scale, local_steps,
                             non_negative_int, output_folder, positive_float, positive_int, positive_iwae_samples,
-                            random_seed, sample_count)
+                            random_seed, sample_count, thread_count)
 from aevb.errors import Interrupted, OtherRankFailed, Terminated, UsageError
 from aevb.reproduce import DIAGNOSIS, EXPERIMENTS
+from aevb.threads import torch_threads
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -64,6 +65,7 @@ def build_parser() -> ArgumentParser:
                           help="also the test ELBO after N local E-steps from the amortized q, and the IWAE "
                                "bound with that refined q as proposal (semi-amortized inference; aevb diagnose "
                                "says more) (default 0: none)")
+    add_threads_argument(evaluate)
     add_summary_arguments(evaluate)
     evaluate.set_defaults(handler=eval_command)
 
@@ -91,6 +93,7 @@ def build_parser() -> ArgumentParser:
     diagnose.add_argument("--eval-samples", type=draws, default=defaults.eval_samples, metavar="S",
                           help=f"draws per example for the ELBOs of q_phi and q* (default {defaults.eval_samples})")
     add_seed_argument(diagnose)
+    add_threads_argument(diagnose)
     add_summary_arguments(diagnose)
     diagnose.set_defaults(handler=diagnose_command)
 
@@ -106,6 +109,7 @@ def build_parser() -> ArgumentParser:
                              "not replaced without --overwrite")
     sample.add_argument("--overwrite", action="store_true", help="replace the file --out names if it exists")
     add_seed_argument(sample)
+    add_threads_argument(sample)
     add_summary_arguments(sample, progress=False)
     sample.set_defaults(handler=sample_command)
 
@@ -152,6 +156,11 @@ def add_summary_arguments(parser, progress: bool = True) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
     if progress:
         parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=thread_count, default=None, metavar="N",
+                        help="CPU threads for torch (default: torch's, one per core)")
 
 
 def add_seed_argument(parser: argparse.ArgumentParser) -> None:
@@ -228,22 +237,26 @@ def resume_command(args: argparse.Namespace) -> dict:
 def eval_command(args: argparse.Namespace) -> dict:
     from aevb import fitting
 
-    return {**fitting.evaluate_run(args.run_dir, args.iwae, args.refine, args.progress), "run_dir": str(args.run_dir)}
+    with torch_threads(args.threads):
+        summary = fitting.evaluate_run(args.run_dir, args.iwae, args.refine, args.progress)
+    return {**summary, "run_dir": str(args.run_dir)}
 
 
 def diagnose_command(args: argparse.Namespace) -> dict:
     from aevb import fitting
 
     settings = LocalEStep(args.steps, args.samples, args.lr, args.eval_samples)
-    return {**fitting.diagnose_run(args.run_dir, args.examples, args.iwae, settings, args.seed, args.progress),
-            "run_dir": str(args.run_dir)}
+    with torch_threads(args.threads):
+        result = fitting.diagnose_run(args.run_dir, args.examples, args.iwae, settings, args.seed, args.progress)
+    return {**result, "run_dir": str(args.run_dir)}
 
 
 def sample_command(args: argparse.Namespace) -> dict:
     from aevb import fitting
 
-    return fitting.sample_run(args.run_dir, args.out or args.run_dir / "samples.png", args.n, args.label, args.seed,
-                              overwrite=args.overwrite or args.out is None)
+    with torch_threads(args.threads):
+        return fitting.sample_run(args.run_dir, args.out or args.run_dir / "samples.png", args.n, args.label,
+                                  args.seed, overwrite=args.overwrite or args.out is None)
 
 
 def tour_command(args: argparse.Namespace) -> dict:

@@ -31,8 +31,9 @@ thread. On a larger or quiet machine more threads pay for smaller steps: pass ``
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -198,3 +199,15 @@ def default_threads(model: nn.Module, batch: Sequence[Tensor], estimator: str | 
     if tensor is not None and tensor.device.type != "cpu":
         return available
     return 1 if step_flops(model, batch, estimator, stop_at=THRESHOLD_FLOPS) < THRESHOLD_FLOPS else available
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """torch's CPU threads set to ``count`` inside (None: left as they are); the caller's count restored after."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
