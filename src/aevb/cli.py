@@ -30,7 +30,6 @@ from aevb.arguments import (MAX_IWAE_SAMPLES, MAX_SAMPLES, LocalEStep, draws, ep
                             random_seed, sample_count, thread_count)
 from aevb.errors import Interrupted, OtherRankFailed, Terminated, UsageError
 from aevb.reproduce import DIAGNOSIS, EXPERIMENTS
-from aevb.threads import torch_threads
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -236,6 +235,7 @@ def resume_command(args: argparse.Namespace) -> dict:
 
 def eval_command(args: argparse.Namespace) -> dict:
     from aevb import fitting
+    from aevb.threads import torch_threads
 
     with torch_threads(args.threads):
         summary = fitting.evaluate_run(args.run_dir, args.iwae, args.refine, args.progress)
@@ -244,6 +244,7 @@ def eval_command(args: argparse.Namespace) -> dict:
 
 def diagnose_command(args: argparse.Namespace) -> dict:
     from aevb import fitting
+    from aevb.threads import torch_threads
 
     settings = LocalEStep(args.steps, args.samples, args.lr, args.eval_samples)
     with torch_threads(args.threads):
@@ -253,6 +254,7 @@ def diagnose_command(args: argparse.Namespace) -> dict:
 
 def sample_command(args: argparse.Namespace) -> dict:
     from aevb import fitting
+    from aevb.threads import torch_threads
 
     with torch_threads(args.threads):
         return fitting.sample_run(args.run_dir, args.out or args.run_dir / "samples.png", args.n, args.label,
