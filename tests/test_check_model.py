@@ -369,6 +369,14 @@ def test_the_derived_code_of_a_latent_per_step_is_its_posterior_mean_flattened()
     assert code.shape == (B, 6) and torch.equal(code, model.factors(X)[0].mean.flatten(1))
     assert check_model(model, X, checks=["encode"]) == {"encode": "passed"}
 
+    class OneNumber(PerStep):
+        def factors(self, x: Tensor):
+            q_z, p_z, p_x_given_z = super().factors(x)
+            return Normal(q_z.base_dist.loc[:, 0, 0], 1.0), p_z, p_x_given_z  # a mean of shape (B,): not a code
+
+    with pytest.raises(ModelCheckError, match=r"encode\(\*batch\) has shape \(6,\); expected shape \(6, L\)"):
+        check_model(OneNumber(), X, checks=["encode"])
+
 
 def test_checks_runs_the_named_checks_only_in_their_order():
     report = check_model(UnusedParameter(), X, checks=["sample", "config", "encode"])  # the gradients check would fail

@@ -73,6 +73,19 @@ def test_user_data_from_a_file(tmp_path):
     assert abs(summary["test_log_evidence"] - summary["mle_log_evidence"]) < 0.2
 
 
+def test_bits_per_dim_of_pixels_are_of_the_pixels_not_of_their_standardized_values(tmp_path, capsys):
+    """FA standardizes the dequantized pixels u: log p(u) = log p(standardized u) + log_evidence_offset."""
+    rng = np.random.default_rng(0)
+    pixels = np.clip(128 + 30 * rng.normal(size=(400, 2)) @ rng.normal(size=(2, 6)) + 20 * rng.normal(size=(400, 6)),
+                     0, 255).astype(np.uint8)
+    np.save(tmp_path / "px.npy", pixels)
+    summary, _ = fit(tmp_path, "--dataset", str(tmp_path / "px.npy"), "--transform", "dequantize", "--epochs", "3")
+    expected = -(summary["test_log_evidence"] + summary["log_evidence_offset"] - 6 * np.log(256)) / (6 * np.log(2))
+    assert summary["bits_per_dim"] == pytest.approx(expected) and 0 < summary["bits_per_dim"] < 8
+    assert main(["eval", str(tmp_path / "run"), "--iwae", "2", "--json"]) == 0  # the same, from the rebuilt data
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["bits_per_dim"] == pytest.approx(expected)
+
+
 @pytest.mark.parametrize("columns", [1, 2])
 def test_data_of_fewer_than_three_columns_get_their_predictive_checks(tmp_path, columns):
     """The figure's panels at step 5: x1's histogram for one column, x1 against x2 for two (it drew three pairs)."""

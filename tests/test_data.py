@@ -265,7 +265,14 @@ def test_csv_reads_numbers_after_an_optional_header_and_names_the_line_it_cannot
     assert np.array_equal(load_array(tmp_path / "plain.csv")["x"], values)
     assert np.array_equal(load_array(tmp_path / "header.csv")["x"], values)
 
+    (tmp_path / "excel.csv").write_text("\ufeffa,b\r\n1,2\r\n", encoding="utf-8")  # a byte-order mark, CRLF
+    (tmp_path / "excel-no-header.csv").write_text("\ufeff1,2\n", encoding="utf-8")
+    assert load_array(tmp_path / "excel.csv")["x"].tolist() == [[1.0, 2.0]]
+    assert load_array(tmp_path / "excel-no-header.csv")["x"].tolist() == [[1.0, 2.0]]
+
     for text, phrase in (("a,b\n1,2\n3,x\n", "line 3, column 2 holds 'x', not a number"),
+                         ("1,2\n3,4\n  \n", "line 3, column 1 is empty"),  # numpy reads spaces as a row
+                         ("1_000,2\n", "line 1, column 1 holds '1_000', not a number"),  # Python's float reads it
                          ("1,2\n\n# a comment\n3\n", "line 4 has 1 value but line 1 has 2"),
                          ("1;2\n3;4\n", "line 1, column 1 holds '1;2', not a number"),
                          ("1,2,\n", "line 1, column 3 is empty")):

@@ -3,6 +3,7 @@ built-in model, flags from config dataclasses, self-contained run directories, f
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -396,6 +397,9 @@ def test_sequences_of_images_are_drawn_as_images_and_other_sequences_as_series_o
     x = torch.rand(5, 120, 2)
     plotting.series(x.numpy(), tmp_path / "lines.png")  # as lines
     plotting.series(torch.rand(5, 120, 20).numpy(), tmp_path / "heat.png", value_range=(0.0, 1.0))  # as heat maps
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns of a y scale of no height
+        plotting.series(np.ones((2, 1, 5)), tmp_path / "one-step.png", labels=["a", "b"])  # one constant point each
     assert (tmp_path / "lines.png").stat().st_size > 1000 and (tmp_path / "heat.png").stat().st_size > 1000
 
     drawn = {}
@@ -405,6 +409,11 @@ def test_sequences_of_images_are_drawn_as_images_and_other_sequences_as_series_o
     assert np.array_equal(drawn.pop("series"), x.numpy()) and not drawn
     fitting.plot_examples(torch.rand(5, 8, 8), None, (8, 8), "sequences", tmp_path / "x.png", "samples")
     assert drawn.pop("grid").shape == (1, fitting.GRID_COLUMNS, 8, 8) and not drawn
+    by_class = torch.arange(3.0).repeat_interleave(10)[:, None, None].expand(30, 120, 2)  # 10 of each of 3 classes
+    monkeypatch.setattr(plotting, "series", lambda x, path, **kwargs: drawn.update(series=x, labels=kwargs["labels"]))
+    fitting.plot_examples(by_class, ["0", "1", "2"], (120, 2), "sequences", tmp_path / "x.png", "samples")
+    assert drawn["labels"] == ["y = 0"] * 4 + ["y = 1"] * 4 + ["y = 2"] * 4  # 12 panels, as many of each class
+    assert drawn["series"][:, 0, 0].tolist() == [0.0] * 4 + [1.0] * 4 + [2.0] * 4
 
 
 def test_a_model_installed_by_a_package_is_found_through_its_entry_point(user_files, tmp_path, capsys, monkeypatch):

@@ -92,32 +92,34 @@ def load_csv(path: Path) -> np.ndarray:
     Raises DataError naming the first line (counted from 1, as an editor does) and column that is not a number,
     or the first row whose length differs from the first row's.
     """
-    with open(path, encoding="utf-8", errors="replace") as f:
+    # utf-8-sig: a byte-order mark at the start, as Excel writes one, is not read as text
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         first = f.readline()
     header = any(c.isalpha() for c in first) and not any(is_number(field) for field in first.split(","))
     try:
         with warnings.catch_warnings():  # an empty file: "holds no examples" later, not a warning as well
             warnings.simplefilter("ignore")
-            return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=int(header), encoding="utf-8")
+            return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=int(header), encoding="utf-8-sig")
     except ValueError:
         csv_problem(path, skip=int(header))
         raise
 
 
 def is_number(field: str) -> bool:
+    """Whether numpy reads ``field`` as a float (Python's float also takes '1_000' and non-ASCII digits)."""
     try:
         float(field)
     except ValueError:
         return False
-    return True
+    return field.isascii() and "_" not in field
 
 
 def csv_problem(path: Path, skip: int) -> None:
     """Raise DataError for the first line of a .csv that numpy cannot read as a row of numbers."""
     columns = None
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         for number, line in enumerate(f, start=1):
-            line = line.split("#", 1)[0].strip()  # numpy's comments and blank lines
+            line = line.split("#", 1)[0].rstrip("\r\n")  # numpy skips comments and empty lines, not spaces
             if number <= skip or not line:
                 continue
             fields = line.split(",")
@@ -125,7 +127,8 @@ def csv_problem(path: Path, skip: int) -> None:
                 if not is_number(field):
                     what = "is empty" if not field.strip() else f"holds {field.strip()[:40]!r}, not a number"
                     raise DataError(f"{path}: line {number}, column {column} {what}; a .csv holds numbers only, "
-                                    f"separated by commas (one header line at the top is allowed)")
+                                    "separated by commas, under at most one header line of names (none of them a "
+                                    "number)")
             if columns is None:
                 columns, first = len(fields), number
             elif len(fields) != columns:

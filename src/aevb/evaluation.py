@@ -8,8 +8,8 @@
   log p(x | y) (or log p(x | c));
 * ``bits_per_dim``: for dequantized data u = (x + noise) / levels of integer pixels x, a density p on
   [0, 1]^D bounds the probability of the discrete data, log P(x) >= E_noise[log p(u)] - D ln(levels), so
-  bits/dim = -(log p(u) - D ln levels) / (D ln 2), with log p(u) estimated by the IWAE bound. This makes
-  numbers comparable across likelihoods and with the literature.
+  bits/dim = -(log p(u) - D ln levels) / (D ln 2), with log p(u) the exact evidence where the model has one,
+  else estimated by the IWAE bound. This makes numbers comparable across likelihoods and with the literature.
 
 ``aevb.fitting.evaluate_run`` evaluates a run directory on the test set it rebuilds from the run's flags.
 """

@@ -17,6 +17,7 @@ import argparse
 import collections.abc
 import contextlib
 import dataclasses
+import functools
 import inspect
 import json
 import math
@@ -46,7 +47,7 @@ from aevb.likelihoods import LIKELIHOODS
 from aevb.model import LatentVariableModel, build
 from aevb import runs
 from aevb.runs import default_device, device_name, read_json
-from aevb.threads import THREADS_HELP, default_threads
+from aevb.threads import THREADS_HELP, default_threads, torch_threads
 from aevb.schedules import SCHEDULE_HELP, Schedule
 from aevb.trainer import Trainer, batch_sizes
 
@@ -147,11 +148,14 @@ class Hooks:
         plotting.curves(history, curves, path, x=self.eval_every, title=title)
 
     def samples(self, model: LatentVariableModel, data: Data, path: Path) -> None:
+        from aevb import plotting
+
         torch.manual_seed(self.args.seed)
         num_classes = data.num_classes if is_conditional(type(model)) else None
         context = () if num_classes else tuple(t[:SAMPLES_PLOTTED] for t in data.test[1:])  # other than labels
         x, rows = draw(model, num_classes, GRID_COLUMNS if num_classes else SAMPLES_PLOTTED, context=context)
-        by_class = ", a band per class y" if data.kind == "vectors" else ", one row per class y"
+        by_class = (", a band per class y" if data.kind == "vectors" else ", each panel titled by its class y"
+                    if data.kind == "sequences" and not plotting.image_like(data.shape) else ", one row per class y")
         title = ("samples x ~ p(x" + (f" | y){by_class}" if rows else ")") if not context else
                  f"samples x ~ p(x | c) for the contexts c of the first {len(x)} test examples")
         plot_examples(x, rows, data.shape, data.kind, path, title=title,
@@ -480,11 +484,8 @@ def run_fit(cls: type, args: argparse.Namespace, out: Path, progress: bool = Tru
             # stopped before its first checkpoint: it starts over
             distributed.on_rank_0(lambda: runs.remove_run(out))
             state = None
-        threads = torch.get_num_threads()
-        try:
+        with torch_threads(None):  # fit_into sets them; the caller's are restored
             return fit_into(cls, args, out, requested, progress and main, resume and state == "incomplete")
-        finally:
-            torch.set_num_threads(threads)
 
 
 def check_run_dir(out: Path, cls: type, requested: dict, resume: bool) -> str | None:
@@ -776,8 +777,10 @@ class Run:
     args: argparse.Namespace
     config: dict
 
-    @property
+    @functools.cached_property
     def hooks(self) -> Hooks:
+        """One instance, so that what its ``data()`` learns (factor analysis: the standardization) its ``metrics``
+        and ``summary`` have."""
         return hooks_class(self.cls)(self.args)
 
     def data(self) -> Data:
@@ -1046,7 +1049,12 @@ def plot_examples(x: Tensor, rows: list[str] | None, shape: Sequence[int], kind:
         plotting.vectors(x.cpu().numpy(), shown, path, title=title, sample_classes=sample_classes,
                          data_classes=shown_classes)
     elif kind == "sequences" and not plotting.image_like(shape):
-        plotting.series(x.reshape(len(x), *shape).cpu().numpy(), path, title=title, value_range=value_range)
+        x, labels = x.reshape(len(x), *shape), None
+        if rows:  # as many of each class as the panels hold
+            per_class, each = len(x) // len(rows), max(1, plotting.SERIES_SHOWN // len(rows))
+            chosen = [c * per_class + i for c in range(len(rows)) for i in range(min(each, per_class))]
+            x, labels = x[chosen], [f"y = {rows[k // per_class]}" for k in chosen]
+        plotting.series(x.cpu().numpy(), path, title=title, value_range=value_range, labels=labels)
     else:
         low, high = value_range
         if (low, high) != (0, 1):

@@ -171,10 +171,11 @@ class LatentVariableModel(nn.Module, ABC):
             raise NotImplementedError(f"{type(self).__name__} defines no encode(): a model with an elbo() of its own "
                                       "defines encode(x), a code per example (B, L)") from None
         try:
-            return q_z.mean.flatten(1)
+            mean = q_z.mean
         except NotImplementedError:
             raise NotImplementedError(f"{type(self).__name__}'s q(z|x), a {type(q_z).__name__}, has no mean: define "
                                       "encode() to give a code per example") from None
+        return mean.flatten(1) if mean.dim() > 2 else mean  # (B, L), or what check_model names as wrong
 
     def checkpoint(self) -> dict:
         """Everything needed to rebuild the model: its config (JSON-able) and its state (tensors only)."""

@@ -219,20 +219,25 @@ SERIES_SHOWN = 12  # panels of a sequence figure
 SERIES_LINES = 8  # at most this many values per step are drawn as lines, more as a heat map
 
 
-def series(x: np.ndarray, path: Path, title: str = "", value_range: Sequence[float] | None = None) -> Path:
-    """Sequences (N, T, D) that are not images: a panel for each of the first 12, step t across; D <= 8 values
-    per step as lines, more as a heat map (value index up); every panel on one scale, ``value_range`` or the
-    values' own."""
+def series(x: np.ndarray, path: Path, title: str = "", value_range: Sequence[float] | None = None,
+           labels: Sequence[str] | None = None) -> Path:
+    """Sequences (N, T, D) that are not images: a panel for each of the first 12 (titled by its ``labels``), step
+    t across; D <= 8 values per step as lines (their points marked where there are few), more as a heat map
+    (value index up); every panel on one scale, ``value_range`` or the values' own."""
     x = x[:SERIES_SHOWN]
     low, high = value_range if value_range is not None else (float(x.min()), float(x.max()))
+    low, high = (low - 0.5, high + 0.5) if high == low else (low, high)  # constant values: a scale around them
     columns = min(len(x), 4)
     fig, axes = subplots(-(-len(x) // columns), columns, figsize=(3.2 * columns, 1.8 * -(-len(x) // columns) + 0.6),
                          squeeze=False, sharex=True, sharey=True, layout="constrained")
     steps, width = x.shape[1:]
-    for ax, example in zip(axes.flat, x):
+    for k, (ax, example) in enumerate(zip(axes.flat, x)):
+        if labels is not None:
+            ax.set_title(labels[k], fontsize=8)
         if width <= SERIES_LINES:
             for d in range(width):
-                ax.plot(np.arange(1, steps + 1), example[:, d], linewidth=0.8, label=f"x{d + 1}")
+                ax.plot(np.arange(1, steps + 1), example[:, d], linewidth=0.8, label=f"x{d + 1}",
+                        marker="o" if steps <= MARKED_POINTS else None, markersize=2)
             ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
         else:
             shown = ax.imshow(example.T, aspect="auto", origin="lower", cmap="viridis", vmin=low, vmax=high,

@@ -163,10 +163,8 @@ def step_flops(model: nn.Module, batch: Sequence[Tensor], estimator: str | None 
     options = {} if estimator is None else {"estimator": estimator}
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     count = _FlopCount(BACKWARD_FACTOR * size / taken, stop_at)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a few examples: one thread is fastest, and a busy machine cannot slow it
-    try:
-        with torch.random.fork_rng(devices=[]), torch.enable_grad(), count:
+    try:  # a few examples: one thread is fastest, and a busy machine cannot slow it
+        with torch_threads(1), torch.random.fork_rng(devices=[]), torch.enable_grad(), count:
             model.elbo(*sample, **options)
         return count.flops
     except _Enough:
@@ -174,7 +172,6 @@ def step_flops(model: nn.Module, batch: Sequence[Tensor], estimator: str | None 
     except Exception:  # an unusual model or batch: estimate from the weights instead
         return _fallback_flops(model, batch)
     finally:
-        torch.set_num_threads(threads)
         with torch.no_grad():
             for buffer, saved in buffers:
                 buffer.copy_(saved)

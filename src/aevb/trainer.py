@@ -49,7 +49,8 @@ class Batches:
     """Mini-batches of in-memory tensors, in an order drawn afresh for each epoch from ``generator``.
 
     Iterating gives one epoch; ``epoch(order, start)`` gives an epoch's batches from its ``start``-th on.
-    ``transform``, if given, maps each batch afresh (e.g. ``aevb.data.dynamic_binarize``).
+    ``transform``, if given, maps each batch afresh (e.g. ``aevb.data.dynamic_binarize``). Under torch.distributed,
+    an error in reading or transforming this rank's rows of a batch is given in the batch's place.
     """
 
     def __init__(self, tensors: Sequence[Tensor], batch_size: int, generator: torch.Generator | int = 0,
@@ -64,14 +65,14 @@ class Batches:
         """The (global) size of each of an epoch's batches, (len(self),) (``batch_sizes``)."""
         return torch.tensor(batch_sizes(len(self.tensors[0]), self.batch_size), dtype=torch.float32)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+    def __iter__(self) -> Iterator[tuple[Tensor, ...] | Exception]:
         return self.epoch(self.order())
 
     def order(self) -> Tensor:
         """A new epoch's permutation of the examples (it advances the generator)."""
         return torch.randperm(len(self.tensors[0]), generator=self.generator)
 
-    def epoch(self, order: Tensor, start: int = 0) -> Iterator[tuple[Tensor, ...]]:
+    def epoch(self, order: Tensor, start: int = 0) -> Iterator[tuple[Tensor, ...] | Exception]:
         # The order moves to each tensor's device once per epoch: a CPU index into a GPU tensor would be
         # copied over at every batch, and that copy waits for the GPU (a host-device sync per step).
         # Under torch.distributed every rank draws the same order and takes its slice of each batch.

@@ -21,6 +21,7 @@ import torch
 
 from aevb.disk import DISK_ABOVE_BYTES, DiskRows
 from aevb.errors import DataError
+from aevb.evaluation import bits_per_dim
 from aevb.fitting import Data, Hooks, load_data
 from aevb.models.fa import FactorAnalysis, fit_em, synthetic_data
 from aevb.schedules import Schedule
@@ -81,7 +82,17 @@ class FAHooks(Hooks):
         if self.args.experiment == 2 or step is None:
             metrics["test_elbo_exact"] = model.expected_elbo(x_test).mean()
             metrics["posterior_mean_error"], metrics["posterior_covariance_error"] = model.posterior_errors()
+        if step is None:
+            metrics.update(self.pixel_bits(metrics["test_log_evidence"].item(), data))
         return metrics
+
+    def pixel_bits(self, test_log_evidence: float, data: Data) -> dict:
+        """bits/dim of dequantized pixels, from the evidence of the standardized data plus ``log_evidence_offset``
+        (the data's units: log p(u) = log p(standardized u) - sum_d log s_d); {} for other data."""
+        if data.levels is None:
+            return {}
+        return {"bits_per_dim": bits_per_dim(test_log_evidence + self.log_evidence_offset, data.test[0][0].numel(),
+                                             data.levels)}
 
     def state_dict(self) -> dict:
         return {"snapshots": self.snapshots}
@@ -116,6 +127,7 @@ class FAHooks(Hooks):
                                         "deviation of each column: log-densities are of the standardized data; add "
                                         "log_evidence_offset for the data's units")
             summary["log_evidence_offset"] = self.log_evidence_offset
+            summary.update(self.pixel_bits(test_log_evidence, data))
         else:
             summary["true_log_evidence"] = self.true_model.log_evidence(x_test).mean().item()
         tolerance = MLE_TOLERANCE * x_test.shape[1]
