@@ -25,6 +25,7 @@ def load(name: str):
 
 
 poisson_lvm, ppca, mixture_ppca = load("poisson_lvm"), load("ppca"), load("mixture_ppca")
+latent_regression = load("latent_regression")
 MODELS = [poisson_lvm.PoissonLVM, ppca.PPCA, mixture_ppca.MixturePPCA]
 MODULES = {poisson_lvm.PoissonLVM: poisson_lvm, ppca.PPCA: ppca, mixture_ppca.MixturePPCA: mixture_ppca}
 
@@ -188,3 +189,44 @@ def test_each_example_runs_from_the_command_line_from_a_copy_outside_the_reposit
     assert main(["eval", str(run), "--iwae", "5"]) == 0
     assert main(["sample", str(run), "--n", "4", "--out", str(tmp_path / "s.npy")]) == 0
     assert np.load(tmp_path / "s.npy").shape == (4, 6)
+
+
+# Latent-variable regression: a context c that is not a class label --------------------------------------------
+def test_latent_regression_keeps_the_contract_and_recovers_its_coefficients_and_evidence():
+    x, c, true_model = latent_regression.simulate(4000, seed=0)
+    torch.manual_seed(0)
+    model = latent_regression.LatentRegression()
+    assert set(check_model(model, (x[:8], c[:8])).values()) == {"passed"}
+    latent_regression.fit(model, x[:2000], c[:2000])
+    with torch.no_grad():
+        fitted, true = model.log_evidence(x[2000:], c[2000:]), true_model.log_evidence(x[2000:], c[2000:])
+        elbo = torch.stack([model.elbo(x[2000:], c[2000:]).elbo for _ in range(20)]).mean(0)
+        coefficients = model.generative.coefficients - true_model.generative.coefficients
+    assert abs(fitted.mean() - true.mean()) < 0.05 and coefficients.abs().max() < 0.2
+    assert_not_above(elbo, fitted, "ELBO <= exact log p(x | c)")
+
+
+def test_latent_regression_runs_from_the_command_line_with_its_covariates(tmp_path, capsys):
+    """Its hooks read x, c, x_test, c_test from the --dataset .npz; aevb sample cannot give c and says so."""
+    import numpy as np
+
+    from aevb.cli import main
+
+    (tmp_path / "latent_regression.py").write_text((EXAMPLES / "latent_regression.py").read_text())
+    x, c, _ = latent_regression.simulate(300, seed=0)
+    np.savez(tmp_path / "data.npz", x=x[:240].numpy(), c=c[:240].numpy(), x_test=x[240:].numpy(),
+             c_test=c[240:].numpy())
+    run = tmp_path / "run"
+    assert main(["fit", "--model", f"{tmp_path}/latent_regression.py:LatentRegression", "--dataset",
+                 str(tmp_path / "data.npz"), "--epochs", "2", "--iwae", "5", "--out", str(run), "--no-progress"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["evidence"] == "log p(x | c)" and summary["iwae_log_likelihood"] <= summary["test_log_evidence"] + 1
+    assert (run / "latentregression_samples.png").is_file()
+    capsys.readouterr()
+    assert main(["eval", str(run), "--iwae", "5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["test_log_evidence"] == summary["test_log_evidence"]
+    assert main(["sample", str(run), "--out", str(tmp_path / "s.npz")]) == 2
+    assert "LatentRegression.sample needs a context" in capsys.readouterr().err
+    assert main(["fit", "--model", f"{tmp_path}/latent_regression.py:LatentRegression", "--dataset",
+                 str(tmp_path / "data.npz"), "--covariate-dim", "3", "--out", str(tmp_path / "other")]) == 2
+    assert "expected (N, D) and (N, 3), --covariate-dim 3" in capsys.readouterr().err
