@@ -230,3 +230,29 @@ def test_latent_regression_runs_from_the_command_line_with_its_covariates(tmp_pa
     assert main(["fit", "--model", f"{tmp_path}/latent_regression.py:LatentRegression", "--dataset",
                  str(tmp_path / "data.npz"), "--covariate-dim", "3", "--out", str(tmp_path / "other")]) == 2
     assert "expected (N, D) and (N, 3), --covariate-dim 3" in capsys.readouterr().err
+
+
+def test_a_model_built_in_double_precision_is_fitted_and_evaluated_on_float64_data(tmp_path, capsys):
+    """The data are read as float32 and given to a float64 model in its dtype (they were refused by the contract)."""
+    import numpy as np
+
+    from aevb import fitting
+    from aevb.cli import main
+
+    (tmp_path / "ppca.py").write_text((EXAMPLES / "ppca.py").read_text())
+    (tmp_path / "ppca64.py").write_text("from ppca import PPCA\n\n\nclass PPCA64(PPCA):\n"
+                                         "    def __init__(self, config=PPCA.Config()):\n"
+                                         "        super().__init__(config)\n        self.double()\n")
+    np.save(tmp_path / "data.npy", ppca.simulate(240, ppca.PPCAConfig(data_dim=6), seed=0)[0].numpy())
+    run = tmp_path / "run"
+    assert main(["fit", "--model", f"{tmp_path}/ppca64.py:PPCA64", "--dataset", str(tmp_path / "data.npy"),
+                 "--epochs", "2", "--iwae", "5", "--out", str(run), "--no-progress"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["iwae_log_likelihood"] <= summary["test_log_evidence"] + 0.5
+    loaded, data = fitting.run_and_data(run)
+    assert data.test[0].dtype == torch.float64 and loaded.model.generative.weight.dtype == torch.float64
+    with torch.no_grad():
+        assert loaded.model.log_evidence(*data.test).mean().item() == pytest.approx(summary["test_log_evidence"])
+    capsys.readouterr()
+    assert main(["eval", str(run), "--iwae", "5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["test_elbo"] == summary["test_elbo"]

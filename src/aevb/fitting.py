@@ -41,7 +41,7 @@ from aevb.arguments import (MAX_IWAE_SAMPLES, epoch_list, finite_float, fraction
                             local_steps, number_tuple, positive_float, positive_int, positive_iwae_samples,
                             random_seed, sample_count, thread_count)
 from aevb.data import ARRAY_SUFFIXES, TRANSFORMS, as_sequences, dynamic_binarize, load_dataset, prepare, validate_support
-from aevb.disk import chunks
+from aevb.disk import DiskRows, chunks
 from aevb.errors import DataError, Diverged, Interrupted, UsageError
 from aevb.likelihoods import LIKELIHOODS
 from aevb.model import LatentVariableModel, build
@@ -518,8 +518,25 @@ def prepare_fit(cls: type, args: argparse.Namespace, resume: bool) -> tuple[Hook
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     model = build_model(cls, args, data).to(device)
+    data = in_model_dtype(data, model)
     check_first_batch(model, data, args)
     return hooks, data, device, model
+
+
+def in_model_dtype(data: Data, model: LatentVariableModel) -> Data:
+    """The data's real-valued tensors in the model's floating dtype (float64 for a model built in double
+    precision; the data are read as float32, so a float64 file's values keep float32's precision); labels as
+    they are."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    if dtype == torch.float32:
+        return data
+
+    def cast(t: Tensor | DiskRows) -> Tensor | DiskRows:
+        if isinstance(t, DiskRows):
+            return t.map(lambda rows: rows.to(dtype))
+        return t.to(dtype) if t.is_floating_point() else t
+
+    return dataclasses.replace(data, train=tuple(map(cast, data.train)), test=tuple(map(cast, data.test)))
 
 
 def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progress: bool, resume: bool) -> dict:
@@ -922,7 +939,7 @@ def run_and_data(run_dir: str | Path) -> tuple[Run, Data]:
         raise DataError(f"--dataset {run.args.dataset} has changed since {run_dir} was fitted: its {name} is now {value}, "
                         f"the model's {getattr(run.model.config, name)}; evaluate on the data it was fitted to")
     run.model.to(default_device())
-    return run, data
+    return run, in_model_dtype(data, run.model)
 
 
 def check_integers(function: str, **arguments: tuple[Any, Callable[[str], int]]) -> None:
