@@ -457,15 +457,19 @@ def validate_support(x: Tensor | DiskRows, likelihood: str, source: str, offered
     for values in chunks(x):
         if not torch.isfinite(values).all():
             raise DataError(f"{source}: the data contains NaN or infinite values; remove or impute them first")
-        if likelihood in ("cb", "cb-clamped"):
+        if likelihood != "gaussian":
             low, high = min(low, values.min().item()), max(high, values.max().item())
-        elif likelihood == "bernoulli":
+        if likelihood == "bernoulli":
             other, total = other + int(((values != 0) & (values != 1)).sum()), total + values.numel()
-    if low < 0 or high > 1:
-        gaussian = ", use --likelihood gaussian" if "gaussian" in offered else ""
+    gaussian = ", use --likelihood gaussian" if "gaussian" in offered else ""
+    if likelihood in ("cb", "cb-clamped") and (low < 0 or high > 1):
         raise DataError(f"{source}: values must lie in [0, 1] for the continuous Bernoulli likelihood; found "
                         f"values in [{low:g}, {high:g}] (rescale the data{gaussian}, or save integer pixels as integers "
                         "in a .npy, which a .csv cannot say)")
+    if likelihood == "bernoulli" and other and (low < 0 or high > 1):
+        raise DataError(f"{source}: values must be exactly 0 or 1 for the Bernoulli likelihood; found values in "
+                        f"[{low:g}, {high:g}] (rescale the data{gaussian}, or save integer pixels as integers in a "
+                        ".npy, which a .csv cannot say)")
     if likelihood == "bernoulli" and other:
         cb = ", or use --likelihood cb" if "cb" in offered else ""
         raise DataError(f"{source}: values must be exactly 0 or 1 for the Bernoulli likelihood; {other} of "

@@ -3,7 +3,9 @@
 Generative model (theta = the LSTM, the prior MLP and the decoder MLP), for x_{1:T}, x_t in R^D:
     (h_t, c_t) = LSTM_theta([x_{t-1}, z_{t-1}], (h_{t-1}, c_{t-1})),    h_1 = c_1 = 0
     z_t | h_t      ~ N(mu_theta(h_t), diag sigma_theta(h_t)^2)
-    x_t | h_t, z_t ~ prod_d Bernoulli(p_theta(h_t, z_t)_d)      (continuous Bernoulli for data in [0, 1])
+    x_t | h_t, z_t ~ prod_d Bernoulli(p_theta(h_t, z_t)_d)      (continuous Bernoulli for data in [0, 1];
+                                                                 for real data N(mu_theta(h_t, z_t)_d, s_d^2),
+                                                                 s a learned scale per dimension)
 Variational family (phi = the posterior MLP; it reads the generative LSTM's h_t, a filtering posterior):
     q(z_{1:T} | x_{1:T}) = prod_t q_phi(z_t | h_t, x_t),    q_phi(z_t | h_t, x_t) = N(mu_phi(h_t, x_t), diag sigma_phi(.)^2)
 ELBO, with one trajectory z_{1:T} drawn step by step with ``rsample`` (the tutorial's code used ``sample``,
@@ -28,7 +30,7 @@ from aevb.elbo import ELBO, kl_term
 from aevb.likelihoods import LikelihoodHead, diagonal_normal, parameter_image
 from aevb.model import LatentVariableModel
 
-Likelihood = Literal["bernoulli", "cb"]
+Likelihood = Literal["bernoulli", "cb", "gaussian"]
 LIKELIHOODS = get_args(Likelihood)
 
 
@@ -40,7 +42,8 @@ class VRNNConfig:
     hidden_dim: int = field(default=256, metadata={"flag": "hidden", "help": "LSTM hidden size per layer"})
     mlp_dim: int = field(default=500, metadata={"help": "widths of the prior, decoder and posterior MLPs"})
     likelihood: Likelihood = field(default="bernoulli", metadata={
-        "help": "p(x_t | h_t, z_t): bernoulli (binary data) or cb (continuous Bernoulli, data in [0, 1])"})
+        "help": "p(x_t | h_t, z_t): bernoulli (binary data), cb (continuous Bernoulli, data in [0, 1]) or gaussian "
+                "(real data; a learned scale per dimension)"})
 
 
 def mlp(in_dim: int, width: int, out_dim: int) -> nn.Sequential:
