@@ -34,10 +34,12 @@ from aevb.trainer import Trainer
 class CovariateData(Hooks):
     """The data: x and its covariates c from the .npz that --dataset names (x, c, x_test, c_test)."""
 
-    iwae = 50
+    iwae = 50  # importance samples of the summary's bound: beside the exact evidence, a few show how close it is
 
     def data(self) -> Data:
         path, width = Path(self.args.dataset), self.args.config_covariate_dim
+        if path.suffix != ".npz":
+            raise DataError(f"--dataset {path}: name an .npz holding x, c, x_test and c_test (numpy.savez)")
         try:
             with np.load(path, allow_pickle=False) as npz:
                 arrays = {k: torch.as_tensor(npz[k], dtype=torch.float32) for k in ("x", "c", "x_test", "c_test")}

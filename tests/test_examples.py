@@ -256,3 +256,13 @@ def test_a_model_built_in_double_precision_is_fitted_and_evaluated_on_float64_da
     capsys.readouterr()
     assert main(["eval", str(run), "--iwae", "5", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["test_elbo"] == summary["test_elbo"]
+    assert main(["sample", str(run), "--n", "3", "--out", str(tmp_path / "s.npy")]) == 0
+    assert np.load(tmp_path / "s.npy").dtype == np.float64
+
+    (tmp_path / "shards").mkdir()  # rows left on disk are cast as they are read
+    for k, rows in enumerate(np.array_split(np.load(tmp_path / "data.npy"), 2)):
+        np.save(tmp_path / "shards" / f"{k}.npy", rows)
+    assert main(["fit", "--model", f"{tmp_path}/ppca64.py:PPCA64", "--dataset", str(tmp_path / "shards"),
+                 "--epochs", "1", "--iwae", "0", "--out", str(tmp_path / "on-disk"), "--no-progress"]) == 0
+    on_disk = fitting.run_and_data(tmp_path / "on-disk")[1]
+    assert type(on_disk.train[0]).__name__ == "DiskRows" and on_disk.train[0][:3].dtype == torch.float64

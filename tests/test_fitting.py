@@ -363,10 +363,14 @@ def test_counts_are_drawn_on_a_grey_scale_of_their_range(user_files, tmp_path, c
     from aevb import plotting
 
     shown = {}
-    monkeypatch.setattr(plotting, "image_grid", lambda images, path, rows, title: shown.update(images=images, title=title))
+    monkeypatch.setattr(plotting, "save", lambda fig, path: shown.update(
+        title=fig.axes[0].get_title(), canvas=fig.axes[0].images[0].get_array()))
     fitting.plot_examples(torch.full((2, 16), 8.0), None, (4, 4), "images", tmp_path / "x.png", "samples",
                           value_range=(0.0, 16.0))
-    assert (shown["images"][0, :2] == 0.5).all() and shown["title"] == "samples; grey levels from 0 to 16"
+    assert shown["canvas"][0, 0] == 0.5 and shown["title"] == "samples; grey levels from 0 to 16"
+    fitting.plot_examples(torch.full((2, 16), 20.0), None, (4, 4), "images", tmp_path / "x.png", "samples",
+                          value_range=(0.0, 16.0))  # the clipping note names the range shown
+    assert shown["title"] == "samples; grey levels from 0 to 16 (100% of the values lie outside [0, 16], shown clipped)"
 
 
 def test_vectors_drawn_class_by_class_are_shown_beside_test_examples_of_the_same_classes(tmp_path, monkeypatch):
@@ -396,7 +400,7 @@ def test_sequences_of_images_are_drawn_as_images_and_other_sequences_as_series_o
     assert not plotting.image_like((120, 2)) and not plotting.image_like((2, 120))
     x = torch.rand(5, 120, 2)
     plotting.series(x.numpy(), tmp_path / "lines.png")  # as lines
-    plotting.series(torch.rand(5, 120, 20).numpy(), tmp_path / "heat.png", value_range=(0.0, 1.0))  # as heat maps
+    plotting.series(torch.rand(5, 120, 20).numpy(), tmp_path / "heat.png")  # as heat maps
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # matplotlib warns of a y scale of no height
         plotting.series(np.ones((2, 1, 5)), tmp_path / "one-step.png", labels=["a", "b"])  # one constant point each

@@ -140,6 +140,30 @@ def test_a_gaussian_vrnn_learns_a_real_time_series():
     assert after > before + 100 and after > without_dynamics.item()
 
 
+@pytest.mark.parametrize("steps", [8, 40])
+def test_real_sequences_are_drawn_on_their_own_scale(tmp_path, monkeypatch, steps):
+    """Values of -20 to 30: images read row by row (8 x 8) on that grey scale, GIF included; a long series (40 x 8)
+    as series, without the GIF."""
+    from aevb import plotting
+
+    drawn = {}
+    monkeypatch.setattr(plotting, "image_grid", lambda *a, value_range, **k: drawn.setdefault("grids", []).append(
+        value_range))
+    monkeypatch.setattr(plotting, "rows_animation", lambda *a, value_range, **k: drawn.update(gif=value_range))
+    monkeypatch.setattr(plotting, "series", lambda x, path, **k: drawn.setdefault("series", []).append(path.name))
+    x = np.linspace(-20, 30, 60 * steps * 8).reshape(60, steps, 8)
+    np.save(tmp_path / "real.npy", x)
+    assert main(["fit", "vrnn", "--dataset", str(tmp_path / "real.npy"), "--likelihood", "gaussian", "--epochs", "1",
+                 "--hidden", "8", "--mlp-dim", "8", "--batch-size", "25", "--iwae", "0", "--out",
+                 str(tmp_path / "run"), "--no-progress"]) == 0
+    test_range = json.loads((tmp_path / "run" / "config.json").read_text())["data"]["range"]
+    assert -20 <= test_range[0] < 0 and 1 < test_range[1] <= 30
+    if steps == 8:
+        assert drawn == {"grids": [test_range] * 2, "gif": test_range}
+    else:
+        assert drawn == {"series": ["vrnn_decoder_parameters.png", "vrnn_samples.png"]}
+
+
 def test_cli_fits_evaluates_and_samples_user_sequences(tmp_path, capsys):
     np.save(tmp_path / "seqs.npy", binary_sequences(n=40).numpy())
     out = tmp_path / "run"

@@ -461,15 +461,12 @@ def validate_support(x: Tensor | DiskRows, likelihood: str, source: str, offered
             low, high = min(low, values.min().item()), max(high, values.max().item())
         if likelihood == "bernoulli":
             other, total = other + int(((values != 0) & (values != 1)).sum()), total + values.numel()
-    gaussian = ", use --likelihood gaussian" if "gaussian" in offered else ""
-    if likelihood in ("cb", "cb-clamped") and (low < 0 or high > 1):
-        raise DataError(f"{source}: values must lie in [0, 1] for the continuous Bernoulli likelihood; found "
-                        f"values in [{low:g}, {high:g}] (rescale the data{gaussian}, or save integer pixels as integers "
-                        "in a .npy, which a .csv cannot say)")
-    if likelihood == "bernoulli" and other and (low < 0 or high > 1):
-        raise DataError(f"{source}: values must be exactly 0 or 1 for the Bernoulli likelihood; found values in "
-                        f"[{low:g}, {high:g}] (rescale the data{gaussian}, or save integer pixels as integers in a "
-                        ".npy, which a .csv cannot say)")
+    if low < 0 or high > 1:  # outside [0, 1], for the continuous Bernoulli's and the Bernoulli's
+        gaussian = ", use --likelihood gaussian" if "gaussian" in offered else ""
+        must = "lie in [0, 1] for the continuous" if likelihood != "bernoulli" else "be exactly 0 or 1 for the"
+        raise DataError(f"{source}: values must {must} Bernoulli likelihood; found values in [{low:g}, {high:g}] "
+                        f"(rescale the data{gaussian}, or save integer pixels as integers in a .npy, which a .csv "
+                        "cannot say)")
     if likelihood == "bernoulli" and other:
         cb = ", or use --likelihood cb" if "cb" in offered else ""
         raise DataError(f"{source}: values must be exactly 0 or 1 for the Bernoulli likelihood; {other} of "

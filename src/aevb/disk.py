@@ -130,7 +130,8 @@ def open_shard(path: Path) -> np.memmap:
 
 class DiskRows:
     """Training rows of a ``DiskArray`` that stay on disk: indexing (a tensor or array of positions, a slice or an
-    int) reads those rows and gives them as a float32 tensor, after ``transform``, on ``output_device``.
+    int) reads those rows and gives them as a float32 tensor, after ``transform`` (which may change the dtype: a
+    float64 model's rows are cast), on ``output_device``.
 
     It stands in for a training tensor where a fit only indexes its rows (``aevb.trainer.Batches``): ``len``,
     ``device`` (where an index into it belongs: the CPU) and ``to(device)`` (where the rows it gives go).

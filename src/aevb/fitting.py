@@ -414,6 +414,7 @@ def trained_with_other_software(out: Path, software: list[str]) -> list[str]:
             "bit as an uninterrupted fit would"]
 
 
+LARGE_VALUES = 10.0  # data beyond this, given to networks unscaled, are a likely cause of a non-finite first ELBO
 FIRST_BATCH = 7  # examples checked before training: a size unlikely to equal a dimension, so that a factor or
 # term of the wrong shape cannot hide by broadcasting against the batch
 
@@ -437,8 +438,12 @@ def check_first_batch(model: LatentVariableModel, data: Data, args: argparse.Nam
         except testing.ModelCheckError as e:
             if isinstance(e.__cause__, ValueError):  # the model's word on the data (aevb.model: its support)
                 raise UsageError(f"{model.name} cannot fit {described}: {registry.first_line(e.__cause__)}") from None
+            reach = batch[0].abs().max().item() if batch[0].is_floating_point() else 0.0
+            scale = (f"; the data's values reach {reach:g}, and networks are built for values near unit scale: "
+                     "standardize them (each dimension to mean 0 and standard deviation 1)"
+                     if "not finite" in str(e) and reach > LARGE_VALUES else " (docs/models.md states the contract)")
             raise UsageError(f"{model.name} breaks the model contract on {len(batch[0])} examples of {described}: "
-                             f"{registry.first_line(e)} (docs/models.md states the contract)") from None
+                             f"{registry.first_line(e)}{scale}") from None
         except (ValueError, RuntimeError, NotImplementedError) as e:
             raise UsageError(f"{model.name} cannot fit {described}: {registry.first_line(e)}") from None
 
@@ -1048,7 +1053,8 @@ def plot_examples(x: Tensor, rows: list[str] | None, shape: Sequence[int], kind:
                   reference: Tensor | None = None, value_range: Sequence[float] = (0.0, 1.0),
                   reference_labels: Tensor | None = None) -> None:
     """Examples as their kind shows best: images (and sequences of images, a step per row) as a grid, grey from
-    ``value_range``'s low (black) to its high (white); other sequences as series over time; vectors as a heat map
+    ``value_range``'s low (black) to its high (white); other sequences as series over time, on the scale of their
+    own values; vectors as a heat map
     and pairwise scatter plots, beside as many ``reference`` examples (the test data) when given (a grid of images
     shows the samples alone). Examples drawn class by class (``rows`` their classes) are shown by class, beside as
     many test examples of each class as ``reference_labels`` holds, up to as many as were drawn."""
@@ -1071,13 +1077,11 @@ def plot_examples(x: Tensor, rows: list[str] | None, shape: Sequence[int], kind:
             per_class, each = len(x) // len(rows), max(1, plotting.SERIES_SHOWN // len(rows))
             chosen = [c * per_class + i for c in range(len(rows)) for i in range(min(each, per_class))]
             x, labels = x[chosen], [f"y = {rows[k // per_class]}" for k in chosen]
-        plotting.series(x.cpu().numpy(), path, title=title, value_range=value_range, labels=labels)
+        plotting.series(x.cpu().numpy(), path, title=title, labels=labels)
     else:
-        low, high = value_range
-        if (low, high) != (0, 1):
-            x, title = (x - low) / (high - low), f"{title}; grey levels from {low:g} to {high:g}"
         columns = len(x) // len(rows) if rows else GRID_COLUMNS
-        plotting.image_grid(plotting.as_grid(x.flatten(1), shape, columns), path, rows, title=title)
+        plotting.image_grid(plotting.as_grid(x.flatten(1), shape, columns), path, rows, title=title,
+                            value_range=value_range)
 
 
 def sample_run(run_dir: str | Path, out: Path, num_samples: int, label: int | None = None, seed: int = 0,

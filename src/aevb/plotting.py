@@ -6,6 +6,7 @@ never through pyplot: a notebook's backend and its open figures are left as they
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -157,27 +158,32 @@ def tile(images: np.ndarray) -> np.ndarray:
 
 
 def as_grid(x: Tensor, shape: Sequence[int], columns: int) -> np.ndarray:
-    """Flat examples (N, D) -> (rows, columns, H, W) for ``image_grid``; a short last row is left blank.
+    """Flat examples (N, D) -> (rows, columns, H, W) for ``image_grid``; a short last row is left blank (NaN).
 
     Examples of ``shape`` (D,) become 1-pixel-high strips.
     """
     height, width = shape if len(shape) == 2 else (1, int(np.prod(shape)))
     rows = -(-len(x) // columns)
-    padded = torch.ones(rows * columns, height * width)
+    padded = torch.full((rows * columns, height * width), math.nan)
     padded[:len(x)] = x.detach().cpu().reshape(len(x), -1)
     return padded.reshape(rows, columns, height, width).numpy()
 
 
-def image_grid(images: np.ndarray, path: Path, row_labels: Sequence[str] | None = None, title: str = "") -> Path:
+def image_grid(images: np.ndarray, path: Path, row_labels: Sequence[str] | None = None, title: str = "",
+               value_range: Sequence[float] = (0.0, 1.0)) -> Path:
     """Tutorial Figures 6, 8, 9: images (R, C, H, W) as an R x C grid, rows optionally labelled; grey levels
-    from 0 (black) to 1 (white), values outside [0, 1] (a Gaussian likelihood's draws) clipped, as the title
-    then says."""
+    from ``value_range``'s low (black) to its high (white), values outside it (a Gaussian likelihood's draws)
+    clipped, as the title then says."""
     rows, cols, height, width = images.shape
-    outside = float(np.mean((images < 0) | (images > 1)))
+    low, high = value_range
+    if (low, high) != (0, 1):
+        title = f"{title}; grey levels from {low:g} to {high:g}"
+    values = images[~np.isnan(images)]  # not the blanks
+    outside = float(np.mean((values < low) | (values > high)))
     if outside:
-        title = f"{title} ({outside:.0%} of the values lie outside [0, 1], shown clipped)"
+        title = f"{title} ({outside:.0%} of the values lie outside [{low:g}, {high:g}], shown clipped)"
     fig, ax = subplots(figsize=(0.45 * cols * max(1, width / height) + 0.5, 0.45 * rows + 0.4))
-    ax.imshow(tile(images), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(tile((images - low) / (high - low)), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([r * (height + 1) + height / 2 for r in range(rows)] if row_labels else [], row_labels or [])
     ax.tick_params(length=0, labelsize=8)
@@ -185,11 +191,15 @@ def image_grid(images: np.ndarray, path: Path, row_labels: Sequence[str] | None 
     return save(fig, path)
 
 
-def rows_animation(images: np.ndarray, path: Path, title: str = "", fps: int = 4) -> Path:
-    """Sequences generated step by step, as an animated GIF: images (R, C, T, D) in [0, 1], frame t showing
-    rows 1..t of every image (rows still to come in grey), the finished grid held for a moment at the end."""
+def rows_animation(images: np.ndarray, path: Path, title: str = "", fps: int = 4,
+                   value_range: Sequence[float] = (0.0, 1.0)) -> Path:
+    """Sequences generated step by step, as an animated GIF: images (R, C, T, D), grey levels from
+    ``value_range``'s low (black) to its high (white), frame t showing rows 1..t of every image (rows still to
+    come in grey), the finished grid held for a moment at the end."""
     from matplotlib.animation import FuncAnimation, PillowWriter  # only this figure needs them
 
+    low, high = value_range
+    images = (images - low) / (high - low)
     rows, cols, steps, width = images.shape
     fig, ax = subplots(figsize=(0.45 * cols * max(1, width / steps) + 0.5, 0.45 * rows + 0.4))
     shown = ax.imshow(tile(images), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -219,13 +229,12 @@ SERIES_SHOWN = 12  # panels of a sequence figure
 SERIES_LINES = 8  # at most this many values per step are drawn as lines, more as a heat map
 
 
-def series(x: np.ndarray, path: Path, title: str = "", value_range: Sequence[float] | None = None,
-           labels: Sequence[str] | None = None) -> Path:
+def series(x: np.ndarray, path: Path, title: str = "", labels: Sequence[str] | None = None) -> Path:
     """Sequences (N, T, D) that are not images: a panel for each of the first 12 (titled by its ``labels``), step
     t across; D <= 8 values per step as lines (their points marked where there are few), more as a heat map
-    (value index up); every panel on one scale, ``value_range`` or the values' own."""
+    (value index up); every panel on the one scale of the values shown, none clipped."""
     x = x[:SERIES_SHOWN]
-    low, high = value_range if value_range is not None else (float(x.min()), float(x.max()))
+    low, high = float(x.min()), float(x.max())
     low, high = (low - 0.5, high + 0.5) if high == low else (low, high)  # constant values: a scale around them
     columns = min(len(x), 4)
     fig, axes = subplots(-(-len(x) // columns), columns, figsize=(3.2 * columns, 1.8 * -(-len(x) // columns) + 0.6),

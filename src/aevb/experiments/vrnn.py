@@ -47,5 +47,6 @@ class VRNNHooks(Hooks):
                       title="generated step by step from the prior: samples", value_range=scale)
         if plotting.image_like(data.shape):
             plotting.rows_animation(plotting.as_grid(parameters.flatten(1), data.shape, GRID_COLUMNS),
-                                    run_dir / "vrnn_generation.gif", title="generation row by row from the prior")
+                                    run_dir / "vrnn_generation.gif", title="generation row by row from the prior",
+                                    value_range=scale)
         self.embedding(model, data, run_dir / "vrnn_tsne.png")

@@ -180,7 +180,8 @@ class VRNN(LatentVariableModel):
     @torch.no_grad()
     def generate(self, num_samples: int) -> tuple[Tensor, Tensor]:
         """Ancestral sampling step by step (row by row): x_{1:T} ~ p(x_{1:T}) and, for each step, the
-        decoder's parameters (Bernoulli p, or continuous-Bernoulli lambda) given the sampled past; both (N, T, D)."""
+        decoder's parameters (Bernoulli p, continuous-Bernoulli lambda or Gaussian mean) given the sampled past;
+        both (N, T, D)."""
         transition, config = self.generative.transition, self.config
         state = transition.initial_state(num_samples, next(self.parameters()))
         h = state[-1][0]  # (N, H)
