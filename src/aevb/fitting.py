@@ -1055,8 +1055,9 @@ def plot_examples(x: Tensor, rows: list[str] | None, shape: Sequence[int], kind:
     """Examples as their kind shows best: images (and sequences of images, a step per row) as a grid, grey from
     ``value_range``'s low (black) to its high (white); other sequences as series over time, on the scale of their
     own values; vectors as a heat map and pairwise scatter plots, beside as many ``reference`` examples (the test
-    data) when given (a grid of images shows the samples alone). Examples drawn class by class (``rows`` their classes) are shown by class, beside as
-    many test examples of each class as ``reference_labels`` holds, up to as many as were drawn."""
+    data) when given (a grid of images shows the samples alone). Examples drawn class by class (``rows`` their
+    classes) are shown by class, beside as many test examples of each class as ``reference_labels`` holds, up to as
+    many as were drawn."""
     from aevb import plotting
 
     if kind == "vectors":
