@@ -71,21 +71,24 @@ def rows_over_ranks(fn: Callable[..., Tensor], tensors: Sequence[Tensor], batch_
     return torch.cat([part for parts in distributed.all_gather(mine) for part in parts])
 
 
-def test_elbo(model: LatentVariableModel, tensors: Sequence[Tensor], batch_size: int = 1000) -> Tensor:
-    """Mean one-sample ELBO over the rows of ``tensors`` = (x, *context); a 0-dim tensor, nats per example.
+def mean_per_example(per_example: Callable[..., Tensor], model: LatentVariableModel, tensors: Sequence[Tensor],
+                     batch_size: int) -> Tensor:
+    """Mean of ``per_example(*batch)`` (B,) over the rows of ``tensors`` = (x, *context), in eval mode; 0-dim.
     Under torch.distributed each rank takes its shard of the rows."""
     with eval_mode(model) as device:
         return mean_over_ranks(lambda: sum(
-            (model.elbo(*batch).elbo.sum() for batch in in_batches(shard(tensors), batch_size, device)),
+            (per_example(*batch).sum() for batch in in_batches(shard(tensors), batch_size, device)),
             torch.zeros((), device=device)), len(tensors[0]))
+
+
+def test_elbo(model: LatentVariableModel, tensors: Sequence[Tensor], batch_size: int = 1000) -> Tensor:
+    """Mean one-sample ELBO over the rows of ``tensors`` = (x, *context); a 0-dim tensor, nats per example."""
+    return mean_per_example(lambda *batch: model.elbo(*batch).elbo, model, tensors, batch_size)
 
 
 def test_log_evidence(model: LatentVariableModel, tensors: Sequence[Tensor], batch_size: int = 1000) -> Tensor:
     """Mean exact log p(x) (``model.log_evidence``, where the model has it) over the rows of ``tensors``; 0-dim."""
-    with eval_mode(model) as device:
-        return mean_over_ranks(lambda: sum(
-            (model.log_evidence(*batch).sum() for batch in in_batches(shard(tensors), batch_size, device)),
-            torch.zeros((), device=device)), len(tensors[0]))
+    return mean_per_example(model.log_evidence, model, tensors, batch_size)
 
 
 def iwae_log_likelihood(
