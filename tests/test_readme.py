@@ -27,6 +27,8 @@ def test_your_own_model_runs_as_written(tmp_path, capsys, monkeypatch, preloaded
     assert records[-1]["test_elbo"] > records[0]["test_elbo"]
     monkeypatch.chdir(tmp_path.parent)
     assert main(["sample", str(tmp_path / "runs" / "mine"), "--n", "5", "--out", str(tmp_path / "s.npy")]) == 0
+    assert main(["report", str(tmp_path / "runs" / "mine")]) == 0
+    assert "# aevb: report of run mine" in (tmp_path / "runs" / "mine" / "report.md").read_text()
 
     # "the same fit from the command line", as the README writes it, is the same fit
     command = re.search(r"The same fit from the command line is `(aevb fit [^`]*)`", " ".join(section.split()))[1]

@@ -2,6 +2,8 @@
 import base64
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 from html.parser import HTMLParser
@@ -334,3 +336,135 @@ def test_report_renders_in_headless_chromium(tour, tmp_path):
     assert pixels.shape[:2] == (3000, 1200)
     assert (pixels.mean(-1) < 0.5).mean() > 0.01  # text and figures, not a blank page
     assert pixels.std() > 0.1
+
+
+# aevb report: any finished runs, a user's own model's among them ----------------------------------------------------
+@pytest.fixture(scope="module")
+def finished_runs(tmp_path_factory):
+    """A folder of two finished runs, diagnosed (the PPCA example, fitted by path, and the built-in VAE), and an
+    interrupted one."""
+    folder = tmp_path_factory.mktemp("runs") / "sweep"
+    ppca = Path(__file__).parents[1] / "examples" / "ppca.py"
+    assert main(["fit", "--model", f"{ppca}:PPCA", "--latent-dim", "2", "--epochs", "3", "--iwae", "5",
+                 "--out", str(folder / "ppca"), "--no-progress"]) == 0
+    assert main(["fit", "vae", "--epochs", "2", "--hidden", "16", "--iwae", "5", "--out", str(folder / "vae"),
+                 "--no-progress"]) == 0
+    for name in ("ppca", "vae"):
+        assert main(["diagnose", str(folder / name), "--examples", "20", "--steps", "5", "--iwae", "20",
+                     "--no-progress"]) == 0
+    (folder / "vae-interrupted").mkdir()
+    (folder / "vae-interrupted" / "aevb-run.json").write_text('{"format": "aevb run", "status": "incomplete"}')
+    return folder
+
+
+def table_row(markdown: str, first: str) -> list[str]:
+    """The cells of the Markdown table row whose first cell is ``first``."""
+    row = next(line for line in markdown.splitlines() if line.startswith(f"| {first} |"))
+    return [cell.strip() for cell in row.strip("|").split(" | ")]
+
+
+def test_a_report_of_one_run_is_written_into_it_and_states_the_runs_numbers(finished_runs, tmp_path, capsys):
+    run = tmp_path / "ppca"
+    shutil.copytree(finished_runs / "ppca", run)
+    for name in ("diagnostics.json", "diagnostics.png"):
+        (run / name).unlink()
+    assert main(["report", str(run), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result == {"runs": {"ppca": "reported"}, "report_md": str(run / "report.md"),
+                      "report_html": str(run / "report.html")}
+    text = (run / "report.md").read_text()
+    summary = json.loads((run / "summary.json").read_text())
+    assert text.startswith("# aevb: report of run ppca\n") and summary["model"].endswith("ppca.py:PPCA")
+    for key in report.findings(summary):
+        assert table_row(text, report.quantity(key, summary))[1] == number(summary[key])
+    assert report.quantity("test_log_evidence", summary) == "test log p(x), exact (the model's log_evidence)"
+    assert "3 epochs (" in text and "seed 0" in text and "images of shape 8 × 8, 10 classes" in text
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for record in history:
+        assert table_row(text, str(record["epoch"]))[1:] == [str(record["step"]), number(record["train_elbo"]),
+                                                             number(record["test_elbo"])]
+    assert table_row(text, "`latent_dim`")[1] == "2"
+    assert f"Not diagnosed: `aevb diagnose {run}`" in text
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert figures == sorted(p.name for p in run.glob("*.png")) and figures  # linked beside the report
+    page = Page()
+    page.feed((run / "report.html").read_text())
+    embedded = [attrs["src"] for tag, attrs in page.tags if tag == "img"]
+    assert len(embedded) == len(figures) and all(src.startswith("data:image/png;base64,") for src in embedded)
+    marker = json.loads((run / "aevb-run.json").read_text())
+    assert {"report.md", "report.html"} <= set(marker["files"]) and marker["status"] == "complete"
+    assert main(["eval", str(run), "--iwae", "2"]) == 0  # still a finished run that aevb reads
+
+
+def test_a_report_of_several_runs_sets_their_numbers_and_gaps_side_by_side(finished_runs, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["report", str(finished_runs), "--out", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    interrupted = finished_runs / "vae-interrupted"
+    assert result["runs"] == {"ppca": "reported", "vae": "reported", str(interrupted): "interrupted"}
+    text = (out / "report.md").read_text()
+    assert text.startswith("# aevb: report of 2 runs\n")
+    header = table_row(text, "run")
+    assert header[:4] == ["run", "model", "dataset", "epochs"]
+    for name in ("ppca", "vae"):
+        summary = json.loads((finished_runs / name / "summary.json").read_text())
+        row = table_row(text, f"[{name}](#run-{name})")
+        assert row[1] == f"`{summary['model']}`" and row[3] == str(summary["epochs"])
+        assert row[4:] == [number(summary[key.strip("`")]) for key in header[4:]]
+    assert {"`train_elbo`", "`test_elbo`", "`iwae_log_likelihood`"} <= set(header)
+    assert table_row(text, str(interrupted))[4] == f"interrupted: aevb resume {interrupted}"
+    assert "[The E-step across runs](#e-step)" in text and (out / "e_step_gaps.png").is_file()
+    for name in ("ppca", "vae"):
+        diagnosis = json.loads((finished_runs / name / "diagnostics.json").read_text())
+        assert table_row(text, name)[1:] == [str(diagnosis["examples"])] + [
+            report.with_se(diagnosis, key) for key in ("log_px", "elbo_amortized", "approximation_gap",
+                                                        "amortization_gap")] + [
+            f"{diagnosis['active_units']} of {diagnosis['latent_dim']}"]
+        figure = Path(os.path.relpath(finished_runs / name / "diagnostics.png", out)).as_posix()
+        assert f"]({figure})" in text
+    assert not (finished_runs / "vae" / "report.md").exists()  # the runs are read, not written
+
+
+def test_a_report_refuses_what_it_cannot_report_in_one_line_and_writes_nothing(finished_runs, tmp_path, capsys):
+    interrupted = finished_runs / "vae-interrupted"
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for name in ("aevb-run.json", "config.json", "summary.json", "metrics.jsonl", "model.pt"):
+        (damaged / name).write_bytes((finished_runs / "vae" / name).read_bytes())
+    (damaged / "metrics.jsonl").write_text('{"step": 1, "epoch": 1}\n{"step": 2, "ep')
+    only_interrupted = tmp_path / "only-interrupted"
+    interrupted_copy = only_interrupted / "vae-interrupted"
+    shutil.copytree(interrupted, interrupted_copy)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("# my notes\n")
+    for argv, message in [
+        ([str(interrupted)], f"{interrupted} is an interrupted run, not a finished one; finish it with aevb resume "
+                             f"{interrupted}, or leave it out"),
+        ([str(finished_runs)], "name the folder of a report of several runs with --out DIR"),
+        ([str(only_interrupted), "--out", str(tmp_path / "r")], f"no finished run to report: {interrupted_copy} is "
+                                                               "interrupted; finish them with aevb resume RUN_DIR"),
+        ([str(tmp_path / "absent")], f"{tmp_path / 'absent'}: no such run directory; fit the run again, or name "
+                                     "another run directory"),
+        ([str(mine)], f"{mine} is neither a run directory nor a folder of them (no aevb-run.json in it or its "
+                      "folders); name the --out of aevb fit"),
+        ([str(damaged), "--out", str(tmp_path / "r")], f"{damaged / 'metrics.jsonl'} is damaged (line 2 is not a "
+                                                       "record of a step and epoch); fit the run again (delete it "
+                                                       "first if it is interrupted)"),
+        ([str(finished_runs / "vae"), "--out", str(mine)],
+         f"--out {mine} holds report.md, which aevb did not write and its report would replace; move it or choose "
+         "another --out"),
+        ([str(finished_runs / "vae"), "--out", str(interrupted)],
+         f"--out {interrupted} is an interrupted run, which a report may not be written into; choose another --out"),
+    ]:
+        assert main(["report", *argv]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [f"aevb: error: {message}"]
+    assert not (tmp_path / "r").exists() and (mine / "report.md").read_text() == "# my notes\n"
+    assert sorted(p.name for p in interrupted.iterdir()) == ["aevb-run.json"]
+
+
+def test_a_run_holding_its_report_is_replaced_whole_by_a_new_fit(tmp_path):
+    run = tmp_path / "run"
+    flags = ["fit", "vae", "--steps", "2", "--hidden", "8", "--iwae", "0", "--out", str(run), "--no-progress"]
+    assert main(flags) == 0 and main(["report", str(run)]) == 0
+    assert main(flags) == 0 and not (run / "report.md").exists()

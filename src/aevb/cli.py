@@ -7,6 +7,7 @@
     aevb eval RUN_DIR          test ELBO, importance-weighted log-likelihood (and bits/dim) of a run
     aevb sample RUN_DIR        draw from a run's model into a PNG (or .npy/.npz arrays)
     aevb diagnose RUN_DIR      how far inference is from exact: amortization and approximation gaps, collapse
+    aevb report RUN_DIR...     a report of finished runs (Markdown and HTML): numbers, E-step, settings, figures
     aevb tour                  the main job: every model briefly, on data that ships with the project, and a report
     aevb reproduce EXP|all     the tutorial's experiments with its settings, and a report
 
@@ -111,6 +112,20 @@ def build_parser() -> ArgumentParser:
     add_threads_argument(sample)
     add_summary_arguments(sample, progress=False)
     sample.set_defaults(handler=sample_command)
+
+    summarize = commands.add_parser(
+        "report", help="a report of finished runs (Markdown and HTML): numbers, ELBO per epoch, E-step, figures",
+        description="Write report.md and a self-contained report.html of finished runs, your own model's as ours: "
+                    "what each fitted, its numbers (several runs' side by side), its ELBO per epoch, its E-step "
+                    "diagnosis where aevb diagnose wrote one, its settings and its figures. A report of one run is "
+                    "written into it; name the folder of a report of several with --out.")
+    summarize.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
+                           help="a finished run directory, or a folder of them (e.g. the --out of aevb tour)")
+    summarize.add_argument("--out", type=Path, default=None,
+                           help="the folder to write report.md and report.html into (default: the run, where one "
+                                "run directory is named)")
+    add_summary_arguments(summarize, progress=False)
+    summarize.set_defaults(handler=report_command)
 
     tour = commands.add_parser("tour", help="the main job: every model briefly, on embedded data, and a report",
                                description="Fit every experiment of the tutorial briefly on data that ship with the "
@@ -259,6 +274,13 @@ def sample_command(args: argparse.Namespace) -> dict:
     with torch_threads(args.threads):
         return fitting.sample_run(args.run_dir, args.out or args.run_dir / "samples.png", args.n, args.label,
                                   args.seed, overwrite=args.overwrite or args.out is None)
+
+
+def report_command(args: argparse.Namespace) -> dict:
+    from aevb import report
+
+    command = " ".join(["aevb report", *map(str, args.run_dirs), *(["--out", str(args.out)] if args.out else [])])
+    return report.write_runs_report(args.run_dirs, args.out, command)
 
 
 def tour_command(args: argparse.Namespace) -> dict:

@@ -1,12 +1,16 @@
-"""The report of a tour or reproduce folder: ``report.md`` and a self-contained ``report.html``.
+"""Reports: ``report.md`` and a self-contained ``report.html``, of a tour or reproduce folder, or of any runs.
 
-For every experiment with a complete run in the folder: what it fitted, in a sentence generated from the
-run's own settings; our numbers, beside the source's only where the settings are comparable (otherwise the
-differences, and the command that runs the source's setting); a verdict by a stated rule; the test ELBO per
-epoch; its E-step diagnosis (``aevb diagnose``: the approximation and amortization gaps, also side by side for
-all experiments); the run's settings, seed, device, time taken and software versions; and its figures. The HTML embeds the
-figures as data URIs, so it needs no network and no other file; the Markdown links them relatively.
-The report is built as a list of blocks, and each format renders the same blocks.
+``aevb report RUN_DIR...`` reports any finished runs, a user's own model's among them: what each fitted, its numbers
+(those of several runs side by side), its ELBO per epoch, its E-step diagnosis where ``aevb diagnose`` wrote one,
+its settings, and its figures.
+
+For every experiment of a tour or reproduce folder with a complete run in the folder: what it fitted, in a sentence
+generated from the run's own settings; our numbers, beside the source's only where the settings are comparable
+(otherwise the differences, and the command that runs the source's setting); a verdict by a stated rule; the test
+ELBO per epoch; its E-step diagnosis (``aevb diagnose``: the approximation and amortization gaps, also side by side
+for all experiments); the run's settings, seed, device, time taken and software versions; and its figures. The HTML
+embeds the figures as data URIs, so it needs no network and no other file; the Markdown links them relatively. The
+report is built as a list of blocks, and each format renders the same blocks.
 """
 from __future__ import annotations
 
@@ -14,14 +18,16 @@ import base64
 import html
 import json
 import mimetypes
+import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from aevb.errors import UsageError
-from aevb.reproduce import EXPERIMENTS, Experiment, Published, Settings, complete
-from aevb.runs import read_jsonl, software_versions, write_atomically
+from aevb import runs
+from aevb.reproduce import EXPERIMENTS, Experiment, Published, Settings, complete, plural, training
+from aevb.runs import is_record, read_json, read_jsonl, software_versions, write_atomically
 
 IMAGE_SUFFIXES = (".png", ".gif", ".jpg", ".svg")
 CAPTIONS = {"diagnostics.png": "The E-step (aevb diagnose): log p(x) - ELBO[q_phi], split into the approximation and "
@@ -246,26 +252,28 @@ def e_step_blocks(result: dict, command: str | None) -> list[Block]:
     ]
 
 
-def e_step_section(out: Path, diagnoses: dict[str, dict]) -> list[Block]:
-    """The gaps of every diagnosed experiment side by side: a table and a figure (written to out/e_step_gaps.png)."""
+def e_step_section(out: Path, diagnoses: dict[str, dict], run_dirs: dict[str, Path],
+                   noun: str = "experiment") -> list[Block]:
+    """The gaps of every diagnosed run (name -> its diagnosis, and its folder) side by side: a table and a figure
+    (written to out/e_step_gaps.png); ``noun`` says what each run is (an experiment of a tour, or a run)."""
     from aevb import plotting
 
     conditional = [name for name in diagnoses
-                   if "num_classes" in json.loads((out / name / "config.json").read_text())["config"]]
+                   if "num_classes" in json.loads((run_dirs[name] / "config.json").read_text())["config"]]
     figure = plotting.gap_comparison(diagnoses, out / "e_step_gaps.png")
     rows = [[name, str(r["examples"]), with_se(r, "log_px"), with_se(r, "elbo_amortized"),
              with_se(r, "approximation_gap"), with_se(r, "amortization_gap"), f"{r['active_units']} of {r['latent_dim']}"]
             for name, r in diagnoses.items()]
     return [
-        Heading(2, "The E-step across experiments", anchor="e-step"),
+        Heading(2, f"The E-step across {noun}s", anchor="e-step"),
         Text("How far each fitted model's amortized posterior q_phi is from exact (Cremer, Li & Duvenaud 2018): the "
              "approximation gap is the family's (the best member for each example, q*, against log p(x)), the "
-             "amortization gap the encoder's (q_phi against q*). Each experiment's section says how they were "
+             f"amortization gap the encoder's (q_phi against q*). Each {noun}'s section says how they were "
              "computed." + (f" For {', '.join(conditional)}, a model of x given its label y, they are of log p(x|y) "
                             "and its ELBO." if conditional else "")),
-        Table(["experiment", "examples", "log p(x)", "ELBO[q_phi]", "approximation gap", "amortization gap",
+        Table([noun, "examples", "log p(x)", "ELBO[q_phi]", "approximation gap", "amortization gap",
                "active units"], rows),
-        Figure(figure, "log p(x) - ELBO[q_phi] per experiment, split into the approximation gap (blue) and the "
+        Figure(figure, f"log p(x) - ELBO[q_phi] per {noun}, split into the approximation gap (blue) and the "
                        "amortization gap (orange); hatched where the model's local E-step is not covered."),
     ]
 
@@ -290,7 +298,7 @@ def report_blocks(out: Path, statuses: dict[str, str], command: str) -> list[Blo
         diagnosis = read_diagnosis(out / name)
         if diagnosis:
             diagnoses[name] = diagnosis
-    e_step = e_step_section(out, diagnoses) if diagnoses else []
+    e_step = e_step_section(out, diagnoses, {name: out / name for name in diagnoses}) if diagnoses else []
     return [
         Heading(1, f"aevb: the tutorial's experiments ({command})"),
         Text(f"Written {time.strftime('%Y-%m-%d %H:%M:%S %z')} by `{command}` into {out}. The tutorial is Yang, "
@@ -325,7 +333,7 @@ def markdown(blocks: list[Block], base: Path) -> str:
             lines = [b.header, ["---"] * len(b.header), *b.rows]
             parts.append("\n".join("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in lines))
         else:
-            parts.append(f"![{b.caption}]({b.path.relative_to(base).as_posix()})\n\n*{b.caption}*")
+            parts.append(f"![{b.caption}]({Path(os.path.relpath(b.path, base)).as_posix()})\n\n*{b.caption}*")
     return "\n\n".join(parts) + "\n"
 
 
@@ -419,3 +427,226 @@ def written_by_aevb(path: Path) -> bool:
             return mark in f.read(1000)
     except (OSError, ValueError):  # unreadable, or not an image
         return False
+
+
+# The report of any finished runs: aevb report RUN_DIR... ------------------------------------------------------------
+QUANTITIES = {  # what the summary entries every fit writes are; a model's own entries are shown by their names
+    "train_elbo": "training ELBO (the last epoch's)",
+    "test_elbo": "test ELBO (one draw of z per example)",
+    "iwae_log_likelihood": "test {evidence}, a lower bound: IWAE with K = {iwae_samples}",
+    "test_log_evidence": "test {evidence}, exact (the model's log_evidence)",
+    "bits_per_dim": "bits per dimension of the discrete data (from the exact evidence, else the IWAE bound)",
+}
+SETTING_KEYS = {"model", "dataset", "transform", "schedule", "epochs", "steps", "evidence", "iwae_samples",
+                "train_seconds", "device", "threads", "warnings"}  # in a run's summary: how it ran, not what it found
+CURVE_ROWS = 10  # epochs shown in a run's table of the ELBO per epoch (the first, the last, and evenly between)
+DIAGNOSIS_KEYS = ("examples", "log_evidence", "local_e_step", "active_units", "latent_dim")
+
+
+@dataclass
+class FinishedRun:
+    """What a report reads of a finished run directory, each file checked."""
+
+    name: str  # as the report names it
+    path: Path
+    record: dict  # config.json
+    summary: dict
+    history: list[dict]  # metrics.jsonl
+    diagnosis: dict | None  # diagnostics.json, where aevb diagnose wrote one
+
+    @property
+    def anchor(self) -> str:
+        return "run-" + (re.sub(r"[^A-Za-z0-9_-]+", "-", self.name).strip("-") or "run")
+
+
+def runs_named(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """The finished and the interrupted run directories ``paths`` name: each a run directory, or a folder of run
+    directories (those in it, in name order). UsageError for a run named itself that is interrupted, a folder that
+    holds no run, or anything that is neither."""
+    from aevb import fitting
+
+    finished, interrupted = [], []
+    for path in paths:
+        if (path / runs.MARKER).is_file() or not path.is_dir() or not any(path.iterdir()):
+            if fitting.run_status(path) != "complete":
+                raise UsageError(f"{path} is an interrupted run, not a finished one; finish it with aevb resume "
+                                 f"{path}, or leave it out")
+            finished.append(path)
+            continue
+        inside = sorted(p for p in path.iterdir() if p.is_dir() and (p / runs.MARKER).is_file())
+        if not inside:
+            raise UsageError(f"{path} is neither a run directory nor a folder of them (no {runs.MARKER} in it or its "
+                             "folders); name the --out of aevb fit")
+        for run in inside:
+            (finished if fitting.run_status(run) == "complete" else interrupted).append(run)
+    if not finished:
+        verb = "is" if len(interrupted) == 1 else "are"
+        raise UsageError(f"no finished run to report: {', '.join(map(str, interrupted))} {verb} interrupted; finish "
+                         "them with aevb resume RUN_DIR")
+    unique = list(dict.fromkeys(p.resolve() for p in finished))
+    return [next(p for p in finished if p.resolve() == r) for r in unique], interrupted
+
+
+def read_run(name: str, path: Path) -> FinishedRun:
+    """A finished run's files, each checked: UsageError naming the one that is damaged."""
+    from aevb import fitting
+
+    record = fitting.run_record(path)
+    summary = read_json(path / "summary.json")
+    if not (isinstance(summary, dict) and isinstance(summary.get("model"), str)):
+        raise UsageError(f"{path / 'summary.json'} is damaged (not a run's summary); {runs.REFIT}")
+    metrics = path / "metrics.jsonl"
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    damaged = next((i for i, line in enumerate(lines, 1) if not is_record(line)), None)
+    if damaged is not None:
+        raise UsageError(f"{metrics} is damaged (line {damaged} is not a record of a step and epoch); {runs.REFIT}")
+    diagnosis = None
+    if (path / "diagnostics.json").is_file():
+        advice = f"diagnose the run again: aevb diagnose {path}"
+        diagnosis = read_json(path / "diagnostics.json", advice)
+        if not (isinstance(diagnosis, dict) and all(k in diagnosis for k in DIAGNOSIS_KEYS)):
+            raise UsageError(f"{path / 'diagnostics.json'} is damaged (not a diagnosis); {advice}")
+    return FinishedRun(name, path, record, summary, [json.loads(line) for line in lines], diagnosis)
+
+
+def run_names(paths: list[Path]) -> list[str]:
+    """Each run's folder name where those are distinct, else its path."""
+    names = [p.name for p in paths]
+    return names if len(set(names)) == len(names) else [str(p) for p in paths]
+
+
+def shown(value) -> str:
+    """A summary or config entry as a cell: a number or text, a short list's items, or how many values it holds."""
+    if isinstance(value, list) and len(value) <= CURVE_ROWS and not any(isinstance(v, (list, dict)) for v in value):
+        return ", ".join(map(number, value)) or "none"
+    if isinstance(value, (list, dict)):
+        return f"{len(value)} values"
+    return number(value)
+
+
+def quantity(key: str, summary: dict) -> str:
+    """What a summary entry is: in words for the entries every fit writes, else its name."""
+    return QUANTITIES[key].format(**{"evidence": "log p(x)", **summary}) if key in QUANTITIES else f"`{key}`"
+
+
+def findings(summary: dict) -> list[str]:
+    """The summary's entries that are results, not settings: the generic ones first, then the model's own."""
+    return [k for k in QUANTITIES if k in summary] + [k for k in summary if k not in SETTING_KEYS | QUANTITIES.keys()]
+
+
+def curve_epochs(epochs: list[int]) -> list[int]:
+    """At most CURVE_ROWS of ``epochs``, evenly spread, the first and the last among them."""
+    if len(epochs) <= CURVE_ROWS:
+        return epochs
+    return sorted({epochs[round(i * (len(epochs) - 1) / (CURVE_ROWS - 1))] for i in range(CURVE_ROWS)})
+
+
+def run_section(run: FinishedRun) -> list[Block]:
+    """A finished run's section: what it fitted, its numbers, its ELBO per epoch, its E-step, settings, figures."""
+    summary, data = run.summary, run.record["data"]
+    settings = {**run.record["args"], **run.record["config"],
+                **{k: summary[k] for k in ("dataset", "epochs", "steps") if k in summary}}
+    what = (f"{data['kind']} of shape {' × '.join(map(str, data['shape']))}"
+            + (f", {data['num_classes']} classes" if data.get("num_classes") else ""))
+    blocks: list[Block] = [
+        Heading(2, f"{run.name}: {summary['model']}", anchor=run.anchor),
+        Text(f"`{summary['model']}` fitted to {what} (transform {summary.get('transform', '—')}), schedule "
+             f"{summary.get('schedule', '—')}: {training(settings)} Its bounds are of "
+             f"{summary.get('evidence', '—')}, in nats per test example."),
+        Table(["quantity", "value"], [[quantity(k, summary), shown(summary[k])] for k in findings(summary)]),
+    ]
+    if summary.get("warnings"):
+        blocks += [Text("Warnings of the fit:"), Bullets([str(w) for w in summary["warnings"]])]
+    records = {r["epoch"]: r for r in run.history}  # the last record of each epoch
+    if records:
+        keys = [k for k in ("train_elbo", "test_elbo") if any(k in r for r in records.values())]
+        blocks += [Heading(3, "The ELBO per epoch"),
+                   Table(["epoch", "step", *keys], [[str(e), str(records[e]["step"]), *(number(records[e].get(k))
+                                                                                     for k in keys)]
+                                                    for e in curve_epochs(sorted(records))]),
+                   Text("From metrics.jsonl, the last record of each epoch (a model that records every step: its "
+                        "epoch's last step); the test ELBO is a one-draw estimate made during training.")]
+    blocks.append(Heading(3, "The E-step"))
+    blocks += (e_step_blocks(run.diagnosis, None) if run.diagnosis else
+               [Text(f"Not diagnosed: `aevb diagnose {run.path}` measures the approximation and amortization gaps; "
+                     "then write this report again.")])
+    versions = run.record["versions"]
+    threads = summary.get("threads")
+    blocks += [
+        Heading(3, "Settings"),
+        Table(["setting", "value"], [
+            *([f"`{k}`", shown(v)] for k, v in run.record["config"].items()),
+            ["seed", str(settings["seed"])],
+            ["device", f"{summary.get('device', '—')}" + (f", {plural(threads, 'torch thread')}"
+                                                          if threads is not None else "")],
+            ["training time", duration(summary["train_seconds"]) if "train_seconds" in summary else "—"],
+            ["software", ", ".join(f"{k} {v}" for k, v in versions.items()) or "not recorded"],
+            ["every flag", f"{run.path / 'config.json'}"],
+        ]),
+        Heading(3, "Figures"),
+    ]
+    images = sorted((p for p in run.path.iterdir() if p.suffix in IMAGE_SUFFIXES and p.is_file()),
+                    key=lambda p: (p.name in runs.WRITTEN, p.name))  # the fit's own, then aevb sample's and diagnose's
+    blocks += [Figure(p, CAPTIONS.get(p.name, p.stem.replace("_", " "))) for p in images] or [Text("None.")]
+    return blocks
+
+
+def runs_report_blocks(finished: list[FinishedRun], interrupted: list[Path], out: Path, command: str) -> list[Block]:
+    """The report of ``finished`` runs: an overview of their numbers side by side (where there are several), their
+    E-step gaps side by side (where several are diagnosed), then each run's section."""
+    title = f"run {finished[0].name}" if len(finished) == 1 and not interrupted else f"{plural(len(finished), 'run')}"
+    blocks: list[Block] = [
+        Heading(1, f"aevb: report of {title}"),
+        Text(f"Written {time.strftime('%Y-%m-%d %H:%M:%S %z')} by `{command}` into {out}. Numbers are per test example "
+             "in nats unless stated; each comes from the run's summary.json, metrics.jsonl and diagnostics.json."),
+    ]
+    diagnosed = {r.name: r.diagnosis for r in finished if r.diagnosis}
+    e_step = (e_step_section(out, diagnosed, {r.name: r.path for r in finished}, noun="run")
+              if len(diagnosed) > 1 else [])
+    if len(finished) > 1 or interrupted:
+        shared = [k for k in findings(finished[0].summary)
+                  if all(isinstance(r.summary.get(k), (int, float)) and not isinstance(r.summary.get(k), bool)
+                         for r in finished)]
+        rows = [[f"[{r.name}](#{r.anchor})", f"`{r.summary['model']}`", str(r.summary.get("dataset", "—")),
+                 str(r.summary.get("epochs", "—")), *(number(r.summary[k]) for k in shared)] for r in finished]
+        rows += [[str(p), "—", "—", "—", *(f"interrupted: aevb resume {p}" if i == 0 else "—"
+                                          for i in range(len(shared)))] for p in interrupted]
+        blocks += [Heading(2, "Contents", anchor="contents"),
+                   Bullets(["[The runs side by side](#runs)",
+                            *(["[The E-step across runs](#e-step)"] if e_step else []),
+                            *(f"[{r.name}](#{r.anchor})" for r in finished)]),
+                   Heading(2, "The runs side by side", anchor="runs"),
+                   Table(["run", "model", "dataset", "epochs", *(f"`{k}`" for k in shared)], rows)]
+    blocks += e_step
+    for run in finished:
+        blocks += run_section(run)
+    return blocks
+
+
+def write_runs_report(paths: list[Path], out: Path | None, command: str) -> dict:
+    """``out/report.md`` and ``out/report.html`` of the finished runs ``paths`` name (``runs_named``), each whole
+    or not at all; ``out`` defaults to the run where one is named. Every file is read and checked before anything is
+    written, and a report written into a finished run is listed among its files. Returns the runs reported (name ->
+    'reported', or 'interrupted' for a run of a named folder that is not finished) and the report's paths."""
+    finished, interrupted = runs_named(paths)
+    if out is None:
+        if len(finished) != 1 or interrupted or len(paths) != 1 or not (paths[0] / runs.MARKER).is_file():
+            raise UsageError("name the folder of a report of several runs with --out DIR")
+        out = finished[0]
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder; choose another --out")
+    if (out / runs.MARKER).is_file() and runs.status(out) != "complete":
+        raise UsageError(f"--out {out} is an interrupted run, which a report may not be written into; choose "
+                         "another --out")
+    check_report_files(out)
+    names = run_names(finished)
+    runs_read = [read_run(name, path) for name, path in zip(names, finished)]
+    out.mkdir(parents=True, exist_ok=True)
+    blocks = runs_report_blocks(runs_read, interrupted, out, command)
+    paths_written = {"report_md": out / "report.md", "report_html": out / "report.html"}
+    write_atomically(paths_written["report_md"], lambda p: p.write_text(markdown(blocks, out)))
+    write_atomically(paths_written["report_html"], lambda p: p.write_text(to_html(blocks, f"aevb report: {command}")))
+    if (out / runs.MARKER).is_file():
+        runs.add_files(out, [p.name for p in out.iterdir() if p.name in REPORT_MARKS])
+    return {"runs": {**{r.name: "reported" for r in runs_read}, **{str(p): "interrupted" for p in interrupted}},
+            **{k: str(p) for k, p in paths_written.items()}}

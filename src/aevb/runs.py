@@ -231,6 +231,13 @@ def mark(out: Path, status: str, before: dict[str, int] | None = None, **extra) 
                               **({"files": files} if files else {}), **extra})
 
 
+def add_files(out: Path, names: list[str]) -> None:
+    """List ``names`` among the files aevb wrote into the finished run ``out`` (its marker's ``files``), so that a
+    run replaced later goes with them: what ``aevb report`` adds to a run."""
+    state = read_json(out / MARKER)
+    write_json(out / MARKER, {**state, "files": sorted(set(state.get("files", [])) | set(names))})
+
+
 @contextmanager
 def locked(out: Path) -> Iterator[None]:
     """An exclusive lock on the run ``out`` (``.NAME.lock`` in its parent, holding the owner's pid), released and
