@@ -401,10 +401,13 @@ def test_sequences_of_images_are_drawn_as_images_and_other_sequences_as_series_o
     x = torch.rand(5, 120, 2)
     plotting.series(x.numpy(), tmp_path / "lines.png")  # as lines
     plotting.series(torch.rand(5, 120, 20).numpy(), tmp_path / "heat.png")  # as heat maps
+    plotting.series(x.numpy(), tmp_path / "beside.png", reference=x.numpy()[:3])  # beside test data
+    plotting.series(torch.rand(5, 120, 20).numpy(), tmp_path / "beside-heat.png",
+                    reference=torch.rand(3, 120, 20).numpy())
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # matplotlib warns of a y scale of no height
         plotting.series(np.ones((2, 1, 5)), tmp_path / "one-step.png", labels=["a", "b"])  # one constant point each
-    assert (tmp_path / "lines.png").stat().st_size > 1000 and (tmp_path / "heat.png").stat().st_size > 1000
+    assert all((tmp_path / f"{name}.png").stat().st_size > 1000 for name in ("lines", "heat", "beside", "beside-heat"))
 
     drawn = {}
     monkeypatch.setattr(plotting, "series", lambda x, path, **kwargs: drawn.update(series=x))
@@ -413,11 +416,21 @@ def test_sequences_of_images_are_drawn_as_images_and_other_sequences_as_series_o
     assert np.array_equal(drawn.pop("series"), x.numpy()) and not drawn
     fitting.plot_examples(torch.rand(5, 8, 8), None, (8, 8), "sequences", tmp_path / "x.png", "samples")
     assert drawn.pop("grid").shape == (1, fitting.GRID_COLUMNS, 8, 8) and not drawn
+    fitting.plot_examples(x.flatten(1), None, (120, 2), "images", tmp_path / "x.png", "samples")  # no image's shape
+    assert np.array_equal(drawn.pop("series"), x.numpy()) and not drawn
     by_class = torch.arange(3.0).repeat_interleave(10)[:, None, None].expand(30, 120, 2)  # 10 of each of 3 classes
-    monkeypatch.setattr(plotting, "series", lambda x, path, **kwargs: drawn.update(series=x, labels=kwargs["labels"]))
+    monkeypatch.setattr(plotting, "series", lambda x, path, **kwargs: drawn.update(series=x, **kwargs))
     fitting.plot_examples(by_class, ["0", "1", "2"], (120, 2), "sequences", tmp_path / "x.png", "samples")
     assert drawn["labels"] == ["y = 0"] * 4 + ["y = 1"] * 4 + ["y = 2"] * 4  # 12 panels, as many of each class
-    assert drawn["series"][:, 0, 0].tolist() == [0.0] * 4 + [1.0] * 4 + [2.0] * 4
+    assert drawn["series"][:, 0, 0].tolist() == [0.0] * 4 + [1.0] * 4 + [2.0] * 4 and drawn["reference"] is None
+    test_labels = torch.tensor([2, 0, 1, 2, 2, 2, 2, 0])  # 2 of class 0, 1 of class 1, 5 of class 2
+    test_x = test_labels.float()[:, None, None].expand(8, 120, 2) + 10
+    fitting.plot_examples(by_class, ["0", "1", "2"], (120, 2), "sequences", tmp_path / "x.png", "samples",
+                          reference=test_x, reference_labels=test_labels)
+    assert drawn["reference_labels"] == ["y = 0"] * 2 + ["y = 1"] + ["y = 2"] * 4  # each class's, up to 4
+    assert drawn["reference"][:, 0, 0].tolist() == [10.0] * 2 + [11.0] + [12.0] * 4
+    fitting.plot_examples(x.flatten(1), None, (120, 2), "sequences", tmp_path / "x.png", "samples", reference=test_x)
+    assert np.array_equal(drawn["reference"], test_x.numpy()) and drawn["reference_labels"] is None
 
 
 def test_a_model_installed_by_a_package_is_found_through_its_entry_point(user_files, tmp_path, capsys, monkeypatch):

@@ -155,7 +155,7 @@ class Hooks:
         context = () if num_classes else tuple(t[:SAMPLES_PLOTTED] for t in data.test[1:])  # other than labels
         x, rows = draw(model, num_classes, GRID_COLUMNS if num_classes else SAMPLES_PLOTTED, context=context)
         by_class = (", a band per class y" if data.kind == "vectors" else ", each panel titled by its class y"
-                    if data.kind == "sequences" and not plotting.image_like(data.shape) else ", one row per class y")
+                    if len(data.shape) == 2 and not plotting.image_like(data.shape) else ", one row per class y")
         title = ("samples x ~ p(x" + (f" | y){by_class}" if rows else ")") if not context else
                  f"samples x ~ p(x | c) for the contexts c of the first {len(x)} test examples")
         plot_examples(x, rows, data.shape, data.kind, path, title=title,
@@ -1053,11 +1053,11 @@ def plot_examples(x: Tensor, rows: list[str] | None, shape: Sequence[int], kind:
                   reference: Tensor | None = None, value_range: Sequence[float] = (0.0, 1.0),
                   reference_labels: Tensor | None = None) -> None:
     """Examples as their kind shows best: images (and sequences of images, a step per row) as a grid, grey from
-    ``value_range``'s low (black) to its high (white); other sequences as series over time, on the scale of their
-    own values; vectors as a heat map and pairwise scatter plots, beside as many ``reference`` examples (the test
-    data) when given (a grid of images shows the samples alone). Examples drawn class by class (``rows`` their
-    classes) are shown by class, beside as many test examples of each class as ``reference_labels`` holds, up to as
-    many as were drawn."""
+    ``value_range``'s low (black) to its high (white); other sequences (and 2-D examples far longer than wide, or
+    wider than long) as series over time, and vectors as a heat map and pairwise scatter plots, each beside as many
+    ``reference`` examples (the test data) when given, on the scale of the values shown (a grid of images shows the
+    samples alone). Examples drawn class by class (``rows`` their classes) are shown by class, beside as many test
+    examples of each class as ``reference_labels`` holds, up to as many as were drawn."""
     from aevb import plotting
 
     if kind == "vectors":
@@ -1071,13 +1071,20 @@ def plot_examples(x: Tensor, rows: list[str] | None, shape: Sequence[int], kind:
             shown = reference[:len(x)].cpu().numpy()
         plotting.vectors(x.cpu().numpy(), shown, path, title=title, sample_classes=sample_classes,
                          data_classes=shown_classes)
-    elif kind == "sequences" and not plotting.image_like(shape):
+    elif not plotting.image_like(shape):  # sequences, or 2-D examples of a shape no image has
         x, labels = x.reshape(len(x), *shape), None
-        if rows:  # as many of each class as the panels hold
+        shown, shown_labels = (None, None) if reference is None else (reference.cpu()[:plotting.SERIES_SHOWN], None)
+        if rows:  # as many of each class as the panels hold, beside as many test sequences of the same classes
             per_class, each = len(x) // len(rows), max(1, plotting.SERIES_SHOWN // len(rows))
             chosen = [c * per_class + i for c in range(len(rows)) for i in range(min(each, per_class))]
             x, labels = x[chosen], [f"y = {rows[k // per_class]}" for k in chosen]
-        plotting.series(x.cpu().numpy(), path, title=title, labels=labels)
+            if reference is not None and reference_labels is not None:
+                of_class = torch.cat([torch.nonzero(reference_labels.cpu() == int(r))[:min(each, per_class), 0]
+                                      for r in rows])
+                shown, shown_labels = reference.cpu()[of_class], [f"y = {int(y)}" for y in reference_labels[of_class]]
+        plotting.series(x.cpu().numpy(), path, title=title, labels=labels,
+                        reference=None if shown is None else shown.reshape(len(shown), *shape).numpy(),
+                        reference_labels=shown_labels)
     else:
         columns = len(x) // len(rows) if rows else GRID_COLUMNS
         plotting.image_grid(plotting.as_grid(x.flatten(1), shape, columns), path, rows, title=title,

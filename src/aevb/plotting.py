@@ -229,39 +229,53 @@ SERIES_SHOWN = 12  # panels of a sequence figure
 SERIES_LINES = 8  # at most this many values per step are drawn as lines, more as a heat map
 
 
-def series(x: np.ndarray, path: Path, title: str = "", labels: Sequence[str] | None = None) -> Path:
+def series(x: np.ndarray, path: Path, title: str = "", labels: Sequence[str] | None = None,
+           reference: np.ndarray | None = None, reference_labels: Sequence[str] | None = None) -> Path:
     """Sequences (N, T, D) that are not images: a panel for each of the first 12 (titled by its ``labels``), step
-    t across; D <= 8 values per step as lines (their points marked where there are few), more as a heat map
-    (value index up); every panel on the one scale of the values shown, none clipped."""
-    x = x[:SERIES_SHOWN]
-    low, high = float(x.min()), float(x.max())
+    t across, beside as many of the ``reference`` sequences (the test data, titled by ``reference_labels``) when
+    given; D <= 8 values per step as lines (their points marked where there are few), more as a heat map (value
+    index up); every panel on the one scale of the values shown, none clipped."""
+    groups = [("samples", x[:SERIES_SHOWN], labels)]
+    if reference is not None:
+        groups.append(("test data", reference[:SERIES_SHOWN], reference_labels))
+    values = np.concatenate([shown for _, shown, _ in groups])
+    low, high = float(values.min()), float(values.max())
     low, high = (low - 0.5, high + 0.5) if high == low else (low, high)  # constant values: a scale around them
-    columns = min(len(x), 4)
-    fig, axes = subplots(-(-len(x) // columns), columns, figsize=(3.2 * columns, 1.8 * -(-len(x) // columns) + 0.6),
-                         squeeze=False, sharex=True, sharey=True, layout="constrained")
+    columns = min(len(groups[0][1]), 4 // len(groups))
+    rows = -(-max(len(shown) for _, shown, _ in groups) // columns)
+    fig = Figure(figsize=(3.2 * columns * len(groups), 1.8 * rows + 0.6), layout="constrained")
     steps, width = x.shape[1:]
-    for k, (ax, example) in enumerate(zip(axes.flat, x)):
-        if labels is not None:
-            ax.set_title(labels[k], fontsize=8)
-        if width <= SERIES_LINES:
-            for d in range(width):
-                ax.plot(np.arange(1, steps + 1), example[:, d], linewidth=0.8, label=f"x{d + 1}",
-                        marker="o" if steps <= MARKED_POINTS else None, markersize=2)
-            ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
-        else:
-            shown = ax.imshow(example.T, aspect="auto", origin="lower", cmap="viridis", vmin=low, vmax=high,
-                              interpolation="nearest", extent=(0.5, steps + 0.5, 0.5, width + 0.5))
-    for ax in axes.flat[len(x):]:
-        ax.set_axis_off()
-    for ax in axes.flat[max(0, len(x) - columns):len(x)]:  # the lowest panel of each column
-        ax.set_xlabel("step t")
-        ax.xaxis.set_tick_params(labelbottom=True)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("value" if width <= SERIES_LINES else "value index")
-    if width <= SERIES_LINES and width > 1:
-        axes.flat[0].legend(fontsize=6, ncols=min(width, 4))
-    elif width > SERIES_LINES:
-        fig.colorbar(shown, ax=axes, shrink=0.8)
+    heat_map = width > SERIES_LINES
+    every_axis = []
+    subfigures = fig.subfigures(1, len(groups) + heat_map, squeeze=False,  # and a slim one for a heat map's scale
+                                width_ratios=[1] * len(groups) + [0.06 * len(groups)] * heat_map)[0]
+    for subfigure, (name, shown, names) in zip(subfigures, groups):
+        axes = subfigure.subplots(rows, columns, squeeze=False, sharex=True, sharey=True)
+        every_axis += list(axes.flat)
+        if len(groups) > 1:
+            subfigure.suptitle(name, fontsize=9)
+        for k, (ax, example) in enumerate(zip(axes.flat, shown)):
+            if names is not None:
+                ax.set_title(names[k], fontsize=8)
+            if not heat_map:
+                for d in range(width):
+                    ax.plot(np.arange(1, steps + 1), example[:, d], linewidth=0.8, label=f"x{d + 1}",
+                            marker="o" if steps <= MARKED_POINTS else None, markersize=2)
+                ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
+            else:
+                image = ax.imshow(example.T, aspect="auto", origin="lower", cmap="viridis", vmin=low, vmax=high,
+                                  interpolation="nearest", extent=(0.5, steps + 0.5, 0.5, width + 0.5))
+        for ax in axes.flat[len(shown):]:
+            ax.set_axis_off()
+        for ax in axes.flat[max(0, len(shown) - columns):len(shown)]:  # the lowest panel of each column
+            ax.set_xlabel("step t")
+            ax.xaxis.set_tick_params(labelbottom=True)
+        for ax in axes[:, 0]:
+            ax.set_ylabel("value index" if heat_map else "value")
+    if heat_map:
+        subfigures[-1].colorbar(image, cax=subfigures[-1].add_axes((0.1, 0.15, 0.35, 0.7)))
+    elif width > 1:
+        every_axis[0].legend(fontsize=6, ncols=min(width, 4))
     fig.suptitle(title, fontsize=10)
     return save(fig, path)
 

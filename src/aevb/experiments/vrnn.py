@@ -44,7 +44,8 @@ class VRNNHooks(Hooks):
                       title="generated step by step from the prior: each step's decoder parameters given the steps "
                             "before", value_range=scale)
         plot_examples(samples, None, data.shape, data.kind, run_dir / "vrnn_samples.png",
-                      title="generated step by step from the prior: samples", value_range=scale)
+                      title="generated step by step from the prior: samples", reference=data.test[0],
+                      value_range=scale)
         if plotting.image_like(data.shape):
             plotting.rows_animation(plotting.as_grid(parameters.flatten(1), data.shape, GRID_COLUMNS),
                                     run_dir / "vrnn_generation.gif", title="generation row by row from the prior",
