@@ -113,9 +113,12 @@ def test_report_states_each_runs_own_settings_and_numbers(tour):
         for fact in facts[name]:
             assert fact in text, (name, fact)
         diagnosis = json.loads((run_dir / "diagnostics.json").read_text())
-        assert f"On {reproduce.QUICK_DIAGNOSIS.examples} test examples: log p(x) {diagnosis['log_evidence']};" in text
-        for quantity, key in [("log p(x)", "log_px"), ("ELBO[q_phi] (amortized)", "elbo_amortized"),
-                              ("total gap log p(x) - ELBO[q_phi]", "total_gap")]:
+        evidence = "log p(x | y)" if name == "cvae" else "log p(x)"  # a model of x given its label y
+        assert summary["evidence"] == evidence
+        assert f"On {reproduce.QUICK_DIAGNOSIS.examples} test examples: {evidence} {diagnosis['log_evidence']};" in text
+        evidence = evidence.replace("|", "\\|")  # in a table
+        for quantity, key in [(evidence, "log_px"), ("ELBO[q_phi] (amortized)", "elbo_amortized"),
+                              (f"total gap {evidence} - ELBO[q_phi]", "total_gap")]:
             assert f"| {quantity} | {number(diagnosis[key])} ± {number(diagnosis[key + '_se'])} |" in text
         covered = name != "vrnn"  # its q(z_t | h_t, x_t) has no per-example parameters
         assert ("| amortization gap ELBO[q*] - ELBO[q_phi] | not covered |" in text) != covered
@@ -341,19 +344,19 @@ def test_report_renders_in_headless_chromium(tour, tmp_path):
 # aevb report: any finished runs, a user's own model's among them ----------------------------------------------------
 @pytest.fixture(scope="module")
 def finished_runs(tmp_path_factory):
-    """A folder of two finished runs, diagnosed (the PPCA example, fitted by path, and the built-in VAE), and an
-    interrupted one."""
+    """A folder of two finished runs, diagnosed (the PPCA example, fitted by path, and the built-in CVAE, a model of
+    x given its label y), and an interrupted one."""
     folder = tmp_path_factory.mktemp("runs") / "sweep"
     ppca = Path(__file__).parents[1] / "examples" / "ppca.py"
     assert main(["fit", "--model", f"{ppca}:PPCA", "--latent-dim", "2", "--epochs", "3", "--iwae", "5",
                  "--out", str(folder / "ppca"), "--no-progress"]) == 0
-    assert main(["fit", "vae", "--epochs", "2", "--hidden", "16", "--iwae", "5", "--out", str(folder / "vae"),
+    assert main(["fit", "cvae", "--epochs", "2", "--hidden", "16", "--iwae", "5", "--out", str(folder / "cvae"),
                  "--no-progress"]) == 0
-    for name in ("ppca", "vae"):
+    for name in ("ppca", "cvae"):
         assert main(["diagnose", str(folder / name), "--examples", "20", "--steps", "5", "--iwae", "20",
                      "--no-progress"]) == 0
-    (folder / "vae-interrupted").mkdir()
-    (folder / "vae-interrupted" / "aevb-run.json").write_text('{"format": "aevb run", "status": "incomplete"}')
+    (folder / "cvae-interrupted").mkdir()
+    (folder / "cvae-interrupted" / "aevb-run.json").write_text('{"format": "aevb run", "status": "incomplete"}')
     return folder
 
 
@@ -363,11 +366,15 @@ def table_row(markdown: str, first: str) -> list[str]:
     return [cell.strip() for cell in row.strip("|").split(" | ")]
 
 
-def test_a_report_of_one_run_is_written_into_it_and_states_the_runs_numbers(finished_runs, tmp_path, capsys):
-    run = tmp_path / "ppca"
-    shutil.copytree(finished_runs / "ppca", run)
+def undiagnosed_copy(run: Path, to: Path) -> Path:
+    shutil.copytree(run, to)
     for name in ("diagnostics.json", "diagnostics.png"):
-        (run / name).unlink()
+        (to / name).unlink()
+    return to
+
+
+def test_a_report_of_one_run_is_written_into_it_and_states_the_runs_numbers(finished_runs, tmp_path, capsys):
+    run = undiagnosed_copy(finished_runs / "ppca", tmp_path / "ppca")
     assert main(["report", str(run), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result == {"runs": {"ppca": "reported"}, "report_md": str(run / "report.md"),
@@ -378,7 +385,8 @@ def test_a_report_of_one_run_is_written_into_it_and_states_the_runs_numbers(fini
     for key in report.findings(summary):
         assert table_row(text, report.quantity(key, summary))[1] == number(summary[key])
     assert report.quantity("test_log_evidence", summary) == "test log p(x), exact (the model's log_evidence)"
-    assert "3 epochs (" in text and "seed 0" in text and "images of shape 8 × 8, 10 classes" in text
+    assert ("fitted to digits: images of shape 8 × 8 (transform none), schedule joint, 3 epochs (45 gradient steps) "
+            "of batch 100, Adam 0.001, seed 0. Its bounds are of log p(x)") in text
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     for record in history:
         assert table_row(text, str(record["epoch"]))[1:] == [str(record["step"]), number(record["train_elbo"]),
@@ -400,21 +408,22 @@ def test_a_report_of_several_runs_sets_their_numbers_and_gaps_side_by_side(finis
     out = tmp_path / "report"
     assert main(["report", str(finished_runs), "--out", str(out), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    interrupted = finished_runs / "vae-interrupted"
-    assert result["runs"] == {"ppca": "reported", "vae": "reported", str(interrupted): "interrupted"}
+    interrupted = finished_runs / "cvae-interrupted"
+    assert result["runs"] == {"cvae": "reported", "ppca": "reported", str(interrupted): "interrupted"}
     text = (out / "report.md").read_text()
     assert text.startswith("# aevb: report of 2 runs\n")
     header = table_row(text, "run")
-    assert header[:4] == ["run", "model", "dataset", "epochs"]
-    for name in ("ppca", "vae"):
+    assert header[:6] == ["run", "model", "dataset", "epochs", "bounds of", "IWAE K"]
+    assert {"`train_elbo`", "`test_elbo`", "`iwae_log_likelihood`"} <= set(header)
+    for name, evidence in [("cvae", "log p(x \\| y)"), ("ppca", "log p(x)")]:
         summary = json.loads((finished_runs / name / "summary.json").read_text())
         row = table_row(text, f"[{name}](#run-{name})")
-        assert row[1] == f"`{summary['model']}`" and row[3] == str(summary["epochs"])
-        assert row[4:] == [number(summary[key.strip("`")]) for key in header[4:]]
-    assert {"`train_elbo`", "`test_elbo`", "`iwae_log_likelihood`"} <= set(header)
-    assert table_row(text, str(interrupted))[4] == f"interrupted: aevb resume {interrupted}"
+        assert row[1:6] == [f"`{summary['model']}`", "digits", str(summary["epochs"]), evidence, "5"]
+        assert row[6:] == [number(summary[key.strip("`")]) for key in header[6:]]
+    assert table_row(text, str(interrupted))[6] == f"interrupted: aevb resume {interrupted}"
     assert "[The E-step across runs](#e-step)" in text and (out / "e_step_gaps.png").is_file()
-    for name in ("ppca", "vae"):
+    assert "For cvae, a model of x given its label y, they are of log p(x | y) and its ELBO." in text
+    for name in ("cvae", "ppca"):
         diagnosis = json.loads((finished_runs / name / "diagnostics.json").read_text())
         assert table_row(text, name)[1:] == [str(diagnosis["examples"])] + [
             report.with_se(diagnosis, key) for key in ("log_px", "elbo_amortized", "approximation_gap",
@@ -422,23 +431,24 @@ def test_a_report_of_several_runs_sets_their_numbers_and_gaps_side_by_side(finis
             f"{diagnosis['active_units']} of {diagnosis['latent_dim']}"]
         figure = Path(os.path.relpath(finished_runs / name / "diagnostics.png", out)).as_posix()
         assert f"]({figure})" in text
-    assert not (finished_runs / "vae" / "report.md").exists()  # the runs are read, not written
+    cvae = text[text.index("## cvae: cvae"):text.index("## ppca:")]
+    diagnosis = json.loads((finished_runs / "cvae" / "diagnostics.json").read_text())
+    assert table_row(cvae, "total gap log p(x \\| y) - ELBO[q_phi]")[1] == report.with_se(diagnosis, "total_gap")
+    assert "fitted to digits, given its label y: images" in cvae
+    assert not (finished_runs / "cvae" / "report.md").exists()  # the runs are read, not written
 
 
 def test_a_report_refuses_what_it_cannot_report_in_one_line_and_writes_nothing(finished_runs, tmp_path, capsys):
-    interrupted = finished_runs / "vae-interrupted"
-    damaged = tmp_path / "damaged"
-    damaged.mkdir()
-    for name in ("aevb-run.json", "config.json", "summary.json", "metrics.jsonl", "model.pt"):
-        (damaged / name).write_bytes((finished_runs / "vae" / name).read_bytes())
-    (damaged / "metrics.jsonl").write_text('{"step": 1, "epoch": 1}\n{"step": 2, "ep')
+    interrupted = finished_runs / "cvae-interrupted"
     only_interrupted = tmp_path / "only-interrupted"
-    interrupted_copy = only_interrupted / "vae-interrupted"
+    interrupted_copy = only_interrupted / "cvae-interrupted"
     shutil.copytree(interrupted, interrupted_copy)
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "report.md").write_text("# my notes\n")
-    for argv, message in [
+    run = finished_runs / "cvae"
+    refit = "fit the run again (delete it first if it is interrupted)"
+    cases = [
         ([str(interrupted)], f"{interrupted} is an interrupted run, not a finished one; finish it with aevb resume "
                              f"{interrupted}, or leave it out"),
         ([str(finished_runs)], "name the folder of a report of several runs with --out DIR"),
@@ -448,23 +458,85 @@ def test_a_report_refuses_what_it_cannot_report_in_one_line_and_writes_nothing(f
                                      "another run directory"),
         ([str(mine)], f"{mine} is neither a run directory nor a folder of them (no aevb-run.json in it or its "
                       "folders); name the --out of aevb fit"),
-        ([str(damaged), "--out", str(tmp_path / "r")], f"{damaged / 'metrics.jsonl'} is damaged (line 2 is not a "
-                                                       "record of a step and epoch); fit the run again (delete it "
-                                                       "first if it is interrupted)"),
-        ([str(finished_runs / "vae"), "--out", str(mine)],
+        ([str(run), "--out", str(mine)],
          f"--out {mine} holds report.md, which aevb did not write and its report would replace; move it or choose "
          "another --out"),
-        ([str(finished_runs / "vae"), "--out", str(interrupted)],
+        ([str(run), "--out", str(interrupted)],
          f"--out {interrupted} is an interrupted run, which a report may not be written into; choose another --out"),
-    ]:
+        ([str(run), "--out", str(run / "reports")],
+         f"--out {run / 'reports'} is inside the run {run}; write the report into the run itself or beside it"),
+    ]
+    damage = [  # a file of a copy of the run, edited; what the error says of it
+        ("config.json", lambda r: r["args"].pop("seed"), "args has no seed"),
+        ("config.json", lambda r: r["args"].update(lr="fast"), "args lr is 'fast', not a number"),
+        ("summary.json", lambda r: r.update(train_seconds="x"), "train_seconds is 'x', not a number of seconds"),
+        ("summary.json", lambda r: r.pop("iwae_samples"), "it has an IWAE bound but no iwae_samples"),
+        ("summary.json", lambda r: r.update(epochs="two"), "epochs is 'two', not a whole number"),
+        ("diagnostics.json", lambda r: r.update(local_e_step={"steps": 5}),
+         "local_e_step is {'steps': 5}, not local E-step settings"),
+        ("diagnostics.json", lambda r: r.pop("log_px"), "it has no log_px"),
+        ("aevb-run.json", lambda r: r.update(files=[1, [2]]), "files is [1, [2]], not a list of texts"),
+    ]
+    for i, (name, edit, what) in enumerate(damage):
+        copy = tmp_path / f"damaged-{i}"
+        shutil.copytree(run, copy)
+        record = json.loads((copy / name).read_text())
+        edit(record)
+        (copy / name).write_text(json.dumps(record))
+        advice = f"diagnose the run again: aevb diagnose {copy}" if name == "diagnostics.json" else refit
+        cases.append(([str(copy)], f"{copy / name} is damaged ({what}); {advice}"))
+    for i, (content, what) in enumerate([(b"\xff\xfe", "not text"), (b'{"step": 1, "epoch": 1}\n{"step": 2, "ep',
+                                                                      "line 2 is not a record of a step and epoch"),
+                                         (b'{"step": 1, "epoch": 1, "train_elbo": "bad"}\n',
+                                          "line 1: train_elbo is 'bad', not a number or null")]):
+        copy = tmp_path / f"damaged-metrics-{i}"
+        shutil.copytree(run, copy)
+        (copy / "metrics.jsonl").write_bytes(content)
+        cases.append(([str(copy), "--out", str(tmp_path / "r")], f"{copy / 'metrics.jsonl'} is damaged ({what}); "
+                                                                 f"{refit}"))
+    for argv, message in cases:
         assert main(["report", *argv]) == 2
         assert capsys.readouterr().err.strip().splitlines() == [f"aevb: error: {message}"]
     assert not (tmp_path / "r").exists() and (mine / "report.md").read_text() == "# my notes\n"
     assert sorted(p.name for p in interrupted.iterdir()) == ["aevb-run.json"]
+    assert not any((tmp_path / f"damaged-{i}" / "report.md").exists() for i in range(len(damage)))
+
+
+def test_a_report_adopts_only_what_it_wrote_and_never_the_folders_figure_as_a_runs(finished_runs, tmp_path, capsys):
+    """A user's PNG of the comparison figure's name in a run stays the user's: a new fit into the run refuses to
+    delete it. A report of several runs into one of them keeps its comparison figure out of that run's figures."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    shutil.copytree(finished_runs / "ppca", first)
+    shutil.copytree(finished_runs / "cvae", second)
+    assert main(["report", str(first), str(second), "--out", str(first)]) == 0
+    assert "e step gaps" not in (first / "report.md").read_text().split("## first:")[1]
+    assert main(["report", str(first)]) == 0
+    assert "e_step_gaps.png" not in (first / "report.md").read_text()
+    run = undiagnosed_copy(finished_runs / "cvae", tmp_path / "run")
+    assert main(["report", str(run)]) == 0
+    plotting.subplots(1, figsize=(2, 2))[0].savefig(run / "e_step_gaps.png")  # the user's: not marked as aevb's
+    assert main(["report", str(run)]) == 0  # one run: no comparison figure to write
+    assert "e_step_gaps.png" not in json.loads((run / "aevb-run.json").read_text())["files"]
+    capsys.readouterr()
+    assert main(["fit", "cvae", "--steps", "1", "--hidden", "8", "--iwae", "0", "--out", str(run),
+                 "--no-progress"]) == 2
+    assert "holds files aevb did not write (e_step_gaps.png)" in capsys.readouterr().err
+    assert (run / "e_step_gaps.png").is_file()
+
+
+def test_a_report_names_a_run_named_dot_and_keeps_the_tours_report(finished_runs, tour, tmp_path, monkeypatch):
+    monkeypatch.chdir(undiagnosed_copy(finished_runs / "ppca", tmp_path / "ppca"))
+    assert main(["report", "."]) == 0
+    assert Path("report.md").read_text().startswith("# aevb: report of run ppca\n")
+    assert main(["report", str(tour), "--out", str(tour)]) == 2
+    assert main(["report", str(tour), "--out", str(tmp_path / "tour")]) == 0
+    assert all(f"## {name}: " in (tmp_path / "tour" / "report.md").read_text() for name in TUTORIAL)
+    assert [anchor for _, anchor in report.run_names([Path("x/a.b"), Path("y/a-b")])] == ["run-a-b", "run-a-b-2"]
 
 
 def test_a_run_holding_its_report_is_replaced_whole_by_a_new_fit(tmp_path):
     run = tmp_path / "run"
     flags = ["fit", "vae", "--steps", "2", "--hidden", "8", "--iwae", "0", "--out", str(run), "--no-progress"]
     assert main(flags) == 0 and main(["report", str(run)]) == 0
+    assert "2 gradient steps (`--steps`; the last in epoch 1) of batch 100" in (run / "report.md").read_text()
     assert main(flags) == 0 and not (run / "report.md").exists()

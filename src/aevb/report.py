@@ -17,16 +17,18 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import mimetypes
 import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
-from aevb.errors import UsageError
 from aevb import runs
-from aevb.reproduce import EXPERIMENTS, Experiment, Published, Settings, complete, plural, training
+from aevb.errors import UsageError
+from aevb.reproduce import EXPERIMENTS, Experiment, Published, Settings, complete, plural
 from aevb.runs import is_record, read_json, read_jsonl, software_versions, write_atomically
 
 IMAGE_SUFFIXES = (".png", ".gif", ".jpg", ".svg")
@@ -183,7 +185,8 @@ def experiment_blocks(name: str, experiment: Experiment, run_dir: Path, provenan
                         "drawn afresh (seeded), so it differs from the last epoch's by that estimate's noise.")]
     diagnosis = read_diagnosis(run_dir)
     if diagnosis:
-        blocks += [Heading(3, "The E-step"), *e_step_blocks(diagnosis, provenance.get("diagnosis"))]
+        blocks += [Heading(3, "The E-step"),
+                   *e_step_blocks(diagnosis, provenance.get("diagnosis"), summary.get("evidence", "log p(x)"))]
     versions = provenance["versions"]
     threads = summary.get("threads")
     blocks += [
@@ -225,8 +228,9 @@ def with_se(result: dict, key: str) -> str:
     return f"{number(result[key])}" + (f" ± {number(se)}" if se is not None else "")
 
 
-def e_step_blocks(result: dict, command: str | None) -> list[Block]:
-    """What ``aevb diagnose`` found for one run: the sentence saying how, and its numbers (± standard errors)."""
+def e_step_blocks(result: dict, command: str | None, evidence: str = "log p(x)") -> list[Block]:
+    """What ``aevb diagnose`` found for one run: the sentence saying how, and its numbers (± standard errors);
+    ``evidence`` is what its bounds are of (``log p(x | y)`` for a model given labels y)."""
     steps = result["local_e_step"]
     how = (f"{steps['steps']} local E-steps (Adam from learning rate {steps['lr']:g}, cosine decay, {steps['samples']} "
            f"draws per gradient) from q_phi for each example, and ELBOs from {steps['eval_samples']} draws"
@@ -237,29 +241,32 @@ def e_step_blocks(result: dict, command: str | None) -> list[Block]:
               f"{number(result['mutual_information_bound'])})"
               if "mutual_information" in result else "not covered (q(z|x) is not one distribution per example)")
     return [
-        Text(f"On {result['examples']} test examples: log p(x) {result['log_evidence']}; {how}."
+        Text(f"On {result['examples']} test examples: {evidence} {result['log_evidence']}; {how}."
              + (f" Command: `{command}`." if command else "")),
         Table(["quantity (nats per example)", "mean ± standard error"], [
-            ["log p(x)", with_se(result, "log_px")],
+            [evidence, with_se(result, "log_px")],
             ["ELBO[q_phi] (amortized)", with_se(result, "elbo_amortized")],
             ["ELBO[q*] (optimized per example)", with_se(result, "elbo_optimal")],
-            ["approximation gap log p(x) - ELBO[q*]", with_se(result, "approximation_gap")],
+            [f"approximation gap {evidence} - ELBO[q*]", with_se(result, "approximation_gap")],
             ["amortization gap ELBO[q*] - ELBO[q_phi]", with_se(result, "amortization_gap")],
-            ["total gap log p(x) - ELBO[q_phi]", with_se(result, "total_gap")],
+            [f"total gap {evidence} - ELBO[q_phi]", with_se(result, "total_gap")],
             ["active units (Cov_x E[z_d|x] > 0.01)", f"{result['active_units']} of {result['latent_dim']}"],
             ["I(x; z)", mutual],
         ]),
     ]
 
 
-def e_step_section(out: Path, diagnoses: dict[str, dict], run_dirs: dict[str, Path],
+GIVEN = {"log p(x | y)": "its label y", "log p(x | c)": "its context c"}  # what a conditional model's x is given
+
+
+def e_step_section(out: Path, diagnoses: dict[str, dict], evidence: dict[str, str],
                    noun: str = "experiment") -> list[Block]:
-    """The gaps of every diagnosed run (name -> its diagnosis, and its folder) side by side: a table and a figure
-    (written to out/e_step_gaps.png); ``noun`` says what each run is (an experiment of a tour, or a run)."""
+    """The gaps of every diagnosed run (name -> its diagnosis, and what its bounds are of) side by side: a table
+    and a figure (written to out/e_step_gaps.png); ``noun`` says what each run is (an experiment of a tour, or a
+    run)."""
     from aevb import plotting
 
-    conditional = [name for name in diagnoses
-                   if "num_classes" in json.loads((run_dirs[name] / "config.json").read_text())["config"]]
+    given = {name: of for name, of in evidence.items() if name in diagnoses and of != "log p(x)"}
     figure = plotting.gap_comparison(diagnoses, out / "e_step_gaps.png")
     rows = [[name, str(r["examples"]), with_se(r, "log_px"), with_se(r, "elbo_amortized"),
              with_se(r, "approximation_gap"), with_se(r, "amortization_gap"), f"{r['active_units']} of {r['latent_dim']}"]
@@ -269,8 +276,8 @@ def e_step_section(out: Path, diagnoses: dict[str, dict], run_dirs: dict[str, Pa
         Text("How far each fitted model's amortized posterior q_phi is from exact (Cremer, Li & Duvenaud 2018): the "
              "approximation gap is the family's (the best member for each example, q*, against log p(x)), the "
              f"amortization gap the encoder's (q_phi against q*). Each {noun}'s section says how they were "
-             "computed." + (f" For {', '.join(conditional)}, a model of x given its label y, they are of log p(x|y) "
-                            "and its ELBO." if conditional else "")),
+             "computed." + "".join(f" For {name}, a model of x given {GIVEN.get(of, of)}, they are of {of} and its "
+                                   "ELBO." for name, of in given.items())),
         Table([noun, "examples", "log p(x)", "ELBO[q_phi]", "approximation gap", "amortization gap",
                "active units"], rows),
         Figure(figure, f"log p(x) - ELBO[q_phi] per {noun}, split into the approximation gap (blue) and the "
@@ -281,7 +288,7 @@ def e_step_section(out: Path, diagnoses: dict[str, dict], run_dirs: dict[str, Pa
 def report_blocks(out: Path, statuses: dict[str, str], command: str) -> list[Block]:
     """The report of the runs in ``out``: those of ``statuses``, then other complete experiments there."""
     statuses = {**statuses, **{n: "earlier" for n in EXPERIMENTS if n not in statuses and complete(out / n)}}
-    rows, sections, contents, seconds, diagnoses = [], [], [], 0.0, {}
+    rows, sections, contents, seconds, diagnoses, evidence = [], [], [], 0.0, {}, {}
     for name in [n for n in EXPERIMENTS if n in statuses]:
         experiment, provenance = EXPERIMENTS[name], complete(out / name)
         if provenance is None:
@@ -297,8 +304,8 @@ def report_blocks(out: Path, statuses: dict[str, str], command: str) -> list[Blo
         sections += blocks
         diagnosis = read_diagnosis(out / name)
         if diagnosis:
-            diagnoses[name] = diagnosis
-    e_step = e_step_section(out, diagnoses, {name: out / name for name in diagnoses}) if diagnoses else []
+            diagnoses[name], evidence[name] = diagnosis, summary.get("evidence", "log p(x)")
+    e_step = e_step_section(out, diagnoses, evidence) if diagnoses else []
     return [
         Heading(1, f"aevb: the tutorial's experiments ({command})"),
         Text(f"Written {time.strftime('%Y-%m-%d %H:%M:%S %z')} by `{command}` into {out}. The tutorial is Yang, "
@@ -400,17 +407,18 @@ def write_report(out: Path, statuses: dict[str, str], command: str) -> dict[str,
 REPORT_MARKS = {"report.md": b"# aevb: ", "report.html": b"<title>aevb report: ", "e_step_gaps.png": None}
 
 
-def check_report_files(out: Path) -> None:
-    """UsageError, before anything is fitted, where ``out`` holds a file of the report's names that aevb did not
-    write (a link, or one without aevb's mark: the report's heading, the HTML title, the PNG's Software text)."""
-    for name in REPORT_MARKS:
+def check_report_files(out: Path, names: tuple[str, ...] = tuple(REPORT_MARKS), old_figures: bool = True) -> None:
+    """UsageError, before anything is fitted, where ``out`` holds a file of the report's ``names`` that aevb did not
+    write (a link, or one without aevb's mark: the report's heading, the HTML title, the PNG's Software text; with
+    ``old_figures``, an unmarked PNG beside aevb's report.md counts as an earlier aevb's)."""
+    for name in names:
         path = out / name
-        if (path.exists() or path.is_symlink()) and not written_by_aevb(path):
+        if (path.exists() or path.is_symlink()) and not written_by_aevb(path, old_figures):
             raise UsageError(f"--out {out} holds {name}, which aevb did not write and its report would replace; move "
                              "it or choose another --out")
 
 
-def written_by_aevb(path: Path) -> bool:
+def written_by_aevb(path: Path, old_figures: bool = True) -> bool:
     if path.is_symlink() or not path.is_file():
         return False
     mark = REPORT_MARKS[path.name]
@@ -422,7 +430,7 @@ def written_by_aevb(path: Path) -> bool:
 
             with Image.open(path) as image:
                 marked = image.info.get("Software") == plotting.SOFTWARE
-            return marked or written_by_aevb(path.with_name("report.md"))
+            return marked or old_figures and written_by_aevb(path.with_name("report.md"))
         with path.open("rb") as f:
             return mark in f.read(1000)
     except (OSError, ValueError):  # unreadable, or not an image
@@ -431,16 +439,72 @@ def written_by_aevb(path: Path) -> bool:
 
 # The report of any finished runs: aevb report RUN_DIR... ------------------------------------------------------------
 QUANTITIES = {  # what the summary entries every fit writes are; a model's own entries are shown by their names
-    "train_elbo": "training ELBO (the last epoch's)",
+    "train_elbo": "training ELBO (the last epoch's mean, over the steps it ran)",
     "test_elbo": "test ELBO (one draw of z per example)",
     "iwae_log_likelihood": "test {evidence}, a lower bound: IWAE with K = {iwae_samples}",
     "test_log_evidence": "test {evidence}, exact (the model's log_evidence)",
-    "bits_per_dim": "bits per dimension of the discrete data (from the exact evidence, else the IWAE bound)",
+    "bits_per_dim": "bits per dimension of the discrete data, an upper bound (from the dequantized data's {bound})",
 }
 SETTING_KEYS = {"model", "dataset", "transform", "schedule", "epochs", "steps", "evidence", "iwae_samples",
-                "train_seconds", "device", "threads", "warnings"}  # in a run's summary: how it ran, not what it found
+                "train_seconds", "device", "threads", "processes", "warnings", "estimator", "experiment"}  # how it ran
 CURVE_ROWS = 10  # epochs shown in a run's table of the ELBO per epoch (the first, the last, and evenly between)
-DIAGNOSIS_KEYS = ("examples", "log_evidence", "local_e_step", "active_units", "latent_dim")
+TOUR_HEADING = b"# aevb: the tutorial's experiments"  # the report of aevb tour and aevb reproduce
+
+
+def is_whole(value) -> bool:
+    return type(value) is int
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_local_e_step(value) -> bool:
+    """aevb diagnose's local E-step settings, or the sentence saying why a model has none."""
+    return isinstance(value, str) or (isinstance(value, dict) and is_number(value.get("lr"))
+                                      and all(is_whole(value.get(k)) for k in ("steps", "samples", "eval_samples")))
+
+
+Kind = tuple[str, Callable[[Any], bool]]  # what an entry must be, in words, and the test of it
+WHOLE: Kind = ("a whole number", is_whole)
+NUMBER: Kind = ("a number", is_number)
+NUMBER_OR_NULL: Kind = ("a number or null", lambda v: v is None or is_number(v))
+SECONDS: Kind = ("a number of seconds", lambda v: is_number(v) and 0 <= v < math.inf)
+TEXT: Kind = ("text", lambda v: isinstance(v, str))
+TEXTS: Kind = ("a list of texts", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
+WHOLES: Kind = ("a list of whole numbers", lambda v: isinstance(v, list) and all(map(is_whole, v)))
+WHOLE_OR_NULL: Kind = ("a whole number or null", lambda v: v is None or is_whole(v))
+LOCAL_E_STEP: Kind = ("local E-step settings", is_local_e_step)
+
+ARGS = {"seed": WHOLE, "batch_size": WHOLE, "lr": NUMBER}, {"lr_milestones": WHOLES, "lr_gamma": NUMBER,
+                                                           "steps": WHOLE_OR_NULL, "clip_grad": NUMBER_OR_NULL}
+SUMMARY = ({"model": TEXT, "epochs": WHOLE, "steps": WHOLE},
+           {"train_seconds": SECONDS, "iwae_samples": WHOLE, "threads": WHOLE, "warnings": TEXTS, "evidence": TEXT,
+            "device": TEXT, "dataset": TEXT, "transform": TEXT, "schedule": TEXT, "estimator": TEXT})
+RECORD = {}, {"train_elbo": NUMBER_OR_NULL, "test_elbo": NUMBER_OR_NULL}
+DIAGNOSIS = ({"examples": WHOLE, "log_evidence": TEXT, "local_e_step": LOCAL_E_STEP, "active_units": WHOLE,
+              "latent_dim": WHOLE, "log_px": NUMBER, "elbo_amortized": NUMBER, "total_gap": NUMBER},
+             {**{k: NUMBER for k in ("elbo_optimal", "approximation_gap", "amortization_gap", "mutual_information",
+                                     "mutual_information_bound")},
+              **{f"{k}_se": NUMBER_OR_NULL for k in ("log_px", "elbo_amortized", "total_gap", "elbo_optimal",
+                                                     "approximation_gap", "amortization_gap", "mutual_information")},
+              "q_phi_kept": WHOLE})
+MARKER = {}, {"files": TEXTS}
+
+
+def check_entries(path: Path, record, kinds: tuple[dict[str, Kind], dict[str, Kind]], advice: str,
+                  what: str = "") -> None:
+    """UsageError naming ``path`` where ``record`` (its JSON, or ``what`` part of it) is not a mapping holding each
+    required entry of ``kinds`` (required, optional), and each entry it holds, of its kind."""
+    required, optional = kinds
+    if not isinstance(record, dict):
+        raise UsageError(f"{path} is damaged ({what or 'it'} is not a mapping of names to values); {advice}")
+    for key, (kind, test) in {**required, **optional}.items():
+        if key not in record and key in required:
+            raise UsageError(f"{path} is damaged ({what or 'it'} has no {key}); {advice}")
+        if key in record and not test(record[key]):
+            raise UsageError(f"{path} is damaged ({what + ' ' if what else ''}{key} is {record[key]!r:.40}, not "
+                             f"{kind}); {advice}")
 
 
 @dataclass
@@ -448,21 +512,23 @@ class FinishedRun:
     """What a report reads of a finished run directory, each file checked."""
 
     name: str  # as the report names it
-    path: Path
+    anchor: str  # its section's link target, unique in the report
+    path: Path  # absolute
     record: dict  # config.json
     summary: dict
     history: list[dict]  # metrics.jsonl
     diagnosis: dict | None  # diagnostics.json, where aevb diagnose wrote one
+    figures: list[Path]
 
     @property
-    def anchor(self) -> str:
-        return "run-" + (re.sub(r"[^A-Za-z0-9_-]+", "-", self.name).strip("-") or "run")
+    def evidence(self) -> str:
+        return self.summary.get("evidence", "log p(x)")
 
 
 def runs_named(paths: list[Path]) -> tuple[list[Path], list[Path]]:
-    """The finished and the interrupted run directories ``paths`` name: each a run directory, or a folder of run
-    directories (those in it, in name order). UsageError for a run named itself that is interrupted, a folder that
-    holds no run, or anything that is neither."""
+    """The finished and the interrupted run directories ``paths`` name, absolute: each a run directory, or a folder
+    of run directories (those in it, in name order). UsageError for a run named itself that is interrupted, a folder
+    that holds no run, no finished run at all, or anything that is neither."""
     from aevb import fitting
 
     finished, interrupted = [], []
@@ -471,48 +537,76 @@ def runs_named(paths: list[Path]) -> tuple[list[Path], list[Path]]:
             if fitting.run_status(path) != "complete":
                 raise UsageError(f"{path} is an interrupted run, not a finished one; finish it with aevb resume "
                                  f"{path}, or leave it out")
-            finished.append(path)
+            finished.append(path.resolve())
             continue
         inside = sorted(p for p in path.iterdir() if p.is_dir() and (p / runs.MARKER).is_file())
         if not inside:
             raise UsageError(f"{path} is neither a run directory nor a folder of them (no {runs.MARKER} in it or its "
                              "folders); name the --out of aevb fit")
         for run in inside:
-            (finished if fitting.run_status(run) == "complete" else interrupted).append(run)
+            (finished if fitting.run_status(run) == "complete" else interrupted).append(run.resolve())
     if not finished:
         verb = "is" if len(interrupted) == 1 else "are"
         raise UsageError(f"no finished run to report: {', '.join(map(str, interrupted))} {verb} interrupted; finish "
                          "them with aevb resume RUN_DIR")
-    unique = list(dict.fromkeys(p.resolve() for p in finished))
-    return [next(p for p in finished if p.resolve() == r) for r in unique], interrupted
+    return list(dict.fromkeys(finished)), list(dict.fromkeys(interrupted))
 
 
-def read_run(name: str, path: Path) -> FinishedRun:
-    """A finished run's files, each checked: UsageError naming the one that is damaged."""
+def read_run(name: str, anchor: str, path: Path) -> FinishedRun:
+    """A finished run's files, each checked, its figures read: UsageError naming the one that is damaged."""
     from aevb import fitting
 
     record = fitting.run_record(path)
+    check_entries(path / "config.json", record["args"], ARGS, runs.REFIT, what="args")
     summary = read_json(path / "summary.json")
-    if not (isinstance(summary, dict) and isinstance(summary.get("model"), str)):
-        raise UsageError(f"{path / 'summary.json'} is damaged (not a run's summary); {runs.REFIT}")
+    check_entries(path / "summary.json", summary, SUMMARY, runs.REFIT)
+    if "iwae_log_likelihood" in summary and "iwae_samples" not in summary:
+        raise UsageError(f"{path / 'summary.json'} is damaged (it has an IWAE bound but no iwae_samples); {runs.REFIT}")
+    if summary["model"] != record["model"]:
+        raise UsageError(f"{path / 'summary.json'} is damaged (its model is {summary['model']!r:.60}, config.json's "
+                         f"{record['model']!r:.60}); {runs.REFIT}")
     metrics = path / "metrics.jsonl"
-    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    try:
+        lines = metrics.read_text().splitlines()
+    except FileNotFoundError:
+        raise UsageError(f"no {metrics}; {runs.REFIT}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{metrics} is damaged (not text); {runs.REFIT}") from None
     damaged = next((i for i, line in enumerate(lines, 1) if not is_record(line)), None)
     if damaged is not None:
         raise UsageError(f"{metrics} is damaged (line {damaged} is not a record of a step and epoch); {runs.REFIT}")
+    history = [json.loads(line) for line in lines]
+    for i, r in enumerate(history, 1):
+        check_entries(metrics, r, RECORD, runs.REFIT, what=f"line {i}:")
     diagnosis = None
     if (path / "diagnostics.json").is_file():
         advice = f"diagnose the run again: aevb diagnose {path}"
         diagnosis = read_json(path / "diagnostics.json", advice)
-        if not (isinstance(diagnosis, dict) and all(k in diagnosis for k in DIAGNOSIS_KEYS)):
-            raise UsageError(f"{path / 'diagnostics.json'} is damaged (not a diagnosis); {advice}")
-    return FinishedRun(name, path, record, summary, [json.loads(line) for line in lines], diagnosis)
+        check_entries(path / "diagnostics.json", diagnosis, DIAGNOSIS, advice)
+        if "mutual_information" in diagnosis and "mutual_information_bound" not in diagnosis:
+            raise UsageError(f"{path / 'diagnostics.json'} is damaged (it has I(x; z) but no "
+                             f"mutual_information_bound); {advice}")
+    check_entries(path / runs.MARKER, read_json(path / runs.MARKER), MARKER, runs.REFIT)
+    figures = sorted((p for p in path.iterdir() if p.suffix in IMAGE_SUFFIXES and p.name not in REPORT_MARKS),
+                     key=lambda p: (p.name in runs.WRITTEN, p.name))  # the fit's own, then aevb sample's and diagnose's
+    for figure in figures:
+        try:
+            figure.read_bytes()
+        except OSError as e:
+            raise UsageError(f"cannot read {figure} ({e.strerror}) to show it in the report; make it readable, or move "
+                             "it out of the run") from None
+    return FinishedRun(name, anchor, path, record, summary, history, diagnosis, figures)
 
 
-def run_names(paths: list[Path]) -> list[str]:
-    """Each run's folder name where those are distinct, else its path."""
+def run_names(paths: list[Path]) -> list[tuple[str, str]]:
+    """Each run's name (its folder's name where those are distinct, else its path) and its section's anchor."""
     names = [p.name for p in paths]
-    return names if len(set(names)) == len(names) else [str(p) for p in paths]
+    names = names if len(set(names)) == len(names) else [str(p) for p in paths]
+    anchors: list[str] = []
+    for name in names:
+        anchor = "run-" + (re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-") or "run")
+        anchors.append(anchor if anchor not in anchors else f"{anchor}-{len(anchors) + 1}")
+    return list(zip(names, anchors))
 
 
 def shown(value) -> str:
@@ -526,7 +620,10 @@ def shown(value) -> str:
 
 def quantity(key: str, summary: dict) -> str:
     """What a summary entry is: in words for the entries every fit writes, else its name."""
-    return QUANTITIES[key].format(**{"evidence": "log p(x)", **summary}) if key in QUANTITIES else f"`{key}`"
+    if key not in QUANTITIES:
+        return f"`{key}`"
+    bound = "exact evidence" if "test_log_evidence" in summary else "IWAE bound"
+    return QUANTITIES[key].format(**{"evidence": "log p(x)", **summary, "bound": bound})
 
 
 def findings(summary: dict) -> list[str]:
@@ -541,112 +638,145 @@ def curve_epochs(epochs: list[int]) -> list[int]:
     return sorted({epochs[round(i * (len(epochs) - 1) / (CURVE_ROWS - 1))] for i in range(CURVE_ROWS)})
 
 
+def length(args: dict, summary: dict) -> str:
+    """How long a run trained: its epochs, or the steps it was given (the last in an epoch it may not have ended)."""
+    if args.get("steps") is not None:
+        return f"{plural(summary['steps'], 'gradient step')} (`--steps`; the last in epoch {summary['epochs']})"
+    return f"{plural(summary['epochs'], 'epoch')} ({plural(summary['steps'], 'gradient step')})"
+
+
 def run_section(run: FinishedRun) -> list[Block]:
     """A finished run's section: what it fitted, its numbers, its ELBO per epoch, its E-step, settings, figures."""
-    summary, data = run.summary, run.record["data"]
-    settings = {**run.record["args"], **run.record["config"],
-                **{k: summary[k] for k in ("dataset", "epochs", "steps") if k in summary}}
-    what = (f"{data['kind']} of shape {' × '.join(map(str, data['shape']))}"
-            + (f", {data['num_classes']} classes" if data.get("num_classes") else ""))
+    summary, args, data = run.summary, run.record["args"], run.record["data"]
+    decay = (f", multiplied by {args['lr_gamma']:g} after epochs {', '.join(map(str, args['lr_milestones']))}"
+             if args.get("lr_milestones") else "")
+    given = f", given {GIVEN.get(run.evidence, run.evidence)}" if run.evidence != "log p(x)" else ""
     blocks: list[Block] = [
         Heading(2, f"{run.name}: {summary['model']}", anchor=run.anchor),
-        Text(f"`{summary['model']}` fitted to {what} (transform {summary.get('transform', '—')}), schedule "
-             f"{summary.get('schedule', '—')}: {training(settings)} Its bounds are of "
-             f"{summary.get('evidence', '—')}, in nats per test example."),
+        Text(f"`{summary['model']}` fitted to {summary.get('dataset', '—')}{given}: {data['kind']} of shape "
+             f"{' × '.join(map(str, data['shape']))} (transform {summary.get('transform', '—')}), schedule "
+             f"{summary.get('schedule', '—')}, {length(args, summary)} of batch {args['batch_size']}, Adam "
+             f"{args['lr']:g}{decay}, seed {args['seed']}. Its bounds are of {run.evidence}, in nats per test "
+             "example."),
         Table(["quantity", "value"], [[quantity(k, summary), shown(summary[k])] for k in findings(summary)]),
     ]
     if summary.get("warnings"):
-        blocks += [Text("Warnings of the fit:"), Bullets([str(w) for w in summary["warnings"]])]
+        blocks += [Text("Warnings of the fit:"), Bullets(summary["warnings"])]
     records = {r["epoch"]: r for r in run.history}  # the last record of each epoch
     if records:
         keys = [k for k in ("train_elbo", "test_elbo") if any(k in r for r in records.values())]
+        per_step = len(run.history) > len(records)  # a model that records every step (factor analysis)
+        shown_epochs = curve_epochs(sorted(records))
         blocks += [Heading(3, "The ELBO per epoch"),
-                   Table(["epoch", "step", *keys], [[str(e), str(records[e]["step"]), *(number(records[e].get(k))
-                                                                                     for k in keys)]
-                                                    for e in curve_epochs(sorted(records))]),
-                   Text("From metrics.jsonl, the last record of each epoch (a model that records every step: its "
-                        "epoch's last step); the test ELBO is a one-draw estimate made during training.")]
+                   Table(["epoch", "step", *(f"{k} (its last step's)" if per_step else k for k in keys)],
+                         [[str(e), str(records[e]["step"]), *(number(records[e].get(k)) for k in keys)]
+                          for e in shown_epochs]),
+                   Text(f"From {run.path / 'metrics.jsonl'}: "
+                        + ("every epoch" if len(shown_epochs) == len(records) else
+                           f"{len(shown_epochs)} of its {len(records)} epochs, the first and the last among them")
+                        + (", each epoch's last record (this model records every step)" if per_step else "")
+                        + "; the test ELBO is a one-draw estimate made during training.")]
     blocks.append(Heading(3, "The E-step"))
-    blocks += (e_step_blocks(run.diagnosis, None) if run.diagnosis else
+    blocks += (e_step_blocks(run.diagnosis, None, run.evidence) if run.diagnosis else
                [Text(f"Not diagnosed: `aevb diagnose {run.path}` measures the approximation and amortization gaps; "
                      "then write this report again.")])
-    versions = run.record["versions"]
     threads = summary.get("threads")
     blocks += [
         Heading(3, "Settings"),
         Table(["setting", "value"], [
             *([f"`{k}`", shown(v)] for k, v in run.record["config"].items()),
-            ["seed", str(settings["seed"])],
+            ["estimator", summary.get("estimator") or args.get("estimator") or "aevb (the default)"],
+            ["gradient clipping", f"norm {args['clip_grad']:g}" if args.get("clip_grad") else "none"],
             ["device", f"{summary.get('device', '—')}" + (f", {plural(threads, 'torch thread')}"
                                                           if threads is not None else "")],
             ["training time", duration(summary["train_seconds"]) if "train_seconds" in summary else "—"],
-            ["software", ", ".join(f"{k} {v}" for k, v in versions.items()) or "not recorded"],
+            ["software", ", ".join(f"{k} {v}" for k, v in run.record["versions"].items()) or "not recorded"],
             ["every flag", f"{run.path / 'config.json'}"],
         ]),
         Heading(3, "Figures"),
     ]
-    images = sorted((p for p in run.path.iterdir() if p.suffix in IMAGE_SUFFIXES and p.is_file()),
-                    key=lambda p: (p.name in runs.WRITTEN, p.name))  # the fit's own, then aevb sample's and diagnose's
-    blocks += [Figure(p, CAPTIONS.get(p.name, p.stem.replace("_", " "))) for p in images] or [Text("None.")]
+    blocks += [Figure(p, CAPTIONS.get(p.name, p.stem.replace("_", " "))) for p in run.figures] or [Text("None.")]
     return blocks
 
 
 def runs_report_blocks(finished: list[FinishedRun], interrupted: list[Path], out: Path, command: str) -> list[Block]:
     """The report of ``finished`` runs: an overview of their numbers side by side (where there are several), their
     E-step gaps side by side (where several are diagnosed), then each run's section."""
-    title = f"run {finished[0].name}" if len(finished) == 1 and not interrupted else f"{plural(len(finished), 'run')}"
+    title = f"run {finished[0].name}" if len(finished) == 1 and not interrupted else plural(len(finished), "run")
     blocks: list[Block] = [
         Heading(1, f"aevb: report of {title}"),
         Text(f"Written {time.strftime('%Y-%m-%d %H:%M:%S %z')} by `{command}` into {out}. Numbers are per test example "
              "in nats unless stated; each comes from the run's summary.json, metrics.jsonl and diagnostics.json."),
     ]
     diagnosed = {r.name: r.diagnosis for r in finished if r.diagnosis}
-    e_step = (e_step_section(out, diagnosed, {r.name: r.path for r in finished}, noun="run")
+    e_step = (e_step_section(out, diagnosed, {r.name: r.evidence for r in finished}, noun="run")
               if len(diagnosed) > 1 else [])
     if len(finished) > 1 or interrupted:
         shared = [k for k in findings(finished[0].summary)
-                  if all(isinstance(r.summary.get(k), (int, float)) and not isinstance(r.summary.get(k), bool)
-                         for r in finished)]
+                  if all(is_number(r.summary.get(k)) for r in finished)]
         rows = [[f"[{r.name}](#{r.anchor})", f"`{r.summary['model']}`", str(r.summary.get("dataset", "—")),
-                 str(r.summary.get("epochs", "—")), *(number(r.summary[k]) for k in shared)] for r in finished]
-        rows += [[str(p), "—", "—", "—", *(f"interrupted: aevb resume {p}" if i == 0 else "—"
-                                          for i in range(len(shared)))] for p in interrupted]
+                 str(r.summary["epochs"]), r.evidence, str(r.summary.get("iwae_samples", "—")),
+                 *(number(r.summary[k]) for k in shared)] for r in finished]
+        rows += [[str(p), "—", "—", "—", "—", "—", *(f"interrupted: aevb resume {p}" if i == 0 else "—"
+                                                    for i in range(len(shared)))] for p in interrupted]
         blocks += [Heading(2, "Contents", anchor="contents"),
                    Bullets(["[The runs side by side](#runs)",
                             *(["[The E-step across runs](#e-step)"] if e_step else []),
                             *(f"[{r.name}](#{r.anchor})" for r in finished)]),
                    Heading(2, "The runs side by side", anchor="runs"),
-                   Table(["run", "model", "dataset", "epochs", *(f"`{k}`" for k in shared)], rows)]
+                   Table(["run", "model", "dataset", "epochs", "bounds of", "IWAE K", *(f"`{k}`" for k in shared)],
+                         rows),
+                   Text("Each run's section says what each number is.")]
     blocks += e_step
     for run in finished:
         blocks += run_section(run)
     return blocks
 
 
-def write_runs_report(paths: list[Path], out: Path | None, command: str) -> dict:
-    """``out/report.md`` and ``out/report.html`` of the finished runs ``paths`` name (``runs_named``), each whole
-    or not at all; ``out`` defaults to the run where one is named. Every file is read and checked before anything is
-    written, and a report written into a finished run is listed among its files. Returns the runs reported (name ->
-    'reported', or 'interrupted' for a run of a named folder that is not finished) and the report's paths."""
-    finished, interrupted = runs_named(paths)
-    if out is None:
-        if len(finished) != 1 or interrupted or len(paths) != 1 or not (paths[0] / runs.MARKER).is_file():
-            raise UsageError("name the folder of a report of several runs with --out DIR")
-        out = finished[0]
+def report_folder(out: Path) -> None:
+    """UsageError where ``out`` cannot hold a report of runs: not a folder, a run or a folder inside one (other than
+    a finished run itself), or the folder of aevb tour's or reproduce's report, which would be replaced."""
+    if out.is_symlink() and not out.exists():
+        raise UsageError(f"--out {out} is a link to {os.readlink(out)}, which does not exist; choose another --out")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder; choose another --out")
+    inside = next((p for p in out.resolve().parents if (p / runs.MARKER).is_file()), None)
+    if inside is not None:
+        raise UsageError(f"--out {out} is inside the run {inside}; write the report into the run itself or beside it")
     if (out / runs.MARKER).is_file() and runs.status(out) != "complete":
         raise UsageError(f"--out {out} is an interrupted run, which a report may not be written into; choose "
                          "another --out")
-    check_report_files(out)
-    names = run_names(finished)
-    runs_read = [read_run(name, path) for name, path in zip(names, finished)]
+    report = out / "report.md"
+    if report.is_file() and written_by_aevb(report) and report.read_bytes().startswith(TOUR_HEADING):
+        raise UsageError(f"--out {out} holds the report of aevb tour or reproduce, which this one would replace; "
+                         "choose another --out")
+
+
+def write_runs_report(paths: list[Path], out: Path | None, command: str) -> dict:
+    """``out/report.md`` and ``out/report.html`` of the finished runs ``paths`` name (``runs_named``), each whole
+    or not at all; ``out`` defaults to the run where one is named. Every file is read and checked before anything is
+    written, and the report's files written into a finished run are listed among its files. Returns the runs
+    reported (name -> 'reported', or path -> 'interrupted' for a run of a named folder that is not finished) and the
+    report's paths."""
+    finished, interrupted = runs_named(paths)
+    if out is None:
+        if len(paths) != 1 or not (paths[0] / runs.MARKER).is_file():
+            raise UsageError("name the folder of a report of several runs with --out DIR")
+        out = finished[0]
+    report_folder(out)
+    out = out.resolve()
+    runs_read = [read_run(name, anchor, path) for (name, anchor), path in zip(run_names(finished), finished)]
+    written = ("report.md", "report.html") + (("e_step_gaps.png",) if sum(bool(r.diagnosis) for r in runs_read) > 1
+                                              else ())
+    check_report_files(out, written, old_figures=False)
+    if (out / runs.MARKER).is_file():
+        check_entries(out / runs.MARKER, read_json(out / runs.MARKER), MARKER, runs.REFIT)
     out.mkdir(parents=True, exist_ok=True)
     blocks = runs_report_blocks(runs_read, interrupted, out, command)
-    paths_written = {"report_md": out / "report.md", "report_html": out / "report.html"}
-    write_atomically(paths_written["report_md"], lambda p: p.write_text(markdown(blocks, out)))
-    write_atomically(paths_written["report_html"], lambda p: p.write_text(to_html(blocks, f"aevb report: {command}")))
+    pages = {"report.md": markdown(blocks, out), "report.html": to_html(blocks, f"aevb report: {command}")}
+    for name, page in pages.items():
+        write_atomically(out / name, lambda p: p.write_text(page))
     if (out / runs.MARKER).is_file():
-        runs.add_files(out, [p.name for p in out.iterdir() if p.name in REPORT_MARKS])
+        runs.add_files(out, list(written))
     return {"runs": {**{r.name: "reported" for r in runs_read}, **{str(p): "interrupted" for p in interrupted}},
-            **{k: str(p) for k, p in paths_written.items()}}
+            "report_md": str(out / "report.md"), "report_html": str(out / "report.html")}
