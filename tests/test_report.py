@@ -291,6 +291,8 @@ def test_the_literature_anchor_runs_end_to_end_with_its_extra_bound(tmp_path, ca
     assert refined == pytest.approx(k200, abs=0.5)  # a bound on the same log p(x) (one epoch: q_phi is near the prior)
     assert f"| the same with the refined q* as proposal (100 local E-steps; nats) | {number(-refined)} |" in markdown
     assert "statically binarized pixels" in markdown and "decayed by 0.631 after epochs 200, 350" in markdown
+    assert main(["report", str(out / "vae-nll")]) == 0  # aevb report of the run alone shows the bounds evaluated too
+    assert f"| `iwae_log_likelihood_k200` | {number(k200)} |" in (out / "vae-nll" / "report.md").read_text()
 
 
 def test_a_report_replaces_only_its_own_files(tour, tmp_path, capsys):

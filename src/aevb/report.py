@@ -562,6 +562,10 @@ def read_run(name: str, anchor: str, path: Path) -> FinishedRun:
     check_entries(path / "summary.json", summary, SUMMARY, runs.REFIT)
     if "iwae_log_likelihood" in summary and "iwae_samples" not in summary:
         raise UsageError(f"{path / 'summary.json'} is damaged (it has an IWAE bound but no iwae_samples); {runs.REFIT}")
+    evaluations = (complete(path) or {}).get("evaluations", {})  # bounds aevb reproduce evaluated after the fit
+    if not (isinstance(evaluations, dict) and all(map(is_number, evaluations.values()))):
+        raise UsageError(f"{path / 'provenance.json'} is damaged (its evaluations are not numbers); {runs.REFIT}")
+    summary = {**summary, **evaluations}
     if summary["model"] != record["model"]:
         raise UsageError(f"{path / 'summary.json'} is damaged (its model is {summary['model']!r:.60}, config.json's "
                          f"{record['model']!r:.60}); {runs.REFIT}")
