@@ -526,7 +526,7 @@ def test_a_report_adopts_only_what_it_wrote_and_never_the_folders_figure_as_a_ru
     assert (run / "e_step_gaps.png").is_file()
 
 
-def test_a_report_names_a_run_named_dot_and_keeps_the_tours_report(finished_runs, tour, tmp_path, monkeypatch):
+def test_a_report_names_a_run_named_dot_keeps_the_tours_report_and_runs_from_python(finished_runs, tour, tmp_path, monkeypatch):
     monkeypatch.chdir(undiagnosed_copy(finished_runs / "ppca", tmp_path / "ppca"))
     assert main(["report", "."]) == 0
     assert Path("report.md").read_text().startswith("# aevb: report of run ppca\n")
@@ -534,6 +534,9 @@ def test_a_report_names_a_run_named_dot_and_keeps_the_tours_report(finished_runs
     assert main(["report", str(tour), "--out", str(tmp_path / "tour")]) == 0
     assert all(f"## {name}: " in (tmp_path / "tour" / "report.md").read_text() for name in TUTORIAL)
     assert [anchor for _, anchor in report.run_names([Path("x/a.b"), Path("y/a-b")])] == ["run-a-b", "run-a-b-2"]
+    result = report.write_runs_report([str(finished_runs / "ppca"), finished_runs / "cvae"], out=str(tmp_path / "py"))
+    assert result["runs"] == {"ppca": "reported", "cvae": "reported"}  # from Python, as the command line
+    assert "by `aevb.report.write_runs_report` into" in (tmp_path / "py" / "report.md").read_text()
 
 
 def test_a_run_holding_its_report_is_replaced_whole_by_a_new_fit(tmp_path):

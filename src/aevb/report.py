@@ -24,7 +24,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from aevb import runs
 from aevb.errors import UsageError
@@ -756,12 +756,14 @@ def report_folder(out: Path) -> None:
                          "choose another --out")
 
 
-def write_runs_report(paths: list[Path], out: Path | None, command: str) -> dict:
-    """``out/report.md`` and ``out/report.html`` of the finished runs ``paths`` name (``runs_named``), each whole
-    or not at all; ``out`` defaults to the run where one is named. Every file is read and checked before anything is
-    written, and the report's files written into a finished run are listed among its files. Returns the runs
-    reported (name -> 'reported', or path -> 'interrupted' for a run of a named folder that is not finished) and the
-    report's paths."""
+def write_runs_report(run_dirs: Sequence[str | Path], out: str | Path | None = None,
+                      command: str = "aevb.report.write_runs_report") -> dict:
+    """``out/report.md`` and ``out/report.html`` of the finished runs ``run_dirs`` name (``runs_named``), each whole
+    or not at all (``aevb report``; ``command`` is what the report says wrote it); ``out`` defaults to the run where
+    one is named. Every file is read and checked before anything is written, and the report's files written into a
+    finished run are listed among its files. Returns the runs reported (name -> 'reported', or path -> 'interrupted'
+    for a run of a named folder that is not finished) and the report's paths."""
+    paths, out = [Path(p) for p in run_dirs], None if out is None else Path(out)
     finished, interrupted = runs_named(paths)
     if out is None:
         if len(paths) != 1 or not (paths[0] / runs.MARKER).is_file():
