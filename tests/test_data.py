@@ -27,6 +27,7 @@ from aevb.data import (
     load_array,
     load_dataset,
     prepare,
+    standardize,
     validate_support,
 )
 from aevb.models.fa import FactorAnalysis, FAConfig
@@ -508,3 +509,66 @@ def test_pixels_left_on_disk_are_dequantized_per_batch_and_read_as_sequences(tmp
                      "--hidden", "8", "--latent-dim", "2", "--iwae", "2", "--no-progress", "--json", "--out", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 4 and math.isfinite(summary["test_elbo"])  # 67 training rows in batches of 20
+
+
+# --transform standardize: real values far from unit scale ----------------------------------------------------------
+def test_standardize_centres_and_scales_each_value_and_its_offset_is_the_log_jacobian():
+    """u = (x - m) / s per value, from the training rows; for any density p of u, x's density (torch's affine
+    transform of p) is log p(u) + offset."""
+    generator = torch.Generator().manual_seed(0)
+    scale, shift = torch.tensor([1e-3, 1.0, 50.0, 2e4]), torch.tensor([0.0, -3.0, 300.0, 1e5])
+    x_train = torch.randn(400, 4, generator=generator) * scale + shift
+    x_test = torch.randn(50, 4, generator=generator) * scale + shift
+    u_train, u_test, offset = standardize(x_train, x_test, None, "x.npy")
+    assert torch.allclose(u_train.mean(0), torch.zeros(4), atol=1e-5)
+    assert torch.allclose(u_train.std(0), torch.ones(4), atol=1e-5)
+    mean, std = x_train.double().mean(0), x_train.double().std(0)
+    assert torch.allclose(u_test.double(), (x_test.double() - mean) / std, atol=1e-4)
+    assert offset == pytest.approx(-std.log().sum().item(), abs=1e-6)  # of s in float32, as applied
+    p_u = torch.distributions.Independent(torch.distributions.Normal(torch.full((4,), 0.3, dtype=torch.float64), 1.7), 1)
+    p_x = torch.distributions.TransformedDistribution(p_u, torch.distributions.AffineTransform(mean, std, event_dim=1))
+    assert torch.allclose(p_x.log_prob(x_test.double()), p_u.log_prob(u_test.double()) + offset, atol=1e-3)
+
+
+def test_standardize_refuses_integer_pixels_and_a_constant_value():
+    x = torch.randn(30, 3)
+    with pytest.raises(DataError, match="digits: --transform standardize is for real-valued data, and these are "
+                                        "integer pixels; use --transform dequantize"):
+        standardize(x, x, 17, "digits")
+    x[:, 1] = 7.0
+    with pytest.raises(DataError, match=r"^x.npy: value 1 of each example is constant over the training examples, so "
+                                        "--transform standardize would divide by 0; drop constant values$"):
+        standardize(x, x, None, "x.npy")
+
+
+def test_standardized_rows_left_on_disk_are_the_rows_standardized_in_memory(tmp_path, monkeypatch):
+    x = (np.random.default_rng(3).normal(size=(90, 5)) * [1, 10, 100, 1e3, 1e4]).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    prepared = {}
+    for on_disk in (False, True):
+        monkeypatch.setattr(disk, "DISK_ABOVE_BYTES", 0 if on_disk else 1 << 30)
+        data = load_dataset(str(tmp_path / "x.npy"), seed=0)
+        x_train, _, x_test, _ = prepare(data, "standardize", seed=0)
+        prepared[on_disk] = standardize(x_train, x_test, data.levels, "x.npy")
+    (memory_train, memory_test, memory_offset), (disk_train, disk_test, disk_offset) = prepared[False], prepared[True]
+    assert isinstance(disk_train, disk.DiskRows) and disk_offset == pytest.approx(memory_offset, rel=1e-12)
+    assert torch.allclose(disk_train[torch.arange(len(memory_train))], memory_train, atol=1e-6)
+    assert torch.allclose(disk_test, memory_test, atol=1e-6)
+
+
+def test_a_fit_of_standardized_data_reports_the_offset_to_the_datas_units(tmp_path, capsys):
+    x = (np.random.default_rng(4).normal(size=(240, 6)) * 40 + 500).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x[:200], x_test=x[200:])
+    flags = ["fit", "vae", "--dataset", str(tmp_path / "x.npz"), "--likelihood", "gaussian", "--epochs", "2",
+             "--hidden", "8", "--latent-dim", "2", "--iwae", "4", "--no-progress", "--json"]
+    assert cli.main([*flags, "--out", str(tmp_path / "raw")]) == 2  # unscaled: a non-finite first ELBO
+    assert "standardize them (--transform standardize)" in capsys.readouterr().err
+    assert cli.main([*flags, "--transform", "standardize", "--out", str(tmp_path / "run")]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    expected = -np.log(x[:200].astype(np.float64).std(0, ddof=1)).sum()
+    assert summary["transform"] == "standardize" and summary["log_evidence_offset"] == pytest.approx(expected, rel=1e-6)
+    assert math.isfinite(summary["iwae_log_likelihood"]) and "standardized data" in summary["preprocessing"]
+    assert cli.main(["eval", str(tmp_path / "run"), "--iwae", "4", "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert evaluated["log_evidence_offset"] == summary["log_evidence_offset"]
+    assert evaluated["iwae_log_likelihood"] == summary["iwae_log_likelihood"]  # the same standardized test set

@@ -15,6 +15,9 @@ tutorial's transforms and returns float32 (N, D) tensors:
   Murray 2011; unlike thresholding, grey pixels are sometimes on, sometimes off);
 * ``dynamic-binarize``: b ~ Bernoulli(x / (levels - 1)) afresh for every batch, by passing
   ``dynamic_binarize`` as the trainer's ``transform``; the test set is binarized once, seeded;
+* ``standardize``: u = (x - m) / s, each value of an example (each pixel, each step's each value) centred by its
+  mean m over the training examples and divided by their standard deviation s, for real-valued data far from unit
+  scale; a density p of u gives x's as log p(x) = log p(u) - sum log s (``standardize``'s offset);
 * ``none``: the values as they are.
 
 Continuous data (``levels`` None) need no dequantization: there u = x. A .csv file carries no type: its values are
@@ -43,7 +46,7 @@ from aevb.likelihoods import LIKELIHOODS
 
 ARRAY_SUFFIXES = (".npy", ".npz", ".csv")
 USER_KEYS = ("x", "y", "x_test", "y_test")
-TRANSFORMS = ("dequantize", "binarize", "static-binarize", "dynamic-binarize", "none")
+TRANSFORMS = ("dequantize", "binarize", "static-binarize", "dynamic-binarize", "standardize", "none")
 TEST_FRACTION = 1 / 6  # held out from the digits, and from user data that bring no test set
 MAX_PIXEL_LEVELS = 2**16  # integer data with more levels than 16-bit pixels are not pixels: save them as floats
 IDX_LAYOUT = {  # split -> (images, labels): IDX file names of the MNIST layout, each raw or .gz
@@ -434,6 +437,37 @@ def prepare_from_disk(data: ImageData, transform: str, seed: int) -> tuple[DiskR
     if transform == "binarize":
         x_train, x_test = x_train.map(binarize), binarize(x_test)
     return x_train, None, x_test.float(), None
+
+
+def standardize(x_train: Tensor | DiskRows, x_test: Tensor, levels: int | None,
+                source: str) -> tuple[Tensor | DiskRows, Tensor, float]:
+    """(u_train, u_test, offset): flat (N, D) examples standardized by the training examples' mean m and standard
+    deviation s of each of the D values (in float64, a chunk of rows at a time for rows left on disk, which are
+    standardized as they are read), and offset = -sum_d log s_d (of the s applied, in float32), so that
+    log p(x) = log p(u) + offset. DataError
+    for integer pixels (their density is the dequantized data's) or a constant value, whose s is 0."""
+    if levels is not None:
+        raise DataError(f"{source}: --transform standardize is for real-valued data, and these are integer pixels; "
+                        "use --transform dequantize (or save them as floats)")
+    count, mean, squares = 0, 0.0, 0.0  # squared deviations from the mean, chunk by chunk (Chan et al.'s update)
+    for rows in chunks(x_train):
+        rows = rows.double()
+        rows_mean = rows.mean(0)
+        delta, total = rows_mean - mean, count + len(rows)
+        squares = squares + (rows - rows_mean).square().sum(0) + delta.square() * count * len(rows) / total
+        count, mean = total, mean + delta * len(rows) / total
+    std = (squares / max(count - 1, 1)).sqrt()
+    constant = (std <= 1e-12 * mean.abs().clamp(min=1)).nonzero().flatten().tolist()
+    if constant:
+        raise DataError(f"{source}: value{'s' * (len(constant) > 1)} {', '.join(map(str, constant[:5]))} of each "
+                        f"example {'are' if len(constant) > 1 else 'is'} constant over the training examples, so "
+                        "--transform standardize would divide by 0; drop constant values")
+    mean, std = mean.float(), std.float()
+    if isinstance(x_train, DiskRows):
+        u_train = x_train.map(lambda rows: (rows - mean) / std)
+    else:
+        u_train = (x_train - mean) / std
+    return u_train, (x_test - mean) / std, -std.double().log().sum().item()
 
 
 def as_sequences(x: Tensor | DiskRows, shape: tuple[int, ...]) -> Tensor | DiskRows:

@@ -40,7 +40,8 @@ from aevb import diagnostics, distributed, evaluation, registry, testing
 from aevb.arguments import (MAX_IWAE_SAMPLES, epoch_list, finite_float, fraction, iwae_samples,
                             local_steps, number_tuple, positive_float, positive_int, positive_iwae_samples,
                             random_seed, sample_count, thread_count)
-from aevb.data import ARRAY_SUFFIXES, TRANSFORMS, as_sequences, dynamic_binarize, load_dataset, prepare, validate_support
+from aevb.data import (ARRAY_SUFFIXES, TRANSFORMS, as_sequences, dynamic_binarize, load_dataset, prepare, standardize,
+                       validate_support)
 from aevb.disk import DiskRows, chunks
 from aevb.errors import DataError, Diverged, Interrupted, UsageError
 from aevb.likelihoods import LIKELIHOODS
@@ -73,6 +74,16 @@ class Data:
     levels: int | None = None  # the pixel levels behind dequantized data (for bits/dim), else None
     num_classes: int | None = None
     transform: Callable | None = None  # applied to every training batch (dynamic binarization)
+    log_evidence_offset: float = 0.0  # log p(x) - log p(u) for the data u the model sees (--transform standardize)
+
+    def preprocessing(self) -> dict[str, Any]:
+        """Summary entries saying that the bounds are of standardized data, and how to turn them into the data's."""
+        if not self.log_evidence_offset:
+            return {}
+        return {"preprocessing": "each value centred by its training mean and divided by its training standard "
+                                 "deviation (--transform standardize): log-densities are of the standardized data; "
+                                 "add log_evidence_offset for the data's units",
+                "log_evidence_offset": self.log_evidence_offset}
 
     def config_values(self, fields: Sequence[str]) -> dict[str, int]:
         """The values of the config fields ``DATA_FIELDS`` that the model declares."""
@@ -258,9 +269,11 @@ def add_generic_arguments(parser: argparse.ArgumentParser, cls: type, hooks: typ
     data.add_argument("--transform", choices=TRANSFORMS, default=hooks.transform,
                       help="integer pixels: dequantize, binarize (threshold the dequantized value at 0.5), "
                            "static-binarize (draw each pixel once from Bernoulli(intensity), seeded), "
-                           "dynamic-binarize (draw afresh every batch), or none (default: binarize for a Bernoulli "
-                           "likelihood, dequantize for others; none for float or 0/1 data and for models without a "
-                           "likelihood setting)")
+                           "dynamic-binarize (draw afresh every batch), or none; real values: standardize (each "
+                           "value to its training mean 0 and standard deviation 1; bounds are then of the "
+                           "standardized data, log_evidence_offset gives the data's) or none (default: binarize for a "
+                           "Bernoulli likelihood, dequantize for others; none for float or 0/1 data and for models "
+                           "without a likelihood setting)")
     training = parser.add_argument_group("training (approximate EM)")
     training.add_argument("--schedule", type=schedule_type, default=None,
                           help=f"{SCHEDULE_HELP} (default joint)")
@@ -340,6 +353,9 @@ def load_data(args: argparse.Namespace, cls: type) -> Data:
     transform = args.transform or (DEFAULT_TRANSFORMS.get(likelihood, "none") if raw.levels and not binary else "none")
     args.transform = transform
     x_train, y_train, x_test, y_test = prepare(raw, transform, args.seed)
+    offset = 0.0
+    if transform == "standardize":
+        x_train, x_test, offset = standardize(x_train, x_test, raw.levels, args.dataset)
     if likelihood in LIKELIHOODS:  # dynamic binarization's training data are probabilities, binarized per batch
         checked = {"test": x_test} if transform == "dynamic-binarize" else {"training": x_train, "test": x_test}
         for split, x in checked.items():
@@ -355,7 +371,7 @@ def load_data(args: argparse.Namespace, cls: type) -> Data:
                             "labelled data set (mnist, digits, idx:DIR, or an .npz with y and y_test)")
         train, test = (x_train, y_train), (x_test, y_test)
     return Data(train, test, y_test, shape, kind, raw.levels if transform == "dequantize" else None, raw.num_classes,
-                dynamic_binarize if transform == "dynamic-binarize" else None)
+                dynamic_binarize if transform == "dynamic-binarize" else None, offset)
 
 
 # Fitting ----------------------------------------------------------------------------------------------
@@ -440,7 +456,7 @@ def check_first_batch(model: LatentVariableModel, data: Data, args: argparse.Nam
                 raise UsageError(f"{model.name} cannot fit {described}: {registry.first_line(e.__cause__)}") from None
             reach = batch[0].abs().max().item() if batch[0].is_floating_point() else 0.0
             scale = (f"; the data's values reach {reach:g}, and networks are built for values near unit scale: "
-                     "standardize them (each dimension to mean 0 and standard deviation 1)"
+                     "standardize them (--transform standardize)"
                      if "not finite" in str(e) and reach > LARGE_VALUES else " (docs/models.md states the contract)")
             raise UsageError(f"{model.name} breaks the model contract on {len(batch[0])} examples of {described}: "
                              f"{registry.first_line(e)}{scale}") from None
@@ -625,7 +641,8 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
     summary = {"model": registry.reference(cls), "dataset": args.dataset, "transform": args.transform or "none",
                "schedule": str(args.schedule), "epochs": history[-1]["epoch"], "steps": trainer.step_count,
                "train_elbo": last_epoch_mean(history, "train_elbo", len(data.train[0]), args.batch_size),
-               **evaluation.evaluate(model, data.test, args.iwae, data.levels, args.seed, progress)}
+               **evaluation.evaluate(model, data.test, args.iwae, data.levels, args.seed, progress),
+               **data.preprocessing()}
     summary.update(hooks.summary(model, data, history, summary))
     warnings = [*summary.pop("warnings", []), *implausible(summary, data),  # the model's own, then the generic ones
                 *(trained_with_other_software(out, progress_so_far["software"]) if resume else [])]
@@ -975,7 +992,7 @@ def evaluate_run(run_dir: str | Path, num_samples: int, refine_steps: int = 0, p
         if isinstance(curve, str):
             raise UsageError(f"--refine: {curve}, so it has no local E-steps; evaluate it without --refine")
     summary = {"model": run.config["model"], **evaluation.evaluate(run.model, data.test, num_samples, data.levels,
-                                                                   run.args.seed, progress)}
+                                                                   run.args.seed, progress), **data.preprocessing()}
     with evaluation.eval_mode(run.model):
         extra = run.hooks.metrics(run.model, data, None)
     extra = {k: v.item() if isinstance(v, Tensor) and v.numel() == 1 else v for k, v in extra.items()}

@@ -444,6 +444,7 @@ QUANTITIES = {  # what the summary entries every fit writes are; a model's own e
     "iwae_log_likelihood": "test {evidence}, a lower bound: IWAE with K = {iwae_samples}",
     "test_log_evidence": "test {evidence}, exact (the model's log_evidence)",
     "bits_per_dim": "bits per dimension of the discrete data, an upper bound (from the dequantized data's {bound})",
+    "log_evidence_offset": "log p(x) - log p(u) for the standardized data u: add it to a bound for the data's units",
 }
 SETTING_KEYS = {"model", "dataset", "transform", "schedule", "epochs", "steps", "evidence", "iwae_samples",
                 "train_seconds", "device", "threads", "processes", "warnings", "estimator", "experiment"}  # how it ran
