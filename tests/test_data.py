@@ -525,7 +525,8 @@ def test_standardize_centres_and_scales_each_value_and_its_offset_is_the_log_jac
     mean, std = x_train.double().mean(0), x_train.double().std(0)
     assert torch.allclose(u_test.double(), (x_test.double() - mean) / std, atol=1e-4)
     assert offset == pytest.approx(-std.log().sum().item(), abs=1e-6)  # of s in float32, as applied
-    p_u = torch.distributions.Independent(torch.distributions.Normal(torch.full((4,), 0.3, dtype=torch.float64), 1.7), 1)
+    p_u = torch.distributions.Independent(
+        torch.distributions.Normal(torch.full((4,), 0.3, dtype=torch.float64), 1.7), 1)
     p_x = torch.distributions.TransformedDistribution(p_u, torch.distributions.AffineTransform(mean, std, event_dim=1))
     assert torch.allclose(p_x.log_prob(x_test.double()), p_u.log_prob(u_test.double()) + offset, atol=1e-3)
 
