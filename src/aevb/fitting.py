@@ -74,11 +74,11 @@ class Data:
     levels: int | None = None  # the pixel levels behind dequantized data (for bits/dim), else None
     num_classes: int | None = None
     transform: Callable | None = None  # applied to every training batch (dynamic binarization)
-    log_evidence_offset: float = 0.0  # log p(x) - log p(u) for the data u the model sees (--transform standardize)
+    log_evidence_offset: float | None = None  # log p(x) - log p(u) for the standardized data u the model sees
 
     def preprocessing(self) -> dict[str, Any]:
         """Summary entries saying that the bounds are of standardized data, and how to turn them into the data's."""
-        if not self.log_evidence_offset:
+        if self.log_evidence_offset is None:
             return {}
         return {"preprocessing": "each value centred by its training mean and divided by its training standard "
                                  "deviation (--transform standardize): log-densities are of the standardized data; "
@@ -353,7 +353,7 @@ def load_data(args: argparse.Namespace, cls: type) -> Data:
     transform = args.transform or (DEFAULT_TRANSFORMS.get(likelihood, "none") if raw.levels and not binary else "none")
     args.transform = transform
     x_train, y_train, x_test, y_test = prepare(raw, transform, args.seed)
-    offset = 0.0
+    offset = None
     if transform == "standardize":
         x_train, x_test, offset = standardize(x_train, x_test, raw.levels, args.dataset)
     if likelihood in LIKELIHOODS:  # dynamic binarization's training data are probabilities, binarized per batch

@@ -69,7 +69,7 @@ class FAHooks(Hooks):
                             f"{', '.join(map(str, constant[:5]))} of the training data {'are' if len(constant) > 1 else 'is'}"
                             " constant, so the likelihood of factor analysis is unbounded; drop constant columns")
         mean, std = x_train.mean(0), x_train.std(0)
-        self.log_evidence_offset = data.log_evidence_offset - std.log().sum().item()  # after --transform's, if any
+        self.log_evidence_offset = (data.log_evidence_offset or 0.0) - std.log().sum().item()  # after --transform's
         return dataclasses.replace(data, train=((data.train[0] - mean) / std,), test=((data.test[0] - mean) / std,))
 
     def metrics(self, model: FactorAnalysis, data: Data, step: int | None) -> dict:
