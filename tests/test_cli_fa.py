@@ -82,8 +82,17 @@ def test_bits_per_dim_of_pixels_are_of_the_pixels_not_of_their_standardized_valu
     summary, _ = fit(tmp_path, "--dataset", str(tmp_path / "px.npy"), "--transform", "dequantize", "--epochs", "3")
     expected = -(summary["test_log_evidence"] + summary["log_evidence_offset"] - 6 * np.log(256)) / (6 * np.log(2))
     assert summary["bits_per_dim"] == pytest.approx(expected) and 0 < summary["bits_per_dim"] < 8
+    assert summary["evidence"] == "log p(u)"  # of the standardized pixels
     assert main(["eval", str(tmp_path / "run"), "--iwae", "2", "--json"]) == 0  # the same, from the rebuilt data
-    assert json.loads(capsys.readouterr().out.splitlines()[-1])["bits_per_dim"] == pytest.approx(expected)
+    evaluated = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert evaluated["bits_per_dim"] == pytest.approx(expected)
+    assert evaluated["log_evidence_offset"] == summary["log_evidence_offset"] and evaluated["evidence"] == "log p(u)"
+
+
+def test_the_synthetic_data_refuse_a_transform(tmp_path, capsys):
+    assert main(["fit", "fa", "--transform", "standardize", "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == ("aevb: error: --transform standardize: the tutorial's synthetic data are fitted "
+                                       "as they are; leave out --transform\n")
 
 
 @pytest.mark.parametrize("columns", [1, 2])

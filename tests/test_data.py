@@ -531,15 +531,28 @@ def test_standardize_centres_and_scales_each_value_and_its_offset_is_the_log_jac
     assert torch.allclose(p_x.log_prob(x_test.double()), p_u.log_prob(u_test.double()) + offset, atol=1e-3)
 
 
-def test_standardize_refuses_integer_pixels_and_a_constant_value():
+def test_standardize_refuses_integer_pixels_one_example_and_values_without_variation_it_can_hold():
     x = torch.randn(30, 3)
     with pytest.raises(DataError, match="digits: --transform standardize is for real-valued data, and these are "
                                         "integer pixels; use --transform dequantize"):
         standardize(x, x, 17, "digits")
-    x[:, 1] = 7.0
-    with pytest.raises(DataError, match=r"^x.npy: value 1 of each example is constant over the training examples, so "
-                                        "--transform standardize would divide by 0; drop constant values$"):
-        standardize(x, x, None, "x.npy")
+    with pytest.raises(DataError, match="needs at least 2 training examples for a standard deviation, and there is 1$"):
+        standardize(x[:1], x, None, "x.npy")
+    constant = x.clone()
+    constant[:, 1] = 7.0
+    with pytest.raises(DataError, match=r"^x.npy: value 1 of each example is constant over the training examples "
+                                        r"\(as read, in float32\), so --transform standardize would divide by 0; "
+                                        "drop constant values$"):
+        standardize(constant, x, None, "x.npy")
+    sequences = torch.randn(30, 4, 3)
+    sequences[:, 2, 1] = sequences[:, 3, 0] = 1.0
+    with pytest.raises(DataError, match=r"^s.npy: values \[2, 1\], \[3, 0\] of each example are constant"):
+        standardize(sequences.flatten(1), sequences.flatten(1), None, "s.npy", shape=(4, 3))
+    blurred = x.double()
+    blurred[:, 2] = 1e5 + 0.03 * blurred[:, 2]  # float32 holds 1e5 to within 0.008: a few distinct values
+    with pytest.raises(DataError, match=r"value 2 of each example vary too little for their size \(the first: mean "
+                                        r"100000, standard deviation 0.0\d+\) to be read as float32"):
+        standardize(blurred.float(), x, None, "x.npy")
 
 
 def test_standardized_rows_left_on_disk_are_the_rows_standardized_in_memory(tmp_path, monkeypatch):
@@ -569,7 +582,19 @@ def test_a_fit_of_standardized_data_reports_the_offset_to_the_datas_units(tmp_pa
     expected = -np.log(x[:200].astype(np.float64).std(0, ddof=1)).sum()
     assert summary["transform"] == "standardize" and summary["log_evidence_offset"] == pytest.approx(expected, rel=1e-6)
     assert math.isfinite(summary["iwae_log_likelihood"]) and "standardized data" in summary["preprocessing"]
+    assert summary["evidence"] == "log p(u)"  # the bounds are of the standardized data u, not of x
     assert cli.main(["eval", str(tmp_path / "run"), "--iwae", "4", "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert evaluated["log_evidence_offset"] == summary["log_evidence_offset"]
+    assert evaluated["log_evidence_offset"] == summary["log_evidence_offset"] and evaluated["evidence"] == "log p(u)"
     assert evaluated["iwae_log_likelihood"] == summary["iwae_log_likelihood"]  # the same standardized test set
+    assert cli.main(["diagnose", str(tmp_path / "run"), "--examples", "5", "--steps", "2", "--iwae", "4",
+                     "--no-progress"]) == 0
+    diagnosis = json.loads((tmp_path / "run" / "diagnostics.json").read_text())
+    assert diagnosis["evidence"] == "log p(u)" and diagnosis["log_evidence_offset"] == summary["log_evidence_offset"]
+    capsys.readouterr()
+    refused = [(["--model", "vae"], "outside a cb likelihood's support; use --likelihood gaussian"),
+               (["--model", "gmvae"], "gmvae has no Gaussian likelihood: leave out --transform standardize")]
+    for model, message in refused:
+        assert cli.main(["fit", model[1], "--dataset", str(tmp_path / "x.npz"), "--transform", "standardize",
+                         "--out", str(tmp_path / "refused")]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "refused").exists()

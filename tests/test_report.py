@@ -526,7 +526,8 @@ def test_a_report_adopts_only_what_it_wrote_and_never_the_folders_figure_as_a_ru
     assert (run / "e_step_gaps.png").is_file()
 
 
-def test_a_report_names_a_run_named_dot_keeps_the_tours_report_and_runs_from_python(finished_runs, tour, tmp_path, monkeypatch):
+def test_a_report_names_a_run_named_dot_keeps_the_tours_report_and_runs_from_python(finished_runs, tour, tmp_path,
+                                                                                    monkeypatch):
     monkeypatch.chdir(undiagnosed_copy(finished_runs / "ppca", tmp_path / "ppca"))
     assert main(["report", "."]) == 0
     assert Path("report.md").read_text().startswith("# aevb: report of run ppca\n")

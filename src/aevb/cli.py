@@ -113,19 +113,19 @@ def build_parser() -> ArgumentParser:
     add_summary_arguments(sample, progress=False)
     sample.set_defaults(handler=sample_command)
 
-    summarize = commands.add_parser(
+    report = commands.add_parser(
         "report", help="a report of finished runs (Markdown and HTML): numbers, ELBO per epoch, E-step, figures",
         description="Write report.md and a self-contained report.html of finished runs, your own model's as ours: "
                     "what each fitted, its numbers (several runs' side by side), its ELBO per epoch, its E-step "
                     "diagnosis where aevb diagnose wrote one, its settings and its figures. A report of one run is "
                     "written into it; name the folder of a report of several with --out.")
-    summarize.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
-                           help="a finished run directory, or a folder of them (e.g. the --out of aevb tour)")
-    summarize.add_argument("--out", type=Path, default=None,
-                           help="the folder to write report.md and report.html into (default: the run, where one "
-                                "run directory is named)")
-    add_summary_arguments(summarize, progress=False)
-    summarize.set_defaults(handler=report_command)
+    report.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
+                        help="a finished run directory, or a folder of them (e.g. the --out of aevb tour)")
+    report.add_argument("--out", type=Path, default=None,
+                        help="the folder to write report.md and report.html into (default: the run, where one run "
+                             "directory is named)")
+    add_summary_arguments(report, progress=False)
+    report.set_defaults(handler=report_command)
 
     tour = commands.add_parser("tour", help="the main job: every model briefly, on embedded data, and a report",
                                description="Fit every experiment of the tutorial briefly on data that ship with the "

@@ -439,13 +439,18 @@ def prepare_from_disk(data: ImageData, transform: str, seed: int) -> tuple[DiskR
     return x_train, None, x_test.float(), None
 
 
-def standardize(x_train: Tensor | DiskRows, x_test: Tensor, levels: int | None,
-                source: str) -> tuple[Tensor | DiskRows, Tensor, float]:
-    """(u_train, u_test, offset): flat (N, D) examples standardized by the training examples' mean m and standard
-    deviation s of each of the D values (in float64, a chunk of rows at a time for rows left on disk, which are
-    standardized as they are read), and offset = -sum_d log s_d (of the s applied, in float32), so that
-    log p(x) = log p(u) + offset. DataError
-    for integer pixels (their density is the dequantized data's) or a constant value, whose s is 0."""
+FLOAT32_DIGITS = 1e-5  # a value whose standard deviation is below this fraction of its mean lost its variation to
+# float32's 24-bit significand (about 7 significant digits), in which aevb reads float data
+
+
+def standardize(x_train: Tensor | DiskRows, x_test: Tensor, levels: int | None, source: str,
+                shape: tuple[int, ...] | None = None) -> tuple[Tensor | DiskRows, Tensor, float]:
+    """(u_train, u_test, offset): flat (N, D) examples standardized, u = (x - m) / s, by the training examples' mean
+    m and standard deviation s of each of the D values of an example (of ``shape``, for naming them), and
+    offset = -sum_d log s_d (of the s applied, in float32), so that log p(x) = log p(u) + offset. The statistics are
+    summed in float64, a chunk of rows at a time for rows left on disk, which are standardized as they are read.
+    DataError for integer pixels (their density is the dequantized data's), fewer than 2 training examples, or a
+    value that is constant, or whose variation float32 cannot hold at its size."""
     if levels is not None:
         raise DataError(f"{source}: --transform standardize is for real-valued data, and these are integer pixels; "
                         "use --transform dequantize (or save them as floats)")
@@ -456,12 +461,28 @@ def standardize(x_train: Tensor | DiskRows, x_test: Tensor, levels: int | None,
         delta, total = rows_mean - mean, count + len(rows)
         squares = squares + (rows - rows_mean).square().sum(0) + delta.square() * count * len(rows) / total
         count, mean = total, mean + delta * len(rows) / total
-    std = (squares / max(count - 1, 1)).sqrt()
-    constant = (std <= 1e-12 * mean.abs().clamp(min=1)).nonzero().flatten().tolist()
+    if count < 2:
+        raise DataError(f"{source}: --transform standardize needs at least 2 training examples for a standard "
+                        f"deviation, and there {'is' if count == 1 else 'are'} {count}")
+    std = (squares / (count - 1)).sqrt()
+
+    def named(indices: list[int]) -> str:  # as positions in an example: 5, or [19, 2] in a (T, D) sequence
+        shown = [str(i) if not shape or len(shape) < 2 else str(list(map(int, np.unravel_index(i, shape))))
+                 for i in indices[:5]]
+        return ", ".join(shown) + (f" and {len(indices) - 5} more" if len(indices) > 5 else "")
+
+    constant = (std == 0).nonzero().flatten().tolist()
     if constant:
-        raise DataError(f"{source}: value{'s' * (len(constant) > 1)} {', '.join(map(str, constant[:5]))} of each "
-                        f"example {'are' if len(constant) > 1 else 'is'} constant over the training examples, so "
-                        "--transform standardize would divide by 0; drop constant values")
+        raise DataError(f"{source}: value{'s' * (len(constant) > 1)} {named(constant)} of each example "
+                        f"{'are' if len(constant) > 1 else 'is'} constant over the training examples (as read, in "
+                        "float32), so --transform standardize would divide by 0; drop constant values")
+    blurred = (std < FLOAT32_DIGITS * mean.abs()).nonzero().flatten().tolist()
+    if blurred:
+        i = blurred[0]
+        raise DataError(f"{source}: value{'s' * (len(blurred) > 1)} {named(blurred)} of each example vary too little "
+                        f"for their size (the first: mean {mean[i].item():.7g}, standard deviation "
+                        f"{std[i].item():.3g}) to be read as float32, which holds about 7 significant digits; subtract "
+                        "their mean before saving them, or drop them")
     mean, std = mean.float(), std.float()
     if isinstance(x_train, DiskRows):
         u_train = x_train.map(lambda rows: (rows - mean) / std)

@@ -116,29 +116,45 @@ def bits_per_dim(log_density: float, data_dim: int, levels: int) -> float:
     return -(log_density - data_dim * math.log(levels)) / (data_dim * math.log(2))
 
 
+STANDARDIZED = ("each value centred by its training mean and divided by its training standard deviation: "
+                "log-densities are of the standardized data u; add log_evidence_offset for the data's units")
+
+
+def evidence_name(tensors: Sequence[Tensor], standardized: bool = False) -> str:
+    """What a model's bounds on ``tensors`` are of: ``log p(x)``, ``log p(x | y)`` where the batches carry class
+    labels y, ``log p(x | c)`` where they carry another context c; ``u`` for ``x`` where x was standardized."""
+    x = "u" if standardized else "x"
+    if len(tensors) == 1:
+        return f"log p({x})"
+    return f"log p({x} | {'c' if len(tensors) > 2 or tensors[1].is_floating_point() else 'y'})"
+
+
 def evaluate(
     model: LatentVariableModel, tensors: Sequence[Tensor], num_samples: int, levels: int | None = None, seed: int = 0,
-    progress: bool = True
+    progress: bool = True, log_evidence_offset: float | None = None
 ) -> dict:
-    """Summary keys ``evidence`` (what the bounds are of: ``log p(x)``, ``log p(x | y)`` where the batches carry
-    class labels y, ``log p(x | c)`` where they carry another context c), ``test_elbo``, ``iwae_log_likelihood``
+    """Summary keys ``evidence`` (what the bounds are of, ``evidence_name``), ``test_elbo``, ``iwae_log_likelihood``
     and ``iwae_samples`` (K = 0: no IWAE), ``test_log_evidence`` (the exact mean) where the model has
     ``log_evidence``, and ``bits_per_dim`` given ``levels`` (D is the size of one example, all of a sequence's
-    steps; from the exact evidence where there is one, else from the IWAE bound).
+    steps; from the exact evidence where there is one, else from the IWAE bound). Where the data x were
+    standardized, u = (x - m) / s, ``log_evidence_offset`` = log p(x) - log p(u) = -sum log s: the bounds are of u,
+    the summary holds the offset (and says so, ``preprocessing``), and bits/dim are of x.
 
     Seeded, so the same model, data and K give the same numbers; the caller's random state is left as it was.
     """
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        labels = len(tensors) == 2 and not tensors[1].is_floating_point()
-        summary = {"evidence": "log p(x)" if len(tensors) == 1 else "log p(x | y)" if labels else "log p(x | c)",
+        summary = {"evidence": evidence_name(tensors, log_evidence_offset is not None),
                    "test_elbo": test_elbo(model, tensors).item()}
         if num_samples:
             summary.update(iwae_log_likelihood=iwae_log_likelihood(model, tensors, num_samples, progress=progress).item(),
                            iwae_samples=num_samples)
     if callable(getattr(model, "log_evidence", None)):
         summary["test_log_evidence"] = test_log_evidence(model, tensors).item()
+    if log_evidence_offset is not None:
+        summary.update(preprocessing=STANDARDIZED, log_evidence_offset=log_evidence_offset)
     log_density = summary.get("test_log_evidence", summary.get("iwae_log_likelihood"))
     if levels is not None and log_density is not None:
-        summary["bits_per_dim"] = bits_per_dim(log_density, tensors[0][0].numel(), levels)
+        summary["bits_per_dim"] = bits_per_dim(log_density + (log_evidence_offset or 0.0), tensors[0][0].numel(),
+                                               levels)
     return summary

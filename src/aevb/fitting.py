@@ -74,16 +74,7 @@ class Data:
     levels: int | None = None  # the pixel levels behind dequantized data (for bits/dim), else None
     num_classes: int | None = None
     transform: Callable | None = None  # applied to every training batch (dynamic binarization)
-    log_evidence_offset: float | None = None  # log p(x) - log p(u) for the standardized data u the model sees
-
-    def preprocessing(self) -> dict[str, Any]:
-        """Summary entries saying that the bounds are of standardized data, and how to turn them into the data's."""
-        if self.log_evidence_offset is None:
-            return {}
-        return {"preprocessing": "each value centred by its training mean and divided by its training standard "
-                                 "deviation (--transform standardize): log-densities are of the standardized data; "
-                                 "add log_evidence_offset for the data's units",
-                "log_evidence_offset": self.log_evidence_offset}
+    log_evidence_offset: float | None = None  # log p(x) - log p(u) where the model sees standardized data u
 
     def config_values(self, fields: Sequence[str]) -> dict[str, int]:
         """The values of the config fields ``DATA_FIELDS`` that the model declares."""
@@ -355,7 +346,12 @@ def load_data(args: argparse.Namespace, cls: type) -> Data:
     x_train, y_train, x_test, y_test = prepare(raw, transform, args.seed)
     offset = None
     if transform == "standardize":
-        x_train, x_test, offset = standardize(x_train, x_test, raw.levels, args.dataset)
+        if likelihood in LIKELIHOODS and likelihood != "gaussian":
+            gaussian = "gaussian" in likelihood_choices(cls)
+            raise DataError(f"--transform standardize gives values of either sign, outside a {likelihood} likelihood's "
+                            "support; " + ("use --likelihood gaussian" if gaussian else
+                                           f"{cls.name} has no Gaussian likelihood: leave out --transform standardize"))
+        x_train, x_test, offset = standardize(x_train, x_test, raw.levels, args.dataset, shape=tuple(raw.shape))
     if likelihood in LIKELIHOODS:  # dynamic binarization's training data are probabilities, binarized per batch
         checked = {"test": x_test} if transform == "dynamic-binarize" else {"training": x_train, "test": x_test}
         for split, x in checked.items():
@@ -457,7 +453,8 @@ def check_first_batch(model: LatentVariableModel, data: Data, args: argparse.Nam
             reach = batch[0].abs().max().item() if batch[0].is_floating_point() else 0.0
             scale = (f"; the data's values reach {reach:g}, and networks are built for values near unit scale: "
                      "standardize them (--transform standardize)"
-                     if "not finite" in str(e) and reach > LARGE_VALUES else " (docs/models.md states the contract)")
+                     if "not finite" in str(e) and reach > LARGE_VALUES and args.transform != "standardize"
+                     else " (docs/models.md states the contract)")
             raise UsageError(f"{model.name} breaks the model contract on {len(batch[0])} examples of {described}: "
                              f"{registry.first_line(e)}{scale}") from None
         except (ValueError, RuntimeError, NotImplementedError) as e:
@@ -641,8 +638,8 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
     summary = {"model": registry.reference(cls), "dataset": args.dataset, "transform": args.transform or "none",
                "schedule": str(args.schedule), "epochs": history[-1]["epoch"], "steps": trainer.step_count,
                "train_elbo": last_epoch_mean(history, "train_elbo", len(data.train[0]), args.batch_size),
-               **evaluation.evaluate(model, data.test, args.iwae, data.levels, args.seed, progress),
-               **data.preprocessing()}
+               **evaluation.evaluate(model, data.test, args.iwae, data.levels, args.seed, progress,
+                                     data.log_evidence_offset)}
     summary.update(hooks.summary(model, data, history, summary))
     warnings = [*summary.pop("warnings", []), *implausible(summary, data),  # the model's own, then the generic ones
                 *(trained_with_other_software(out, progress_so_far["software"]) if resume else [])]
@@ -992,7 +989,7 @@ def evaluate_run(run_dir: str | Path, num_samples: int, refine_steps: int = 0, p
         if isinstance(curve, str):
             raise UsageError(f"--refine: {curve}, so it has no local E-steps; evaluate it without --refine")
     summary = {"model": run.config["model"], **evaluation.evaluate(run.model, data.test, num_samples, data.levels,
-                                                                   run.args.seed, progress), **data.preprocessing()}
+                                                                   run.args.seed, progress, data.log_evidence_offset)}
     with evaluation.eval_mode(run.model):
         extra = run.hooks.metrics(run.model, data, None)
     extra = {k: v.item() if isinstance(v, Tensor) and v.numel() == 1 else v for k, v in extra.items()}
@@ -1031,6 +1028,10 @@ def diagnose_run(run_dir: str | Path, examples: int, num_samples: int, settings:
         torch.manual_seed(seed)
         result = diagnostics.diagnose(run.model, [t[chosen] for t in data.test], settings, num_samples,
                                       progress=progress)
+    standardized = data.log_evidence_offset is not None
+    result = {"evidence": evaluation.evidence_name(data.test, standardized), **result,
+              **({"preprocessing": evaluation.STANDARDIZED, "log_evidence_offset": data.log_evidence_offset}
+                 if standardized else {})}
     figure = plotting.e_step_diagnostics(result, Path(run_dir) / "diagnostics.png")
     runs.write_json(Path(run_dir) / "diagnostics.json", result)  # last: its figure is there when it is
     return {**result, "figure": str(figure)}

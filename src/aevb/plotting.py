@@ -273,7 +273,8 @@ def series(x: np.ndarray, path: Path, title: str = "", labels: Sequence[str] | N
         for ax in axes[:, 0]:
             ax.set_ylabel("value index" if heat_map else "value")
     if heat_map:
-        subfigures[-1].colorbar(image, cax=subfigures[-1].add_axes((0.1, 0.15, 0.35, 0.7)))
+        subfigures[-1].colorbar(image, cax=subfigures[-1].add_axes((0.1, 0.15, 0.35, 0.7)),  # its slim column
+                                label="value")
     elif width > 1:
         every_axis[0].legend(fontsize=6, ncols=min(width, 4))
     fig.suptitle(title, fontsize=10)
@@ -395,7 +396,8 @@ def e_step_diagnostics(result: dict, path: Path) -> Path:
             curve = result["e_step_curve"]  # NaN at a step where no example's ELBO was finite: a gap in the line
             ax.plot(range(len(curve)), curve, lw=1.2,
                     label=f"ELBO during local E-steps ({result['local_e_step']['samples']}-draw estimates)")
-            ax.axhline(result["log_px"], color="k", ls="--", lw=1, label=f"log p(x) ({result['log_evidence']})")
+            ax.axhline(result["log_px"], color="k", ls="--", lw=1,
+                       label=f"{result.get('evidence', 'log p(x)')} ({result['log_evidence']})")
             ax.axhline(result["elbo_optimal"], color="tab:orange", ls=":", lw=1, label="ELBO[q*]")
             ax.axhline(result["elbo_amortized"], color="tab:gray", ls="-.", lw=1, label="ELBO[q_phi]")
             shown = [v for v in (*curve, result["log_px"], result["elbo_optimal"], result["elbo_amortized"])

@@ -19,9 +19,9 @@ import dataclasses
 
 import torch
 
+from aevb.data import standardize
 from aevb.disk import DISK_ABOVE_BYTES, DiskRows
-from aevb.errors import DataError
-from aevb.evaluation import bits_per_dim
+from aevb.errors import DataError, UsageError
 from aevb.fitting import Data, Hooks, load_data
 from aevb.models.fa import FactorAnalysis, fit_em, synthetic_data
 from aevb.schedules import Schedule
@@ -51,10 +51,12 @@ class FAHooks(Hooks):
                 args.steps = 2 * (args.schedule.e_steps + args.schedule.m_steps)
         self.true_model: FactorAnalysis | None = None
         self.snapshots: dict[int, torch.Tensor] = {}
-        self.log_evidence_offset = 0.0  # -sum_d log s_d of standardized user data
 
     def data(self) -> Data:
         if self.args.dataset == "synthetic":
+            if self.args.transform not in (None, "none"):
+                raise UsageError(f"--transform {self.args.transform}: the tutorial's synthetic data are fitted as they "
+                                 "are; leave out --transform")
             self.true_model, x_train, x_test = synthetic_data(seed=self.args.seed)
             return Data((x_train,), (x_test,), None, (3,), "vectors")
         data = load_data(self.args, FactorAnalysis)
@@ -68,9 +70,9 @@ class FAHooks(Hooks):
             raise DataError(f"{self.args.dataset}: column{'s' * (len(constant) > 1)} "
                             f"{', '.join(map(str, constant[:5]))} of the training data {'are' if len(constant) > 1 else 'is'}"
                             " constant, so the likelihood of factor analysis is unbounded; drop constant columns")
-        mean, std = x_train.mean(0), x_train.std(0)
-        self.log_evidence_offset = (data.log_evidence_offset or 0.0) - std.log().sum().item()  # after --transform's
-        return dataclasses.replace(data, train=((data.train[0] - mean) / std,), test=((data.test[0] - mean) / std,))
+        u_train, u_test, offset = standardize(x_train, data.test[0].flatten(1), None, self.args.dataset)
+        return dataclasses.replace(data, train=(u_train,), test=(u_test,),  # after --transform standardize's, if any
+                                   log_evidence_offset=(data.log_evidence_offset or 0.0) + offset)
 
     def metrics(self, model: FactorAnalysis, data: Data, step: int | None) -> dict:
         """Exact test evidence (and, for experiment 2 and at the final evaluation, the exact ELBO and q's distance from the
@@ -82,17 +84,7 @@ class FAHooks(Hooks):
         if self.args.experiment == 2 or step is None:
             metrics["test_elbo_exact"] = model.expected_elbo(x_test).mean()
             metrics["posterior_mean_error"], metrics["posterior_covariance_error"] = model.posterior_errors()
-        if step is None:
-            metrics.update(self.pixel_bits(metrics["test_log_evidence"].item(), data))
         return metrics
-
-    def pixel_bits(self, test_log_evidence: float, data: Data) -> dict:
-        """bits/dim of dequantized pixels, from the evidence of the standardized data plus ``log_evidence_offset``
-        (the data's units: log p(u) = log p(standardized u) - sum_d log s_d); {} for other data."""
-        if data.levels is None:
-            return {}
-        return {"bits_per_dim": bits_per_dim(test_log_evidence + self.log_evidence_offset, data.test[0][0].numel(),
-                                             data.levels)}
 
     def state_dict(self) -> dict:
         return {"snapshots": self.snapshots}
@@ -122,13 +114,7 @@ class FAHooks(Hooks):
             "first_epoch_within_0.005_of_mle": next(
                 (r["epoch"] for r in history if abs(r["test_log_evidence"] - self.mle_log_evidence) <= 0.005), None),
         }
-        if self.true_model is None:
-            summary["preprocessing"] = ("centred by the training mean and standardized by the training standard "
-                                        "deviation of each column: log-densities are of the standardized data; add "
-                                        "log_evidence_offset for the data's units")
-            summary["log_evidence_offset"] = self.log_evidence_offset
-            summary.update(self.pixel_bits(test_log_evidence, data))
-        else:
+        if self.true_model is not None:
             summary["true_log_evidence"] = self.true_model.log_evidence(x_test).mean().item()
         tolerance = MLE_TOLERANCE * x_test.shape[1]
         if summary["gap_to_mle"] > tolerance:
