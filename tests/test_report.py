@@ -424,7 +424,7 @@ def test_a_report_of_several_runs_sets_their_numbers_and_gaps_side_by_side(finis
         assert row[6:] == [number(summary[key.strip("`")]) for key in header[6:]]
     assert table_row(text, str(interrupted))[6] == f"interrupted: aevb resume {interrupted}"
     assert "[The E-step across runs](#e-step)" in text and (out / "e_step_gaps.png").is_file()
-    assert "For cvae, a model of x given its label y, they are of log p(x | y) and its ELBO." in text
+    assert "For cvae, given its label y, they are of log p(x | y) and its ELBO." in text
     for name in ("cvae", "ppca"):
         diagnosis = json.loads((finished_runs / name / "diagnostics.json").read_text())
         assert table_row(text, name)[1:] == [str(diagnosis["examples"])] + [
@@ -437,6 +437,8 @@ def test_a_report_of_several_runs_sets_their_numbers_and_gaps_side_by_side(finis
     diagnosis = json.loads((finished_runs / "cvae" / "diagnostics.json").read_text())
     assert table_row(cvae, "total gap log p(x \\| y) - ELBO[q_phi]")[1] == report.with_se(diagnosis, "total_gap")
     assert "fitted to digits, given its label y: images" in cvae
+    assert [report.what_of(e) for e in ("log p(x)", "log p(u)", "log p(u | y)", "log p(x | c)")] == [
+        "", "of the standardized data u", "of the standardized data u and given its label y", "given its context c"]
     assert not (finished_runs / "cvae" / "report.md").exists()  # the runs are read, not written
 
 

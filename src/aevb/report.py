@@ -256,7 +256,17 @@ def e_step_blocks(result: dict, command: str | None, evidence: str = "log p(x)")
     ]
 
 
-GIVEN = {"log p(x | y)": "its label y", "log p(x | c)": "its context c"}  # what a conditional model's x is given
+GIVEN = {"y": "its label y", "c": "its context c"}  # what a conditional model's data are given
+
+
+def given(evidence: str) -> str:
+    """What a model whose bounds are on ``evidence`` (``evaluation.evidence_name``) is given: '' for none."""
+    return f"given {GIVEN.get(evidence.split('| ')[1].rstrip(')'), 'a context')}" if "|" in evidence else ""
+
+
+def what_of(evidence: str) -> str:
+    """What a bound on ``evidence`` is of, in words: '' for log p(x)."""
+    return " and ".join(filter(None, ["of the standardized data u" * evidence.startswith("log p(u"), given(evidence)]))
 
 
 def e_step_section(out: Path, diagnoses: dict[str, dict], evidence: dict[str, str],
@@ -266,7 +276,7 @@ def e_step_section(out: Path, diagnoses: dict[str, dict], evidence: dict[str, st
     run)."""
     from aevb import plotting
 
-    given = {name: of for name, of in evidence.items() if name in diagnoses and of != "log p(x)"}
+    described = {name: of for name, of in evidence.items() if name in diagnoses and what_of(of)}
     figure = plotting.gap_comparison(diagnoses, out / "e_step_gaps.png")
     rows = [[name, str(r["examples"]), with_se(r, "log_px"), with_se(r, "elbo_amortized"),
              with_se(r, "approximation_gap"), with_se(r, "amortization_gap"), f"{r['active_units']} of {r['latent_dim']}"]
@@ -276,8 +286,8 @@ def e_step_section(out: Path, diagnoses: dict[str, dict], evidence: dict[str, st
         Text("How far each fitted model's amortized posterior q_phi is from exact (Cremer, Li & Duvenaud 2018): the "
              "approximation gap is the family's (the best member for each example, q*, against log p(x)), the "
              f"amortization gap the encoder's (q_phi against q*). Each {noun}'s section says how they were "
-             "computed." + "".join(f" For {name}, a model of x given {GIVEN.get(of, of)}, they are of {of} and its "
-                                   "ELBO." for name, of in given.items())),
+             "computed." + "".join(f" For {name}, {what_of(of)}, they are of {of} and its ELBO."
+                                   for name, of in described.items())),
         Table([noun, "examples", "log p(x)", "ELBO[q_phi]", "approximation gap", "amortization gap",
                "active units"], rows),
         Figure(figure, f"log p(x) - ELBO[q_phi] per {noun}, split into the approximation gap (blue) and the "
@@ -655,10 +665,10 @@ def run_section(run: FinishedRun) -> list[Block]:
     summary, args, data = run.summary, run.record["args"], run.record["data"]
     decay = (f", multiplied by {args['lr_gamma']:g} after epochs {', '.join(map(str, args['lr_milestones']))}"
              if args.get("lr_milestones") else "")
-    given = f", given {GIVEN.get(run.evidence, run.evidence)}" if run.evidence != "log p(x)" else ""
+    condition = f", {given(run.evidence)}" if given(run.evidence) else ""
     blocks: list[Block] = [
         Heading(2, f"{run.name}: {summary['model']}", anchor=run.anchor),
-        Text(f"`{summary['model']}` fitted to {summary.get('dataset', '—')}{given}: {data['kind']} of shape "
+        Text(f"`{summary['model']}` fitted to {summary.get('dataset', '—')}{condition}: {data['kind']} of shape "
              f"{' × '.join(map(str, data['shape']))} (transform {summary.get('transform', '—')}), schedule "
              f"{summary.get('schedule', '—')}, {length(args, summary)} of batch {args['batch_size']}, Adam "
              f"{args['lr']:g}{decay}, seed {args['seed']}. Its bounds are of {run.evidence}, in nats per test "
