@@ -87,6 +87,9 @@ def test_bits_per_dim_of_pixels_are_of_the_pixels_not_of_their_standardized_valu
     evaluated = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert evaluated["bits_per_dim"] == pytest.approx(expected)
     assert evaluated["log_evidence_offset"] == summary["log_evidence_offset"] and evaluated["evidence"] == "log p(u)"
+    assert main(["sample", str(tmp_path / "run"), "--n", "1000", "--out", str(tmp_path / "s.npy")]) == 0
+    drawn, seen = np.load(tmp_path / "s.npy"), (pixels + 0.5) / 256  # the dequantized pixels' scale, not standardized
+    assert np.abs(drawn.mean(0) - seen.mean(0)).max() < 0.02 and (drawn.std(0) / seen.std(0)).max() < 4  # not 9
 
 
 def test_the_synthetic_data_refuse_a_transform(tmp_path, capsys):

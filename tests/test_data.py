@@ -17,7 +17,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from aevb import cli, disk, download
+from aevb import cli, disk, download, fitting
 from aevb.data import (
     DataError,
     as_sequences,
@@ -519,12 +519,13 @@ def test_standardize_centres_and_scales_each_value_and_its_offset_is_the_log_jac
     scale, shift = torch.tensor([1e-3, 1.0, 50.0, 2e4]), torch.tensor([0.0, -3.0, 300.0, 1e5])
     x_train = torch.randn(400, 4, generator=generator) * scale + shift
     x_test = torch.randn(50, 4, generator=generator) * scale + shift
-    u_train, u_test, offset = standardize(x_train, x_test, None, "x.npy")
+    u_train, u_test, offset, (m, s) = standardize(x_train, x_test, None, "x.npy")
     assert torch.allclose(u_train.mean(0), torch.zeros(4), atol=1e-5)
     assert torch.allclose(u_train.std(0), torch.ones(4), atol=1e-5)
     mean, std = x_train.double().mean(0), x_train.double().std(0)
     assert torch.allclose(u_test.double(), (x_test.double() - mean) / std, atol=1e-4)
     assert offset == pytest.approx(-std.log().sum().item(), abs=1e-6)  # of s in float32, as applied
+    assert torch.equal(u_test * s + m, ((x_test - m) / s) * s + m) and torch.allclose(s.double(), std, rtol=1e-6)
     p_u = torch.distributions.Independent(
         torch.distributions.Normal(torch.full((4,), 0.3, dtype=torch.float64), 1.7), 1)
     p_x = torch.distributions.TransformedDistribution(p_u, torch.distributions.AffineTransform(mean, std, event_dim=1))
@@ -564,7 +565,7 @@ def test_standardized_rows_left_on_disk_are_the_rows_standardized_in_memory(tmp_
         data = load_dataset(str(tmp_path / "x.npy"), seed=0)
         x_train, _, x_test, _ = prepare(data, "standardize", seed=0)
         prepared[on_disk] = standardize(x_train, x_test, data.levels, "x.npy")
-    (memory_train, memory_test, memory_offset), (disk_train, disk_test, disk_offset) = prepared[False], prepared[True]
+    (memory_train, memory_test, memory_offset, _), (disk_train, disk_test, disk_offset, _) = prepared.values()
     assert isinstance(disk_train, disk.DiskRows) and disk_offset == pytest.approx(memory_offset, rel=1e-12)
     assert torch.allclose(disk_train[torch.arange(len(memory_train))], memory_train, atol=1e-6)
     assert torch.allclose(disk_test, memory_test, atol=1e-6)
@@ -583,6 +584,14 @@ def test_a_fit_of_standardized_data_reports_the_offset_to_the_datas_units(tmp_pa
     assert summary["transform"] == "standardize" and summary["log_evidence_offset"] == pytest.approx(expected, rel=1e-6)
     assert math.isfinite(summary["iwae_log_likelihood"]) and "standardized data" in summary["preprocessing"]
     assert summary["evidence"] == "log p(u)"  # the bounds are of the standardized data u, not of x
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["data"]["standardization"]
+    mean, std = (torch.tensor(recorded[k]) for k in ("mean", "std"))
+    assert torch.allclose(mean, torch.from_numpy(x[:200]).mean(0), rtol=1e-5)
+    assert -std.double().log().sum().item() == pytest.approx(summary["log_evidence_offset"], rel=1e-12)
+    assert cli.main(["sample", str(tmp_path / "run"), "--n", "7", "--seed", "3", "--out", str(tmp_path / "s.npy")]) == 0
+    torch.manual_seed(3)
+    u = fitting.load_run(tmp_path / "run").model.sample(7)
+    assert np.allclose(np.load(tmp_path / "s.npy"), (u * std + mean).numpy(), rtol=1e-5)  # x = m + s u: data units
     assert cli.main(["eval", str(tmp_path / "run"), "--iwae", "4", "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert evaluated["log_evidence_offset"] == summary["log_evidence_offset"] and evaluated["evidence"] == "log p(u)"

@@ -444,10 +444,11 @@ FLOAT32_DIGITS = 1e-5  # a value whose standard deviation is below this fraction
 
 
 def standardize(x_train: Tensor | DiskRows, x_test: Tensor, levels: int | None, source: str,
-                shape: tuple[int, ...] | None = None) -> tuple[Tensor | DiskRows, Tensor, float]:
-    """(u_train, u_test, offset): flat (N, D) examples standardized, u = (x - m) / s, by the training examples' mean
-    m and standard deviation s of each of the D values of an example (of ``shape``, for naming them), and
-    offset = -sum_d log s_d (of the s applied, in float32), so that log p(x) = log p(u) + offset. The statistics are
+                shape: tuple[int, ...] | None = None) -> tuple[Tensor | DiskRows, Tensor, float, tuple[Tensor, Tensor]]:
+    """(u_train, u_test, offset, (m, s)): flat (N, D) examples standardized, u = (x - m) / s, by the training
+    examples' mean m and standard deviation s, (D,) each, of each of the D values of an example (of ``shape``, for
+    naming them), and offset = -sum_d log s_d (of the s applied, in float32), so that log p(x) = log p(u) + offset
+    (and x = m + s u maps draws of u back). The statistics are
     summed in float64, a chunk of rows at a time for rows left on disk, which are standardized as they are read.
     DataError for integer pixels (their density is the dequantized data's), fewer than 2 training examples, or a
     value that is constant, or whose variation float32 cannot hold at its size."""
@@ -488,7 +489,7 @@ def standardize(x_train: Tensor | DiskRows, x_test: Tensor, levels: int | None, 
         u_train = x_train.map(lambda rows: (rows - mean) / std)
     else:
         u_train = (x_train - mean) / std
-    return u_train, (x_test - mean) / std, -std.double().log().sum().item()
+    return u_train, (x_test - mean) / std, -std.double().log().sum().item(), (mean, std)
 
 
 def as_sequences(x: Tensor | DiskRows, shape: tuple[int, ...]) -> Tensor | DiskRows:

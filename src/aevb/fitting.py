@@ -75,6 +75,7 @@ class Data:
     num_classes: int | None = None
     transform: Callable | None = None  # applied to every training batch (dynamic binarization)
     log_evidence_offset: float | None = None  # log p(x) - log p(u) where the model sees standardized data u
+    standardization: tuple[Tensor, Tensor] | None = None  # (m, s), (D,) each: u = (x - m) / s, flat
 
     def config_values(self, fields: Sequence[str]) -> dict[str, int]:
         """The values of the config fields ``DATA_FIELDS`` that the model declares."""
@@ -344,14 +345,15 @@ def load_data(args: argparse.Namespace, cls: type) -> Data:
     transform = args.transform or (DEFAULT_TRANSFORMS.get(likelihood, "none") if raw.levels and not binary else "none")
     args.transform = transform
     x_train, y_train, x_test, y_test = prepare(raw, transform, args.seed)
-    offset = None
+    offset = standardization = None
     if transform == "standardize":
         if likelihood in LIKELIHOODS and likelihood != "gaussian":
             gaussian = "gaussian" in likelihood_choices(cls)
             raise DataError(f"--transform standardize gives values of either sign, outside a {likelihood} likelihood's "
                             "support; " + ("use --likelihood gaussian" if gaussian else
                                            f"{cls.name} has no Gaussian likelihood: leave out --transform standardize"))
-        x_train, x_test, offset = standardize(x_train, x_test, raw.levels, args.dataset, shape=tuple(raw.shape))
+        x_train, x_test, offset, standardization = standardize(x_train, x_test, raw.levels, args.dataset,
+                                                               shape=tuple(raw.shape))
     if likelihood in LIKELIHOODS:  # dynamic binarization's training data are probabilities, binarized per batch
         checked = {"test": x_test} if transform == "dynamic-binarize" else {"training": x_train, "test": x_test}
         for split, x in checked.items():
@@ -367,7 +369,7 @@ def load_data(args: argparse.Namespace, cls: type) -> Data:
                             "labelled data set (mnist, digits, idx:DIR, or an .npz with y and y_test)")
         train, test = (x_train, y_train), (x_test, y_test)
     return Data(train, test, y_test, shape, kind, raw.levels if transform == "dequantize" else None, raw.num_classes,
-                dynamic_binarize if transform == "dynamic-binarize" else None, offset)
+                dynamic_binarize if transform == "dynamic-binarize" else None, offset, standardization)
 
 
 # Fitting ----------------------------------------------------------------------------------------------
@@ -747,9 +749,11 @@ def resolve_device(text: str) -> torch.device:
 def run_config(cls: type, model: LatentVariableModel, flags: dict, data: Data) -> dict:
     """config.json: how to import the model, its config, every flag, the data's shape and range, and the versions
     of the software that fitted it."""
+    standardized = {} if data.standardization is None else {
+        "standardization": {"mean": data.standardization[0].tolist(), "std": data.standardization[1].tolist()}}
     return {"model": registry.reference(cls), "config": dataclasses.asdict(model.config), "args": flags,
             "data": {"shape": list(data.shape), "kind": data.kind, "levels": data.levels, "num_classes": data.num_classes,
-                     "range": grey_range(data.test[0])}, "versions": runs.software_versions()}
+                     "range": grey_range(data.test[0]), **standardized}, "versions": runs.software_versions()}
 
 
 def resolve_paths(args: argparse.Namespace) -> None:
@@ -875,6 +879,14 @@ def run_record(run_dir: Path) -> dict:
     if not (isinstance(grey, list) and len(grey) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v)
                                                               for v in grey) and grey[0] < grey[1]):
         raise UsageError(f"{path} is damaged (its data's range is not two finite numbers, low < high); {runs.REFIT}")
+    standardization = data.get("standardization")
+    if standardization is not None and not (
+            isinstance(standardization, dict) and all(
+                isinstance(values, list) and len(values) == math.prod(shape) and all(
+                    isinstance(v, (int, float)) and math.isfinite(v) and (v > 0 or key == "mean") for v in values)
+                for key, values in ((k, standardization.get(k)) for k in ("mean", "std")))):
+        raise UsageError(f"{path} is damaged (its data's standardization is not a mean and a positive standard "
+                         f"deviation for each of the {math.prod(shape)} values of an example); {runs.REFIT}")
     return record
 
 
@@ -1112,8 +1124,9 @@ def plot_examples(x: Tensor, rows: list[str] | None, shape: Sequence[int], kind:
 def sample_run(run_dir: str | Path, out: Path, num_samples: int, label: int | None = None, seed: int = 0,
                overwrite: bool = False) -> dict:
     """Draw from a run's model into ``out``: a figure (.png) or the arrays (.npy: x, (n, *the shape of one example);
-    .npz: x and labels y), written whole or not at all; an existing ``out`` (or a link there) is replaced only with
-    ``overwrite``."""
+    .npz: x and labels y), in the data's units where the model saw standardized data (x = m + s u, with the m and s
+    its config.json records), written whole or not at all; an existing ``out`` (or a link there) is replaced only
+    with ``overwrite``."""
     check_integers("sample_run", num_samples=(num_samples, sample_count), seed=(seed, random_seed))  # label: ``draw``
     run = load_run(run_dir)
     out = Path(out)
@@ -1138,12 +1151,17 @@ def sample_run(run_dir: str | Path, out: Path, num_samples: int, label: int | No
         raise UsageError(f"{run.cls.__name__}.sample({num_samples}) gives {tuple(getattr(x, 'shape', ()))}, not "
                          f"({num_samples}, ...) of examples of shape {tuple(shape)}; fix its sample() "
                          "(aevb.testing.check_model checks it)")
-    x = x.cpu()
+    x, value_range = x.cpu(), run.config["data"]["range"]
+    standardization = run.config["data"].get("standardization")
+    if standardization is not None:  # the model drew standardized u: x = m + s u, in the data's units
+        mean, std = (torch.tensor(standardization[k], dtype=x.dtype) for k in ("mean", "std"))
+        x = (x.flatten(1) * std + mean).reshape(x.shape)
+        value_range = [(mean + std * value_range[0]).min().item(), (mean + std * value_range[1]).max().item()]
 
     def write(path: Path) -> None:
         if out.suffix == ".png":
             plot_examples(x, rows, shape, run.config["data"]["kind"], path,
-                          title=f"samples from {run_dir}", value_range=run.config["data"]["range"])
+                          title=f"samples from {run_dir}", value_range=value_range)
             return
         import numpy as np
 
