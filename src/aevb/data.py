@@ -448,10 +448,10 @@ def standardize(x_train: Tensor | DiskRows, x_test: Tensor, levels: int | None, 
     """(u_train, u_test, offset, (m, s)): flat (N, D) examples standardized, u = (x - m) / s, by the training
     examples' mean m and standard deviation s, (D,) each, of each of the D values of an example (of ``shape``, for
     naming them), and offset = -sum_d log s_d (of the s applied, in float32), so that log p(x) = log p(u) + offset
-    (and x = m + s u maps draws of u back). The statistics are
-    summed in float64, a chunk of rows at a time for rows left on disk, which are standardized as they are read.
-    DataError for integer pixels (their density is the dequantized data's), fewer than 2 training examples, or a
-    value that is constant, or whose variation float32 cannot hold at its size."""
+    (and x = m + s u maps draws of u back). The statistics are summed in float64, a chunk of rows at a time for rows
+    left on disk, which are standardized as they are read. DataError for integer pixels (their density is the
+    dequantized data's), fewer than 2 training examples, or a value that is constant, or whose variation float32
+    cannot hold at its size."""
     if levels is not None:
         raise DataError(f"{source}: --transform standardize is for real-valued data, and these are integer pixels; "
                         "use --transform dequantize (or save them as floats)")
