@@ -8,6 +8,7 @@ import http.server
 import json
 import math
 import os
+import signal
 import socket
 import threading
 from pathlib import Path
@@ -607,3 +608,37 @@ def test_a_fit_of_standardized_data_reports_the_offset_to_the_datas_units(tmp_pa
         assert cli.main(["fit", model[1], "--dataset", str(tmp_path / "x.npz"), "--transform", "standardize",
                          "--out", str(tmp_path / "refused")]) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "refused").exists()
+
+
+def test_a_run_read_back_on_a_changed_test_set_says_its_numbers_are_of_other_data(tmp_path, capsys, monkeypatch):
+    x = np.random.default_rng(5).uniform(size=(120, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    run = tmp_path / "run"
+    flags = ["fit", "vae", "--dataset", str(tmp_path / "x.npy"), "--epochs", "2", "--batch-size", "20", "--hidden", "8",
+             "--iwae", "2", "--no-progress", "--json"]
+    assert cli.main([*flags, "--out", str(run)]) == 0
+    assert len(json.loads((run / "config.json").read_text())["data"]["test_sha256"]) == 64
+    capsys.readouterr()
+    assert cli.main(["eval", str(run), "--iwae", "2", "--json"]) == 0
+    assert "warning" not in capsys.readouterr().err  # the same file: the same test set
+    step = Trainer.step
+
+    def stop_at_3(self, batch, phase):  # as SIGINT stops a fit
+        if self.step_count + 1 == 3:
+            self.request_stop(signal.SIGINT)
+        return step(self, batch, phase)
+
+    monkeypatch.setattr(Trainer, "step", stop_at_3)
+    assert cli.main([*flags, "--out", str(tmp_path / "resumed")]) == 130
+    monkeypatch.setattr(Trainer, "step", step)
+    np.save(tmp_path / "x.npy", x[::-1].copy())  # the same shape and values, other rows held out
+    for command in (["eval", str(run), "--iwae", "2", "--json"],
+                    ["diagnose", str(run), "--examples", "4", "--steps", "1", "--iwae", "2", "--json"],
+                    ["resume", str(tmp_path / "resumed"), "--no-progress", "--json"]):
+        capsys.readouterr()
+        assert cli.main(command) == 0
+        out, err = capsys.readouterr()
+        assert err.startswith(f"aevb: warning: the test set of --dataset {tmp_path / 'x.npy'} is not the one this run "
+                              "was fitted with"), command
+        warning = json.loads(out.splitlines()[-1])["warnings"][0]
+        assert warning.endswith("these numbers are of other data than the fit's")

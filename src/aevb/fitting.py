@@ -18,6 +18,7 @@ import collections.abc
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import inspect
 import json
 import math
@@ -644,7 +645,8 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
                                      data.log_evidence_offset)}
     summary.update(hooks.summary(model, data, history, summary))
     warnings = [*summary.pop("warnings", []), *implausible(summary, data),  # the model's own, then the generic ones
-                *(trained_with_other_software(out, progress_so_far["software"]) if resume else [])]
+                *(trained_with_other_software(out, progress_so_far["software"]) +
+                  test_set_changed(run_record(out), data) if resume else [])]
     summary.update({"warnings": warnings} if warnings else {})
     summary.update(train_seconds=seconds, device=device_name(device), threads=torch.get_num_threads(),
                    **({"processes": distributed.world_size()} if distributed.active() else {}))
@@ -746,6 +748,29 @@ def resolve_device(text: str) -> torch.device:
     return device
 
 
+def test_fingerprint(data: Data) -> str:
+    """SHA-256 of the test set as the model sees it (every tensor of ``data.test``: dtype, shape and values), by
+    which a run read back knows whether it is evaluated on the test set it was fitted with."""
+    digest = hashlib.sha256()
+    for t in data.test:
+        t = t.detach().cpu().contiguous()
+        digest.update(f"{t.dtype} {tuple(t.shape)};".encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def test_set_changed(record: dict, data: Data) -> list[str]:
+    """A warning where ``data`` are not the test set a run was fitted with (``record``, its config.json: the
+    ``test_sha256`` of its data; runs of earlier versions have none): the file changed, or it is split or transformed
+    otherwise, so the numbers are of other data than the fit's."""
+    recorded = record["data"].get("test_sha256")
+    if recorded is None or recorded == test_fingerprint(data):
+        return []
+    return [f"the test set of --dataset {record['args']['dataset']} is not the one this run was fitted with (the file "
+            "has changed since, or this software splits or transforms it otherwise): these numbers are of other data "
+            "than the fit's"]
+
+
 def run_config(cls: type, model: LatentVariableModel, flags: dict, data: Data) -> dict:
     """config.json: how to import the model, its config, every flag, the data's shape and range, and the versions
     of the software that fitted it."""
@@ -753,7 +778,8 @@ def run_config(cls: type, model: LatentVariableModel, flags: dict, data: Data) -
         "standardization": {"mean": data.standardization[0].tolist(), "std": data.standardization[1].tolist()}}
     return {"model": registry.reference(cls), "config": dataclasses.asdict(model.config), "args": flags,
             "data": {"shape": list(data.shape), "kind": data.kind, "levels": data.levels, "num_classes": data.num_classes,
-                     "range": grey_range(data.test[0]), **standardized}, "versions": runs.software_versions()}
+                     "range": grey_range(data.test[0]), **standardized, "test_sha256": test_fingerprint(data)},
+            "versions": runs.software_versions()}
 
 
 def resolve_paths(args: argparse.Namespace) -> None:
@@ -879,6 +905,8 @@ def run_record(run_dir: Path) -> dict:
     if not (isinstance(grey, list) and len(grey) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v)
                                                               for v in grey) and grey[0] < grey[1]):
         raise UsageError(f"{path} is damaged (its data's range is not two finite numbers, low < high); {runs.REFIT}")
+    if not isinstance(data.get("test_sha256", ""), str):
+        raise UsageError(f"{path} is damaged (its test set's test_sha256 is not text); {runs.REFIT}")
     standardization = data.get("standardization")
     if standardization is not None and not (
             isinstance(standardization, dict) and all(
@@ -1017,7 +1045,7 @@ def evaluate_run(run_dir: str | Path, num_samples: int, refine_steps: int = 0, p
             if data.levels is not None:
                 summary["bits_per_dim_refined"] = evaluation.bits_per_dim(
                     summary["iwae_log_likelihood_refined"], data.test[0][0].numel(), data.levels)
-    warnings = implausible(summary, data)
+    warnings = test_set_changed(run.config, data) + implausible(summary, data)
     return {**summary, **({"warnings": warnings} if warnings else {})}
 
 
@@ -1044,6 +1072,8 @@ def diagnose_run(run_dir: str | Path, examples: int, num_samples: int, settings:
     result = {"evidence": evaluation.evidence_name(data.test, standardized), **result,
               **({"preprocessing": evaluation.STANDARDIZED, "log_evidence_offset": data.log_evidence_offset}
                  if standardized else {})}
+    warnings = test_set_changed(run.config, data)
+    result.update({"warnings": warnings} if warnings else {})
     figure = plotting.e_step_diagnostics(result, Path(run_dir) / "diagnostics.png")
     runs.write_json(Path(run_dir) / "diagnostics.json", result)  # last: its figure is there when it is
     return {**result, "figure": str(figure)}
