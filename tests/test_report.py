@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aevb import plotting, report, reproduce
+from aevb import plotting, report, reproduce, run_report
 from aevb.cli import main
 from aevb.report import number
 from aevb.reproduce import EXPERIMENTS, TUTORIAL, Published
@@ -384,9 +384,9 @@ def test_a_report_of_one_run_is_written_into_it_and_states_the_runs_numbers(fini
     text = (run / "report.md").read_text()
     summary = json.loads((run / "summary.json").read_text())
     assert text.startswith("# aevb: report of run ppca\n") and summary["model"].endswith("ppca.py:PPCA")
-    for key in report.findings(summary):
-        assert table_row(text, report.quantity(key, summary))[1] == number(summary[key])
-    assert report.quantity("test_log_evidence", summary) == "test log p(x), exact (the model's log_evidence)"
+    for key in run_report.findings(summary):
+        assert table_row(text, run_report.quantity(key, summary))[1] == number(summary[key])
+    assert run_report.quantity("test_log_evidence", summary) == "test log p(x), exact (the model's log_evidence)"
     assert ("fitted to digits: images of shape 8 × 8 (transform none), schedule joint, 3 epochs (45 gradient steps) "
             "of batch 100, Adam 0.001, seed 0. Its bounds are of log p(x)") in text
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -536,10 +536,10 @@ def test_a_report_names_a_run_named_dot_keeps_the_tours_report_and_runs_from_pyt
     assert main(["report", str(tour), "--out", str(tour)]) == 2
     assert main(["report", str(tour), "--out", str(tmp_path / "tour")]) == 0
     assert all(f"## {name}: " in (tmp_path / "tour" / "report.md").read_text() for name in TUTORIAL)
-    assert [anchor for _, anchor in report.run_names([Path("x/a.b"), Path("y/a-b")])] == ["run-a-b", "run-a-b-2"]
-    result = report.write_runs_report([str(finished_runs / "ppca"), finished_runs / "cvae"], out=str(tmp_path / "py"))
+    assert [anchor for _, anchor in run_report.run_names([Path("x/a.b"), Path("y/a-b")])] == ["run-a-b", "run-a-b-2"]
+    result = run_report.write_runs_report([str(finished_runs / "ppca"), finished_runs / "cvae"], out=str(tmp_path / "py"))
     assert result["runs"] == {"ppca": "reported", "cvae": "reported"}  # from Python, as the command line
-    assert "by `aevb.report.write_runs_report` into" in (tmp_path / "py" / "report.md").read_text()
+    assert "by `aevb.run_report.write_runs_report` into" in (tmp_path / "py" / "report.md").read_text()
 
 
 def test_a_run_holding_its_report_is_replaced_whole_by_a_new_fit(tmp_path):

@@ -277,10 +277,10 @@ def sample_command(args: argparse.Namespace) -> dict:
 
 
 def report_command(args: argparse.Namespace) -> dict:
-    from aevb import report
+    from aevb import run_report
 
     command = " ".join(["aevb report", *map(str, args.run_dirs), *(["--out", str(args.out)] if args.out else [])])
-    return report.write_runs_report(args.run_dirs, args.out, command)
+    return run_report.write_runs_report(args.run_dirs, args.out, command)
 
 
 def tour_command(args: argparse.Namespace) -> dict:
