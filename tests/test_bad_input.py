@@ -539,7 +539,13 @@ def run_cases(command: list[str], kind: str = "vae") -> list[Case]:
         "config-data-range-reversed": (edit_json("config.json", lambda c: replaced(c, "data.range", [1, 0])), "config.json"),
         "config-data-range-text": (edit_json("config.json", lambda c: replaced(c, "data.range", "0,1")), "config.json"),
         "config-data-test-sha256-a-number": (edit_json("config.json", lambda c: replaced(c, "data.test_sha256", 7)),
-                                             "test_sha256 is not text"),
+                                             "test_sha256 is not a SHA-256"),
+        "config-data-test-sha256-short": (edit_json("config.json", lambda c: replaced(c, "data.test_sha256", "abc")),
+                                          "test_sha256 is not a SHA-256"),
+        "config-data-standardization-huge": (edit_json("config.json", lambda c: replaced(
+            c, "data.standardization", {"mean": [0.0] * 64, "std": [1e300] * 64})), "its data's standardization"),
+        "config-data-standardization-true": (edit_json("config.json", lambda c: replaced(
+            c, "data.standardization", {"mean": [True] * 64, "std": [True] * 64})), "its data's standardization"),
         "config-data-standardization-short": (edit_json("config.json", lambda c: replaced(
             c, "data.standardization", {"mean": [0.0], "std": [1.0]})), "its data's standardization"),
         "config-data-standardization-std-0": (edit_json("config.json", lambda c: replaced(

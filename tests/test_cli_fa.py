@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from aevb import fitting
 from aevb.cli import main
@@ -143,3 +144,20 @@ def test_bad_input_gives_one_line_and_exit_code_2_and_writes_nothing(tmp_path, c
     stderr = capsys.readouterr().err.strip()
     assert len(stderr.splitlines()) == 1 and "error" in stderr, stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_its_standardization_after_another_maps_the_data_as_the_two_in_turn(monkeypatch):
+    """Factor analysis standardizes data that --transform standardize gave it: the recorded (m, s) is the composition
+    x -> (x - m1) / s1 -> (. - m2) / s2, tested with a first step far from the identity."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 3, generator=generator) * torch.tensor([5.0, 0.5, 20.0]) + torch.tensor([100.0, -3.0, 7.0])
+    m1, s1 = torch.tensor([90.0, -2.0, 0.0]), torch.tensor([2.0, 0.25, 10.0])  # not x's: a second step is not trivial
+    first = fitting.Data(((x[:50] - m1) / s1,), ((x[50:] - m1) / s1,), None, (3,), "vectors",
+                 log_evidence_offset=-s1.log().sum().item(), standardization=(m1, s1))
+    monkeypatch.setattr("aevb.experiments.fa.load_data", lambda args, cls: first)
+    data = FAHooks(fitting.parse_fit_args(FactorAnalysis, ["--dataset", "x.npy"])).data()
+    mean, std = data.standardization
+    assert torch.allclose(data.train[0], (x[:50] - mean) / std, atol=1e-5)
+    assert torch.allclose(data.test[0], (x[50:] - mean) / std, atol=1e-5)
+    assert torch.allclose(mean, x[:50].mean(0), rtol=1e-5) and torch.allclose(std, x[:50].std(0), rtol=1e-5)
+    assert data.log_evidence_offset == pytest.approx(-x[:50].double().std(0).log().sum().item(), rel=1e-6)

@@ -593,6 +593,15 @@ def test_a_fit_of_standardized_data_reports_the_offset_to_the_datas_units(tmp_pa
     torch.manual_seed(3)
     u = fitting.load_run(tmp_path / "run").model.sample(7)
     assert np.allclose(np.load(tmp_path / "s.npy"), (u * std + mean).numpy(), rtol=1e-5)  # x = m + s u: data units
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    del config["data"]["standardization"]  # as an aevb that did not record them wrote it
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert cli.main(["sample", str(tmp_path / "run"), "--n", "7", "--seed", "3", "--out", str(tmp_path / "u.npy")]) == 0
+    assert "these samples are of the standardized data u, not in the data's units" in capsys.readouterr().err
+    assert np.allclose(np.load(tmp_path / "u.npy"), u.numpy())
+    config["data"]["standardization"] = recorded
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
     assert cli.main(["eval", str(tmp_path / "run"), "--iwae", "4", "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert evaluated["log_evidence_offset"] == summary["log_evidence_offset"] and evaluated["evidence"] == "log p(u)"
@@ -633,8 +642,7 @@ def test_a_run_read_back_on_a_changed_test_set_says_its_numbers_are_of_other_dat
     monkeypatch.setattr(Trainer, "step", step)
     np.save(tmp_path / "x.npy", x[::-1].copy())  # the same shape and values, other rows held out
     for command in (["eval", str(run), "--iwae", "2", "--json"],
-                    ["diagnose", str(run), "--examples", "4", "--steps", "1", "--iwae", "2", "--json"],
-                    ["resume", str(tmp_path / "resumed"), "--no-progress", "--json"]):
+                    ["diagnose", str(run), "--examples", "4", "--steps", "1", "--iwae", "2", "--json"]):
         capsys.readouterr()
         assert cli.main(command) == 0
         out, err = capsys.readouterr()
@@ -642,3 +650,14 @@ def test_a_run_read_back_on_a_changed_test_set_says_its_numbers_are_of_other_dat
                               "was fitted with"), command
         warning = json.loads(out.splitlines()[-1])["warnings"][0]
         assert warning.endswith("these numbers are of other data than the fit's")
+    assert json.loads((run / "diagnostics.json").read_text())["warnings"] == [warning]
+    assert cli.main(["report", str(run)]) == 0 and warning in (run / "report.md").read_text()
+    checkpoint = (tmp_path / "resumed" / "checkpoint.pt").read_bytes()
+    assert cli.main(["resume", str(tmp_path / "resumed"), "--no-progress"]) == 2  # its training would go on elsewhere
+    assert capsys.readouterr().err == (
+        f"aevb: error: --dataset {tmp_path / 'x.npy'} no longer gives the test set the run {tmp_path / 'resumed'} "
+        "began with (the data changed since, or this software splits or transforms them otherwise); resume it on the "
+        "data it began with, or fit afresh\n")
+    assert (tmp_path / "resumed" / "checkpoint.pt").read_bytes() == checkpoint
+    np.save(tmp_path / "x.npy", x)
+    assert cli.main(["resume", str(tmp_path / "resumed"), "--no-progress"]) == 0  # on the data it began with

@@ -23,6 +23,7 @@ import inspect
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -429,6 +430,7 @@ def trained_with_other_software(out: Path, software: list[str]) -> list[str]:
             "bit as an uninterrupted fit would"]
 
 
+FLOAT32_MAX = torch.finfo(torch.float32).max  # a recorded mean or standard deviation beyond it is not one aevb wrote
 LARGE_VALUES = 10.0  # data beyond this, given to networks unscaled, are a likely cause of a non-finite first ELBO
 FIRST_BATCH = 7  # examples checked before training: a size unlikely to equal a dimension, so that a factor or
 # term of the wrong shape cannot hide by broadcasting against the batch
@@ -525,10 +527,12 @@ def check_run_dir(out: Path, cls: type, requested: dict, resume: bool) -> str | 
     return state
 
 
-def prepare_fit(cls: type, args: argparse.Namespace, resume: bool) -> tuple[Hooks, Data, torch.device,
-                                                                           LatentVariableModel]:
-    """The hooks, data, device and model of a fit, everything checked; the model's initialization drawn from
-    ``--seed`` (the same on every rank)."""
+def prepare_fit(cls: type, args: argparse.Namespace, resumed: Path | None) -> tuple[Hooks, Data, torch.device,
+                                                                                  LatentVariableModel]:
+    """The hooks, data, device and model of a fit (of the run ``resumed`` continues, if any), everything checked;
+    the model's initialization drawn from ``--seed`` (the same on every rank). DataError where a resumed run's data
+    no longer give the test set it began with: its training would go on on other data."""
+    resume = resumed is not None
     hooks = hooks_class(cls)(args)
     args.schedule = args.schedule or Schedule.parse("joint")
     data = hooks.data() or load_data(args, cls)
@@ -540,6 +544,10 @@ def prepare_fit(cls: type, args: argparse.Namespace, resume: bool) -> tuple[Hook
     torch.manual_seed(args.seed)
     model = build_model(cls, args, data).to(device)
     data = in_model_dtype(data, model)
+    if resume and test_set_changed(run_record(resumed), data):
+        raise DataError(f"--dataset {args.dataset} no longer gives the test set the run {resumed} began with (the data "
+                        "changed since, or this software splits or transforms them otherwise); resume it on the data "
+                        "it began with, or fit afresh")
     check_first_batch(model, data, args)
     return hooks, data, device, model
 
@@ -562,7 +570,7 @@ def in_model_dtype(data: Data, model: LatentVariableModel) -> Data:
 
 def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progress: bool, resume: bool) -> dict:
     main = distributed.rank() == 0
-    hooks, data, device, model = distributed.together(lambda: prepare_fit(cls, args, resume))
+    hooks, data, device, model = distributed.together(lambda: prepare_fit(cls, args, out if resume else None))
     data = dataclasses.replace(data, train=tuple(t.to(device) for t in data.train),
                                test=tuple(t.to(device) for t in data.test))
     with torch.no_grad():
@@ -645,8 +653,7 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
                                      data.log_evidence_offset)}
     summary.update(hooks.summary(model, data, history, summary))
     warnings = [*summary.pop("warnings", []), *implausible(summary, data),  # the model's own, then the generic ones
-                *(trained_with_other_software(out, progress_so_far["software"]) +
-                  test_set_changed(run_record(out), data) if resume else [])]
+                *(trained_with_other_software(out, progress_so_far["software"]) if resume else [])]
     summary.update({"warnings": warnings} if warnings else {})
     summary.update(train_seconds=seconds, device=device_name(device), threads=torch.get_num_threads(),
                    **({"processes": distributed.world_size()} if distributed.active() else {}))
@@ -755,7 +762,7 @@ def test_fingerprint(data: Data) -> str:
     for t in data.test:
         t = t.detach().cpu().contiguous()
         digest.update(f"{t.dtype} {tuple(t.shape)};".encode())
-        digest.update(t.numpy().tobytes())
+        digest.update(t.view(torch.uint8).numpy().tobytes())  # its bytes, whatever its dtype (bfloat16 too)
     return digest.hexdigest()
 
 
@@ -766,8 +773,8 @@ def test_set_changed(record: dict, data: Data) -> list[str]:
     recorded = record["data"].get("test_sha256")
     if recorded is None or recorded == test_fingerprint(data):
         return []
-    return [f"the test set of --dataset {record['args']['dataset']} is not the one this run was fitted with (the file "
-            "has changed since, or this software splits or transforms it otherwise): these numbers are of other data "
+    return [f"the test set of --dataset {record['args']['dataset']} is not the one this run was fitted with (the data "
+            "changed since, or this software splits or transforms them otherwise): these numbers are of other data "
             "than the fit's"]
 
 
@@ -905,13 +912,15 @@ def run_record(run_dir: Path) -> dict:
     if not (isinstance(grey, list) and len(grey) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v)
                                                               for v in grey) and grey[0] < grey[1]):
         raise UsageError(f"{path} is damaged (its data's range is not two finite numbers, low < high); {runs.REFIT}")
-    if not isinstance(data.get("test_sha256", ""), str):
-        raise UsageError(f"{path} is damaged (its test set's test_sha256 is not text); {runs.REFIT}")
+    if not re.fullmatch(r"[0-9a-f]{64}", str(data.get("test_sha256", "0" * 64))):
+        raise UsageError(f"{path} is damaged (its test set's test_sha256 is not a SHA-256 in hexadecimal); "
+                         f"{runs.REFIT}")
     standardization = data.get("standardization")
     if standardization is not None and not (
             isinstance(standardization, dict) and all(
                 isinstance(values, list) and len(values) == math.prod(shape) and all(
-                    isinstance(v, (int, float)) and math.isfinite(v) and (v > 0 or key == "mean") for v in values)
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= FLOAT32_MAX
+                    and (v > 0 or key == "mean") for v in values)
                 for key, values in ((k, standardization.get(k)) for k in ("mean", "std")))):
         raise UsageError(f"{path} is damaged (its data's standardization is not a mean and a positive standard "
                          f"deviation for each of the {math.prod(shape)} values of an example); {runs.REFIT}")
@@ -1151,6 +1160,13 @@ def plot_examples(x: Tensor, rows: list[str] | None, shape: Sequence[int], kind:
                             value_range=value_range)
 
 
+def standardized_unrecorded(run_dir: Path) -> bool:
+    """Whether a run was fitted to standardized data by an aevb that did not record their mean and standard
+    deviation in config.json (its summary has the offset, its config.json no standardization)."""
+    summary = read_json(run_dir / "summary.json")
+    return isinstance(summary, dict) and "log_evidence_offset" in summary
+
+
 def sample_run(run_dir: str | Path, out: Path, num_samples: int, label: int | None = None, seed: int = 0,
                overwrite: bool = False) -> dict:
     """Draw from a run's model into ``out``: a figure (.png) or the arrays (.npy: x, (n, *the shape of one example);
@@ -1181,12 +1197,15 @@ def sample_run(run_dir: str | Path, out: Path, num_samples: int, label: int | No
         raise UsageError(f"{run.cls.__name__}.sample({num_samples}) gives {tuple(getattr(x, 'shape', ()))}, not "
                          f"({num_samples}, ...) of examples of shape {tuple(shape)}; fix its sample() "
                          "(aevb.testing.check_model checks it)")
-    x, value_range = x.cpu(), run.config["data"]["range"]
+    x, value_range, warnings = x.cpu(), run.config["data"]["range"], []
     standardization = run.config["data"].get("standardization")
     if standardization is not None:  # the model drew standardized u: x = m + s u, in the data's units
         mean, std = (torch.tensor(standardization[k], dtype=x.dtype) for k in ("mean", "std"))
         x = (x.flatten(1) * std + mean).reshape(x.shape)
         value_range = [(mean + std * value_range[0]).min().item(), (mean + std * value_range[1]).max().item()]
+    elif standardized_unrecorded(Path(run_dir)):
+        warnings.append(f"{run_dir} was fitted to standardized data by an aevb that did not record their mean and "
+                        "standard deviation: these samples are of the standardized data u, not in the data's units")
 
     def write(path: Path) -> None:
         if out.suffix == ".png":
@@ -1204,4 +1223,4 @@ def sample_run(run_dir: str | Path, out: Path, num_samples: int, label: int | No
         runs.write_atomically(out, write)
     except OSError as e:
         raise UsageError(f"--out {out}: cannot write in {out.parent} ({e.strerror}); choose another --out") from None
-    return {"samples": len(x), "out": str(out)}
+    return {"samples": len(x), "out": str(out), **({"warnings": warnings} if warnings else {})}

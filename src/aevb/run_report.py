@@ -77,7 +77,7 @@ DIAGNOSIS = ({"examples": WHOLE, "log_evidence": TEXT, "local_e_step": LOCAL_E_S
                                      "mutual_information_bound")},
               **{f"{k}_se": NUMBER_OR_NULL for k in ("log_px", "elbo_amortized", "total_gap", "elbo_optimal",
                                                      "approximation_gap", "amortization_gap", "mutual_information")},
-              "q_phi_kept": WHOLE})
+              "q_phi_kept": WHOLE, "warnings": TEXTS})
 MARKER = {}, {"files": TEXTS}
 
 
@@ -273,6 +273,8 @@ def run_section(run: FinishedRun) -> list[Block]:
     blocks += (e_step_blocks(run.diagnosis, None, run.evidence) if run.diagnosis else
                [Text(f"Not diagnosed: `aevb diagnose {run.path}` measures the approximation and amortization gaps; "
                      "then write this report again.")])
+    if run.diagnosis and run.diagnosis.get("warnings"):
+        blocks += [Text("Warnings of the diagnosis:"), Bullets(run.diagnosis["warnings"])]
     threads = summary.get("threads")
     blocks += [
         Heading(3, "Settings"),
