@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from aevb import runs
+from aevb import fitting, runs
 from aevb.errors import UsageError
 from aevb.report import (CAPTIONS, IMAGE_SUFFIXES, REPORT_MARKS, Block, Bullets, Figure, Heading, Table, Text,
                          check_report_files, duration, e_step_blocks, e_step_section, given, markdown, number, to_html,
@@ -118,8 +118,6 @@ def runs_named(paths: list[Path]) -> tuple[list[Path], list[Path]]:
     """The finished and the interrupted run directories ``paths`` name, absolute: each a run directory, or a folder
     of run directories (those in it, in name order). UsageError for a run named itself that is interrupted, a folder
     that holds no run, no finished run at all, or anything that is neither."""
-    from aevb import fitting
-
     finished, interrupted = [], []
     for path in paths:
         if (path / runs.MARKER).is_file() or not path.is_dir() or not any(path.iterdir()):
@@ -143,8 +141,6 @@ def runs_named(paths: list[Path]) -> tuple[list[Path], list[Path]]:
 
 def read_run(name: str, anchor: str, path: Path) -> FinishedRun:
     """A finished run's files, each checked, its figures read: UsageError naming the one that is damaged."""
-    from aevb import fitting
-
     record = fitting.run_record(path)
     check_entries(path / "config.json", record["args"], ARGS, runs.REFIT, what="args")
     summary = read_json(path / "summary.json")
