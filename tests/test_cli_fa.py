@@ -153,7 +153,7 @@ def test_its_standardization_after_another_maps_the_data_as_the_two_in_turn(monk
     x = torch.randn(60, 3, generator=generator) * torch.tensor([5.0, 0.5, 20.0]) + torch.tensor([100.0, -3.0, 7.0])
     m1, s1 = torch.tensor([90.0, -2.0, 0.0]), torch.tensor([2.0, 0.25, 10.0])  # not x's: a second step is not trivial
     first = fitting.Data(((x[:50] - m1) / s1,), ((x[50:] - m1) / s1,), None, (3,), "vectors",
-                 log_evidence_offset=-s1.log().sum().item(), standardization=(m1, s1))
+                         standardization=(m1, s1))
     monkeypatch.setattr("aevb.experiments.fa.load_data", lambda args, cls: first)
     data = FAHooks(fitting.parse_fit_args(FactorAnalysis, ["--dataset", "x.npy"])).data()
     mean, std = data.standardization

@@ -76,8 +76,12 @@ class Data:
     levels: int | None = None  # the pixel levels behind dequantized data (for bits/dim), else None
     num_classes: int | None = None
     transform: Callable | None = None  # applied to every training batch (dynamic binarization)
-    log_evidence_offset: float | None = None  # log p(x) - log p(u) where the model sees standardized data u
     standardization: tuple[Tensor, Tensor] | None = None  # (m, s), (D,) each: u = (x - m) / s, flat
+
+    @property
+    def log_evidence_offset(self) -> float | None:
+        """log p(x) - log p(u) = -sum_d log s_d where the model sees standardized data u, else None."""
+        return None if self.standardization is None else -self.standardization[1].double().log().sum().item()
 
     def config_values(self, fields: Sequence[str]) -> dict[str, int]:
         """The values of the config fields ``DATA_FIELDS`` that the model declares."""
@@ -347,15 +351,15 @@ def load_data(args: argparse.Namespace, cls: type) -> Data:
     transform = args.transform or (DEFAULT_TRANSFORMS.get(likelihood, "none") if raw.levels and not binary else "none")
     args.transform = transform
     x_train, y_train, x_test, y_test = prepare(raw, transform, args.seed)
-    offset = standardization = None
+    standardization = None
     if transform == "standardize":
         if likelihood in LIKELIHOODS and likelihood != "gaussian":
             gaussian = "gaussian" in likelihood_choices(cls)
             raise DataError(f"--transform standardize gives values of either sign, outside a {likelihood} likelihood's "
                             "support; " + ("use --likelihood gaussian" if gaussian else
                                            f"{cls.name} has no Gaussian likelihood: leave out --transform standardize"))
-        x_train, x_test, offset, standardization = standardize(x_train, x_test, raw.levels, args.dataset,
-                                                               shape=tuple(raw.shape))
+        x_train, x_test, _, standardization = standardize(x_train, x_test, raw.levels, args.dataset,
+                                                          shape=tuple(raw.shape))
     if likelihood in LIKELIHOODS:  # dynamic binarization's training data are probabilities, binarized per batch
         checked = {"test": x_test} if transform == "dynamic-binarize" else {"training": x_train, "test": x_test}
         for split, x in checked.items():
@@ -371,7 +375,7 @@ def load_data(args: argparse.Namespace, cls: type) -> Data:
                             "labelled data set (mnist, digits, idx:DIR, or an .npz with y and y_test)")
         train, test = (x_train, y_train), (x_test, y_test)
     return Data(train, test, y_test, shape, kind, raw.levels if transform == "dequantize" else None, raw.num_classes,
-                dynamic_binarize if transform == "dynamic-binarize" else None, offset, standardization)
+                dynamic_binarize if transform == "dynamic-binarize" else None, standardization)
 
 
 # Fitting ----------------------------------------------------------------------------------------------

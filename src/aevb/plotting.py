@@ -246,12 +246,10 @@ def series(x: np.ndarray, path: Path, title: str = "", labels: Sequence[str] | N
     fig = Figure(figsize=(3.2 * columns * len(groups), 1.8 * rows + 0.6), layout="constrained")
     steps, width = x.shape[1:]
     heat_map = width > SERIES_LINES
-    every_axis = []
     subfigures = fig.subfigures(1, len(groups) + heat_map, squeeze=False,  # and a slim one for a heat map's scale
                                 width_ratios=[1] * len(groups) + [0.06 * len(groups)] * heat_map)[0]
     for subfigure, (name, shown, names) in zip(subfigures, groups):
         axes = subfigure.subplots(rows, columns, squeeze=False, sharex=True, sharey=True)
-        every_axis += list(axes.flat)
         if len(groups) > 1:
             subfigure.suptitle(name, fontsize=9)
         for k, (ax, example) in enumerate(zip(axes.flat, shown)):
@@ -276,7 +274,7 @@ def series(x: np.ndarray, path: Path, title: str = "", labels: Sequence[str] | N
         subfigures[-1].colorbar(image, cax=subfigures[-1].add_axes((0.1, 0.15, 0.35, 0.7)),  # its slim column
                                 label="value")
     elif width > 1:
-        every_axis[0].legend(fontsize=6, ncols=min(width, 4))
+        subfigures[0].axes[0].legend(fontsize=6, ncols=min(width, 4))  # on the samples' first panel
     fig.suptitle(title, fontsize=10)
     return save(fig, path)
 

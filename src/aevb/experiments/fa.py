@@ -70,12 +70,11 @@ class FAHooks(Hooks):
             raise DataError(f"{self.args.dataset}: column{'s' * (len(constant) > 1)} "
                             f"{', '.join(map(str, constant[:5]))} of the training data {'are' if len(constant) > 1 else 'is'}"
                             " constant, so the likelihood of factor analysis is unbounded; drop constant columns")
-        u_train, u_test, offset, (mean, std) = standardize(x_train, data.test[0].flatten(1), None, self.args.dataset)
+        u_train, u_test, _, (mean, std) = standardize(x_train, data.test[0].flatten(1), None, self.args.dataset)
         if data.standardization is not None:  # after --transform standardize's: x -> (x - m) / s -> (. - mean) / std
             before_mean, before_std = data.standardization
             mean, std = before_mean + before_std * mean, before_std * std
-        return dataclasses.replace(data, train=(u_train,), test=(u_test,), standardization=(mean, std),
-                                   log_evidence_offset=(data.log_evidence_offset or 0.0) + offset)
+        return dataclasses.replace(data, train=(u_train,), test=(u_test,), standardization=(mean, std))
 
     def metrics(self, model: FactorAnalysis, data: Data, step: int | None) -> dict:
         """Exact test evidence (and, for experiment 2 and at the final evaluation, the exact ELBO and q's distance from the
