@@ -283,12 +283,13 @@ def test_diagnose_and_refine_from_the_command_line(tmp_path, capsys):
 
 
 def test_refining_a_model_without_local_e_steps_is_refused_before_the_evaluation(tmp_path, capsys, monkeypatch):
-    from aevb import evaluation
+    from aevb import diagnostics, evaluation
 
     run = tmp_path / "vrnn"
     assert main(["fit", "vrnn", "--hidden", "8", "--latent-dim", "2", "--steps", "3", "--iwae", "0", "--out", run,
                  "--no-progress"]) == 0
     capsys.readouterr()
-    monkeypatch.setattr(evaluation, "evaluate", lambda *args, **kwargs: pytest.fail("evaluated before the refusal"))
+    for module, name in ((evaluation, "evaluate"), (diagnostics, "per_example")):
+        monkeypatch.setattr(module, name, lambda *args, **kwargs: pytest.fail("evaluated before the refusal"))
     assert main(["eval", run, "--refine", "5"]) == 2
     assert "vrnn defines no e_step_problem (see aevb.diagnostics), so it has no local E-steps" in capsys.readouterr().err

@@ -184,6 +184,21 @@ def same_draws(elbo: Callable[[dict[str, Distribution], int], Tensor], qs: Seque
     return estimates
 
 
+def not_covered(model: LatentVariableModel, batch: Sequence[Tensor]) -> str | None:
+    """Why the local E-steps do not cover ``model``, a phrase, or None where they do: it defines no
+    ``e_step_problem``, or a factor of its q on ``batch`` (x, *context), on the model's device, has no parameters
+    that ``free_parameters`` can free. The random number generators are left as they were."""
+    try:
+        with torch.random.fork_rng(), theta_fixed(model, lambda: model.e_step_problem(*batch)) as problem:
+            for q in problem.q.values():
+                free_parameters(q)
+    except NoLocalParameters as e:
+        return str(e)
+    except NotImplementedError:
+        return f"{model.name} defines no e_step_problem (see aevb.diagnostics)"
+    return None
+
+
 def refine(model: LatentVariableModel, batch: Sequence[Tensor], settings: LocalEStep,
            iwae_samples: int = 0) -> dict[str, Tensor]:
     """Local E-steps on one batch (x, *context) on the model's device, theta fixed: per example (B,) the ELBO of
@@ -250,16 +265,15 @@ def per_example(model: LatentVariableModel, tensors: Sequence[Tensor], settings:
     without ``e_step_problem``, or whose q has no parameters to optimize, gets its own estimator's amortized ELBO
     and IWAE bound, and in place of the curve the reason, a phrase."""
     device = next(model.parameters()).device
-    batches = tqdm(list(in_batches(tensors, batch_size, device)), desc=f"local E-steps ({settings.steps} each)",
-                   unit="batch", leave=False, disable=None if progress else True)
+    batches = list(in_batches(tensors, batch_size, device))
+    reason = not_covered(model, batches[0]) if batches else None
     columns, curve = {}, 0.0
-    for batch in batches:
-        try:
+    for batch in tqdm(batches, desc=f"local E-steps ({settings.steps} each)", unit="batch", leave=False,
+                      disable=None if progress else True):
+        if reason is None:
             found = refine(model, batch, settings, iwae_samples)
             curve = curve + found.pop("curve") * len(batch[0]) / len(tensors[0])
-        except NotImplementedError as e:
-            curve = str(e) if isinstance(e, NoLocalParameters) else \
-                f"{model.name} defines no e_step_problem (see aevb.diagnostics)"
+        else:
             with eval_mode(model):
                 found = {"elbo_amortized": torch.stack([model.elbo(*batch).elbo
                                                         for _ in range(settings.eval_samples)]).mean(0)}
@@ -267,7 +281,7 @@ def per_example(model: LatentVariableModel, tensors: Sequence[Tensor], settings:
                     found["iwae"] = model.iwae_bound(*batch, num_samples=iwae_samples)
         for key, values in found.items():
             columns.setdefault(key, []).append(values.cpu())
-    return {key: torch.cat(values) for key, values in columns.items()}, curve
+    return {key: torch.cat(values) for key, values in columns.items()}, curve if reason is None else reason
 
 
 def diagnose(model: LatentVariableModel, tensors: Sequence[Tensor], settings: LocalEStep = LocalEStep(),

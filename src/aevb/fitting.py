@@ -1034,13 +1034,15 @@ def evaluate_run(run_dir: str | Path, num_samples: int, refine_steps: int = 0, p
     tighter where q* is nearer p(z|x) than q_phi is."""
     check_integers("evaluate_run", num_samples=(num_samples, iwae_samples), refine_steps=(refine_steps, local_steps))
     run, data = run_and_data(run_dir)
-    if refine_steps:  # first: a model it cannot refine is refused before the evaluation (each part draws its own seed)
+    if refine_steps:  # first: a model it cannot refine is refused before any evaluation (each part its own seed)
+        device = next(run.model.parameters()).device
+        reason = diagnostics.not_covered(run.model, [t[:100].to(device) for t in data.test])
+        if reason is not None:
+            raise UsageError(f"--refine: {reason}, so it has no local E-steps; evaluate it without --refine")
         settings = diagnostics.LocalEStep(steps=refine_steps)
         with torch.random.fork_rng():
             torch.manual_seed(run.args.seed)
-            columns, curve = diagnostics.per_example(run.model, data.test, settings, num_samples, progress=progress)
-        if isinstance(curve, str):
-            raise UsageError(f"--refine: {curve}, so it has no local E-steps; evaluate it without --refine")
+            columns, _ = diagnostics.per_example(run.model, data.test, settings, num_samples, progress=progress)
     summary = {"model": run.config["model"], **evaluation.evaluate(run.model, data.test, num_samples, data.levels,
                                                                    run.args.seed, progress, data.log_evidence_offset)}
     with evaluation.eval_mode(run.model):
