@@ -406,6 +406,22 @@ def test_a_report_of_one_run_is_written_into_it_and_states_the_runs_numbers(fini
     assert main(["eval", str(run), "--iwae", "2"]) == 0  # still a finished run that aevb reads
 
 
+def test_a_reports_device_row_says_where_and_how_the_run_trained(finished_runs, tmp_path, capsys):
+    run = undiagnosed_copy(finished_runs / "ppca", tmp_path / "ppca")
+    summary = json.loads((run / "summary.json").read_text())
+    threads = summary["threads"]
+    for entries, device in [({}, f"cpu, {threads} torch thread{'s' * (threads != 1)}"),
+                            ({"compiled": True, "processes": 2, "threads": 1},
+                             "cpu, 1 torch thread, compiled with torch.compile, 2 processes (torchrun)")]:
+        (run / "summary.json").write_text(json.dumps({**summary, **entries}))
+        assert main(["report", str(run)]) == 0
+        assert table_row((run / "report.md").read_text(), "device")[1] == device
+    (run / "summary.json").write_text(json.dumps({**summary, "compiled": "yes"}))
+    capsys.readouterr()
+    assert main(["report", str(run)]) == 2
+    assert "summary.json is damaged (compiled is 'yes', not true (absent where false))" in capsys.readouterr().err
+
+
 def test_a_report_of_several_runs_sets_their_numbers_and_gaps_side_by_side(finished_runs, tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["report", str(finished_runs), "--out", str(out), "--json"]) == 0

@@ -660,6 +660,7 @@ def fit_into(cls: type, args: argparse.Namespace, out: Path, flags: dict, progre
                 *(trained_with_other_software(out, progress_so_far["software"]) if resume else [])]
     summary.update({"warnings": warnings} if warnings else {})
     summary.update(train_seconds=seconds, device=device_name(device), threads=torch.get_num_threads(),
+                   **({"compiled": True} if args.compile else {}),
                    **({"processes": distributed.world_size()} if distributed.active() else {}))
     if main:
         hooks.figures(model, history, data, out)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aevb.errors import UsageError
-from aevb.reproduce import EXPERIMENTS, Experiment, Published, Settings, complete
+from aevb.reproduce import EXPERIMENTS, Experiment, Published, Settings, complete, plural
 from aevb.runs import read_jsonl, software_versions, write_atomically
 
 IMAGE_SUFFIXES = (".png", ".gif", ".jpg", ".svg")
@@ -89,6 +89,15 @@ def duration(seconds: float) -> str:
 def at_epoch(history: list[dict], epoch: int, key: str = "test_elbo"):
     """``key`` of the last record of ``epoch`` that has it, or None."""
     return next((r[key] for r in reversed(history) if r["epoch"] == epoch and key in r), None)
+
+
+def where_it_trained(summary: dict) -> str:
+    """A run's device, torch threads, torch.compile and torchrun processes (those of its last invocation), from its
+    summary."""
+    threads, processes = summary.get("threads"), summary.get("processes")
+    return ", ".join([summary.get("device", "—"), *([plural(threads, "torch thread")] if threads is not None else []),
+                      *(["compiled with torch.compile"] if summary.get("compiled") else []),
+                      *([f"{processes} processes (torchrun)"] if processes else [])])
 
 
 def run_settings(run_dir: Path, summary: dict) -> Settings:
@@ -181,15 +190,13 @@ def experiment_blocks(name: str, experiment: Experiment, run_dir: Path, provenan
         blocks += [Heading(3, "The E-step"),
                    *e_step_blocks(diagnosis, provenance.get("diagnosis"), summary.get("evidence", "log p(x)"))]
     versions = provenance["versions"]
-    threads = summary.get("threads")
     blocks += [
         Heading(3, "Settings"),
         Code(f"{provenance['command']} --out {run_dir}"),
         Table(["setting", "value"], [
             ["seed", flags["--seed"]],
             ["trained", f"epochs: {summary.get('epochs')}, gradient steps: {summary.get('steps')}"],
-            ["device", f"{summary.get('device', '—')}" + (f", {threads} torch thread{'s' * (threads != 1)}"
-                                                          if threads is not None else "")],
+            ["device", where_it_trained(summary)],
             ["training time", duration(summary["train_seconds"]) if "train_seconds" in summary else "—"],
             ["wall time (training, evaluation, figures)", duration(provenance["wall_seconds"])],
             ["finished", provenance["finished"]],

@@ -21,7 +21,7 @@ from aevb import fitting, runs
 from aevb.errors import UsageError
 from aevb.report import (CAPTIONS, IMAGE_SUFFIXES, REPORT_MARKS, Block, Bullets, Figure, Heading, Table, Text,
                          check_report_files, duration, e_step_blocks, e_step_section, given, markdown, number, to_html,
-                         written_by_aevb)
+                         where_it_trained, written_by_aevb)
 from aevb.reproduce import complete, plural
 from aevb.runs import is_record, read_json, write_atomically
 
@@ -34,8 +34,8 @@ QUANTITIES = {  # what the summary entries every fit writes are; a model's own e
     "bits_per_dim": "bits per dimension of the discrete data, an upper bound (from the dequantized data's {bound})",
     "log_evidence_offset": "log p(x) - log p(u) for the standardized data u: add it to a bound for the data's units",
 }
-SETTING_KEYS = {"model", "dataset", "transform", "schedule", "epochs", "steps", "evidence", "iwae_samples",
-                "train_seconds", "device", "threads", "processes", "warnings", "estimator", "experiment"}  # how it ran
+SETTING_KEYS = {"model", "dataset", "transform", "schedule", "epochs", "steps", "evidence", "iwae_samples",  # how it ran
+                "train_seconds", "device", "threads", "compiled", "processes", "warnings", "estimator", "experiment"}
 CURVE_ROWS = 10  # epochs shown in a run's table of the ELBO per epoch (the first, the last, and evenly between)
 TOUR_HEADING = b"# aevb: the tutorial's experiments"  # the report of aevb tour and aevb reproduce
 
@@ -60,6 +60,7 @@ NUMBER: Kind = ("a number", is_number)
 NUMBER_OR_NULL: Kind = ("a number or null", lambda v: v is None or is_number(v))
 SECONDS: Kind = ("a number of seconds", lambda v: is_number(v) and 0 <= v < math.inf)
 TEXT: Kind = ("text", lambda v: isinstance(v, str))
+TRUE: Kind = ("true (absent where false)", lambda v: v is True)
 TEXTS: Kind = ("a list of texts", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
 WHOLES: Kind = ("a list of whole numbers", lambda v: isinstance(v, list) and all(map(is_whole, v)))
 WHOLE_OR_NULL: Kind = ("a whole number or null", lambda v: v is None or is_whole(v))
@@ -69,7 +70,8 @@ ARGS = {"seed": WHOLE, "batch_size": WHOLE, "lr": NUMBER}, {"lr_milestones": WHO
                                                            "steps": WHOLE_OR_NULL, "clip_grad": NUMBER_OR_NULL}
 SUMMARY = ({"model": TEXT, "epochs": WHOLE, "steps": WHOLE},
            {"train_seconds": SECONDS, "iwae_samples": WHOLE, "threads": WHOLE, "warnings": TEXTS, "evidence": TEXT,
-            "device": TEXT, "dataset": TEXT, "transform": TEXT, "schedule": TEXT, "estimator": TEXT})
+            "compiled": TRUE, "processes": WHOLE, "device": TEXT, "dataset": TEXT, "transform": TEXT, "schedule": TEXT,
+            "estimator": TEXT})
 RECORD = {}, {"train_elbo": NUMBER_OR_NULL, "test_elbo": NUMBER_OR_NULL}
 DIAGNOSIS = ({"examples": WHOLE, "log_evidence": TEXT, "local_e_step": LOCAL_E_STEP, "active_units": WHOLE,
               "latent_dim": WHOLE, "log_px": NUMBER, "elbo_amortized": NUMBER, "total_gap": NUMBER},
@@ -271,15 +273,13 @@ def run_section(run: FinishedRun) -> list[Block]:
                      "then write this report again.")])
     if run.diagnosis and run.diagnosis.get("warnings"):
         blocks += [Text("Warnings of the diagnosis:"), Bullets(run.diagnosis["warnings"])]
-    threads = summary.get("threads")
     blocks += [
         Heading(3, "Settings"),
         Table(["setting", "value"], [
             *([f"`{k}`", shown(v)] for k, v in run.record["config"].items()),
             ["estimator", summary.get("estimator") or args.get("estimator") or "aevb (the default)"],
             ["gradient clipping", f"norm {args['clip_grad']:g}" if args.get("clip_grad") else "none"],
-            ["device", f"{summary.get('device', '—')}" + (f", {plural(threads, 'torch thread')}"
-                                                          if threads is not None else "")],
+            ["device", where_it_trained(summary)],
             ["training time", duration(summary["train_seconds"]) if "train_seconds" in summary else "—"],
             ["software", ", ".join(f"{k} {v}" for k, v in run.record["versions"].items()) or "not recorded"],
             ["every flag", f"{run.path / 'config.json'}"],
