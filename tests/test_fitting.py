@@ -454,6 +454,12 @@ def test_a_model_installed_by_a_package_is_found_through_its_entry_point(user_fi
     assert cli(["sample", tmp_path / "run", "--n", "3"], capsys)[0] == 0
 
 
+@pytest.mark.parametrize("argv", [[], ["fit"], *(["fit", name] for name in registry.BUILTIN)])
+def test_help_prints_the_docstrings_code_as_markdown_does_not_as_restructuredtext(argv, capsys):
+    code, out, _ = cli([*argv, "--help"], capsys)
+    assert code == 0 and "``" not in out and "`" in out
+
+
 @pytest.mark.parametrize("ref, message", [
     ("nonesuch", "unknown model 'nonesuch'"),
     ("missing.py:Model", "no such file"),

@@ -129,6 +129,11 @@ def fraction(text: str) -> float:
     return value
 
 
+def for_terminal(docstring: str) -> str:
+    """A docstring as a command's help: reStructuredText's ``code`` printed as `code`, as Markdown writes it."""
+    return docstring.replace("``", "`")
+
+
 def output_problem(path: Path) -> str | None:
     """What makes ``path`` unfit to be written as a folder of aevb's, or None: the working directory or a folder
     above it (replacing it would remove the user's files), or an existing file."""

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import aevb
-from aevb.arguments import (MAX_IWAE_SAMPLES, MAX_SAMPLES, LocalEStep, draws, epochs_scale, local_steps,
+from aevb.arguments import (MAX_IWAE_SAMPLES, MAX_SAMPLES, LocalEStep, draws, epochs_scale, for_terminal, local_steps,
                             non_negative_int, output_folder, positive_float, positive_int, positive_iwae_samples,
                             random_seed, sample_count, thread_count)
 from aevb.errors import Interrupted, OtherRankFailed, Terminated, UsageError
@@ -44,7 +44,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="aevb", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="aevb", description=for_terminal(__doc__),
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"aevb {aevb.__version__}")
     # not required here, so that a flag the parser does not know is named before a missing command (parse_command)
     commands = parser.add_subparsers(dest="command", parser_class=ArgumentParser)

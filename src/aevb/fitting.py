@@ -39,7 +39,7 @@ from torch import Tensor
 
 import aevb
 from aevb import diagnostics, distributed, evaluation, registry, testing
-from aevb.arguments import (MAX_IWAE_SAMPLES, epoch_list, finite_float, fraction, iwae_samples,
+from aevb.arguments import (MAX_IWAE_SAMPLES, epoch_list, finite_float, for_terminal, fraction, iwae_samples,
                             local_steps, number_tuple, positive_float, positive_int, positive_iwae_samples,
                             random_seed, sample_count, thread_count)
 from aevb.data import (ARRAY_SUFFIXES, TRANSFORMS, as_sequences, dynamic_binarize, load_dataset, prepare, standardize,
@@ -317,7 +317,7 @@ def add_generic_arguments(parser: argparse.ArgumentParser, cls: type, hooks: typ
 def fit_parser(cls: type, prog: str, parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser):
     """The parser of ``aevb fit MODEL``: generic flags, config flags, the hooks' flags (no output flags)."""
     hooks = hooks_class(cls)
-    description = (sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip()
+    description = for_terminal((sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip())
     parser = parser_class(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_generic_arguments(parser, cls, hooks)
     add_config_arguments(parser, cls)
