@@ -552,6 +552,7 @@ def test_fit_run_from_python_is_aevb_fit(user_files, tmp_path, capsys):
     for call, error, message in [
         (lambda: fitting.evaluate_run(run, -1), ValueError, "evaluate_run: num_samples must be 0 or a positive"),
         (lambda: fitting.evaluate_run(run, 10, refine_steps=2.5), TypeError, "refine_steps must be an integer"),
+        (lambda: fitting.evaluate_run(run, 10, seed=2**32), ValueError, "evaluate_run: seed must be"),
         (lambda: fitting.diagnose_run(run, 0, 10, LocalEStep()), ValueError, "diagnose_run: examples must be a positive"),
         (lambda: fitting.sample_run(run, tmp_path / "s.npy", 10**6), ValueError, "num_samples must be at most 1,000"),
         (lambda: fitting.sample_run(run, tmp_path / "s.npy", 3, seed=-1), ValueError, "sample_run: seed must be"),

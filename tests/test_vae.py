@@ -145,6 +145,15 @@ def test_fit_eval_and_sample_from_the_command_line(model, tmp_path, capsys):
     evaluated = json.loads(out.strip().splitlines()[-1])
     assert {k: evaluated[k] for k in ("test_elbo", "iwae_log_likelihood", "bits_per_dim")} == {
         k: summary[k] for k in ("test_elbo", "iwae_log_likelihood", "bits_per_dim")}
+    # --seed: other draws of the same bounds, on the run's own test set (a changed one would be warned of)
+    estimates = {}
+    for seed in (0, 1):
+        code, out, _ = cli(["eval", run, "--iwae", "5", "--seed", seed, "--json"], capsys)
+        estimates[seed] = json.loads(out.strip().splitlines()[-1])
+        assert code == 0 and "warnings" not in estimates[seed]
+    assert estimates[0] == evaluated  # the run's seed is 0
+    assert all(estimates[1][k] != evaluated[k] and abs(estimates[1][k] - evaluated[k]) < 1
+               for k in ("test_elbo", "iwae_log_likelihood"))
 
     flags = ["--label", "3"] if model == "cvae" else []
     code, out, _ = cli(["sample", run, "--n", "4", *flags, "--out", tmp_path / "s.png", "--json"], capsys)

@@ -66,6 +66,9 @@ def build_parser() -> ArgumentParser:
                           help="also the test ELBO after N local E-steps from the amortized q, and the IWAE "
                                "bound with that refined q as proposal (semi-amortized inference; aevb diagnose "
                                "says more) (default 0: none)")
+    evaluate.add_argument("--seed", type=random_seed, default=None,
+                          help="random seed of the evaluation's draws, 0 to 2^32 - 1 (default: the run's, with which "
+                               "the numbers are the fit's own; another gives independent estimates of the same bounds)")
     add_threads_argument(evaluate)
     add_summary_arguments(evaluate)
     evaluate.set_defaults(handler=eval_command)
@@ -254,7 +257,7 @@ def eval_command(args: argparse.Namespace) -> dict:
     from aevb.threads import torch_threads
 
     with torch_threads(args.threads):
-        summary = fitting.evaluate_run(args.run_dir, args.iwae, args.refine, args.progress)
+        summary = fitting.evaluate_run(args.run_dir, args.iwae, args.refine, args.progress, args.seed)
     return {**summary, "run_dir": str(args.run_dir)}
 
 

@@ -1027,14 +1027,19 @@ def check_integers(function: str, **arguments: tuple[Any, Callable[[str], int]])
             raise ValueError(f"{function}: {name} {e}") from None
 
 
-def evaluate_run(run_dir: str | Path, num_samples: int, refine_steps: int = 0, progress: bool = False) -> dict:
-    """Test ELBO, the K-sample IWAE bound (and bits/dim) of a run on its own test set, seeded by its seed, with
-    the model's own test metrics; with ``refine_steps``, also the test ELBO after that many local E-steps from
-    q_phi (semi-amortized inference, ``aevb.diagnostics``) beside the amortized one, with the same draws, and the
-    K-sample IWAE bound with that q* as proposal (``iwae_log_likelihood_refined``): a bound on the same log p(x),
-    tighter where q* is nearer p(z|x) than q_phi is."""
-    check_integers("evaluate_run", num_samples=(num_samples, iwae_samples), refine_steps=(refine_steps, local_steps))
+def evaluate_run(run_dir: str | Path, num_samples: int, refine_steps: int = 0, progress: bool = False,
+                 seed: int | None = None) -> dict:
+    """Test ELBO, the K-sample IWAE bound (and bits/dim) of a run on its own test set, with the model's own test
+    metrics; with ``refine_steps``, also the test ELBO after that many local E-steps from q_phi (semi-amortized
+    inference, ``aevb.diagnostics``) beside the amortized one, with the same draws, and the K-sample IWAE bound
+    with that q* as proposal (``iwae_log_likelihood_refined``): a bound on the same log p(x), tighter where q* is
+    nearer p(z|x) than q_phi is. The draws are seeded by ``seed``, by default the run's own, with which the numbers
+    are the fit's; another seed gives independent estimates (their spread is the Monte Carlo noise). The test
+    set is the run's whatever the seed."""
+    check_integers("evaluate_run", num_samples=(num_samples, iwae_samples), refine_steps=(refine_steps, local_steps),
+                   **({"seed": (seed, random_seed)} if seed is not None else {}))
     run, data = run_and_data(run_dir)
+    seed = run.args.seed if seed is None else seed
     if refine_steps:  # first: a model it cannot refine is refused before any evaluation (each part its own seed)
         device = next(run.model.parameters()).device
         reason = diagnostics.not_covered(run.model, [t[:100].to(device) for t in data.test])
@@ -1042,10 +1047,10 @@ def evaluate_run(run_dir: str | Path, num_samples: int, refine_steps: int = 0, p
             raise UsageError(f"--refine: {reason}, so it has no local E-steps; evaluate it without --refine")
         settings = diagnostics.LocalEStep(steps=refine_steps)
         with torch.random.fork_rng():
-            torch.manual_seed(run.args.seed)
+            torch.manual_seed(seed)
             columns, _ = diagnostics.per_example(run.model, data.test, settings, num_samples, progress=progress)
     summary = {"model": run.config["model"], **evaluation.evaluate(run.model, data.test, num_samples, data.levels,
-                                                                   run.args.seed, progress, data.log_evidence_offset)}
+                                                                   seed, progress, data.log_evidence_offset)}
     with evaluation.eval_mode(run.model):
         extra = run.hooks.metrics(run.model, data, None)
     extra = {k: v.item() if isinstance(v, Tensor) and v.numel() == 1 else v for k, v in extra.items()}
