@@ -416,6 +416,7 @@ def test_a_reports_device_row_says_where_and_how_the_run_trained(finished_runs, 
         (run / "summary.json").write_text(json.dumps({**summary, **entries}))
         assert main(["report", str(run)]) == 0
         assert table_row((run / "report.md").read_text(), "device")[1] == device
+    assert report.where_it_trained({"device": "cuda", "processes": 1}) == "cuda, 1 process (torchrun)"
     (run / "summary.json").write_text(json.dumps({**summary, "compiled": "yes"}))
     capsys.readouterr()
     assert main(["report", str(run)]) == 2

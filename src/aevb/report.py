@@ -97,7 +97,7 @@ def where_it_trained(summary: dict) -> str:
     threads, processes = summary.get("threads"), summary.get("processes")
     return ", ".join([summary.get("device", "—"), *([plural(threads, "torch thread")] if threads is not None else []),
                       *(["compiled with torch.compile"] if summary.get("compiled") else []),
-                      *([f"{processes} processes (torchrun)"] if processes else [])])
+                      *([f"{processes} process{'es' * (processes != 1)} (torchrun)"] if processes else [])])
 
 
 def run_settings(run_dir: Path, summary: dict) -> Settings:
