@@ -151,7 +151,7 @@ def test_fit_eval_and_sample_from_the_command_line(model, tmp_path, capsys):
         code, out, _ = cli(["eval", run, "--iwae", "5", "--seed", seed, "--json"], capsys)
         estimates[seed] = json.loads(out.strip().splitlines()[-1])
         assert code == 0 and "warnings" not in estimates[seed]
-    assert estimates[0] == evaluated  # the run's seed is 0
+    assert estimates[0] == evaluated and evaluated["seed"] == 0 and estimates[1]["seed"] == 1  # the run's seed is 0
     assert all(estimates[1][k] != evaluated[k] and abs(estimates[1][k] - evaluated[k]) < 1
                for k in ("test_elbo", "iwae_log_likelihood"))
 

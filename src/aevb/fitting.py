@@ -1033,9 +1033,9 @@ def evaluate_run(run_dir: str | Path, num_samples: int, refine_steps: int = 0, p
     metrics; with ``refine_steps``, also the test ELBO after that many local E-steps from q_phi (semi-amortized
     inference, ``aevb.diagnostics``) beside the amortized one, with the same draws, and the K-sample IWAE bound
     with that q* as proposal (``iwae_log_likelihood_refined``): a bound on the same log p(x), tighter where q* is
-    nearer p(z|x) than q_phi is. The draws are seeded by ``seed``, by default the run's own, with which the numbers
-    are the fit's; another seed gives independent estimates (their spread is the Monte Carlo noise). The test
-    set is the run's whatever the seed."""
+    nearer p(z|x) than q_phi is. The draws are seeded by ``seed`` (in the result), by default the run's own, with
+    which the numbers are the fit's; another seed gives independent estimates (their spread is the Monte Carlo
+    noise). The test set is the run's whatever the seed."""
     check_integers("evaluate_run", num_samples=(num_samples, iwae_samples), refine_steps=(refine_steps, local_steps),
                    **({"seed": (seed, random_seed)} if seed is not None else {}))
     run, data = run_and_data(run_dir)
@@ -1049,8 +1049,9 @@ def evaluate_run(run_dir: str | Path, num_samples: int, refine_steps: int = 0, p
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             columns, _ = diagnostics.per_example(run.model, data.test, settings, num_samples, progress=progress)
-    summary = {"model": run.config["model"], **evaluation.evaluate(run.model, data.test, num_samples, data.levels,
-                                                                   seed, progress, data.log_evidence_offset)}
+    summary = {"model": run.config["model"], "seed": seed,
+               **evaluation.evaluate(run.model, data.test, num_samples, data.levels, seed, progress,
+                                     data.log_evidence_offset)}
     with evaluation.eval_mode(run.model):
         extra = run.hooks.metrics(run.model, data, None)
     extra = {k: v.item() if isinstance(v, Tensor) and v.numel() == 1 else v for k, v in extra.items()}
