@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from aevb import fitting
+from aevb import evaluation, fitting
 from aevb.cli import main
 from aevb.experiments.fa import FAHooks
 from aevb.models.fa import FactorAnalysis
@@ -161,3 +161,19 @@ def test_its_standardization_after_another_maps_the_data_as_the_two_in_turn(monk
     assert torch.allclose(data.test[0], (x[50:] - mean) / std, atol=1e-5)
     assert torch.allclose(mean, x[:50].mean(0), rtol=1e-5) and torch.allclose(std, x[:50].std(0), rtol=1e-5)
     assert data.log_evidence_offset == pytest.approx(-x[:50].double().std(0).log().sum().item(), rel=1e-6)
+
+
+def test_refined_bits_per_dim_of_standardized_pixels_count_the_offset_as_the_amortized_ones_do(tmp_path, capsys):
+    """FA standardizes dequantized pixels: each bits/dim, of the q_phi and of the q* bound, is of the pixels."""
+    pixels = np.random.default_rng(0).integers(0, 17, (300, 3, 3), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", pixels)
+    assert main(["fit", "fa", "--dataset", tmp_path / "x.npy", "--transform", "dequantize", "--epochs", "2", "--iwae",
+                 "0", "--no-progress", "--out", tmp_path / "run"]) == 0
+    capsys.readouterr()
+    assert main(["eval", tmp_path / "run", "--iwae", "10", "--refine", "3", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    for bound, bits in [("test_log_evidence", "bits_per_dim"), ("iwae_log_likelihood_refined", "bits_per_dim_refined")]:
+        assert summary[bits] == pytest.approx(evaluation.bits_per_dim(summary[bound] + summary["log_evidence_offset"],
+                                                                      9, 256))  # uint8: 256 levels
+    assert abs(summary["bits_per_dim_refined"] - summary["bits_per_dim"]) < 0.1
+

@@ -111,8 +111,10 @@ def iwae_log_likelihood(
             torch.zeros((), device=device)), len(tensors[0]))
 
 
-def bits_per_dim(log_density: float, data_dim: int, levels: int) -> float:
-    """-(log p(u) - D ln levels) / (D ln 2): bits per pixel of the discrete data behind dequantized u."""
+def bits_per_dim(log_density: float, data_dim: int, levels: int, log_evidence_offset: float | None = None) -> float:
+    """-(log p(v) - D ln levels) / (D ln 2): bits per pixel of the discrete data behind dequantized v, from the
+    log-density of v, or of its standardization u given ``log_evidence_offset`` = log p(v) - log p(u)."""
+    log_density += log_evidence_offset or 0.0
     return -(log_density - data_dim * math.log(levels)) / (data_dim * math.log(2))
 
 
@@ -155,6 +157,5 @@ def evaluate(
         summary.update(preprocessing=STANDARDIZED, log_evidence_offset=log_evidence_offset)
     log_density = summary.get("test_log_evidence", summary.get("iwae_log_likelihood"))
     if levels is not None and log_density is not None:
-        summary["bits_per_dim"] = bits_per_dim(log_density + (log_evidence_offset or 0.0), tensors[0][0].numel(),
-                                               levels)
+        summary["bits_per_dim"] = bits_per_dim(log_density, tensors[0][0].numel(), levels, log_evidence_offset)
     return summary

@@ -1066,7 +1066,8 @@ def evaluate_run(run_dir: str | Path, num_samples: int, refine_steps: int = 0, p
             summary["iwae_log_likelihood_refined"] = columns["iwae"].double().mean().item()
             if data.levels is not None:
                 summary["bits_per_dim_refined"] = evaluation.bits_per_dim(
-                    summary["iwae_log_likelihood_refined"], data.test[0][0].numel(), data.levels)
+                    summary["iwae_log_likelihood_refined"], data.test[0][0].numel(), data.levels,
+                    data.log_evidence_offset)
     warnings = test_set_changed(run.config, data) + implausible(summary, data)
     return {**summary, **({"warnings": warnings} if warnings else {})}
 
