@@ -122,6 +122,13 @@ STANDARDIZED = ("each value centred by its training mean and divided by its trai
                 "log-densities are of the standardized data u; add log_evidence_offset for the data's units")
 
 
+def standardized_entries(log_evidence_offset: float | None) -> dict:
+    """A summary's ``preprocessing`` and ``log_evidence_offset`` where the data were standardized (the offset given),
+    else none."""
+    return {} if log_evidence_offset is None else {"preprocessing": STANDARDIZED,
+                                                   "log_evidence_offset": log_evidence_offset}
+
+
 def evidence_name(tensors: Sequence[Tensor], standardized: bool = False) -> str:
     """What a model's bounds on ``tensors`` are of: ``log p(x)``, ``log p(x | y)`` where the batches carry class
     labels y, ``log p(x | c)`` where they carry another context c; ``u`` for ``x`` where x was standardized."""
@@ -153,8 +160,7 @@ def evaluate(
                            iwae_samples=num_samples)
     if callable(getattr(model, "log_evidence", None)):
         summary["test_log_evidence"] = test_log_evidence(model, tensors).item()
-    if log_evidence_offset is not None:
-        summary.update(preprocessing=STANDARDIZED, log_evidence_offset=log_evidence_offset)
+    summary.update(standardized_entries(log_evidence_offset))
     log_density = summary.get("test_log_evidence", summary.get("iwae_log_likelihood"))
     if levels is not None and log_density is not None:
         summary["bits_per_dim"] = bits_per_dim(log_density, tensors[0][0].numel(), levels, log_evidence_offset)

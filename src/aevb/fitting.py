@@ -895,6 +895,17 @@ def run_status(run_dir: Path) -> str:
     return state
 
 
+def is_standardization(record, size: int) -> bool:
+    """Whether config.json's ``standardization`` holds a mean and a positive standard deviation, ``size`` numbers
+    each within float32's range."""
+    def numbers(values, positive: bool) -> bool:
+        return isinstance(values, list) and len(values) == size and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= FLOAT32_MAX
+            and (v > 0 or not positive) for v in values)
+
+    return isinstance(record, dict) and numbers(record.get("mean"), False) and numbers(record.get("std"), True)
+
+
 def run_record(run_dir: Path) -> dict:
     """config.json of a run (``run_config``): its model, config, flags and data; UsageError naming the file if it
     is missing or damaged."""
@@ -920,13 +931,7 @@ def run_record(run_dir: Path) -> dict:
     if not re.fullmatch(r"[0-9a-f]{64}", str(data.get("test_sha256", "0" * 64))):
         raise UsageError(f"{path} is damaged (its test set's test_sha256 is not a SHA-256 in hexadecimal); "
                          f"{runs.REFIT}")
-    standardization = data.get("standardization")
-    if standardization is not None and not (
-            isinstance(standardization, dict) and all(
-                isinstance(values, list) and len(values) == math.prod(shape) and all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= FLOAT32_MAX
-                    and (v > 0 or key == "mean") for v in values)
-                for key, values in ((k, standardization.get(k)) for k in ("mean", "std")))):
+    if data.get("standardization") is not None and not is_standardization(data["standardization"], math.prod(shape)):
         raise UsageError(f"{path} is damaged (its data's standardization is not a mean and a positive standard "
                          f"deviation for each of the {math.prod(shape)} values of an example); {runs.REFIT}")
     return record
@@ -1091,10 +1096,8 @@ def diagnose_run(run_dir: str | Path, examples: int, num_samples: int, settings:
         torch.manual_seed(seed)
         result = diagnostics.diagnose(run.model, [t[chosen] for t in data.test], settings, num_samples,
                                       progress=progress)
-    standardized = data.log_evidence_offset is not None
-    result = {"evidence": evaluation.evidence_name(data.test, standardized), **result,
-              **({"preprocessing": evaluation.STANDARDIZED, "log_evidence_offset": data.log_evidence_offset}
-                 if standardized else {})}
+    result = {"evidence": evaluation.evidence_name(data.test, data.standardization is not None), **result,
+              **evaluation.standardized_entries(data.log_evidence_offset)}
     warnings = test_set_changed(run.config, data)
     result.update({"warnings": warnings} if warnings else {})
     figure = plotting.e_step_diagnostics(result, Path(run_dir) / "diagnostics.png")
